@@ -1,0 +1,271 @@
+"""The fast, incremental uwsgi request decoder (sans-IO).
+
+The caller owns the socket: it passes whatever bytes it read to ``receive_data`` (``b""``
+for end of stream) and pulls events with ``next_event``:
+
+    Head   the header and the vars block, decoded as latin-1 (PEP 3333), in wire order with
+           duplicates kept; ``content_length`` from CONTENT_LENGTH
+    Body   a piece of the request body (never past CONTENT_LENGTH)
+    End    the request is complete; bytes after it stay in ``trailing_data``
+    NEED_DATA / CLOSED   feed more bytes / the peer closed before sending a single byte
+
+Malformed input raises ``RemoteProtocolError`` and nothing else. ``protocol.spec`` is the
+normative format; tests prove this decoder agrees with it on every packet.
+"""
+
+from __future__ import annotations
+
+from .errors import LocalProtocolError, RemoteProtocolError
+from .modifiers import VARS_MODIFIERS
+
+HEADER_SIZE = 4
+MAX_BLOCK = 0xFFFF
+
+
+class _Sentinel:
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+NEED_DATA = _Sentinel("NEED_DATA")
+CLOSED = _Sentinel("CLOSED")
+
+
+class Head:
+    """The packet header and its vars (or its raw payload, for modifiers without vars)."""
+
+    __slots__ = ("modifier1", "modifier2", "vars", "payload", "content_length")
+
+    def __init__(
+        self,
+        modifier1: int,
+        modifier2: int,
+        vars: list[tuple[str, str]],
+        payload: bytes,
+        content_length: int,
+    ) -> None:
+        self.modifier1 = modifier1
+        self.modifier2 = modifier2
+        self.vars = vars
+        self.payload = payload
+        self.content_length = content_length
+
+    def __repr__(self) -> str:
+        return (
+            f"Head(modifier1={self.modifier1}, modifier2={self.modifier2}, "
+            f"vars={self.vars!r}, payload={self.payload!r}, content_length={self.content_length})"
+        )
+
+
+class Body:
+    """A piece of the request body."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __repr__(self) -> str:
+        return f"Body({self.data!r})"
+
+
+class End:
+    """The request is complete."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "End()"
+
+
+END = End()
+
+Event = Head | Body | End | _Sentinel
+
+_HEADER, _VARS, _BODY, _DONE = range(4)
+
+
+def parse_content_length(value: str) -> int:
+    """CONTENT_LENGTH as nginx sends it: empty means 0, otherwise ASCII digits only.
+
+    uWSGI reads leading digits and ignores the rest; a value like ``12abc`` or ``-1`` is
+    refused here instead, since two readers disagreeing on a body length is how request
+    smuggling starts.
+    """
+    if not value:
+        return 0
+    if not (value.isascii() and value.isdigit()):
+        raise RemoteProtocolError(f"invalid CONTENT_LENGTH {value[:40]!r}: not a decimal number", 400)
+    return int(value)
+
+
+def parse_vars(block: bytes, max_vars: int = 1024) -> tuple[list[tuple[str, str]], int]:
+    """Decode a vars block into ``[(key, value), ...]`` and the request's content length.
+
+    Keys and values are decoded as latin-1 in one go: latin-1 maps byte i to code point i,
+    so the byte offsets read from the size fields index the decoded string directly.
+    """
+    text = block.decode("latin-1")
+    end = len(block)
+    pos = 0
+    out: list[tuple[str, str]] = []
+    append = out.append
+    content_length: str | None = None
+    while pos < end:
+        if pos + 2 > end:
+            raise RemoteProtocolError(
+                f"var {len(out) + 1} at offset {pos}: key size runs past the end of the {end}-byte vars block"
+            )
+        klen = block[pos] | block[pos + 1] << 8
+        if not klen:
+            raise RemoteProtocolError(f"var {len(out) + 1} at offset {pos}: uwsgi key cannot be null")
+        kend = pos + 2 + klen
+        if kend + 2 > end:
+            raise RemoteProtocolError(
+                f"var {len(out) + 1} at offset {pos}: key of {klen} bytes runs past the end "
+                f"of the {end}-byte vars block"
+            )
+        vlen = block[kend] | block[kend + 1] << 8
+        vend = kend + 2 + vlen
+        if vend > end:
+            raise RemoteProtocolError(
+                f"var {len(out) + 1} ({text[pos + 2:kend][:40]!r}) at offset {pos}: value of {vlen} bytes "
+                f"runs past the end of the {end}-byte vars block"
+            )
+        key = text[pos + 2 : kend]
+        value = text[kend + 2 : vend]
+        append((key, value))
+        if klen == 14 and key == "CONTENT_LENGTH":
+            if content_length is not None and content_length != value:
+                raise RemoteProtocolError(
+                    f"conflicting CONTENT_LENGTH vars {content_length[:40]!r} and {value[:40]!r}"
+                )
+            content_length = value
+        pos = vend
+    if len(out) > max_vars:
+        raise RemoteProtocolError(f"too many vars: {len(out)} (max {max_vars})", 431)
+    return out, parse_content_length(content_length) if content_length else 0
+
+
+class Decoder:
+    """Incremental decoder for one uwsgi request (header, vars block, body).
+
+    Limits are fixed at construction: ``max_vars_size`` bounds the vars block (uWSGI's
+    buffer-size), ``max_body`` the CONTENT_LENGTH (limit-post, ``None`` for none),
+    ``max_vars`` the number of vars.
+    """
+
+    __slots__ = ("max_vars_size", "max_body", "max_vars", "_buf", "_state", "_need", "_head", "_left", "_eof")
+
+    def __init__(self, max_vars_size: int = MAX_BLOCK, max_body: int | None = None, max_vars: int = 1024) -> None:
+        if not 0 <= max_vars_size <= MAX_BLOCK:
+            raise LocalProtocolError(f"max_vars_size must be within 0..{MAX_BLOCK}, not {max_vars_size}")
+        self.max_vars_size = max_vars_size
+        self.max_body = max_body
+        self.max_vars = max_vars
+        self._buf: bytes | bytearray = b""
+        self._state = _HEADER
+        self._need = HEADER_SIZE
+        self._head: Head | None = None
+        self._left = 0
+        self._eof = False
+
+    @property
+    def head(self) -> Head | None:
+        """The Head event once it has been produced."""
+        return self._head
+
+    @property
+    def body_left(self) -> int:
+        """Body bytes announced by CONTENT_LENGTH and not yet produced as Body events."""
+        return self._left
+
+    @property
+    def trailing_data(self) -> bytes:
+        """Bytes received and not yet turned into events (after End: bytes past the request)."""
+        return bytes(self._buf)
+
+    def receive_data(self, data: bytes) -> None:
+        """Feed bytes read from the peer; ``b""`` means the peer closed its side."""
+        if self._eof:
+            raise LocalProtocolError("receive_data after end of stream")
+        if not data:
+            self._eof = True
+        elif not self._buf:
+            self._buf = data
+        else:
+            if isinstance(self._buf, bytes):
+                self._buf = bytearray(self._buf)
+            self._buf += data
+
+    def next_event(self) -> Event:
+        """Return the next event, ``NEED_DATA`` if more bytes are needed, or raise ProtocolError."""
+        state = self._state
+        if state == _BODY:
+            buf = self._buf
+            if buf:
+                left = self._left
+                if len(buf) <= left:
+                    chunk = bytes(buf)
+                    self._buf = b""
+                else:
+                    chunk = bytes(buf[:left])
+                    self._buf = buf[left:]
+                self._left = left - len(chunk)
+                if not self._left:
+                    self._state = _DONE
+                return Body(chunk)
+            if not self._left:
+                self._state = _DONE
+                return END
+            if self._eof:
+                got = self._head.content_length - self._left if self._head else 0
+                raise RemoteProtocolError(
+                    f"connection closed after {got} of {got + self._left} body bytes (CONTENT_LENGTH)"
+                )
+            return NEED_DATA
+        if state == _HEADER:
+            buf = self._buf
+            if len(buf) < HEADER_SIZE:
+                if self._eof:
+                    if not buf:
+                        return CLOSED
+                    raise RemoteProtocolError(f"connection closed after {len(buf)} of 4 header bytes")
+                return NEED_DATA
+            size = buf[1] | buf[2] << 8
+            if size > self.max_vars_size:
+                raise RemoteProtocolError(
+                    f"invalid request block size: {size} (max {self.max_vars_size})", 431
+                )
+            self._need = HEADER_SIZE + size
+            self._state = state = _VARS
+        if state == _VARS:
+            buf = self._buf
+            need = self._need
+            if len(buf) < need:
+                if self._eof:
+                    raise RemoteProtocolError(
+                        f"connection closed after {len(buf)} of {need} packet bytes (header and vars)"
+                    )
+                return NEED_DATA
+            modifier1 = buf[0]
+            block = bytes(buf[HEADER_SIZE:need])
+            self._buf = buf[need:]
+            if modifier1 in VARS_MODIFIERS:
+                pairs, length = parse_vars(block, self.max_vars)
+                if self.max_body is not None and length > self.max_body:
+                    raise RemoteProtocolError(
+                        f"Invalid (too big) CONTENT_LENGTH: {length} (max {self.max_body})", 413
+                    )
+                self._head = head = Head(modifier1, buf[3], pairs, b"", length)
+            else:
+                self._head = head = Head(modifier1, buf[3], [], block, 0)
+            self._left = head.content_length
+            self._state = _BODY
+            return head
+        return END
