@@ -99,7 +99,8 @@ def parse_content_length(value: str) -> int:
     """
     if not value:
         return 0
-    if not (value.isascii() and value.isdigit()):
+    # Past 18 digits no real body fits in memory, and int() refuses over 4300 digits.
+    if len(value) > 18 or not (value.isascii() and value.isdigit()):
         raise RemoteProtocolError(f"invalid CONTENT_LENGTH {value[:40]!r}: not a decimal number", 400)
     return int(value)
 
@@ -208,7 +209,7 @@ class Decoder:
         state = self._state
         if state == _BODY:
             buf = self._buf
-            if buf:
+            if buf and self._left:
                 left = self._left
                 if len(buf) <= left:
                     chunk = bytes(buf)
