@@ -135,7 +135,7 @@ def parse_vars(block: bytes, max_vars: int = 1024) -> tuple[list[tuple[str, str]
         vend = kend + 2 + vlen
         if vend > end:
             raise RemoteProtocolError(
-                f"var {len(out) + 1} ({text[pos + 2:kend][:40]!r}) at offset {pos}: value of {vlen} bytes "
+                f"var {len(out) + 1} ({text[pos + 2 : kend][:40]!r}) at offset {pos}: value of {vlen} bytes "
                 f"runs past the end of the {end}-byte vars block"
             )
         key = text[pos + 2 : kend]
@@ -163,7 +163,9 @@ class Decoder:
 
     __slots__ = ("max_vars_size", "max_body", "max_vars", "_buf", "_state", "_need", "_head", "_left", "_eof")
 
-    def __init__(self, max_vars_size: int = MAX_BLOCK, max_body: int | None = None, max_vars: int = 1024) -> None:
+    def __init__(
+        self, max_vars_size: int = MAX_BLOCK, max_body: int | None = None, max_vars: int = 1024
+    ) -> None:
         if not 0 <= max_vars_size <= MAX_BLOCK:
             raise LocalProtocolError(f"max_vars_size must be within 0..{MAX_BLOCK}, not {max_vars_size}")
         self.max_vars_size = max_vars_size

@@ -33,7 +33,7 @@ def encode_header(modifier1: int, datasize: int, modifier2: int = 0) -> bytes:
 def encode_vars(vars: VarsLike) -> bytes:
     """The vars block for ``vars`` (a mapping, or pairs when keys repeat)."""
     pairs = vars.items() if isinstance(vars, Mapping) else vars
-    parts = []
+    parts: list[bytes] = []
     for key, value in pairs:
         k, v = _as_bytes(key), _as_bytes(value)
         if not k:
@@ -44,9 +44,7 @@ def encode_vars(vars: VarsLike) -> bytes:
     return b"".join(parts)
 
 
-def encode_request(
-    vars: VarsLike, body: bytes = b"", modifier1: int = WSGI, modifier2: int = 0
-) -> bytes:
+def encode_request(vars: VarsLike, body: bytes = b"", modifier1: int = WSGI, modifier2: int = 0) -> bytes:
     """A whole request packet. CONTENT_LENGTH is added from ``body`` when ``vars`` lacks it."""
     pairs = list(vars.items() if isinstance(vars, Mapping) else vars)
     if body and not any(_as_bytes(k) == b"CONTENT_LENGTH" for k, _ in pairs):

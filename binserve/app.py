@@ -1,0 +1,68 @@
+"""Loading the WSGI callable: chdir, pythonpath, env, then a module or a file."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from .config import Config
+
+
+class AppLoadError(Exception):
+    """The app could not be loaded; the message says which and why (the traceback is logged)."""
+
+
+def prepare_process(config: Config) -> None:
+    """Apply chdir, env and pythonpath, which must hold before the app is imported."""
+    if config.chdir:
+        try:
+            os.chdir(config.chdir)
+        except OSError as exc:
+            raise AppLoadError(f"chdir {config.chdir}: {exc.strerror}") from None
+    for item in config.env:
+        name, _, value = item.partition("=")
+        os.environ[name.strip()] = value
+    for path in reversed(config.pythonpath):
+        if path not in sys.path:
+            sys.path.insert(0, path)
+    # Like uWSGI, the current directory is importable (a module next to the ini file).
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+
+
+def load_app(config: Config) -> Callable[..., Any]:
+    """Import the app named by ``module`` or ``wsgi-file`` and return its callable."""
+    if config.module and config.wsgi_file:
+        raise AppLoadError("give either module or wsgi-file, not both")
+    if config.module:
+        name, _, attr = config.module.partition(":")
+        attr = attr or config.callable
+        module = importlib.import_module(name)
+        where = f"module {name}"
+    elif config.wsgi_file:
+        path = os.path.abspath(config.wsgi_file)
+        if not os.path.isfile(path):
+            raise AppLoadError(f"wsgi-file {config.wsgi_file}: no such file")
+        # A stable module name derived from the path, as uWSGI's uwsgi_file_<path> does, so
+        # pickling and logging see a real module registered in sys.modules.
+        mod_name = "binserve_file_" + "".join(c if c.isalnum() else "_" for c in path)
+        spec = importlib.util.spec_from_file_location(mod_name, path)
+        if spec is None or spec.loader is None:
+            raise AppLoadError(f"wsgi-file {config.wsgi_file}: not a Python file")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[mod_name] = module
+        spec.loader.exec_module(module)
+        attr = config.callable
+        where = f"wsgi-file {config.wsgi_file}"
+    else:
+        raise AppLoadError("no app given: set module or wsgi-file")
+    app = getattr(module, attr, None)
+    if app is None:
+        raise AppLoadError(f"{where} has no callable {attr!r}")
+    if not callable(app):
+        raise AppLoadError(f"{where}: {attr!r} is not callable")
+    return app

@@ -1,0 +1,38 @@
+"""Log lines: one ``write`` to stderr each, so lines from the master and workers never interleave.
+
+``logto`` makes stderr the log file (opened with O_APPEND), so every process appends whole
+lines to the same file without a lock.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+
+def log(message: str) -> None:
+    """Write one timestamped line, tagged with this process's pid."""
+    line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} [binserve pid {os.getpid()}] {message}\n"
+    write_line(line)
+
+
+def write_line(line: str) -> None:
+    """Write an already formatted line to stderr in one call (bytes that do not encode are escaped)."""
+    data = line.encode("utf-8", "backslashreplace")
+    while data:
+        try:
+            written = os.write(2, data)
+        except InterruptedError:
+            continue
+        except OSError:
+            # stderr is gone (closed terminal); there is nowhere left to report it.
+            return
+        data = data[written:]
+
+
+def redirect_to(path: str) -> None:
+    """Point stdout and stderr (fds 1 and 2) at ``path``, appending, as uWSGI's logto does."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)

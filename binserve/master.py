@@ -1,0 +1,263 @@
+"""The pre-fork master: one loop that waits on file descriptors and supervises the workers.
+
+Signal handlers do nothing; ``signal.set_wakeup_fd`` turns each signal into a byte on a
+pipe that the loop reads (gunicorn crashed for years from work done inside a SIGCHLD
+handler). Signals: HUP graceful reload, TERM and INT graceful stop with a deadline, QUIT
+fast stop. A reload re-executes the master with the listening sockets inherited, so the
+new code is loaded fresh while the old workers finish their requests; connections that
+arrive meanwhile wait in the listen backlog.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .config import Config
+from .log import log
+from .sockets import Listener, hand_over
+from .worker import BOOT_ERROR, run_worker
+
+RETIRING_ENV = "_BINSERVE_RETIRING"
+RUNNING, STOPPING, RELOADING = "running", "stopping", "reloading"
+HANDLED = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD)
+
+
+def describe_exit(status: int) -> str:
+    """``exited with code N`` or ``killed by signal N (SIGNAME)`` for a waitpid status."""
+    code = os.waitstatus_to_exitcode(status)
+    if code >= 0:
+        return f"exited with code {code}"
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = "unknown"
+    return f"killed by signal {-code} ({name})"
+
+
+class Master:
+    """Supervises ``processes`` workers sharing ``listeners``."""
+
+    def __init__(self, config: Config, app: Callable[..., Any], listeners: list[Listener]) -> None:
+        self.config = config
+        self.app = app
+        self.listeners = listeners
+        self.state = RUNNING
+        self.exit_code = 0
+        self.workers: dict[int, int] = {}  # wid -> pid
+        self.by_pid: dict[int, int] = {}  # pid -> wid
+        self.retiring: set[int] = set()  # workers of the previous image, finishing their requests
+        self.retiring_pipe: int | None = None
+        self.retire_deadline = 0.0
+        self.deadline = 0.0
+        self.selector = selectors.DefaultSelector()
+        self.wake_r = self.wake_w = -1
+        self.life_r = self.life_w = -1
+        self.start_cwd = os.getcwd()
+
+    # -- setup -----------------------------------------------------------------------------
+    def start(self) -> None:
+        """Install the wakeup pipe and signal handlers, spawn the workers, retire the old ones."""
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
+        for signum in HANDLED:
+            signal.signal(signum, _noop)
+        self.selector.register(self.wake_r, selectors.EVENT_READ)
+        # Workers watch the read end: when the master dies, the write end closes and they leave.
+        self.life_r, self.life_w = os.pipe2(os.O_CLOEXEC)
+        if self.config.pidfile:
+            with open(self.config.pidfile, "w") as handle:
+                handle.write(f"{os.getpid()}\n")
+        for wid in range(1, self.config.processes + 1):
+            self.spawn(wid)
+        self._retire_previous_image()
+        names = ", ".join(lst.name for lst in self.listeners)
+        log(f"master ready: {self.config.processes} workers on {names}")
+
+    def _retire_previous_image(self) -> None:
+        spec = os.environ.pop(RETIRING_ENV, "")
+        if not spec:
+            return
+        fd, _, pids = spec.partition(":")
+        self.retiring = {int(p) for p in pids.split(",") if p}
+        self.retire_deadline = time.monotonic() + self.config.worker_reload_mercy
+        os.close(int(fd))  # the old workers' life pipe: they finish their request and exit
+        for pid in self.retiring:
+            _kill(pid, signal.SIGTERM)
+
+    def spawn(self, wid: int) -> None:
+        """Fork worker ``wid``."""
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                os.close(self.wake_r)
+                os.close(self.wake_w)
+                os.close(self.life_w)
+                if self.retiring_pipe is not None:
+                    os.close(self.retiring_pipe)
+                self.selector.close()
+                code = run_worker(wid, self.app, self.listeners, self.config, self.life_r)
+            except BaseException:  # a forked child must never return into the master's code
+                import traceback
+
+                traceback.print_exc()
+            finally:
+                os._exit(code)
+        self.workers[wid] = pid
+        self.by_pid[pid] = wid
+        log(f"spawned worker {wid} (pid {pid})")
+
+    # -- the loop --------------------------------------------------------------------------
+    def run(self) -> int:
+        """Run until stopped; returns the exit code."""
+        self.start()
+        while self.state != "done":
+            self.step()
+        return self.exit_code
+
+    def step(self) -> None:
+        """Wait for a signal or the next deadline, then act on it."""
+        timeout = 1.0
+        now = time.monotonic()
+        if self.state == STOPPING:
+            timeout = max(0.0, min(timeout, self.deadline - now))
+        for _key, _ in self.selector.select(timeout):
+            for signum in os.read(self.wake_r, 256):
+                handler = getattr(self, f"handle_{signal.Signals(signum).name[3:].lower()}", None)
+                if handler:
+                    handler()
+        self.reap()
+        self.check_deadlines()
+
+    def handle_chld(self) -> None:
+        """Children changed state: reaped in ``reap`` after every step."""
+
+    def handle_hup(self) -> None:
+        """Graceful reload: re-execute with the sockets inherited; old workers finish their requests."""
+        if self.state != RUNNING:
+            return
+        log("SIGHUP: graceful reload")
+        self.state = RELOADING
+        self.reexec()
+
+    def handle_term(self) -> None:
+        """Graceful stop: workers finish their request and the queued ones, then exit."""
+        self.graceful_stop("SIGTERM")
+
+    def handle_int(self) -> None:
+        """Graceful stop, as SIGTERM (Ctrl-C)."""
+        self.graceful_stop("SIGINT")
+
+    def handle_quit(self) -> None:
+        """Fast stop: kill the workers now."""
+        log("SIGQUIT: fast stop, killing workers")
+        for pid in [*self.by_pid, *self.retiring]:
+            _kill(pid, signal.SIGKILL)
+        self.state = STOPPING
+        self.deadline = time.monotonic() + 5
+
+    def graceful_stop(self, why: str) -> None:
+        """Ask every worker to stop after its request; SIGKILL past worker-reload-mercy."""
+        if self.state == STOPPING:
+            return
+        mercy = self.config.worker_reload_mercy
+        log(f"{why}: graceful stop, workers have {mercy:g} s to finish")
+        self.state = STOPPING
+        self.deadline = time.monotonic() + mercy
+        for pid in [*self.by_pid, *self.retiring]:
+            _kill(pid, signal.SIGTERM)
+
+    def reap(self) -> None:
+        """Collect every exited child; respawn workers that died while running."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            how = describe_exit(status)
+            if pid in self.retiring:
+                self.retiring.discard(pid)
+                log(f"old worker (pid {pid}) {how}")
+                continue
+            wid = self.by_pid.pop(pid, None)
+            if wid is None:
+                log(f"reaped unknown child (pid {pid}) {how}")
+                continue
+            del self.workers[wid]
+            if self.state != RUNNING:
+                log(f"worker {wid} (pid {pid}) {how}")
+                continue
+            if os.waitstatus_to_exitcode(status) == BOOT_ERROR:
+                log(f"worker {wid} (pid {pid}) failed to boot; stopping instead of respawning")
+                self.exit_code = BOOT_ERROR
+                self.graceful_stop("boot failure")
+                continue
+            log(f"worker {wid} (pid {pid}) died: {how}; respawning")
+            self.spawn(wid)
+        if self.state == STOPPING and not self.by_pid and not self.retiring:
+            self.finish()
+
+    def check_deadlines(self) -> None:
+        """Escalate to SIGKILL for workers past their mercy."""
+        now = time.monotonic()
+        if self.state == STOPPING and now >= self.deadline:
+            for pid in [*self.by_pid, *self.retiring]:
+                log(f"worker (pid {pid}) still running past the deadline: SIGKILL")
+                _kill(pid, signal.SIGKILL)
+            self.deadline = now + 5
+        if self.retiring and now >= self.retire_deadline:
+            for pid in self.retiring:
+                log(f"old worker (pid {pid}) still running past worker-reload-mercy: SIGKILL")
+                _kill(pid, signal.SIGKILL)
+            self.retire_deadline = now + 5
+
+    def finish(self) -> None:
+        """Everything has exited: remove the socket files and the pidfile."""
+        for listener in self.listeners:
+            listener.close()
+            if self.config.vacuum:
+                listener.remove_file()
+        if self.config.vacuum and self.config.pidfile:
+            try:
+                os.unlink(self.config.pidfile)
+            except FileNotFoundError:
+                pass
+        log("master stopped")
+        self.state = "done"
+
+    def reexec(self) -> None:
+        """Replace this process with a fresh binserve that inherits the sockets and the workers."""
+        hand_over(self.listeners)
+        os.set_inheritable(self.life_w, True)
+        os.environ[RETIRING_ENV] = f"{self.life_w}:{','.join(map(str, self.by_pid))}"
+        if self.retiring:
+            # Workers of an earlier image still finishing: stop them now rather than lose track.
+            for pid in self.retiring:
+                _kill(pid, signal.SIGTERM)
+        os.chdir(self.start_cwd)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        signal.set_wakeup_fd(-1)
+        args = [sys.executable, *sys.orig_argv[1:]]
+        os.execv(sys.executable, args)
+
+
+def _kill(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def _noop(signum: int, frame: object) -> None:
+    """Signals only wake the loop, through the wakeup fd."""

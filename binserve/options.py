@@ -1,0 +1,337 @@
+"""Every binserve option, declared once.
+
+The CLI flags, the ini reader, validation, ``binserve --help`` and the options table in
+the README all come from ``OPTIONS``. Names are uWSGI's wherever binserve offers the
+feature, so an existing uwsgi.ini keeps working; uWSGI options binserve does not offer are
+listed in ``UWSGI_ONLY`` so the error can say so by name instead of "unknown".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+MASTER, WORKER, EMPEROR = "master", "worker", "emperor"
+
+TRUE_WORDS = frozenset({"1", "true", "yes", "on", "y", "t", "enable", "enabled"})
+FALSE_WORDS = frozenset({"0", "false", "no", "off", "n", "f", "disable", "disabled"})
+
+
+def to_bool(text: str) -> bool:
+    """A boolean as uWSGI configs write it; an empty value (a bare key) means true."""
+    word = text.strip().lower()
+    if word == "" or word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    raise ValueError(f"expected a boolean (true/false, yes/no, 1/0), got {text!r}")
+
+
+def to_int(text: str) -> int:
+    """A whole number; a trailing k/m/g multiplies by 1024s, as uWSGI allows for sizes."""
+    word = text.strip().lower()
+    scale = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}.get(word[-1:], 1)
+    if scale != 1:
+        word = word[:-1]
+    try:
+        return int(word) * scale
+    except ValueError:
+        raise ValueError(f"expected a whole number, got {text!r}") from None
+
+
+def to_seconds(text: str) -> float:
+    """A duration in seconds (fractions allowed)."""
+    try:
+        value = float(text.strip())
+    except ValueError:
+        raise ValueError(f"expected a number of seconds, got {text!r}") from None
+    if value < 0:
+        raise ValueError(f"expected a non-negative number of seconds, got {text!r}")
+    return value
+
+
+def to_mode(text: str) -> int:
+    """A unix permission mode in octal (``660``); a bare key means 666, as in uWSGI."""
+    word = text.strip() or "666"
+    try:
+        mode = int(word, 8)
+    except ValueError:
+        raise ValueError(f"expected an octal mode such as 660, got {text!r}") from None
+    if not 0 <= mode <= 0o7777:
+        raise ValueError(f"mode {text!r} is out of range")
+    return mode
+
+
+def to_env(text: str) -> str:
+    """``NAME=value``, as uWSGI's env option takes it."""
+    if "=" not in text or not text.split("=", 1)[0].strip():
+        raise ValueError(f"expected NAME=value, got {text!r}")
+    return text
+
+
+def to_str(text: str) -> str:
+    """Any text, stripped."""
+    return text.strip()
+
+
+def positive(convert: Callable[[str], int], low: int = 1, high: int | None = None) -> Callable[[str], int]:
+    """Wrap an integer converter with a range check."""
+
+    def check(text: str) -> int:
+        value = convert(text)
+        if value < low or (high is not None and value > high):
+            span = f"{low}..{high}" if high is not None else f">= {low}"
+            raise ValueError(f"expected a number in {span}, got {text!r}")
+        return value
+
+    check.__doc__ = convert.__doc__
+    return check
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option: its uWSGI-style name, how to read it, its default, who uses it, its help."""
+
+    name: str
+    convert: Callable[[str], Any]
+    default: Any
+    scope: str
+    help: str
+    repeatable: bool = False
+    flag: bool = False
+    metavar: str = "VALUE"
+    no_effect: bool = False
+
+    @property
+    def attr(self) -> str:
+        """The attribute name on a Config: dashes become underscores."""
+        return self.name.replace("-", "_")
+
+
+_OPTIONS = [
+    Option(
+        "ini",
+        to_str,
+        [],
+        MASTER,
+        "load options from an ini file (FILE or FILE:section)",
+        repeatable=True,
+        metavar="FILE",
+    ),
+    Option(
+        "socket",
+        to_str,
+        [],
+        MASTER,
+        "uwsgi socket to listen on: a unix path or HOST:PORT (repeatable)",
+        repeatable=True,
+        metavar="ADDR",
+    ),
+    Option(
+        "chmod-socket",
+        to_mode,
+        None,
+        MASTER,
+        "chmod unix sockets to this octal mode (bare: 666)",
+        metavar="MODE",
+    ),
+    Option("listen", positive(to_int), 100, MASTER, "listen backlog of each socket", metavar="N"),
+    Option(
+        "buffer-size",
+        positive(to_int, 1, 65535),
+        65535,
+        WORKER,
+        "largest vars block accepted, in bytes (uWSGI's default is 4096; nginx sends up to 65535)",
+        metavar="BYTES",
+    ),
+    Option(
+        "socket-timeout",
+        to_seconds,
+        4.0,
+        WORKER,
+        "seconds a read of the request or a write of the response may wait",
+        metavar="SECONDS",
+    ),
+    Option(
+        "limit-post",
+        to_int,
+        0,
+        WORKER,
+        "refuse bodies larger than this many bytes with 413 (0: no limit)",
+        metavar="BYTES",
+    ),
+    Option("processes", positive(to_int), 1, MASTER, "number of worker processes", metavar="N"),
+    Option(
+        "master",
+        to_bool,
+        True,
+        MASTER,
+        "no effect: binserve always runs a master that supervises the workers",
+        flag=True,
+        no_effect=True,
+    ),
+    Option("pidfile", to_str, None, MASTER, "write the master's pid to this file", metavar="FILE"),
+    Option(
+        "vacuum",
+        to_bool,
+        True,
+        MASTER,
+        "remove unix sockets and the pidfile on exit (on by default; uWSGI's default is off)",
+        flag=True,
+    ),
+    Option("chdir", to_str, None, MASTER, "chdir to this directory before loading the app", metavar="DIR"),
+    Option(
+        "pythonpath",
+        to_str,
+        [],
+        MASTER,
+        "add a directory to sys.path (repeatable)",
+        repeatable=True,
+        metavar="DIR",
+    ),
+    Option(
+        "env",
+        to_env,
+        [],
+        MASTER,
+        "set an environment variable NAME=value (repeatable)",
+        repeatable=True,
+        metavar="NAME=VALUE",
+    ),
+    Option(
+        "module",
+        to_str,
+        None,
+        MASTER,
+        "load the WSGI app from a module: pkg.mod or pkg.mod:callable",
+        metavar="MODULE",
+    ),
+    Option("wsgi-file", to_str, None, MASTER, "load the WSGI app from a Python file", metavar="FILE"),
+    Option(
+        "callable",
+        to_str,
+        "application",
+        MASTER,
+        "name of the WSGI callable in the module or file",
+        metavar="NAME",
+    ),
+    Option("disable-logging", to_bool, False, WORKER, "do not log each request", flag=True),
+    Option(
+        "logto",
+        to_str,
+        None,
+        MASTER,
+        "append all logging (and the app's stdout/stderr) to this file",
+        metavar="FILE",
+    ),
+    Option(
+        "worker-reload-mercy",
+        to_seconds,
+        60.0,
+        MASTER,
+        "seconds a worker may take to finish its request on reload or stop before it is killed",
+        metavar="SECONDS",
+    ),
+    # Accepted for uWSGI compatibility, with no effect: binserve already behaves as they ask.
+    Option(
+        "enable-threads",
+        to_bool,
+        True,
+        WORKER,
+        "no effect: Python threads are always enabled",
+        flag=True,
+        no_effect=True,
+    ),
+    Option(
+        "die-on-term",
+        to_bool,
+        True,
+        MASTER,
+        "no effect: SIGTERM always stops binserve gracefully",
+        flag=True,
+        no_effect=True,
+    ),
+    Option(
+        "need-app",
+        to_bool,
+        True,
+        MASTER,
+        "no effect: binserve always exits if the app fails to load",
+        flag=True,
+        no_effect=True,
+    ),
+    Option(
+        "strict",
+        to_bool,
+        True,
+        MASTER,
+        "no effect: unknown options are always errors",
+        flag=True,
+        no_effect=True,
+    ),
+    Option(
+        "single-interpreter",
+        to_bool,
+        True,
+        MASTER,
+        "no effect: binserve runs one interpreter",
+        flag=True,
+        no_effect=True,
+    ),
+    Option(
+        "plugins",
+        to_str,
+        [],
+        MASTER,
+        "no effect: the Python plugin is built in",
+        repeatable=True,
+        no_effect=True,
+        metavar="NAMES",
+    ),
+]
+
+OPTIONS: dict[str, Option] = {opt.name: opt for opt in _OPTIONS}
+
+# option -> the option it is another name for
+ALIASES = {
+    "uwsgi-socket": "socket",
+    "workers": "processes",
+    "wsgi": "module",
+    "file": "wsgi-file",
+    "reload-mercy": "worker-reload-mercy",
+    "plugin": "plugins",
+}
+
+# uWSGI options that binserve does not implement (yet): named in the error instead of "unknown".
+UWSGI_ONLY = frozenset(
+    """
+    http http-socket https https-socket fastcgi-socket scgi-socket shared-socket http-to
+    harakiri harakiri-verbose harakiri-graceful-timeout max-requests max-requests-delta min-worker-lifetime
+    max-worker-lifetime reload-on-rss evil-reload-on-rss reload-on-as threads lazy-apps lazy cheaper
+    cheaper-algo cheaper-initial cheaper-step idle touch-reload touch-chain-reload touch-workers-reload
+    uid gid chown-socket uwsgi-allow-from post-buffering stats stats-http stats-server emperor
+    emperor-tyrant vassals-inherit emperor-wrapper emperor-stats offload-threads static-map static-map2
+    route route-if spooler mule mules cron attach-daemon attach-daemon2 smart-attach-daemon
+    virtualenv home venv pyhome py-autoreload python-autoreload thunder-lock daemonize daemonize2
+    memory-report log-format logger req-logger log-maxsize log-reopen log-x-forwarded-for add-header
+    del-header manage-script-name mount socket-protocol protocol procname procname-prefix
+    procname-prefix-spaced auto-procname master-fifo hook-pre-app exec-pre-app import shared-import
+    cache cache2 async ugreen gevent enable-metrics carbon subscribe-to fastrouter
+    """.split()
+)
+
+
+def resolve(name: str) -> Option:
+    """The option a name (or an alias) stands for; KeyError if binserve has none."""
+    return OPTIONS[ALIASES.get(name, name)]
+
+
+def options_table() -> str:
+    """The options as a markdown table, for the README and ``binserve --help-options``."""
+    rows = ["| option | aliases | default | scope | meaning |", "| --- | --- | --- | --- | --- |"]
+    for opt in _OPTIONS:
+        default = "" if opt.default in (None, []) else str(opt.default)
+        aliases = ", ".join(f"`{a}`" for a, target in ALIASES.items() if target == opt.name)
+        rows.append(f"| `{opt.name}` | {aliases} | {default} | {opt.scope} | {opt.help} |")
+    return "\n".join(rows)

@@ -1,0 +1,300 @@
+"""The worker: accept a connection, decode one request, run the app, answer, close.
+
+One connection carries one request (nginx never reuses a uwsgi upstream connection, facts
+2.6). The loop waits in ``poll`` on the listening sockets, the signal wakeup pipe and the
+pipe from the master (EOF there means the master died, and the worker leaves with it).
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import socket
+import struct
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from .config import Config
+from .log import log, write_line
+from .protocol import CLOSED, NEED_DATA, PONG, Decoder, Head, ProtocolError
+from .protocol.modifiers import Action, action, describe
+from .sockets import Listener
+from .wsgi import (
+    RECV_CHUNK,
+    SERVER_ERROR,
+    Connection,
+    Exchange,
+    Input,
+    build_environ,
+    make_base_environ,
+    timeval,
+)
+
+BOOT_ERROR = 3  # exit code of a worker that cannot start: the master stops instead of respawning
+
+_STATUS_TEXT = {400: "Bad Request", 413: "Content Too Large", 431: "Request Header Fields Too Large"}
+GRACEFUL = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def _error_response(status: int, reason: str) -> bytes:
+    body = f"{status} {_STATUS_TEXT.get(status, 'Error')}: {reason}\n".encode("latin-1", "replace")
+    head = (
+        f"HTTP/1.0 {status} {_STATUS_TEXT.get(status, 'Error')}\r\nContent-Type: text/plain\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode("latin-1") + body
+
+
+def _peer_of(conn: socket.socket, addr: Any, listener: Listener) -> str:
+    """Who sent a bad packet: the TCP address, or the unix socket and the peer's pid."""
+    if not listener.is_unix:
+        return "{}:{}".format(*addr[:2])
+    try:
+        pid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0]
+    except OSError:
+        return f"unix:{listener.name}"
+    return f"unix:{listener.name} (peer pid {pid})"
+
+
+class Worker:
+    """One worker process's serving loop."""
+
+    def __init__(
+        self, wid: int, app: Callable[..., Any], listeners: list[Listener], config: Config, master_fd: int
+    ) -> None:
+        self.wid = wid
+        self.app = app
+        self.listeners = listeners
+        self.config = config
+        self.master_fd = master_fd
+        self.pid = os.getpid()
+        self.requests = 0
+        self.stopping = False
+        self.log_requests = not config.disable_logging
+        self.timeout = timeval(config.socket_timeout)
+        self.buffer_size = config.buffer_size
+        self.max_body = config.limit_post or None
+        self.base_environ = make_base_environ(multiprocess=config.processes > 1)
+        self.recv_size = self.buffer_size + 4 + 16384
+        self.rbuf = bytearray(RECV_CHUNK)
+
+    def run(self) -> int:
+        """Serve until told to stop; returns the exit code."""
+        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+        for signum in (*GRACEFUL, signal.SIGQUIT):
+            signal.signal(signum, _noop)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        poller = select.poll()
+        by_fd = {}
+        for listener in self.listeners:
+            poller.register(listener.fileno(), select.POLLIN)
+            by_fd[listener.fileno()] = listener
+        poller.register(wake_r, select.POLLIN)
+        poller.register(self.master_fd, select.POLLIN)
+        while not self.stopping:
+            for fd, _ in poller.poll():
+                if fd == wake_r:
+                    self._on_signals(os.read(wake_r, 64))
+                elif fd == self.master_fd:
+                    log(f"worker {self.wid}: the master is gone, exiting")
+                    return 0
+                elif not self.stopping:
+                    self._accept(by_fd[fd])
+        self._drain_backlog()
+        return 0
+
+    def _on_signals(self, received: bytes) -> None:
+        for signum in received:
+            if signum == signal.SIGQUIT:
+                os._exit(0)
+            if signum in GRACEFUL:
+                self.stopping = True
+
+    def _accept(self, listener: Listener) -> None:
+        sock = listener.sock
+        try:
+            conn, addr = sock.accept()
+        except (BlockingIOError, InterruptedError):
+            return  # another worker took it
+        except OSError as exc:
+            log(f"worker {self.wid}: accept on {listener.name} failed: {exc}")
+            return
+        self.handle(conn, addr, listener)
+
+    def _drain_backlog(self) -> None:
+        """On a graceful stop, serve the connections already queued so none is dropped."""
+        for listener in self.listeners:
+            for _ in range(self.config.listen):
+                try:
+                    conn, addr = listener.sock.accept()
+                except OSError:
+                    break
+                self.handle(conn, addr, listener)
+
+    def handle(self, sock: socket.socket, addr: Any, listener: Listener) -> None:
+        """Serve one connection from accept to close."""
+        conn = Connection(sock, not listener.is_unix, self.timeout, "")
+        decoder = Decoder(self.buffer_size, self.max_body)
+        drain = False
+        try:
+            head = self._read_head(conn, decoder, sock)
+            if head is None:
+                return
+            what = action(head.modifier1)
+            if what is Action.WSGI:
+                drain = self._serve(conn, decoder, head)
+            elif what is Action.PING:
+                sock.sendall(PONG)
+            else:
+                log(
+                    f"-- unavailable modifier requested: {describe(head.modifier1)} from "
+                    f"{_peer_of(sock, addr, listener)} --"
+                )
+        except ProtocolError as exc:
+            log(f"bad uwsgi packet from {_peer_of(sock, addr, listener)}: {exc.message}; connection closed")
+            self._refuse(conn, exc.status_hint)
+        except TimeoutError as exc:
+            log(f"worker {self.wid}: {exc} from {_peer_of(sock, addr, listener)}; connection closed")
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            log(f"worker {self.wid}: nginx closed the connection early ({exc.strerror})")
+        finally:
+            if drain:
+                self._drain_body(conn, decoder)
+            sock.close()
+
+    def _read_head(self, conn: Connection, decoder: Decoder, sock: socket.socket) -> Head | None:
+        size = self.recv_size
+        data: bytes | None
+        try:
+            # nginx writes the request right after connecting, so it is usually there already.
+            data = sock.recv(size, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            data = None
+        while True:
+            if data is None:
+                conn.arm()
+                try:
+                    data = sock.recv(size)
+                except BlockingIOError:
+                    got = len(decoder.trailing_data)
+                    raise TimeoutError(
+                        f"timeout waiting for the request: {got} bytes of a packet arrived, then nothing"
+                    ) from None
+            decoder.receive_data(data)
+            event = decoder.next_event()
+            if event is NEED_DATA:
+                data = None
+                continue
+            if event is CLOSED:
+                return None
+            return event  # type: ignore[return-value]
+
+    def _serve(self, conn: Connection, decoder: Decoder, head: Head) -> bool:
+        """Run the app for one request; returns whether unread body remains on the socket."""
+        start = time.monotonic()
+        wsgi_input = Input(conn, decoder, head.content_length)
+        environ = build_environ(head, self.base_environ, wsgi_input)
+        exchange = Exchange(conn, environ)
+        result = None
+        try:
+            result = self.app(environ, exchange.start_response)
+            exchange.send_result(result)
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            log(
+                f"worker {self.wid}: nginx closed the connection during {_request_line(environ)} "
+                f"({exc.strerror}); client probably gone"
+            )
+            exchange.code = exchange.code or 499
+        except Exception:
+            self._app_failed(exchange)
+        finally:
+            if result is not None and hasattr(result, "close"):
+                try:
+                    result.close()
+                except Exception:
+                    log(
+                        f"worker {self.wid}: close() of the response of {_request_line(environ)} raised:\n"
+                        + traceback.format_exc().rstrip()
+                    )
+        self.requests += 1
+        if self.log_requests:
+            ms = (time.monotonic() - start) * 1000
+            write_line(
+                f"[pid: {self.pid}|worker: {self.wid}|req: {self.requests}] "
+                f"{environ.get('REMOTE_ADDR', '-')} {_request_line(environ)} "
+                f"=> {exchange.code} {exchange.sent} bytes in {ms:.2f} ms\n"
+            )
+        return wsgi_input.unread_on_socket > 0
+
+    def _app_failed(self, exchange: Exchange) -> None:
+        environ = exchange.environ
+        log(
+            f"worker {self.wid}: the app raised during {_request_line(environ)}:\n"
+            + traceback.format_exc().rstrip()
+        )
+        if exchange.head_sent:
+            log(f"worker {self.wid}: headers were already sent, closing the connection")
+            exchange.code = exchange.code or 500
+            return
+        exchange.code = 500
+        try:
+            exchange.sent += exchange.conn.send([SERVER_ERROR])
+        except OSError as exc:
+            log(f"worker {self.wid}: could not send the 500 response: {exc}")
+
+    def _refuse(self, conn: Connection, status: int) -> None:
+        """Answer a bad packet with an error status, then let nginx finish sending so it sees no reset."""
+        try:
+            conn.sock.sendall(_error_response(status, "bad uwsgi request"))
+            conn.sock.shutdown(socket.SHUT_WR)
+            conn.sock.settimeout(1.0)
+            while conn.sock.recv(65536):
+                pass
+        except OSError:
+            pass  # the peer is gone or stalled: the connection is closed either way
+
+    def _drain_body(self, conn: Connection, decoder: Decoder) -> None:
+        """Read and drop the body the app left unread, so closing does not reset nginx's connection."""
+        sock = conn.sock
+        try:
+            sock.shutdown(socket.SHUT_WR)
+            conn.arm()
+            left = decoder.body_left
+            while left > 0:
+                n = sock.recv_into(self.rbuf, min(left, len(self.rbuf)))
+                if not n:
+                    return
+                left -= n
+        except OSError as exc:
+            log(f"worker {self.wid}: could not drain the unread request body: {exc}")
+
+
+def _request_line(environ: dict[str, Any]) -> str:
+    return (
+        f"{environ.get('REQUEST_METHOD', '-')} {environ.get('REQUEST_URI') or environ.get('PATH_INFO', '')}"
+    )
+
+
+def _noop(signum: int, frame: object) -> None:
+    """Signals only wake the poll loop, through the wakeup fd."""
+
+
+def run_worker(
+    wid: int, app: Callable[..., Any], listeners: list[Listener], config: Config, master_fd: int
+) -> int:
+    """Entry point in a freshly forked worker; never returns to the master's code."""
+    try:
+        worker = Worker(wid, app, listeners, config, master_fd)
+    except Exception:
+        log(f"worker {wid} failed to boot:\n" + traceback.format_exc().rstrip())
+        return BOOT_ERROR
+    try:
+        return worker.run()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
