@@ -236,7 +236,7 @@ class Input:
 
     def readlines(self, hint: int = -1) -> list[bytes]:
         """All remaining lines (stopping once ``hint`` bytes are read, when hint > 0)."""
-        lines: list[str] = []
+        lines: list[bytes] = []
         total = 0
         while True:
             line = self.readline()
@@ -408,7 +408,7 @@ class Exchange:
         proto = self.environ.get("SERVER_PROTOCOL") or "HTTP/1.0"
         if not proto.startswith("HTTP/"):
             proto = "HTTP/1.0"
-        lines = [proto, " ", self.status or "500 Internal Server Error", "\r\n"]
+        lines: list[str] = [proto, " ", self.status or "500 Internal Server Error", "\r\n"]
         for name, value in self.headers:
             lines += (name, ": ", value, "\r\n")
         if length is not None and not self.has_length:

@@ -48,6 +48,7 @@ POLL_INTERVAL = 0.05  # readiness polling period; the deadline, not this, bounds
 PROBE_TIMEOUT = 10.0  # one urllib request through nginx
 LOG_TAIL_LINES = 30
 POST_SIZE = 65536
+WORKERS = 2  # worker processes of every server; each tree is its master plus these
 
 SERVERS = ("binserve", "uwsgi", "gunicorn")
 REFERENCES = ("uwsgi", "gunicorn")  # the servers binserve's figures are divided by
@@ -395,7 +396,7 @@ def server_command(
             "--wsgi-file",
             app_file,
             "--processes",
-            "2",
+            str(WORKERS),
             "--master",
             "--disable-logging",
             *extra_binserve,
@@ -409,7 +410,7 @@ def server_command(
             "--wsgi-file",
             app_file,
             "--processes",
-            "2",
+            str(WORKERS),
             "--master",
             "--disable-logging",
             "--buffer-size",
@@ -429,7 +430,7 @@ def server_command(
             "--bind",
             f"unix:{sock_path}",
             "--workers",
-            "2",
+            str(WORKERS),
             "--no-control-socket",
             f"{bench_app.__name__}:application",
         ]
@@ -453,7 +454,11 @@ def http_request(url: str, data: bytes | None = None) -> tuple[int, bytes]:
 
 
 def wait_ready(server: Managed, sock_path: Path, base_url: str) -> float:
-    """Poll until the server's socket exists and a GET through nginx answers 200; the seconds it took."""
+    """Poll until a GET through nginx answers 200 and every worker exists; the seconds it took.
+
+    One worker answering is not enough: gunicorn forks its workers one by one, and a worker still
+    booting when the measured run starts would charge its start-up to the requests.
+    """
     start = time.monotonic()
     last = "socket not created"
     while True:
@@ -464,9 +469,11 @@ def wait_ready(server: Managed, sock_path: Path, base_url: str) -> float:
             except OSError as exc:
                 last = f"GET /: {exc}"
             else:
-                if status == 200:
+                processes = len(sample_cpu(server.pid))
+                if status == 200 and processes > WORKERS:
                     return time.monotonic() - start
-                last = f"GET / answered {status}"  # 502 while nothing accepts on the socket yet
+                # 502 while nothing accepts on the socket yet
+                last = f"GET / answered {status}, {processes} of {WORKERS + 1} processes up"
         if time.monotonic() - start > READY_DEADLINE:
             raise BenchError(f"not ready after {READY_DEADLINE:.0f} s ({last})", server.tail())
         time.sleep(POLL_INTERVAL)

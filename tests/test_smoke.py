@@ -1,0 +1,20 @@
+"""The shortest path through everything: nginx -> binserve -> demo app -> back."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from support import Nginx, Server, location
+
+
+def test_demo_app_through_nginx(serve: Callable[..., Server], nginx: Callable[[str], Nginx]) -> None:
+    server = serve("--module", "binserve.demo", "--processes", "2")
+    front = nginx(location(server.socket))
+    status, headers, body = front.request("GET", "/hello?x=1")
+    assert status == 200
+    assert body.startswith(b"Hello from binserve!")
+    assert b"path: /hello" in body and b"query: x=1" in body
+    assert headers["content-length"] == str(len(body))
+    status, _, body = front.request("POST", "/echo", body=b"payload")
+    assert (status, body) == (200, b"payload")
+    assert "GET /hello?x=1 => 200" in server.log()
