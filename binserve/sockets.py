@@ -22,6 +22,7 @@ class Listener:
     def __init__(self, spec: str, sock: socket.socket) -> None:
         self.spec = spec
         self.sock = sock
+        self.family = sock.family
         self.is_unix = sock.family == socket.AF_UNIX
         self.name = spec if self.is_unix else "{}:{}".format(*sock.getsockname()[:2])
 

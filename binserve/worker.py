@@ -8,6 +8,7 @@ pipe from the master (EOF there means the master died, and the worker leaves wit
 from __future__ import annotations
 
 import os
+import _socket
 import select
 import signal
 import socket
@@ -49,7 +50,7 @@ def _error_response(status: int, reason: str) -> bytes:
     return head.encode("latin-1") + body
 
 
-def _peer_of(conn: socket.socket, addr: Any, listener: Listener) -> str:
+def _peer_of(conn: _socket.socket, addr: Any, listener: Listener) -> str:
     """Who sent a bad packet: the TCP address, or the unix socket and the peer's pid."""
     if not listener.is_unix:
         return "{}:{}".format(*addr[:2])
@@ -116,15 +117,15 @@ class Worker:
                 self.stopping = True
 
     def _accept(self, listener: Listener) -> None:
-        sock = listener.sock
         try:
-            conn, addr = sock.accept()
+            # The C-level socket skips socket.socket's Python __init__: 2-3 us per request.
+            fd, addr = listener.sock._accept()  # type: ignore[attr-defined]
         except (BlockingIOError, InterruptedError):
             return  # another worker took it
         except OSError as exc:
             log(f"worker {self.wid}: accept on {listener.name} failed: {exc}")
             return
-        self.handle(conn, addr, listener)
+        self.handle(_socket.socket(listener.family, socket.SOCK_STREAM, 0, fd), addr, listener)
 
     def _drain_backlog(self) -> None:
         """On a graceful stop, serve the connections already queued so none is dropped."""
@@ -136,7 +137,7 @@ class Worker:
                     break
                 self.handle(conn, addr, listener)
 
-    def handle(self, sock: socket.socket, addr: Any, listener: Listener) -> None:
+    def handle(self, sock: _socket.socket, addr: Any, listener: Listener) -> None:
         """Serve one connection from accept to close."""
         conn = Connection(sock, not listener.is_unix, self.timeout, "")
         decoder = Decoder(self.buffer_size, self.max_body)
@@ -167,7 +168,7 @@ class Worker:
                 self._drain_body(conn, decoder)
             sock.close()
 
-    def _read_head(self, conn: Connection, decoder: Decoder, sock: socket.socket) -> Head | None:
+    def _read_head(self, conn: Connection, decoder: Decoder, sock: _socket.socket) -> Head | None:
         size = self.recv_size
         data: bytes | None
         try:

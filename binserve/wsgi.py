@@ -7,6 +7,7 @@ Content-Length whenever the body length is known, never ``Transfer-Encoding: chu
 
 from __future__ import annotations
 
+import _socket
 import os
 import re
 import socket
@@ -110,7 +111,7 @@ class Connection:
 
     __slots__ = ("sock", "armed", "timeout", "peer")
 
-    def __init__(self, sock: socket.socket, armed: bool, timeout: bytes, peer: str) -> None:
+    def __init__(self, sock: _socket.socket, armed: bool, timeout: bytes, peer: str) -> None:
         self.sock = sock
         self.armed = armed
         self.timeout = timeout
