@@ -7,8 +7,8 @@ pipe from the master (EOF there means the master died, and the worker leaves wit
 
 from __future__ import annotations
 
-import os
 import _socket
+import os
 import select
 import signal
 import socket
@@ -26,7 +26,6 @@ from .protocol.modifiers import Action, action, describe
 from .sockets import Listener
 from .wsgi import (
     RECV_CHUNK,
-    SERVER_ERROR,
     Connection,
     Exchange,
     Input,
@@ -244,7 +243,7 @@ class Worker:
             return
         exchange.code = 500
         try:
-            exchange.sent += exchange.conn.send([SERVER_ERROR])
+            exchange.sent += exchange.conn.send([exchange.server_error()])
         except OSError as exc:
             log(f"worker {self.wid}: could not send the 500 response: {exc}")
 

@@ -46,10 +46,10 @@ _HOP_BY_HOP = frozenset(
     }
 )
 
-SERVER_ERROR = (
-    b"HTTP/1.0 500 Internal Server Error\r\nContent-Type: text/plain\r\nContent-Length: 21\r\n\r\n"
-    b"Internal Server Error"
-)
+_ERROR_BODY = b"Internal Server Error"
+_ERROR_HEAD = " 500 Internal Server Error\r\nContent-Type: text/plain\r\nContent-Length: 21\r\n\r\n"
+# Linux takes at most IOV_MAX (1024) buffers in one sendmsg; longer lists are joined first.
+MAX_PARTS = 512
 
 
 class ClientDisconnected(OSError):
@@ -132,6 +132,8 @@ class Connection:
         if total > SMALL_RESPONSE:
             self.arm()
         sock = self.sock
+        if len(parts) > MAX_PARTS:
+            parts = [b"".join(parts)]
         sent = sock.sendmsg(parts)
         if sent < total:
             rest = memoryview(b"".join(parts))[sent:]
@@ -404,11 +406,18 @@ class Exchange:
         self.code = int(status[:3])
         return self.write
 
+    def protocol(self) -> str:
+        """The request's SERVER_PROTOCOL, used for the status line (HTTP/1.0 when absent or odd)."""
+        proto = self.environ.get("SERVER_PROTOCOL") or "HTTP/1.0"
+        return proto if proto.startswith("HTTP/") else "HTTP/1.0"
+
+    def server_error(self) -> bytes:
+        """A complete 500 response, for an app that failed before sending its headers."""
+        return (self.protocol() + _ERROR_HEAD).encode("latin-1") + _ERROR_BODY
+
     def render_head(self, length: int | None) -> bytes:
         """The status line and headers, adding Content-Length when it is known and the app gave none."""
-        proto = self.environ.get("SERVER_PROTOCOL") or "HTTP/1.0"
-        if not proto.startswith("HTTP/"):
-            proto = "HTTP/1.0"
+        proto = self.protocol()
         lines: list[str] = [proto, " ", self.status or "500 Internal Server Error", "\r\n"]
         for name, value in self.headers:
             lines += (name, ": ", value, "\r\n")
