@@ -300,10 +300,9 @@ def build_environ(head: Head, base: dict[str, Any], wsgi_input: Input) -> dict[s
     uWSGI's magic vars (UWSGI_SCRIPT, UWSGI_FILE, UWSGI_SETENV, ...) are plain strings here:
     binserve never acts on them, since anyone who can reach the socket could set them.
     """
-    pairs = head.vars
-    env: dict[str, Any] = dict(pairs)
-    if len(env) != len(pairs):
-        env = merge_vars(pairs)
+    env: dict[str, Any] = head.fields
+    if len(env) != len(head.vars):
+        env = merge_vars(head.vars)
     env.update(base)
     env["wsgi.input"] = wsgi_input
     pop = env.pop

@@ -15,6 +15,8 @@ normative format; tests prove this decoder agrees with it on every packet.
 
 from __future__ import annotations
 
+import struct
+
 from .errors import LocalProtocolError, RemoteProtocolError
 from .modifiers import VARS_MODIFIERS
 
@@ -39,7 +41,7 @@ CLOSED = _Sentinel("CLOSED")
 class Head:
     """The packet header and its vars (or its raw payload, for modifiers without vars)."""
 
-    __slots__ = ("modifier1", "modifier2", "vars", "payload", "content_length")
+    __slots__ = ("modifier1", "modifier2", "vars", "fields", "payload", "content_length")
 
     def __init__(
         self,
@@ -48,10 +50,14 @@ class Head:
         vars: list[tuple[str, str]],
         payload: bytes,
         content_length: int,
+        fields: dict[str, str] | None = None,
     ) -> None:
         self.modifier1 = modifier1
         self.modifier2 = modifier2
         self.vars = vars
+        # The vars as a dict, the last value winning; the receiver of the event owns it and
+        # may turn it into the environ in place when no key repeats.
+        self.fields = dict(vars) if fields is None else fields
         self.payload = payload
         self.content_length = content_length
 
@@ -105,52 +111,81 @@ def parse_content_length(value: str) -> int:
     return int(value)
 
 
-def parse_vars(block: bytes, max_vars: int = 1024) -> tuple[list[tuple[str, str]], int]:
-    """Decode a vars block into ``[(key, value), ...]`` and the request's content length.
+_U16 = struct.Struct("<H").unpack_from
+
+
+def _explain(block: bytes) -> RemoteProtocolError:
+    """The precise error for a vars block the fast loop refused (slow; error path only)."""
+    end = len(block)
+    pos = count = 0
+    while pos < end:
+        count += 1
+        if pos + 2 > end:
+            return RemoteProtocolError(
+                f"var {count} at offset {pos}: key size runs past the end of the {end}-byte vars block"
+            )
+        klen = _U16(block, pos)[0]
+        if not klen:
+            return RemoteProtocolError(f"var {count} at offset {pos}: uwsgi key cannot be null")
+        kend = pos + 2 + klen
+        if kend + 2 > end:
+            return RemoteProtocolError(
+                f"var {count} at offset {pos}: key of {klen} bytes runs past the end of the {end}-byte vars block"
+            )
+        vlen = _U16(block, kend)[0]
+        if kend + 2 + vlen > end:
+            key = block[pos + 2 : kend][:40].decode("latin-1")
+            return RemoteProtocolError(
+                f"var {count} ({key!r}) at offset {pos}: value of {vlen} bytes "
+                f"runs past the end of the {end}-byte vars block"
+            )
+        pos = kend + 2 + vlen
+    return RemoteProtocolError("malformed vars block")
+
+
+def _parse(block: bytes, max_vars: int) -> tuple[list[tuple[str, str]], dict[str, str], int]:
+    """Pairs in wire order, a dict of them (last value wins), and the content length.
 
     Keys and values are decoded as latin-1 in one go: latin-1 maps byte i to code point i,
-    so the byte offsets read from the size fields index the decoded string directly.
+    so the byte offsets read from the size fields index the decoded string directly. The
+    loop only looks for trouble cheaply (a size running past the end raises struct.error or
+    overshoots); ``_explain`` then walks the block again to say exactly what is wrong.
     """
     text = block.decode("latin-1")
     end = len(block)
     pos = 0
-    out: list[tuple[str, str]] = []
-    append = out.append
-    content_length: str | None = None
-    while pos < end:
-        if pos + 2 > end:
-            raise RemoteProtocolError(
-                f"var {len(out) + 1} at offset {pos}: key size runs past the end of the {end}-byte vars block"
-            )
-        klen = block[pos] | block[pos + 1] << 8
-        if not klen:
-            raise RemoteProtocolError(f"var {len(out) + 1} at offset {pos}: uwsgi key cannot be null")
-        kend = pos + 2 + klen
-        if kend + 2 > end:
-            raise RemoteProtocolError(
-                f"var {len(out) + 1} at offset {pos}: key of {klen} bytes runs past the end "
-                f"of the {end}-byte vars block"
-            )
-        vlen = block[kend] | block[kend + 1] << 8
-        vend = kend + 2 + vlen
-        if vend > end:
-            raise RemoteProtocolError(
-                f"var {len(out) + 1} ({text[pos + 2 : kend][:40]!r}) at offset {pos}: value of {vlen} bytes "
-                f"runs past the end of the {end}-byte vars block"
-            )
-        key = text[pos + 2 : kend]
-        value = text[kend + 2 : vend]
-        append((key, value))
-        if klen == 14 and key == "CONTENT_LENGTH":
-            if content_length is not None and content_length != value:
-                raise RemoteProtocolError(
-                    f"conflicting CONTENT_LENGTH vars {content_length[:40]!r} and {value[:40]!r}"
-                )
-            content_length = value
-        pos = vend
-    if len(out) > max_vars:
-        raise RemoteProtocolError(f"too many vars: {len(out)} (max {max_vars})", 431)
-    return out, parse_content_length(content_length) if content_length else 0
+    pairs: list[tuple[str, str]] = []
+    append = pairs.append
+    try:
+        while pos < end:
+            kstart = pos + 2
+            kend = kstart + _U16(block, pos)[0]
+            vstart = kend + 2
+            vend = vstart + _U16(block, kend)[0]
+            if vend > end or kend == kstart:
+                raise _explain(block)
+            append((text[kstart:kend], text[vstart:vend]))
+            pos = vend
+    except struct.error:
+        raise _explain(block) from None
+    if len(pairs) > max_vars:
+        raise RemoteProtocolError(f"too many vars: {len(pairs)} (max {max_vars})", 431)
+    fields = dict(pairs)
+    length = fields.get("CONTENT_LENGTH")
+    if length is None:
+        return pairs, fields, 0
+    if len(fields) != len(pairs):
+        lengths = {value for key, value in pairs if key == "CONTENT_LENGTH"}
+        if len(lengths) > 1:
+            first, second = sorted(lengths)[:2]
+            raise RemoteProtocolError(f"conflicting CONTENT_LENGTH vars {first[:40]!r} and {second[:40]!r}")
+    return pairs, fields, parse_content_length(length)
+
+
+def parse_vars(block: bytes, max_vars: int = 1024) -> tuple[list[tuple[str, str]], int]:
+    """Decode a vars block into ``[(key, value), ...]`` (latin-1, wire order) and its content length."""
+    pairs, _, length = _parse(block, max_vars)
+    return pairs, length
 
 
 class Decoder:
@@ -260,12 +295,12 @@ class Decoder:
             block = bytes(buf[HEADER_SIZE:need])
             self._buf = buf[need:]
             if modifier1 in VARS_MODIFIERS:
-                pairs, length = parse_vars(block, self.max_vars)
+                pairs, fields, length = _parse(block, self.max_vars)
                 if self.max_body is not None and length > self.max_body:
                     raise RemoteProtocolError(
                         f"Invalid (too big) CONTENT_LENGTH: {length} (max {self.max_body})", 413
                     )
-                self._head = head = Head(modifier1, buf[3], pairs, b"", length)
+                self._head = head = Head(modifier1, buf[3], pairs, b"", length, fields)
             else:
                 self._head = head = Head(modifier1, buf[3], [], block, 0)
             self._left = head.content_length
