@@ -21,11 +21,12 @@ from typing import Any
 
 from .config import Config
 from .log import log, write_line
-from .protocol import CLOSED, NEED_DATA, PONG, Decoder, Head, ProtocolError
+from .protocol import CLOSED, NEED_DATA, PONG, Decoder, Head, ProtocolError, RemoteProtocolError
 from .protocol.modifiers import Action, action, describe
 from .sockets import Listener
 from .wsgi import (
     RECV_CHUNK,
+    ClientDisconnected,
     Connection,
     Exchange,
     Input,
@@ -89,13 +90,15 @@ class Worker:
         for signum in (*GRACEFUL, signal.SIGQUIT):
             signal.signal(signum, _noop)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        poller = select.poll()
+        # EPOLLEXCLUSIVE wakes one idle worker per new connection instead of all of them
+        # (the thundering herd: every loser pays a wakeup and a failed accept).
+        poller = select.epoll()
         by_fd = {}
         for listener in self.listeners:
-            poller.register(listener.fileno(), select.POLLIN)
+            poller.register(listener.fileno(), select.EPOLLIN | select.EPOLLEXCLUSIVE)
             by_fd[listener.fileno()] = listener
-        poller.register(wake_r, select.POLLIN)
-        poller.register(self.master_fd, select.POLLIN)
+        poller.register(wake_r, select.EPOLLIN)
+        poller.register(self.master_fd, select.EPOLLIN)
         while not self.stopping:
             for fd, _ in poller.poll():
                 if fd == wake_r:
@@ -204,6 +207,10 @@ class Worker:
         try:
             result = self.app(environ, exchange.start_response)
             exchange.send_result(result)
+        except ClientDisconnected as exc:
+            # The packet ended before its CONTENT_LENGTH: a bad packet, not an app failure.
+            exchange.code = 400
+            raise RemoteProtocolError(str(exc)) from None
         except (BrokenPipeError, ConnectionResetError) as exc:
             log(
                 f"worker {self.wid}: nginx closed the connection during {_request_line(environ)} "

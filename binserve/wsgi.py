@@ -48,6 +48,9 @@ _HOP_BY_HOP = frozenset(
 
 _ERROR_BODY = b"Internal Server Error"
 _ERROR_HEAD = " 500 Internal Server Error\r\nContent-Type: text/plain\r\nContent-Length: 21\r\n\r\n"
+# What nginx's $server_protocol can be; anything else gets HTTP/1.0 rather than echoing bytes
+# a peer chose into the status line.
+_PROTOCOLS: dict[str | None, str] = {p: p for p in ("HTTP/1.0", "HTTP/1.1", "HTTP/2.0", "HTTP/3.0")}
 # Linux takes at most IOV_MAX (1024) buffers in one sendmsg; longer lists are joined first.
 MAX_PARTS = 512
 
@@ -177,7 +180,7 @@ class Input:
             conn.arm()
             left = decoder.body_left
             try:
-                data = conn.sock.recv(min(max(hint, RECV_CHUNK), left))
+                data = conn.sock.recv(min(RECV_CHUNK, left))
             except BlockingIOError:
                 got = self._length - left
                 raise BodyReadTimeout(
@@ -300,9 +303,7 @@ def build_environ(head: Head, base: dict[str, Any], wsgi_input: Input) -> dict[s
     uWSGI's magic vars (UWSGI_SCRIPT, UWSGI_FILE, UWSGI_SETENV, ...) are plain strings here:
     binserve never acts on them, since anyone who can reach the socket could set them.
     """
-    env: dict[str, Any] = head.fields
-    if len(env) != len(head.vars):
-        env = merge_vars(head.vars)
+    env: dict[str, Any] = merge_vars(head.vars) if head.duplicates else head.fields
     env.update(base)
     env["wsgi.input"] = wsgi_input
     pop = env.pop
@@ -407,8 +408,7 @@ class Exchange:
 
     def protocol(self) -> str:
         """The request's SERVER_PROTOCOL, used for the status line (HTTP/1.0 when absent or odd)."""
-        proto = self.environ.get("SERVER_PROTOCOL") or "HTTP/1.0"
-        return proto if proto.startswith("HTTP/") else "HTTP/1.0"
+        return _PROTOCOLS.get(self.environ.get("SERVER_PROTOCOL"), "HTTP/1.0")
 
     def server_error(self) -> bytes:
         """A complete 500 response, for an app that failed before sending its headers."""

@@ -39,27 +39,37 @@ CLOSED = _Sentinel("CLOSED")
 
 
 class Head:
-    """The packet header and its vars (or its raw payload, for modifiers without vars)."""
+    """The packet header and its vars (or its raw payload, for modifiers without vars).
 
-    __slots__ = ("modifier1", "modifier2", "vars", "fields", "payload", "content_length")
+    ``fields`` holds the vars as a dict, the last value winning; the receiver owns it and may
+    turn it into the environ in place. ``vars`` gives every var in wire order, duplicates
+    kept; it is worked out from the block when asked for, off the hot path.
+    """
+
+    __slots__ = ("modifier1", "modifier2", "fields", "duplicates", "payload", "content_length", "_block")
 
     def __init__(
         self,
         modifier1: int,
         modifier2: int,
-        vars: list[tuple[str, str]],
+        fields: dict[str, str],
         payload: bytes,
         content_length: int,
-        fields: dict[str, str] | None = None,
+        block: bytes = b"",
+        duplicates: bool = False,
     ) -> None:
         self.modifier1 = modifier1
         self.modifier2 = modifier2
-        self.vars = vars
-        # The vars as a dict, the last value winning; the receiver of the event owns it and
-        # may turn it into the environ in place when no key repeats.
-        self.fields = dict(vars) if fields is None else fields
+        self.fields = fields
+        self.duplicates = duplicates
         self.payload = payload
         self.content_length = content_length
+        self._block = block
+
+    @property
+    def vars(self) -> list[tuple[str, str]]:
+        """Every var in wire order, repeated keys kept (latin-1 decoded)."""
+        return _walk(self._block)
 
     def __repr__(self) -> str:
         return (
@@ -114,78 +124,89 @@ def parse_content_length(value: str) -> int:
 _U16 = struct.Struct("<H").unpack_from
 
 
-def _explain(block: bytes) -> RemoteProtocolError:
-    """The precise error for a vars block the fast loop refused (slow; error path only)."""
+def _walk(block: bytes) -> list[tuple[str, str]]:
+    """The vars in wire order, checking every size field and naming the first bad one.
+
+    The careful pass: used for ``Head.vars`` and to explain a block the fast pass refused.
+    """
     end = len(block)
-    pos = count = 0
+    pos = 0
+    pairs: list[tuple[str, str]] = []
     while pos < end:
-        count += 1
+        count = len(pairs) + 1
         if pos + 2 > end:
-            return RemoteProtocolError(
+            raise RemoteProtocolError(
                 f"var {count} at offset {pos}: key size runs past the end of the {end}-byte vars block"
             )
         klen = _U16(block, pos)[0]
         if not klen:
-            return RemoteProtocolError(f"var {count} at offset {pos}: uwsgi key cannot be null")
+            raise RemoteProtocolError(f"var {count} at offset {pos}: uwsgi key cannot be null")
         kend = pos + 2 + klen
         if kend + 2 > end:
-            return RemoteProtocolError(
-                f"var {count} at offset {pos}: key of {klen} bytes runs past the end of the {end}-byte vars block"
+            raise RemoteProtocolError(
+                f"var {count} at offset {pos}: key of {klen} bytes runs past the end "
+                f"of the {end}-byte vars block"
             )
+        key = block[pos + 2 : kend].decode("latin-1")
         vlen = _U16(block, kend)[0]
-        if kend + 2 + vlen > end:
-            key = block[pos + 2 : kend][:40].decode("latin-1")
-            return RemoteProtocolError(
-                f"var {count} ({key!r}) at offset {pos}: value of {vlen} bytes "
+        vend = kend + 2 + vlen
+        if vend > end:
+            raise RemoteProtocolError(
+                f"var {count} ({key[:40]!r}) at offset {pos}: value of {vlen} bytes "
                 f"runs past the end of the {end}-byte vars block"
             )
-        pos = kend + 2 + vlen
-    return RemoteProtocolError("malformed vars block")
+        pairs.append((key, block[kend + 2 : vend].decode("latin-1")))
+        pos = vend
+    return pairs
 
 
-def _parse(block: bytes, max_vars: int) -> tuple[list[tuple[str, str]], dict[str, str], int]:
-    """Pairs in wire order, a dict of them (last value wins), and the content length.
+def _parse(block: bytes, max_vars: int) -> tuple[dict[str, str], bool, int]:
+    """The vars as a dict (the last value winning), whether any key repeats, and the content length.
 
-    Keys and values are decoded as latin-1 in one go: latin-1 maps byte i to code point i,
-    so the byte offsets read from the size fields index the decoded string directly. The
-    loop only looks for trouble cheaply (a size running past the end raises struct.error or
-    overshoots); ``_explain`` then walks the block again to say exactly what is wrong.
+    The hot path. Keys and values are decoded as latin-1 in one go: latin-1 maps byte i to
+    code point i, so the offsets read from the size fields index the decoded string
+    directly. The loop checks only cheaply (a size field past the end raises IndexError, a
+    value past it leaves ``pos`` beyond the end); ``_walk`` then finds and names the fault.
     """
     text = block.decode("latin-1")
     end = len(block)
-    pos = 0
-    pairs: list[tuple[str, str]] = []
-    append = pairs.append
+    pos = count = 0
+    fields: dict[str, str] = {}
     try:
         while pos < end:
-            kstart = pos + 2
-            kend = kstart + _U16(block, pos)[0]
-            vstart = kend + 2
-            vend = vstart + _U16(block, kend)[0]
-            if vend > end or kend == kstart:
-                raise _explain(block)
-            append((text[kstart:kend], text[vstart:vend]))
+            key = pos + 2
+            pos = key + (block[pos] | block[pos + 1] << 8)
+            if pos == key:
+                break
+            value = pos + 2
+            vend = value + (block[pos] | block[pos + 1] << 8)
+            fields[text[key:pos]] = text[value:vend]
+            count += 1
             pos = vend
-    except struct.error:
-        raise _explain(block) from None
-    if len(pairs) > max_vars:
-        raise RemoteProtocolError(f"too many vars: {len(pairs)} (max {max_vars})", 431)
-    fields = dict(pairs)
+    except IndexError:
+        pos = end + 1
+    if pos != end:
+        _walk(block)
+        raise RemoteProtocolError("malformed vars block")  # unreachable: _walk names the fault
+    if count > max_vars:
+        raise RemoteProtocolError(f"too many vars: {count} (max {max_vars})", 431)
+    duplicates = len(fields) != count
     length = fields.get("CONTENT_LENGTH")
     if length is None:
-        return pairs, fields, 0
-    if len(fields) != len(pairs):
-        lengths = {value for key, value in pairs if key == "CONTENT_LENGTH"}
+        return fields, duplicates, 0
+    if duplicates:
+        lengths = sorted({value for key, value in _walk(block) if key == "CONTENT_LENGTH"})
         if len(lengths) > 1:
-            first, second = sorted(lengths)[:2]
-            raise RemoteProtocolError(f"conflicting CONTENT_LENGTH vars {first[:40]!r} and {second[:40]!r}")
-    return pairs, fields, parse_content_length(length)
+            raise RemoteProtocolError(
+                f"conflicting CONTENT_LENGTH vars {lengths[0][:40]!r} and {lengths[1][:40]!r}"
+            )
+    return fields, duplicates, parse_content_length(length)
 
 
 def parse_vars(block: bytes, max_vars: int = 1024) -> tuple[list[tuple[str, str]], int]:
     """Decode a vars block into ``[(key, value), ...]`` (latin-1, wire order) and its content length."""
-    pairs, _, length = _parse(block, max_vars)
-    return pairs, length
+    _, _, length = _parse(block, max_vars)
+    return _walk(block), length
 
 
 class Decoder:
@@ -295,14 +316,14 @@ class Decoder:
             block = bytes(buf[HEADER_SIZE:need])
             self._buf = buf[need:]
             if modifier1 in VARS_MODIFIERS:
-                pairs, fields, length = _parse(block, self.max_vars)
+                fields, duplicates, length = _parse(block, self.max_vars)
                 if self.max_body is not None and length > self.max_body:
                     raise RemoteProtocolError(
                         f"Invalid (too big) CONTENT_LENGTH: {length} (max {self.max_body})", 413
                     )
-                self._head = head = Head(modifier1, buf[3], pairs, b"", length, fields)
+                self._head = head = Head(modifier1, buf[3], fields, b"", length, block, duplicates)
             else:
-                self._head = head = Head(modifier1, buf[3], [], block, 0)
+                self._head = head = Head(modifier1, buf[3], {}, block, 0)
             self._left = head.content_length
             self._state = _BODY
             return head

@@ -1,0 +1,233 @@
+"""Every file in nginx_conf/ is loaded by real nginx.
+
+Each ``*.conf.template`` is filled with ``string.Template`` (tmp paths, a free port), included in
+a minimal ``http {}`` wrapper and checked with ``nginx -t``; then it is served in front of a running
+binserve and asked real requests. ``uwsgi_params`` is loaded through the templates' ``include``.
+A file added to nginx_conf/ that no test here loads fails ``test_every_file_is_loaded``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import string
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from support import NGINX, REPO, Nginx, Server, free_port, wait_for
+
+CONF_DIR = REPO / "nginx_conf"
+TEMPLATES = sorted(CONF_DIR.glob("*.conf.template"))
+INCLUDED = {"uwsgi_params"}  # loaded by nginx through the templates' include, checked below
+DOCS = {"README.md"}
+PLACEHOLDER = re.compile(r"\$\{(\w+)\}")
+
+WRAPPER = """
+worker_processes 1;
+daemon off;
+{user}
+pid {dir}/nginx.pid;
+error_log {dir}/nginx_error.log info;
+events {{ worker_connections 64; }}
+http {{
+  access_log {dir}/nginx_access.log;
+  client_body_temp_path {dir}/client_body;
+  proxy_temp_path {dir}/proxy;
+  fastcgi_temp_path {dir}/fastcgi;
+  uwsgi_temp_path {dir}/uwsgi;
+  scgi_temp_path {dir}/scgi;
+  default_type application/octet-stream;
+  include {site};
+}}
+"""
+
+ENVIRON_APP = """
+def application(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [f"{environ['SCRIPT_NAME']}|{environ['PATH_INFO']}".encode()]
+"""
+
+
+def placeholders(tmp_path: Path, port: int, app_socket: Path) -> dict[str, str]:
+    """A value for every placeholder a template may use."""
+    return {
+        "LISTEN": f"127.0.0.1:{port}",
+        "SERVER_NAME": "binserve.test",
+        "STATIC_ROOT": str(tmp_path / "static"),
+        "APP_SOCKET": str(app_socket),
+        "UWSGI_PARAMS": str(CONF_DIR / "uwsgi_params"),
+        "PREFIX": "/app",
+    }
+
+
+def render(template: Path, values: dict[str, str]) -> str:
+    """The template with its placeholders filled; an unknown placeholder fails the test."""
+    text = template.read_text()
+    unknown = set(PLACEHOLDER.findall(text)) - set(values)
+    assert not unknown, f"{template.name} uses placeholders no test fills: {sorted(unknown)}"
+    return string.Template(text).safe_substitute(values)
+
+
+def write_config(directory: Path, site: str) -> Path:
+    """nginx.conf in ``directory``: the wrapper including ``site`` (written beside it)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    site_path = directory / "site.conf"
+    site_path.write_text(site)
+    conf = directory / "nginx.conf"
+    user = "user root;" if os.geteuid() == 0 else ""
+    conf.write_text(WRAPPER.format(user=user, dir=directory, site=site_path))
+    return conf
+
+
+def nginx_test(conf: Path) -> tuple[int, str]:
+    """``nginx -t`` on ``conf``: the exit code and everything it said."""
+    done = subprocess.run(
+        [NGINX, "-t", "-c", str(conf), "-p", str(conf.parent)], capture_output=True, text=True, timeout=30
+    )
+    error_log = conf.parent / "nginx_error.log"
+    said = done.stdout + done.stderr + (error_log.read_text() if error_log.exists() else "")
+    return done.returncode, said
+
+
+class SiteNginx(Nginx):
+    """nginx running a whole config file; ``Nginx`` wraps locations in a server block of its own.
+
+    Only the start differs: ``request``, ``error_log`` and ``stop`` are Nginx's.
+    """
+
+    def __init__(self, conf: Path, port: int) -> None:
+        self.dir = conf.parent
+        self.port = port
+        self.conf = conf
+        self._log = open(self.dir / "stderr.log", "ab")
+        self.proc = subprocess.Popen(
+            [NGINX, "-c", str(conf), "-p", str(self.dir)],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+        def up() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"nginx exited: {self.error_log()}")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            except OSError:
+                return False
+            return True
+
+        wait_for(up, 15, "nginx to listen")
+
+
+@pytest.fixture
+def site_nginx(tmp_path: Path) -> Iterator[Callable[[Path, Server], SiteNginx]]:
+    """Serve a template in front of a binserve: ``site_nginx(template, server)``; stopped after the test."""
+    started: list[SiteNginx] = []
+
+    def start(template: Path, server: Server) -> SiteNginx:
+        port = free_port()
+        site = render(template, placeholders(tmp_path, port, server.socket))
+        conf = write_config(tmp_path / f"nginx-{template.name}", site)
+        code, said = nginx_test(conf)
+        assert code == 0, said
+        front = SiteNginx(conf, port)
+        started.append(front)
+        return front
+
+    yield start
+    for front in started:
+        front.stop()
+
+
+# -- every file is loaded ----------------------------------------------------------------------
+def test_every_file_is_loaded() -> None:
+    """Each file in nginx_conf/ is a template (nginx -t'd and served below), included by them, or docs."""
+    unloaded = [
+        path.name
+        for path in sorted(CONF_DIR.iterdir())
+        if path not in TEMPLATES and path.name not in INCLUDED | DOCS
+    ]
+    assert not unloaded, (
+        f"no test loads nginx_conf/{', nginx_conf/'.join(unloaded)}: name a site template *.conf.template "
+        "(tests/test_nginx_conf.py then checks it with nginx -t), or load it from a test and list it there"
+    )
+    assert TEMPLATES, "nginx_conf/ has no *.conf.template"
+    for name in INCLUDED:
+        directive = f"include ${{{name.upper()}}};"
+        includers = [t.name for t in TEMPLATES if directive in t.read_text()]
+        assert includers == [t.name for t in TEMPLATES], (
+            f"every template must load nginx_conf/{name} with {directive!r}; only {includers} do"
+        )
+    readme = (CONF_DIR / "README.md").read_text()
+    undocumented = [p.name for p in CONF_DIR.iterdir() if p.name not in DOCS and f"`{p.name}`" not in readme]
+    assert not undocumented, f"nginx_conf/README.md does not describe {undocumented}"
+
+
+@pytest.mark.parametrize("template", TEMPLATES, ids=[t.name for t in TEMPLATES])
+def test_nginx_accepts_template(template: Path, tmp_path: Path) -> None:
+    conf = write_config(
+        tmp_path / "conf", render(template, placeholders(tmp_path, free_port(), tmp_path / "a.sock"))
+    )
+    code, said = nginx_test(conf)
+    assert code == 0 and "test is successful" in said, said
+    complaints = [line for line in said.splitlines() if re.search(r"\[(warn|error|crit|alert|emerg)\]", line)]
+    assert not complaints, "\n".join(complaints)
+
+
+def test_nginx_t_rejects_a_broken_site(tmp_path: Path) -> None:
+    """The check above can fail: a site nginx cannot load is refused, naming the problem."""
+    broken = f"server {{ listen 127.0.0.1:{free_port()}; location / {{ uwsgi_pass; }} }}"
+    code, said = nginx_test(write_config(tmp_path / "conf", broken))
+    assert code != 0 and "invalid number of arguments" in said, said
+
+
+# -- the templates serve -----------------------------------------------------------------------
+def test_site_serves_static_files_from_nginx_and_the_rest_from_binserve(
+    serve: Callable[..., Server], site_nginx: Callable[[Path, Server], SiteNginx], tmp_path: Path
+) -> None:
+    static = tmp_path / "static"
+    static.mkdir()
+    (static / "x.txt").write_text("static file content\n")
+    (tmp_path / "secret.txt").write_text("outside the static root\n")
+    server = serve("--module", "binserve.demo")
+    front = site_nginx(CONF_DIR / "site.conf.template", server)
+
+    status, _, body = front.request("GET", "/static/x.txt")
+    assert (status, body) == (200, b"static file content\n")
+    status, _, body = front.request("GET", "/static/missing.txt")
+    assert status == 404 and b"binserve" not in body, body  # nginx's 404: not passed on to the app
+    status, _, body = front.request("GET", "/static../secret.txt")
+    assert b"outside the static root" not in body, (status, body)
+
+    status, _, body = front.request("GET", "/")
+    assert status == 200 and body.startswith(b"Hello from binserve!"), (status, body)
+    # client_max_body_size is raised from nginx's default 1m, and the body reaches the app whole.
+    payload = os.urandom(2 * 1024 * 1024)
+    status, _, body = front.request("POST", "/echo", body=payload)
+    assert status == 200 and body == payload, (status, len(body))
+
+    wait_for(lambda: "POST /echo => 200" in server.log(), 5, "binserve to log the POST")
+    log = server.log()
+    assert "GET / => 200" in log
+    assert "/static/" not in log, f"static requests reached binserve:\n{log}"
+
+
+def test_mounted_site_strips_the_prefix(
+    serve: Callable[..., Server],
+    site_nginx: Callable[[Path, Server], SiteNginx],
+    app_file: Callable[[str], Path],
+) -> None:
+    server = serve("--wsgi-file", str(app_file(ENVIRON_APP)))
+    front = site_nginx(CONF_DIR / "mounted.conf.template", server)
+
+    assert front.request("GET", "/app/hello")[::2] == (200, b"/app|/hello")
+    assert front.request("GET", "/app/")[::2] == (200, b"/app|/")
+    assert front.request("GET", "/app/a/b?x=1")[::2] == (200, b"/app|/a/b")
+    status, headers, _ = front.request("GET", "/app")
+    assert status == 301 and headers["location"].endswith("/app/"), (status, headers)
+    for outside in ("/appendix", "/", "/other/app/x"):
+        status, _, body = front.request("GET", outside)
+        assert status == 404 and b"|" not in body, (outside, status, body)
