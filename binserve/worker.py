@@ -199,7 +199,7 @@ class Worker:
 
     def _serve(self, conn: Connection, decoder: Decoder, head: Head) -> bool:
         """Run the app for one request; returns whether unread body remains on the socket."""
-        start = time.monotonic()
+        start = time.monotonic() if self.log_requests else 0.0
         wsgi_input = Input(conn, decoder, head.content_length)
         environ = build_environ(head, self.base_environ, wsgi_input)
         exchange = Exchange(conn, environ)

@@ -341,6 +341,44 @@ def build_environ(head: Head, base: dict[str, Any], wsgi_input: Input) -> dict[s
     return env
 
 
+# Apps send the same few statuses and headers again and again: each distinct one is checked
+# once, then found in these (bounded) caches.
+_STATUS_OK: dict[str, int] = {}
+_HEADER_OK: dict[tuple[str, str], bool] = {}
+_CACHE_LIMIT = 4096
+
+
+def _check_status(status: Any) -> int:
+    """Validate a status string; returns its code."""
+    if type(status) is not str or not _STATUS(status):
+        raise HeaderError(f"invalid status {status!r}: expected a str like '200 OK'")
+    code = int(status[:3])
+    if len(_STATUS_OK) < _CACHE_LIMIT:
+        _STATUS_OK[status] = code
+    return code
+
+
+def _check_header(item: Any) -> bool:
+    """Validate one (name, value) header; returns whether it is Content-Length."""
+    if type(item) is not tuple or len(item) != 2:
+        raise HeaderError(f"response header {item!r} is not a (name, value) tuple")
+    name, value = item
+    if type(name) is not str or not _TOKEN(name):
+        raise HeaderError(f"invalid response header name {name!r}")
+    if type(value) is not str or _BAD_VALUE(value):
+        raise HeaderError(
+            f"invalid value for response header {name!r}: {value!r} "
+            "(CR, LF and other control characters are not allowed)"
+        )
+    lower = name.lower()
+    if lower in _HOP_BY_HOP:
+        raise HeaderError(f"hop-by-hop header {name!r} is not allowed from a WSGI app (PEP 3333)")
+    is_length = lower == "content-length"
+    if len(_HEADER_OK) < _CACHE_LIMIT:
+        _HEADER_OK[item] = is_length
+    return is_length
+
+
 class Exchange:
     """One request's response side: start_response, write(), and sending the result."""
 
@@ -379,31 +417,25 @@ class Exchange:
                 exc_info = None
         elif self.status is not None:
             raise AssertionError("start_response called a second time without exc_info")
-        if type(status) is not str or not _STATUS(status):
-            raise HeaderError(f"invalid status {status!r}: expected a str like '200 OK'")
+        code = _STATUS_OK.get(status) if type(status) is str else None
+        if code is None:
+            code = _check_status(status)
         if type(headers) is not list:
             raise HeaderError(f"response headers must be a list, not {type(headers).__name__}")
         has_length = False
         for item in headers:
-            if type(item) is not tuple or len(item) != 2:
-                raise HeaderError(f"response header {item!r} is not a (name, value) tuple")
-            name, value = item
-            if type(name) is not str or not _TOKEN(name):
-                raise HeaderError(f"invalid response header name {name!r}")
-            if type(value) is not str or _BAD_VALUE(value):
-                raise HeaderError(
-                    f"invalid value for response header {name!r}: {value!r} "
-                    "(CR, LF and other control characters are not allowed)"
-                )
-            lower = name.lower()
-            if lower == "content-length":
+            try:
+                is_length = _HEADER_OK.get(item)
+            except TypeError:  # unhashable: certainly not a (str, str) tuple
+                is_length = None
+            if is_length is None:
+                is_length = _check_header(item)
+            if is_length:
                 has_length = True
-            elif lower in _HOP_BY_HOP:
-                raise HeaderError(f"hop-by-hop header {name!r} is not allowed from a WSGI app (PEP 3333)")
         self.status = status
         self.headers = headers
         self.has_length = has_length
-        self.code = int(status[:3])
+        self.code = code
         return self.write
 
     def protocol(self) -> str:
