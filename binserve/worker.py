@@ -22,7 +22,7 @@ from typing import Any
 from .config import Config
 from .log import log, write_line
 from .protocol import CLOSED, NEED_DATA, PONG, Decoder, Head, ProtocolError, RemoteProtocolError
-from .protocol.modifiers import Action, action, describe
+from .protocol.modifiers import PING, VARS_MODIFIERS, describe
 from .sockets import Listener
 from .wsgi import (
     RECV_CHUNK,
@@ -148,10 +148,10 @@ class Worker:
             head = self._read_head(conn, decoder, sock)
             if head is None:
                 return
-            what = action(head.modifier1)
-            if what is Action.WSGI:
+            modifier1 = head.modifier1
+            if modifier1 in VARS_MODIFIERS:
                 drain = self._serve(conn, decoder, head)
-            elif what is Action.PING:
+            elif modifier1 == PING:
                 sock.sendall(PONG)
             else:
                 log(
@@ -236,7 +236,7 @@ class Worker:
                 f"{environ.get('REMOTE_ADDR', '-')} {_request_line(environ)} "
                 f"=> {exchange.code} {exchange.sent} bytes in {ms:.2f} ms\n"
             )
-        return wsgi_input.unread_on_socket > 0
+        return decoder.body_left > 0
 
     def _app_failed(self, exchange: Exchange) -> None:
         environ = exchange.environ

@@ -127,11 +127,10 @@ class Connection:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, self.timeout)
             self.armed = True
 
-    def send(self, parts: list[bytes]) -> int:
-        """Send all of ``parts`` (one gathered write when it goes through at once)."""
-        total = 0
-        for part in parts:
-            total += len(part)
+    def send(self, parts: list[bytes], total: int = -1) -> int:
+        """Send all of ``parts`` (``total`` bytes, when the caller knows) in one gathered write if it goes."""
+        if total < 0:
+            total = sum(map(len, parts))
         if total > SMALL_RESPONSE:
             self.arm()
         sock = self.sock
@@ -448,7 +447,7 @@ class Exchange:
 
     def render_head(self, length: int | None) -> bytes:
         """The status line and headers, adding Content-Length when it is known and the app gave none."""
-        proto = self.protocol()
+        proto = _PROTOCOLS.get(self.environ.get("SERVER_PROTOCOL"), "HTTP/1.0")
         lines: list[str] = [proto, " ", self.status or "500 Internal Server Error", "\r\n"]
         for name, value in self.headers:
             lines += (name, ": ", value, "\r\n")
@@ -480,16 +479,20 @@ class Exchange:
                 if type(chunk) is not bytes:
                     raise TypeError(f"the app's response holds a {type(chunk).__name__}, not bytes")
                 total += len(chunk)
-            self._check_started()
+            if self.status is None:
+                raise AssertionError("the app returned a body without calling start_response()")
+            if self.head_only:
+                if not self.head_sent:
+                    self.head_sent = True
+                    head = self.render_head(total)
+                    self.sent += self.conn.send([head], len(head))
+                return
             if self.head_sent:
-                parts = list(result)
+                self.sent += self.conn.send(list(result), total)
             else:
                 self.head_sent = True
-                parts = [self.render_head(total), *result]
-            if self.head_only:
-                parts = parts[:1] if not self.sent else []
-            if parts:
-                self.sent += self.conn.send(parts)
+                head = self.render_head(total)
+                self.sent += self.conn.send([head, *result], total + len(head))
             return
         if kind is FileWrapper and not self.head_sent:
             fd = result.fileno_for_sendfile()  # type: ignore[attr-defined]
