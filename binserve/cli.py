@@ -8,10 +8,10 @@ import traceback
 from collections.abc import Sequence
 
 from .app import AppLoadError, load_app, prepare_process
-from .config import ConfigError, load
+from .config import Config, ConfigError, load
 from .log import log, redirect_to
-from .master import Master
-from .sockets import SocketError, open_all
+from .master import RETIRING_ENV, Master, abandon_reload
+from .sockets import SocketError, inherited, open_all
 
 APP_LOAD_ERROR = 4  # as gunicorn's: the app could not be imported; respawning would not help
 
@@ -38,10 +38,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         app = load_app(config)
     except AppLoadError as exc:
         log(f"cannot load the app: {exc}")
-        return APP_LOAD_ERROR
+        return _fail_to_load(config)
     except Exception:
         log("cannot load the app, it raised:\n" + traceback.format_exc().rstrip())
-        return APP_LOAD_ERROR
+        return _fail_to_load(config)
     specs = [
         spec if os.path.isabs(spec) or ":" in spec else os.path.join(start_cwd, spec)
         for spec in config.socket
@@ -54,6 +54,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     master = Master(config, app, listeners)
     master.start_cwd = start_cwd
     return master.run()
+
+
+def _fail_to_load(config: Config) -> int:
+    """Exit after a failed app load; on a reload, first let the old workers finish and clean up."""
+    if RETIRING_ENV in os.environ:
+        log("the reloaded app does not load: stopping the old workers gracefully and exiting")
+        abandon_reload(config.worker_reload_mercy)
+        for listener in inherited().values():
+            listener.close()
+            if config.vacuum:
+                listener.remove_file()
+        if config.vacuum and config.pidfile:
+            try:
+                os.unlink(config.pidfile)
+            except FileNotFoundError:
+                pass
+    return APP_LOAD_ERROR
 
 
 if __name__ == "__main__":

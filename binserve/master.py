@@ -53,6 +53,7 @@ class Master:
         self.by_pid: dict[int, int] = {}  # pid -> wid
         self.retiring: set[int] = set()  # workers of the previous image, finishing their requests
         self.retiring_pipe: int | None = None
+        self.pending = b""  # signal numbers read from the wakeup pipe, not yet handled
         self.retire_deadline = 0.0
         self.deadline = 0.0
         self.selector = selectors.DefaultSelector()
@@ -62,7 +63,12 @@ class Master:
 
     # -- setup -----------------------------------------------------------------------------
     def start(self) -> None:
-        """Install the wakeup pipe and signal handlers, spawn the workers, retire the old ones."""
+        """Install the wakeup pipe and signal handlers, spawn the workers, retire the old ones.
+
+        The handled signals stay blocked until the handlers are in place: after a reload they
+        were blocked before ``execv``, so one that arrived meanwhile is pending, not lost.
+        """
+        signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
         for signum in HANDLED:
@@ -70,30 +76,36 @@ class Master:
         self.selector.register(self.wake_r, selectors.EVENT_READ)
         # Workers watch the read end: when the master dies, the write end closes and they leave.
         self.life_r, self.life_w = os.pipe2(os.O_CLOEXEC)
+        self._adopt_previous_image()
         if self.config.pidfile:
             with open(self.config.pidfile, "w") as handle:
                 handle.write(f"{os.getpid()}\n")
         for wid in range(1, self.config.processes + 1):
             self.spawn(wid)
-        self._retire_previous_image()
+        if self.retiring_pipe is not None:
+            os.close(self.retiring_pipe)  # the old workers' life pipe: they finish their request and exit
+            self.retiring_pipe = None
+        for pid in self.retiring:
+            _kill(pid, signal.SIGTERM)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)
         names = ", ".join(lst.name for lst in self.listeners)
         log(f"master ready: {self.config.processes} workers on {names}")
 
-    def _retire_previous_image(self) -> None:
+    def _adopt_previous_image(self) -> None:
         spec = os.environ.pop(RETIRING_ENV, "")
-        if not spec:
-            return
-        fd, _, pids = spec.partition(":")
-        self.retiring = {int(p) for p in pids.split(",") if p}
-        self.retire_deadline = time.monotonic() + self.config.worker_reload_mercy
-        os.close(int(fd))  # the old workers' life pipe: they finish their request and exit
-        for pid in self.retiring:
-            _kill(pid, signal.SIGTERM)
+        if spec:
+            fd, _, pids = spec.partition(":")
+            self.retiring = {int(p) for p in pids.split(",") if p}
+            self.retiring_pipe = int(fd)
+            self.retire_deadline = time.monotonic() + self.config.worker_reload_mercy
 
     def spawn(self, wid: int) -> None:
         """Fork worker ``wid``."""
         sys.stdout.flush()
         sys.stderr.flush()
+        # Blocked across fork so a signal meant for the new worker never reaches the master's
+        # handlers in it; the worker unblocks once its own handlers are installed.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
         pid = os.fork()
         if pid == 0:
             code = 1
@@ -111,6 +123,7 @@ class Master:
                 traceback.print_exc()
             finally:
                 os._exit(code)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         self.workers[wid] = pid
         self.by_pid[pid] = wid
         log(f"spawned worker {wid} (pid {pid})")
@@ -129,11 +142,13 @@ class Master:
         now = time.monotonic()
         if self.state == STOPPING:
             timeout = max(0.0, min(timeout, self.deadline - now))
-        for _key, _ in self.selector.select(timeout):
-            for signum in os.read(self.wake_r, 256):
-                handler = getattr(self, f"handle_{signal.Signals(signum).name[3:].lower()}", None)
-                if handler:
-                    handler()
+        if self.selector.select(timeout):
+            self.pending += os.read(self.wake_r, 256)
+        while self.pending:
+            signum, self.pending = self.pending[0], self.pending[1:]
+            handler = getattr(self, f"handle_{signal.Signals(signum).name[3:].lower()}", None)
+            if handler:
+                handler()
         self.reap()
         self.check_deadlines()
 
@@ -237,19 +252,54 @@ class Master:
 
     def reexec(self) -> None:
         """Replace this process with a fresh binserve that inherits the sockets and the workers."""
+        signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
+        # Signals already turned into bytes would die with the pipe on exec: make them pending
+        # again (blocked, so they wait for the new image's handlers).
+        try:
+            self.pending += os.read(self.wake_r, 256)
+        except BlockingIOError:
+            pass
+        for signum in set(self.pending) - {signal.SIGCHLD}:
+            signal.raise_signal(signum)
         hand_over(self.listeners)
         os.set_inheritable(self.life_w, True)
-        os.environ[RETIRING_ENV] = f"{self.life_w}:{','.join(map(str, self.by_pid))}"
-        if self.retiring:
-            # Workers of an earlier image still finishing: stop them now rather than lose track.
-            for pid in self.retiring:
-                _kill(pid, signal.SIGTERM)
+        # Workers of an earlier image still finishing are handed on too, so the next image
+        # keeps their deadline and reaps them.
+        pids = ",".join(map(str, [*self.by_pid, *self.retiring]))
+        os.environ[RETIRING_ENV] = f"{self.life_w}:{pids}"
         os.chdir(self.start_cwd)
         sys.stdout.flush()
         sys.stderr.flush()
         signal.set_wakeup_fd(-1)
-        args = [sys.executable, *sys.orig_argv[1:]]
-        os.execv(sys.executable, args)
+        os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+
+
+def abandon_reload(mercy: float) -> None:
+    """After a reload whose new image cannot load the app: stop the old workers gracefully.
+
+    They finish the requests they hold (up to ``mercy`` seconds); the caller then exits, and
+    the sockets and pidfile are removed as on any stop.
+    """
+    spec = os.environ.pop(RETIRING_ENV, "")
+    if not spec:
+        return
+    fd, _, pids = spec.partition(":")
+    os.close(int(fd))
+    retiring = {int(p) for p in pids.split(",") if p}
+    for pid in retiring:
+        _kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + mercy
+    while retiring and time.monotonic() < deadline:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid:
+            retiring.discard(pid)
+        else:
+            time.sleep(0.05)
+    for pid in retiring:
+        _kill(pid, signal.SIGKILL)
 
 
 def _kill(pid: int, signum: int) -> None:

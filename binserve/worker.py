@@ -90,6 +90,8 @@ class Worker:
         for signum in (*GRACEFUL, signal.SIGQUIT):
             signal.signal(signum, _noop)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        # The master blocked these across fork; the handlers above are now in place.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, (*GRACEFUL, signal.SIGQUIT, signal.SIGCHLD))
         # EPOLLEXCLUSIVE wakes one idle worker per new connection instead of all of them
         # (the thundering herd: every loser pays a wakeup and a failed accept).
         poller = select.epoll()

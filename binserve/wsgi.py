@@ -284,10 +284,14 @@ def make_base_environ(multiprocess: bool, multithread: bool = False) -> dict[str
 
 
 def merge_vars(pairs: list[tuple[str, str]]) -> dict[str, str]:
-    """Vars as a dict, joining repeated keys as nginx >= 1.23 does: ``", "``, or ``"; "`` for cookies."""
+    """Vars as a dict: repeated headers joined as nginx >= 1.23 does (``", "``, ``"; "`` for cookies).
+
+    Only ``HTTP_*`` vars are headers; a repeated CGI var comes from a location that overrides a
+    ``uwsgi_param`` of the included file, and there the last one wins, as in uWSGI.
+    """
     env: dict[str, str] = {}
     for key, value in pairs:
-        if key in env:
+        if key in env and key.startswith("HTTP_"):
             env[key] = env[key] + ("; " if key == "HTTP_COOKIE" else ", ") + value
         else:
             env[key] = value

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from support import REPO
-
 from binserve.options import OPTIONS, options_table
+
+from support import REPO
 
 
 def test_readme_options_table_is_generated_from_the_declarations() -> None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
 from support import Nginx, Server, location
 
 APPS = Path(__file__).resolve().parent / "apps"

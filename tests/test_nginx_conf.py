@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
 from support import NGINX, REPO, Nginx, Server, free_port, wait_for
 
 CONF_DIR = REPO / "nginx_conf"

@@ -12,6 +12,9 @@ from collections.abc import Iterable, Iterator
 
 import construct
 import pytest
+from hypothesis import HealthCheck, assume, event, given, settings
+from hypothesis import strategies as st
+
 from binserve.protocol import (
     CLOSED,
     NEED_DATA,
@@ -26,8 +29,6 @@ from binserve.protocol import (
     parse_vars,
     spec,
 )
-from hypothesis import HealthCheck, assume, event, given, settings
-from hypothesis import strategies as st
 
 Pairs = list[tuple[bytes, bytes]]
 

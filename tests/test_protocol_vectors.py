@@ -15,6 +15,7 @@ from pathlib import Path
 
 import construct
 import pytest
+
 from binserve.protocol import (
     CLOSED,
     NEED_DATA,

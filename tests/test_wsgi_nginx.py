@@ -20,7 +20,9 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+
 from binserve.protocol import encode_request
+
 from support import Nginx, Server, location, wait_for
 
 Response = tuple[int, dict[str, str], bytes]

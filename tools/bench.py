@@ -40,6 +40,7 @@ from types import FrameType
 from typing import Any
 
 import psutil
+
 from binserve.tools import bench_app
 
 READY_DEADLINE = 30.0  # seconds for a server (or nginx) to answer after it was started
