@@ -30,6 +30,7 @@ from .wsgi import (
     Connection,
     Exchange,
     Input,
+    WriteTimeout,
     build_environ,
     make_base_environ,
     timeval,
@@ -39,6 +40,8 @@ BOOT_ERROR = 3  # exit code of a worker that cannot start: the master stops inst
 
 _STATUS_TEXT = {400: "Bad Request", 413: "Content Too Large", 431: "Request Header Fields Too Large"}
 GRACEFUL = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+# After refusing a bad packet, at most this much of what nginx still sends is read and dropped.
+DRAIN_LIMIT = 1 << 20
 
 
 def _error_response(status: int, reason: str) -> bytes:
@@ -143,7 +146,7 @@ class Worker:
 
     def handle(self, sock: _socket.socket, addr: Any, listener: Listener) -> None:
         """Serve one connection from accept to close."""
-        conn = Connection(sock, not listener.is_unix, self.timeout, "")
+        conn = Connection(sock, not listener.is_unix, self.timeout)
         decoder = Decoder(self.buffer_size, self.max_body)
         drain = False
         try:
@@ -213,6 +216,9 @@ class Worker:
             # The packet ended before its CONTENT_LENGTH: a bad packet, not an app failure.
             exchange.code = 400
             raise RemoteProtocolError(str(exc)) from None
+        except WriteTimeout as exc:
+            log(f"worker {self.wid}: {exc} during {_request_line(environ)}; connection closed")
+            exchange.code = exchange.code or 504
         except (BrokenPipeError, ConnectionResetError) as exc:
             log(
                 f"worker {self.wid}: nginx closed the connection during {_request_line(environ)} "
@@ -236,9 +242,9 @@ class Worker:
             write_line(
                 f"[pid: {self.pid}|worker: {self.wid}|req: {self.requests}] "
                 f"{environ.get('REMOTE_ADDR', '-')} {_request_line(environ)} "
-                f"=> {exchange.code} {exchange.sent} bytes in {ms:.2f} ms\n"
+                f"=> {exchange.code} {conn.sent} bytes in {ms:.2f} ms\n"
             )
-        return decoder.body_left > 0
+        return decoder.unreceived > 0
 
     def _app_failed(self, exchange: Exchange) -> None:
         environ = exchange.environ
@@ -252,7 +258,7 @@ class Worker:
             return
         exchange.code = 500
         try:
-            exchange.sent += exchange.conn.send([exchange.server_error()])
+            exchange.conn.send([exchange.server_error()])
         except OSError as exc:
             log(f"worker {self.wid}: could not send the 500 response: {exc}")
 
@@ -260,27 +266,37 @@ class Worker:
         """Answer a bad packet with an error status, then let nginx finish sending so it sees no reset."""
         try:
             conn.sock.sendall(_error_response(status, "bad uwsgi request"))
-            conn.sock.shutdown(socket.SHUT_WR)
-            conn.sock.settimeout(1.0)
-            while conn.sock.recv(65536):
-                pass
         except OSError:
-            pass  # the peer is gone or stalled: the connection is closed either way
+            return  # the peer is gone: nothing left to answer or drain
+        self._drain(conn, DRAIN_LIMIT)
 
     def _drain_body(self, conn: Connection, decoder: Decoder) -> None:
         """Read and drop the body the app left unread, so closing does not reset nginx's connection."""
+        self._drain(conn, decoder.unreceived)
+
+    def _drain(self, conn: Connection, limit: int) -> None:
+        """Half-close, then discard up to ``limit`` bytes until EOF, within one socket-timeout in all.
+
+        One deadline for the whole drain, not one per read: a peer trickling a byte at a time
+        must not hold the worker.
+        """
         sock = conn.sock
+        deadline = time.monotonic() + self.config.socket_timeout
         try:
             sock.shutdown(socket.SHUT_WR)
-            conn.arm()
-            left = decoder.body_left
-            while left > 0:
-                n = sock.recv_into(self.rbuf, min(left, len(self.rbuf)))
+            while limit > 0:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                sock.settimeout(left)
+                n = sock.recv_into(self.rbuf, min(limit, len(self.rbuf)))
                 if not n:
                     return
-                left -= n
+                limit -= n
+        except (TimeoutError, BlockingIOError):
+            return  # past the deadline: closing now is the lesser harm
         except OSError as exc:
-            log(f"worker {self.wid}: could not drain the unread request body: {exc}")
+            log(f"worker {self.wid}: could not drain the connection: {exc}")
 
 
 def _request_line(environ: dict[str, Any]) -> str:

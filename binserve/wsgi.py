@@ -63,6 +63,10 @@ class BodyReadTimeout(OSError):
     """The request body stopped arriving for longer than socket-timeout."""
 
 
+class WriteTimeout(TimeoutError):
+    """nginx stopped reading the response for longer than socket-timeout."""
+
+
 class HeaderError(ValueError):
     """The app passed a status or header that cannot go on the wire."""
 
@@ -112,13 +116,13 @@ class Connection:
     them: most requests arrive whole and their answer fits the send buffer.
     """
 
-    __slots__ = ("sock", "armed", "timeout", "peer")
+    __slots__ = ("sock", "armed", "timeout", "sent")
 
-    def __init__(self, sock: _socket.socket, armed: bool, timeout: bytes, peer: str) -> None:
+    def __init__(self, sock: _socket.socket, armed: bool, timeout: bytes) -> None:
         self.sock = sock
         self.armed = armed
         self.timeout = timeout
-        self.peer = peer
+        self.sent = 0  # bytes that reached the socket, kept when a send fails half-way
 
     def arm(self) -> None:
         """Make blocking reads and writes on this socket give up after socket-timeout."""
@@ -131,22 +135,28 @@ class Connection:
         """Send all of ``parts`` (``total`` bytes, when the caller knows) in one gathered write if it goes."""
         if total < 0:
             total = sum(map(len, parts))
-        if total > SMALL_RESPONSE:
+        if total > SMALL_RESPONSE or self.sent:
+            # A big answer, or a streamed one (its second write): either may fill the buffer.
             self.arm()
         sock = self.sock
         if len(parts) > MAX_PARTS:
             parts = [b"".join(parts)]
-        sent = sock.sendmsg(parts)
-        if sent < total:
-            rest = memoryview(b"".join(parts))[sent:]
-            while rest:
-                try:
+        sent = 0
+        try:
+            sent = sock.sendmsg(parts)
+            if sent < total:
+                rest = memoryview(b"".join(parts))[sent:]
+                while rest:
                     n = sock.send(rest)
-                except BlockingIOError:
-                    raise TimeoutError(
-                        f"timeout writing the response: {total - len(rest)} of {total} bytes sent"
-                    )
-                rest = rest[n:]
+                    sent += n
+                    rest = rest[n:]
+        except BlockingIOError:
+            raise WriteTimeout(
+                f"timeout writing the response: {self.sent + sent} bytes sent, then nginx read nothing "
+                "for socket-timeout"
+            ) from None
+        finally:
+            self.sent += sent
         return total
 
 
@@ -166,7 +176,7 @@ class Input:
         self._pos = 0
         self._length = length
 
-    def _chunk(self, hint: int) -> bytes:
+    def _chunk(self) -> bytes:
         """The next piece of body from the decoder, reading the socket when it needs data; b"" at the end."""
         decoder = self._decoder
         while True:
@@ -206,7 +216,7 @@ class Input:
         have = avail
         self._buf, self._pos = b"", 0
         while have < size:
-            chunk = self._chunk(size - have)
+            chunk = self._chunk()
             if not chunk:
                 break
             if have + len(chunk) > size:
@@ -233,7 +243,7 @@ class Input:
             if 0 <= limit <= avail:
                 self._pos = pos + limit
                 return buf[pos : pos + limit]
-            chunk = self._chunk(8192)
+            chunk = self._chunk()
             if not chunk:
                 self._buf, self._pos = b"", 0
                 return buf[pos:]
@@ -265,7 +275,7 @@ class Input:
     @property
     def unread_on_socket(self) -> int:
         """Body bytes nginx is still to send that nobody has read from the socket."""
-        return self._decoder.body_left
+        return self._decoder.unreceived
 
 
 def make_base_environ(multiprocess: bool, multithread: bool = False) -> dict[str, Any]:
@@ -395,7 +405,6 @@ class Exchange:
         "has_length",
         "head_sent",
         "head_only",
-        "sent",
         "code",
     )
 
@@ -407,7 +416,6 @@ class Exchange:
         self.has_length = False
         self.head_sent = False
         self.head_only = environ.get("REQUEST_METHOD") == "HEAD"
-        self.sent = 0
         self.code = 0
 
     def start_response(
@@ -457,7 +465,8 @@ class Exchange:
         lines: list[str] = [proto, " ", self.status or "500 Internal Server Error", "\r\n"]
         for name, value in self.headers:
             lines += (name, ": ", value, "\r\n")
-        if length is not None and not self.has_length:
+        # 204 and 304 carry no body and, by RFC 9110, no Content-Length of ours either.
+        if length is not None and not self.has_length and self.code != 204 and self.code != 304:
             lines += ("Content-Length: ", str(length), "\r\n")
         lines.append("\r\n")
         return "".join(lines).encode("latin-1")
@@ -470,11 +479,9 @@ class Exchange:
             raise TypeError(f"write() takes bytes, not {type(data).__name__}")
         if not self.head_sent:
             self.head_sent = True
-            self.sent += self.conn.send(
-                [self.render_head(None)] if self.head_only else [self.render_head(None), data]
-            )
+            self.conn.send([self.render_head(None)] if self.head_only else [self.render_head(None), data])
         elif data and not self.head_only:
-            self.sent += self.conn.send([data])
+            self.conn.send([data])
 
     def send_result(self, result: Iterable[bytes]) -> None:
         """Send what the app returned: lists at once with Content-Length, files by sendfile, else streamed."""
@@ -491,14 +498,14 @@ class Exchange:
                 if not self.head_sent:
                     self.head_sent = True
                     head = self.render_head(total)
-                    self.sent += self.conn.send([head], len(head))
+                    self.conn.send([head], len(head))
                 return
             if self.head_sent:
-                self.sent += self.conn.send(list(result), total)
+                self.conn.send(list(result), total)
             else:
                 self.head_sent = True
                 head = self.render_head(total)
-                self.sent += self.conn.send([head, *result], total + len(head))
+                self.conn.send([head, *result], total + len(head))
             return
         if kind is FileWrapper and not self.head_sent:
             fd = result.fileno_for_sendfile()  # type: ignore[attr-defined]
@@ -514,7 +521,7 @@ class Exchange:
         self._check_started()
         if not self.head_sent:
             self.head_sent = True
-            self.sent += self.conn.send([self.render_head(0)])
+            self.conn.send([self.render_head(0)])
 
     def _check_started(self) -> None:
         if self.status is None:
@@ -526,7 +533,7 @@ class Exchange:
         size = os.fstat(fd).st_size
         length = max(size - offset, 0)
         self.head_sent = True
-        self.sent += self.conn.send([self.render_head(length)])
+        self.conn.send([self.render_head(length)])
         if self.head_only:
             return
         conn = self.conn
@@ -537,8 +544,8 @@ class Exchange:
             try:
                 n = os.sendfile(out, fd, offset, end - offset)
             except BlockingIOError:
-                raise TimeoutError(f"timeout sending a file: {offset} of {end} bytes sent") from None
+                raise WriteTimeout(f"timeout sending a file: {offset} of {end} bytes sent") from None
             if n == 0:
                 break
             offset += n
-            self.sent += n
+            conn.sent += n

@@ -244,6 +244,13 @@ class Decoder:
         return self._left
 
     @property
+    def unreceived(self) -> int:
+        """Body bytes announced by CONTENT_LENGTH that have not even been fed in yet."""
+        if self._state != _BODY:
+            return 0
+        return max(self._left - len(self._buf), 0)
+
+    @property
     def trailing_data(self) -> bytes:
         """Bytes received and not yet turned into events (after End: bytes past the request)."""
         return bytes(self._buf)

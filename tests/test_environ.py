@@ -75,7 +75,7 @@ class Wire:
         self.peer = peer
         self.decoder = decoder
         self.head = head
-        self.conn = Connection(worker, False, timeval(timeout), "test")
+        self.conn = Connection(worker, False, timeval(timeout))
         self.input = Input(self.conn, decoder, head.content_length)
 
     def environ(self, multiprocess: bool = True) -> dict[str, Any]:

@@ -585,7 +585,6 @@ def test_reload_into_an_app_that_no_longer_imports_stops_cleanly(
     assert "broken deploy" in log and "does not load" in log
     assert not server.socket.exists() and not pidfile.exists()
 
-
     def group_gone() -> bool:
         try:
             os.killpg(server.pid, 0)
