@@ -1,12 +1,12 @@
-# `make test` installs what the tests need (nginx, wrk and tmux from Debian when missing, as
-# root; the Python packages from PyPI) and runs them. `.ci/run` calls exactly this.
+# `make test` installs what the tests need (nginx from Debian when missing, as root; the
+# Python packages from PyPI) and runs them. `.ci/run` calls exactly this.
 PYTHON ?= python3
 
 .PHONY: test lint bench demo
 
 test:
-	@command -v nginx >/dev/null && command -v wrk >/dev/null && command -v tmux >/dev/null \
-		|| (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx wrk tmux >/dev/null)
+	@command -v nginx >/dev/null || test -x /usr/sbin/nginx \
+		|| (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null)
 	$(PYTHON) -m pip install -q -e '.[test]'
 	$(PYTHON) -m pytest -q
 
@@ -16,8 +16,10 @@ lint:
 	$(PYTHON) -m mypy
 
 bench:
+	@command -v nginx >/dev/null && command -v wrk >/dev/null \
+		|| (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx wrk >/dev/null)
+	$(PYTHON) -m pip install -q -e '.[test]'
 	$(PYTHON) -m binserve.tools.bench
 
 demo:
-	$(PYTHON) -m pip install -q .
 	binserve --module binserve.demo --socket /tmp/binserve-demo.sock --processes 2

@@ -11,66 +11,67 @@ from .app import AppLoadError, load_app, prepare_process
 from .config import Config, ConfigError, load
 from .log import log, redirect_to
 from .master import RETIRING_ENV, Master, abandon_reload
-from .sockets import SocketError, inherited, open_all
+from .sockets import SocketError, inherited, open_all, parse_tcp, remove_files
 
+USAGE_ERROR = 2
 APP_LOAD_ERROR = 4  # as gunicorn's: the app could not be imported; respawning would not help
+DEFAULT_MERCY = 60.0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Load the options and the app, bind the sockets, run the master. Returns the exit code."""
+    config: Config | None = None
     try:
         config = load(sys.argv[1:] if argv is None else argv)
+        code = _serve(config)
     except ConfigError as exc:
         print(f"binserve: {exc}", file=sys.stderr)
-        return 2
+        code = USAGE_ERROR
+    if RETIRING_ENV in os.environ:
+        # A reloaded image that never got to run its master: the old workers are still serving.
+        _abandon_reload(config)
+    return code
+
+
+def _serve(config: Config) -> int:
     if config.logto:
         try:
             redirect_to(config.logto)
         except OSError as exc:
             print(f"binserve: logto {config.logto}: {exc.strerror}", file=sys.stderr)
-            return 2
+            return USAGE_ERROR
     if not config.socket:
         log("no socket given: set socket (a unix path or HOST:PORT)")
-        return 2
+        return USAGE_ERROR
     start_cwd = os.getcwd()
     try:
         prepare_process(config)
         app = load_app(config)
     except AppLoadError as exc:
         log(f"cannot load the app: {exc}")
-        return _fail_to_load(config)
+        return APP_LOAD_ERROR
     except Exception:
         log("cannot load the app, it raised:\n" + traceback.format_exc().rstrip())
-        return _fail_to_load(config)
+        return APP_LOAD_ERROR
+    # Relative unix socket paths are relative to where binserve started, not to chdir.
     specs = [
-        spec if os.path.isabs(spec) or ":" in spec else os.path.join(start_cwd, spec)
+        spec if os.path.isabs(spec) or parse_tcp(spec) else os.path.join(start_cwd, spec)
         for spec in config.socket
     ]
     try:
         listeners = open_all(specs, config.listen, config.chmod_socket, config.socket_timeout)
     except SocketError as exc:
         log(str(exc))
-        return 2
-    master = Master(config, app, listeners)
-    master.start_cwd = start_cwd
-    return master.run()
+        return USAGE_ERROR
+    return Master(config, app, listeners, start_cwd).run()
 
 
-def _fail_to_load(config: Config) -> int:
-    """Exit after a failed app load; on a reload, first let the old workers finish and clean up."""
-    if RETIRING_ENV in os.environ:
-        log("the reloaded app does not load: stopping the old workers gracefully and exiting")
-        abandon_reload(config.worker_reload_mercy)
-        for listener in inherited().values():
-            listener.close()
-            if config.vacuum:
-                listener.remove_file()
-        if config.vacuum and config.pidfile:
-            try:
-                os.unlink(config.pidfile)
-            except FileNotFoundError:
-                pass
-    return APP_LOAD_ERROR
+def _abandon_reload(config: Config | None) -> None:
+    """The new image failed: let the old workers finish, then remove the sockets and the pidfile."""
+    log("the reload failed: stopping the old workers gracefully and exiting")
+    abandon_reload(config.worker_reload_mercy if config else DEFAULT_MERCY)
+    vacuum = config.vacuum if config else True
+    remove_files(list(inherited().values()), config.pidfile if config else None, vacuum)
 
 
 if __name__ == "__main__":

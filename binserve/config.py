@@ -49,10 +49,6 @@ class Config:
         except KeyError:
             raise AttributeError(attr) from None
 
-    def as_dict(self) -> dict[str, Any]:
-        """All values by option name."""
-        return dict(self._values)
-
 
 def _unknown(name: str, where: str) -> ConfigError:
     if name in UWSGI_ONLY:

@@ -15,13 +15,14 @@ import selectors
 import signal
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from typing import Any
 
 from .config import Config
 from .log import log
-from .sockets import Listener, hand_over
-from .worker import BOOT_ERROR, run_worker
+from .sockets import Listener, hand_over, remove_files
+from .worker import BOOT_ERROR, run_worker, wake_only
 
 RETIRING_ENV = "_BINSERVE_RETIRING"
 RUNNING, STOPPING, RELOADING = "running", "stopping", "reloading"
@@ -43,7 +44,9 @@ def describe_exit(status: int) -> str:
 class Master:
     """Supervises ``processes`` workers sharing ``listeners``."""
 
-    def __init__(self, config: Config, app: Callable[..., Any], listeners: list[Listener]) -> None:
+    def __init__(
+        self, config: Config, app: Callable[..., Any], listeners: list[Listener], start_cwd: str
+    ) -> None:
         self.config = config
         self.app = app
         self.listeners = listeners
@@ -59,7 +62,7 @@ class Master:
         self.selector = selectors.DefaultSelector()
         self.wake_r = self.wake_w = -1
         self.life_r = self.life_w = -1
-        self.start_cwd = os.getcwd()
+        self.start_cwd = start_cwd  # where binserve started: the reload re-executes from there
 
     # -- setup -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -72,7 +75,7 @@ class Master:
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
         for signum in HANDLED:
-            signal.signal(signum, _noop)
+            signal.signal(signum, wake_only)
         self.selector.register(self.wake_r, selectors.EVENT_READ)
         # Workers watch the read end: when the master dies, the write end closes and they leave.
         self.life_r, self.life_w = os.pipe2(os.O_CLOEXEC)
@@ -92,11 +95,9 @@ class Master:
         log(f"master ready: {self.config.processes} workers on {names}")
 
     def _adopt_previous_image(self) -> None:
-        spec = os.environ.pop(RETIRING_ENV, "")
-        if spec:
-            fd, _, pids = spec.partition(":")
-            self.retiring = {int(p) for p in pids.split(",") if p}
-            self.retiring_pipe = int(fd)
+        previous = _previous_image()
+        if previous:
+            self.retiring_pipe, self.retiring = previous
             self.retire_deadline = time.monotonic() + self.config.worker_reload_mercy
 
     def spawn(self, wid: int) -> None:
@@ -118,8 +119,6 @@ class Master:
                 self.selector.close()
                 code = run_worker(wid, self.app, self.listeners, self.config, self.life_r)
             except BaseException:  # a forked child must never return into the master's code
-                import traceback
-
                 traceback.print_exc()
             finally:
                 os._exit(code)
@@ -238,15 +237,7 @@ class Master:
 
     def finish(self) -> None:
         """Everything has exited: remove the socket files and the pidfile."""
-        for listener in self.listeners:
-            listener.close()
-            if self.config.vacuum:
-                listener.remove_file()
-        if self.config.vacuum and self.config.pidfile:
-            try:
-                os.unlink(self.config.pidfile)
-            except FileNotFoundError:
-                pass
+        remove_files(self.listeners, self.config.pidfile, self.config.vacuum)
         log("master stopped")
         self.state = "done"
 
@@ -280,12 +271,11 @@ def abandon_reload(mercy: float) -> None:
     They finish the requests they hold (up to ``mercy`` seconds); the caller then exits, and
     the sockets and pidfile are removed as on any stop.
     """
-    spec = os.environ.pop(RETIRING_ENV, "")
-    if not spec:
+    previous = _previous_image()
+    if not previous:
         return
-    fd, _, pids = spec.partition(":")
-    os.close(int(fd))
-    retiring = {int(p) for p in pids.split(",") if p}
+    pipe, retiring = previous
+    os.close(pipe)
     for pid in retiring:
         _kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + mercy
@@ -302,12 +292,17 @@ def abandon_reload(mercy: float) -> None:
         _kill(pid, signal.SIGKILL)
 
 
+def _previous_image() -> tuple[int, set[int]] | None:
+    """The life pipe and worker pids a reloading image handed over, if this is a reload."""
+    spec = os.environ.pop(RETIRING_ENV, "")
+    if not spec:
+        return None
+    fd, _, pids = spec.partition(":")
+    return int(fd), {int(p) for p in pids.split(",") if p}
+
+
 def _kill(pid: int, signum: int) -> None:
     try:
         os.kill(pid, signum)
     except ProcessLookupError:
         pass
-
-
-def _noop(signum: int, frame: object) -> None:
-    """Signals only wake the loop, through the wakeup fd."""

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-MASTER, WORKER, EMPEROR = "master", "worker", "emperor"
+MASTER, WORKER = "master", "worker"
 
 TRUE_WORDS = frozenset({"1", "true", "yes", "on", "y", "t", "enable", "enabled"})
 FALSE_WORDS = frozenset({"0", "false", "no", "off", "n", "f", "disable", "disabled"})
@@ -48,6 +48,14 @@ def to_seconds(text: str) -> float:
         raise ValueError(f"expected a number of seconds, got {text!r}") from None
     if value < 0:
         raise ValueError(f"expected a non-negative number of seconds, got {text!r}")
+    return value
+
+
+def to_timeout(text: str) -> float:
+    """A timeout in seconds, which must be positive: 0 would mean "wait forever" to the kernel."""
+    value = to_seconds(text)
+    if value <= 0:
+        raise ValueError(f"expected a positive number of seconds, got {text!r}")
     return value
 
 
@@ -101,7 +109,6 @@ class Option:
     repeatable: bool = False
     flag: bool = False
     metavar: str = "VALUE"
-    no_effect: bool = False
 
     @property
     def attr(self) -> str:
@@ -147,7 +154,7 @@ _OPTIONS = [
     ),
     Option(
         "socket-timeout",
-        to_seconds,
+        to_timeout,
         4.0,
         WORKER,
         "seconds a read of the request or a write of the response may wait",
@@ -155,7 +162,7 @@ _OPTIONS = [
     ),
     Option(
         "limit-post",
-        to_int,
+        positive(to_int, 0),
         0,
         WORKER,
         "refuse bodies larger than this many bytes with 413 (0: no limit)",
@@ -169,7 +176,6 @@ _OPTIONS = [
         MASTER,
         "no effect: binserve always runs a master that supervises the workers",
         flag=True,
-        no_effect=True,
     ),
     Option("pidfile", to_str, None, MASTER, "write the master's pid to this file", metavar="FILE"),
     Option(
@@ -241,7 +247,6 @@ _OPTIONS = [
         WORKER,
         "no effect: Python threads are always enabled",
         flag=True,
-        no_effect=True,
     ),
     Option(
         "die-on-term",
@@ -250,7 +255,6 @@ _OPTIONS = [
         MASTER,
         "no effect: SIGTERM always stops binserve gracefully",
         flag=True,
-        no_effect=True,
     ),
     Option(
         "need-app",
@@ -259,7 +263,6 @@ _OPTIONS = [
         MASTER,
         "no effect: binserve always exits if the app fails to load",
         flag=True,
-        no_effect=True,
     ),
     Option(
         "strict",
@@ -268,7 +271,6 @@ _OPTIONS = [
         MASTER,
         "no effect: unknown options are always errors",
         flag=True,
-        no_effect=True,
     ),
     Option(
         "single-interpreter",
@@ -277,7 +279,6 @@ _OPTIONS = [
         MASTER,
         "no effect: binserve runs one interpreter",
         flag=True,
-        no_effect=True,
     ),
     Option(
         "plugins",
@@ -286,7 +287,6 @@ _OPTIONS = [
         MASTER,
         "no effect: the Python plugin is built in",
         repeatable=True,
-        no_effect=True,
         metavar="NAMES",
     ),
 ]

@@ -43,7 +43,8 @@ class Listener:
                 pass
 
 
-def _parse_tcp(spec: str) -> tuple[str, int] | None:
+def parse_tcp(spec: str) -> tuple[str, int] | None:
+    """``(host, port)`` for a ``HOST:PORT`` socket spec, or None for a unix socket path."""
     host, sep, port = spec.rpartition(":")
     if not sep or not port.isdigit() or "/" in spec:
         return None
@@ -73,30 +74,37 @@ def _clear_stale_unix(path: str) -> None:
 
 def bind(spec: str, backlog: int, chmod: int | None, timeout: float) -> Listener:
     """Bind and listen on ``spec`` (a unix path or HOST:PORT)."""
-    tcp = _parse_tcp(spec)
+    tcp = parse_tcp(spec)
+    if tcp:
+        family = socket.AF_INET6 if ":" in tcp[0] else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    else:
+        _clear_stale_unix(spec)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         if tcp:
-            family = socket.AF_INET6 if ":" in tcp[0] else socket.AF_INET
-            sock = socket.socket(family, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            # Accepted TCP sockets inherit these (unix ones do not), so no per-request setsockopt.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval(timeout))
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval(timeout))
+            set_timeouts(sock, timeout)
             sock.bind(tcp)
         else:
-            _clear_stale_unix(spec)
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.bind(spec)
             if chmod is not None:
                 os.chmod(spec, chmod)
         sock.listen(backlog)
     except OSError as exc:
+        sock.close()
         reason = exc.strerror or str(exc)
         if exc.errno == errno.EADDRINUSE:
             reason += " (another server is listening there)"
         raise SocketError(f"socket {spec}: cannot bind: {reason}") from None
     sock.setblocking(False)
     return Listener(spec, sock)
+
+
+def set_timeouts(sock: socket.socket, timeout: float) -> None:
+    """Give a TCP listener socket-timeout on reads and writes; accepted sockets inherit it."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval(timeout))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval(timeout))
 
 
 def inherited() -> dict[str, Listener]:
@@ -121,16 +129,31 @@ def hand_over(listeners: list[Listener]) -> None:
 def open_all(specs: list[str], backlog: int, chmod: int | None, timeout: float) -> list[Listener]:
     """The listeners for ``specs``: inherited ones reused, the rest bound; stale inherited ones closed."""
     previous = inherited()
-    listeners = []
+    listeners: list[Listener] = []
     try:
         for spec in specs:
-            listener = previous.pop(spec, None) or bind(spec, backlog, chmod, timeout)
+            listener = previous.pop(spec, None)
+            if listener is None:
+                listener = bind(spec, backlog, chmod, timeout)
+            elif not listener.is_unix:
+                set_timeouts(listener.sock, timeout)  # the new image's socket-timeout, not the old one's
             listeners.append(listener)
     except SocketError:
-        for listener in listeners:
-            listener.close()
+        remove_files(listeners, None, vacuum=True)
         raise
     finally:
-        for listener in previous.values():
-            listener.close()
+        remove_files(list(previous.values()), None, vacuum=True)
     return listeners
+
+
+def remove_files(listeners: list[Listener], pidfile: str | None, vacuum: bool) -> None:
+    """Close ``listeners``; with ``vacuum``, also unlink their unix socket files and ``pidfile``."""
+    for listener in listeners:
+        listener.close()
+        if vacuum:
+            listener.remove_file()
+    if vacuum and pidfile:
+        try:
+            os.unlink(pidfile)
+        except FileNotFoundError:
+            pass

@@ -91,7 +91,7 @@ class Worker:
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
         for signum in (*GRACEFUL, signal.SIGQUIT):
-            signal.signal(signum, _noop)
+            signal.signal(signum, wake_only)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         # The master blocked these across fork; the handlers above are now in place.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, (*GRACEFUL, signal.SIGQUIT, signal.SIGCHLD))
@@ -305,8 +305,8 @@ def _request_line(environ: dict[str, Any]) -> str:
     )
 
 
-def _noop(signum: int, frame: object) -> None:
-    """Signals only wake the poll loop, through the wakeup fd."""
+def wake_only(signum: int, frame: object) -> None:
+    """The handler for every signal binserve handles: the wakeup fd already woke the loop."""
 
 
 def run_worker(

@@ -582,7 +582,7 @@ def test_reload_into_an_app_that_no_longer_imports_stops_cleanly(
         assert slow.result(15) == (200, SLOW_BODY)
     assert server.proc.wait(15) == 4
     log = server.log()
-    assert "broken deploy" in log and "does not load" in log
+    assert "broken deploy" in log and "the reload failed" in log
     assert not server.socket.exists() and not pidfile.exists()
 
     def group_gone() -> bool:

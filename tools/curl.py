@@ -12,13 +12,15 @@ from collections.abc import Sequence
 from urllib.parse import unquote, urlsplit
 
 from binserve.protocol import PING, PONG, encode_request
+from binserve.sockets import parse_tcp
 
 
 def connect(address: str, timeout: float) -> socket.socket:
     """A connected socket to a unix path or HOST:PORT."""
-    host, sep, port = address.rpartition(":")
-    if sep and port.isdigit() and "/" not in address:
-        return socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout)
+    tcp = parse_tcp(address)
+    if tcp:
+        host = "127.0.0.1" if tcp[0] == "0.0.0.0" else tcp[0]
+        return socket.create_connection((host, tcp[1]), timeout=timeout)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     sock.connect(address)

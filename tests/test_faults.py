@@ -1,0 +1,283 @@
+"""Faulty peers and bad options: a worker is never held past socket-timeout, and bad starts exit 2.
+
+Every test talks to binserve's unix socket with raw uwsgi packets (no nginx), so the peer can
+misbehave on purpose: never read the answer, stall in the middle of a body, trickle bytes.
+Synchronisation is by polling (the server's log, poll() on the socket), never by sleeping; the
+only sleep is the trickling client's, which is the scenario itself.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from binserve.protocol import encode_request
+
+from support import Server, wait_for
+
+TOTAL = 8 * 1024 * 1024
+CHUNK = 32 * 1024
+
+APP = f"""
+TOTAL = {TOTAL}
+CHUNK = b"s" * {CHUNK}
+
+
+def application(environ, start_response):
+    path = environ["PATH_INFO"]
+    if path == "/stream":  # no Content-Length: streamed chunk by chunk
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        return (CHUNK for _ in range(TOTAL // len(CHUNK)))
+    if path == "/list":  # one 8 MB body, Content-Length added by the server
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        return [b"l" * TOTAL]
+    if path == "/204":
+        start_response("204 No Content", [])
+        return []
+    if path == "/304":
+        start_response("304 Not Modified", [("ETag", '"v1"')])
+        return []
+    if path == "/abc":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"abc"]
+    # Everything else, POSTs included: the body is never read.
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
+    return [b"ok"]
+"""
+
+
+# -- helpers (after tests/test_process.py) -------------------------------------------------------
+def connect(path: Path, timeout: float = 10.0) -> socket.socket:
+    """A socket connected to binserve's unix socket."""
+    sock = socket.socket(socket.AF_UNIX)
+    sock.settimeout(timeout)
+    sock.connect(str(path))
+    return sock
+
+
+def read_all(sock: socket.socket) -> bytes:
+    """Everything the peer sends until it closes (or shuts down) its side."""
+    chunks = []
+    while True:
+        data = sock.recv(65536)
+        if not data:
+            return b"".join(chunks)
+        chunks.append(data)
+
+
+def exchange(path: Path, packet: bytes, timeout: float = 10.0) -> bytes:
+    """Send one raw packet and return the whole answer."""
+    with connect(path, timeout) as sock:
+        sock.sendall(packet)
+        return read_all(sock)
+
+
+def request_packet(path: str, body: bytes = b"", **extra: str) -> bytes:
+    """A request as nginx's uwsgi_params would send it (GET unless REQUEST_METHOD is given)."""
+    pairs = {
+        "REQUEST_METHOD": "GET",
+        "REQUEST_URI": path,
+        "PATH_INFO": path,
+        "QUERY_STRING": "",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "REMOTE_ADDR": "127.0.0.1",
+        "SERVER_NAME": "localhost",
+        "SERVER_PORT": "80",
+    }
+    pairs.update(extra)
+    return encode_request(pairs, body)
+
+
+def split_response(raw: bytes) -> tuple[int, list[str], bytes]:
+    """Status, header lines and body of a raw HTTP/1.x response."""
+    assert raw, "no response at all"
+    head, sep, body = raw.partition(b"\r\n\r\n")
+    assert sep, f"no end of headers in {raw[:200]!r}"
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    return int(status_line.split(" ", 2)[1]), lines, body
+
+
+def get(path: Path, url: str, timeout: float = 10.0) -> tuple[int, bytes]:
+    """A GET straight over the uwsgi protocol: (status, body)."""
+    status, _, body = split_response(exchange(path, request_packet(url), timeout))
+    return status, body
+
+
+def peer_closed(sock: socket.socket) -> bool:
+    """Whether the server has closed its end completely (POLLHUP; a half-close does not raise it)."""
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLHUP)
+    return any(mask & select.POLLHUP for _, mask in poller.poll(0))
+
+
+def workers(server: Server, count: int) -> set[int]:
+    """The worker pids once all ``count`` are forked."""
+    wait_for(lambda: len(server.worker_pids()) == count, 10, f"{count} workers")
+    return server.worker_pids()
+
+
+@pytest.fixture
+def app(app_file: Callable[[str], Path]) -> Path:
+    return app_file(APP)
+
+
+# -- 1. a client that never reads the response ---------------------------------------------------
+@pytest.mark.parametrize("url", ["/stream", "/list"], ids=["streamed-generator", "single-8MB-list"])
+def test_worker_gives_up_on_a_client_that_never_reads(
+    serve: Callable[..., Server], app: Path, url: str
+) -> None:
+    server = serve("--wsgi-file", str(app), "--socket-timeout", "1", "--processes", "1")
+    pids = workers(server, 1)
+    with connect(server.socket) as stuck:
+        stuck.sendall(request_packet(url))
+        started = time.monotonic()
+        wait_for(lambda: "timeout writing the response" in server.log(), 10, "the write timeout")
+        elapsed = time.monotonic() - started
+        assert elapsed < 3, f"the worker held a non-reading client for {elapsed:.1f} s (socket-timeout 1)"
+        # The stuck client still holds its socket, unread; the only worker must be free anyway.
+        assert get(server.socket, "/after", timeout=5) == (200, b"ok")
+        assert server.worker_pids() == pids
+        # What the stuck client gets, once it reads, is a cut answer ended by the server's close.
+        stuck.settimeout(5)
+        status, _, body = split_response(read_all(stuck))
+        assert status == 200
+        assert 0 < len(body) < TOTAL
+    log = server.log()
+    lines = [line for line in log.splitlines() if "timeout writing the response" in line]
+    assert len(lines) == 1, lines
+    assert f"during GET {url}" in lines[0]
+    assert "Traceback" not in log
+
+
+# -- 2. a small body sent with the header, ignored by the app ------------------------------------
+def test_small_ignored_body_sent_with_the_header_does_not_hold_the_connection(
+    serve: Callable[..., Server], app: Path
+) -> None:
+    server = serve("--wsgi-file", str(app), "--socket-timeout", "5")
+    workers(server, 1)
+    packet = request_packet("/ignore", b"b" * 1000, REQUEST_METHOD="POST", CONTENT_TYPE="text/plain")
+    started = time.monotonic()
+    with connect(server.socket) as sock:
+        sock.sendall(packet)  # header, vars and the whole body in one write; never half-closed
+        raw = read_all(sock)
+    elapsed = time.monotonic() - started
+    status, _, body = split_response(raw)
+    assert (status, body) == (200, b"ok")
+    assert elapsed < 2, f"the connection was closed after {elapsed:.2f} s (socket-timeout 5)"
+    wait_for(lambda: "POST /ignore => 200" in server.log(), 5, "the request line in the log")
+    assert "could not drain" not in server.log()
+    assert get(server.socket, "/after") == (200, b"ok")
+
+
+# -- 3. a refused packet, then a peer trickling bytes --------------------------------------------
+def test_trickling_peer_after_a_refused_packet_does_not_hold_the_worker(
+    serve: Callable[..., Server], app: Path
+) -> None:
+    server = serve("--wsgi-file", str(app), "--buffer-size", "100", "--processes", "1", "--socket-timeout", "1")
+    pids = workers(server, 1)
+    packet = encode_request({"PATH_INFO": "p" * 242})  # 2 + 9 + 2 + 242 = 255 bytes of vars
+    assert packet[1:3] == (255).to_bytes(2, "little")
+
+    stop = threading.Event()
+    closed: list[BaseException] = []
+
+    def trickle(sock: socket.socket) -> None:
+        while not stop.is_set():
+            try:
+                sock.send(b"x")
+            except OSError as exc:
+                closed.append(exc)
+                return
+            time.sleep(0.3)  # the scenario: one byte every 0.3 s
+
+    with connect(server.socket) as refused:
+        refused.sendall(packet)
+        answer = read_all(refused)  # the 431, then the server's half-close
+        assert answer.startswith(b"HTTP/1.0 431 "), answer
+        thread = threading.Thread(target=trickle, args=(refused,), daemon=True)
+        thread.start()
+        try:
+            started = time.monotonic()
+            small = encode_request({"REQUEST_METHOD": "GET", "PATH_INFO": "/meanwhile"})  # fits 100 bytes
+            assert split_response(exchange(server.socket, small))[::2] == (200, b"ok")
+            elapsed = time.monotonic() - started
+            assert elapsed < 2.5, f"the request waited {elapsed:.2f} s behind a trickling peer"
+            wait_for(lambda: bool(closed), 5, "the server to close the trickling connection")
+        finally:
+            stop.set()
+            thread.join(5)
+        assert not thread.is_alive()
+    assert isinstance(closed[0], (BrokenPipeError, ConnectionResetError)), closed
+    assert "invalid request block size: 255 (max 100)" in server.log()
+    assert server.worker_pids() == pids
+
+
+# -- 4. a big body the app ignores, of which the client sends 10 bytes and stalls ----------------
+def test_stalled_unread_body_is_closed_within_socket_timeout(serve: Callable[..., Server], app: Path) -> None:
+    server = serve("--wsgi-file", str(app), "--socket-timeout", "1")
+    pids = workers(server, 1)
+    head = request_packet("/ignore", REQUEST_METHOD="POST", CONTENT_LENGTH="100000")
+    with connect(server.socket) as sock:
+        sock.sendall(head + b"0123456789")  # 10 of the announced 100000 bytes, then nothing
+        started = time.monotonic()
+        status, _, body = split_response(read_all(sock))
+        assert (status, body) == (200, b"ok")
+        wait_for(lambda: peer_closed(sock), 5, "the server to close the stalled connection")
+        elapsed = time.monotonic() - started
+    assert elapsed < 2, f"the stalled connection was held {elapsed:.2f} s (socket-timeout 1)"
+    assert get(server.socket, "/next") == (200, b"ok")
+    assert server.worker_pids() == pids
+    assert "Traceback" not in server.log()
+
+
+# -- 5. no Content-Length on 204 and 304 ---------------------------------------------------------
+def test_no_content_length_on_204_and_304(serve: Callable[..., Server], app: Path) -> None:
+    server = serve("--wsgi-file", str(app))
+    for url, code in (("/204", 204), ("/304", 304)):
+        status, lines, body = split_response(exchange(server.socket, request_packet(url)))
+        assert status == code
+        assert body == b""
+        assert not [line for line in lines if line.lower().startswith("content-length:")], lines
+    status, lines, body = split_response(exchange(server.socket, request_packet("/abc")))
+    assert (status, body) == (200, b"abc")
+    assert "Content-Length: 3" in lines, lines
+
+
+# -- 6. bad option values refused at start -------------------------------------------------------
+@pytest.mark.parametrize(
+    ("option", "value"), [("limit-post", "-1"), ("socket-timeout", "0")], ids=["limit-post", "socket-timeout"]
+)
+def test_bad_option_value_is_refused_at_start(
+    serve: Callable[..., Server], app: Path, option: str, value: str
+) -> None:
+    server = serve("--wsgi-file", str(app), f"--{option}", value, ready=False)
+    try:
+        code = server.proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"--{option} {value} was accepted; binserve is running:\n{server.log()}")
+    assert code == 2, server.log()
+    assert option in server.log()
+    assert not server.socket.exists()
+
+
+# -- 7. a second socket that cannot be bound -----------------------------------------------------
+def test_second_socket_unbindable_exits_2_and_leaves_no_socket_file(
+    serve: Callable[..., Server], app: Path, tmp_path: Path
+) -> None:
+    bad = tmp_path / "no-such-dir" / "second.sock"
+    server = serve("--wsgi-file", str(app), "--socket", str(bad), ready=False)
+    try:
+        code = server.proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"binserve kept running with an unbindable socket:\n{server.log()}")
+    assert code == 2, server.log()
+    assert str(bad) in server.log()
+    assert not bad.exists()
+    assert not server.socket.exists(), f"the first socket {server.socket} was left behind"
