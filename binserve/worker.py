@@ -21,10 +21,11 @@ from typing import Any
 
 from .config import Config
 from .log import log, write_line
-from .protocol import CLOSED, NEED_DATA, PONG, Decoder, Head, ProtocolError, RemoteProtocolError
+from .protocol import CLOSED, NEED_DATA, PONG, Decoder, Head, ProtocolError, RemoteProtocolError, decode_head
 from .protocol.modifiers import PING, VARS_MODIFIERS, describe
 from .sockets import Listener
 from .wsgi import (
+    EMPTY_INPUT,
     RECV_CHUNK,
     ClientDisconnected,
     Connection,
@@ -147,15 +148,27 @@ class Worker:
     def handle(self, sock: _socket.socket, addr: Any, listener: Listener) -> None:
         """Serve one connection from accept to close."""
         conn = Connection(sock, not listener.is_unix, self.timeout)
-        decoder = Decoder(self.buffer_size, self.max_body)
-        drain = False
+        decoder = None
         try:
-            head = self._read_head(conn, decoder, sock)
-            if head is None:
-                return
+            try:
+                # nginx writes the request right after connecting, so it is usually all there
+                # already and is decoded in one go; otherwise a Decoder gathers the pieces.
+                data = sock.recv(self.recv_size, socket.MSG_DONTWAIT)
+                found = decode_head(data, self.buffer_size, self.max_body)
+            except BlockingIOError:
+                data, found = b"", None
+            if found is None:
+                decoder = Decoder(self.buffer_size, self.max_body)
+                head = self._read_head(conn, decoder, data)
+                if head is None:
+                    return
+            else:
+                head = found[0]
+                if head.content_length:
+                    decoder = Decoder.after_head(head, data[found[1] :])
             modifier1 = head.modifier1
             if modifier1 in VARS_MODIFIERS:
-                drain = self._serve(conn, decoder, head)
+                self._serve(conn, head, decoder)
             elif modifier1 == PING:
                 sock.sendall(PONG)
             else:
@@ -171,41 +184,40 @@ class Worker:
         except (BrokenPipeError, ConnectionResetError) as exc:
             log(f"worker {self.wid}: nginx closed the connection early ({exc.strerror})")
         finally:
-            if drain:
-                self._drain_body(conn, decoder)
+            if decoder is not None and decoder.unreceived:
+                self._drain(conn, decoder.unreceived)
             sock.close()
 
-    def _read_head(self, conn: Connection, decoder: Decoder, sock: _socket.socket) -> Head | None:
-        size = self.recv_size
-        data: bytes | None
-        try:
-            # nginx writes the request right after connecting, so it is usually there already.
-            data = sock.recv(size, socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            data = None
+    def _read_head(self, conn: Connection, decoder: Decoder, data: bytes) -> Head | None:
+        """Gather a packet that did not arrive whole; None if the peer closed before sending any."""
+        sock = conn.sock
         while True:
-            if data is None:
-                conn.arm()
-                try:
-                    data = sock.recv(size)
-                except BlockingIOError:
-                    got = len(decoder.trailing_data)
-                    raise TimeoutError(
-                        f"timeout waiting for the request: {got} bytes of a packet arrived, then nothing"
-                    ) from None
-            decoder.receive_data(data)
-            event = decoder.next_event()
-            if event is NEED_DATA:
-                data = None
-                continue
-            if event is CLOSED:
-                return None
-            return event  # type: ignore[return-value]
+            if data:
+                decoder.receive_data(data)
+                event = decoder.next_event()
+                if event is CLOSED:
+                    return None
+                if event is not NEED_DATA:
+                    return event  # type: ignore[return-value]
+            conn.arm()
+            try:
+                data = sock.recv(self.recv_size)
+            except BlockingIOError:
+                got = len(decoder.trailing_data)
+                raise TimeoutError(
+                    f"timeout waiting for the request: {got} bytes of a packet arrived, then nothing"
+                ) from None
+            if not data:
+                decoder.receive_data(b"")
+                event = decoder.next_event()
+                if event is CLOSED:
+                    return None
+                return event  # type: ignore[return-value]
 
-    def _serve(self, conn: Connection, decoder: Decoder, head: Head) -> bool:
-        """Run the app for one request; returns whether unread body remains on the socket."""
+    def _serve(self, conn: Connection, head: Head, decoder: Decoder | None) -> None:
+        """Run the app for one request (``decoder`` reads its body, None when it has none)."""
         start = time.monotonic() if self.log_requests else 0.0
-        wsgi_input = Input(conn, decoder, head.content_length)
+        wsgi_input = EMPTY_INPUT if decoder is None else Input(conn, decoder, head.content_length)
         environ = build_environ(head, self.base_environ, wsgi_input)
         exchange = Exchange(conn, environ)
         result = None
@@ -244,7 +256,6 @@ class Worker:
                 f"{environ.get('REMOTE_ADDR', '-')} {_request_line(environ)} "
                 f"=> {exchange.code} {conn.sent} bytes in {ms:.2f} ms\n"
             )
-        return decoder.unreceived > 0
 
     def _app_failed(self, exchange: Exchange) -> None:
         environ = exchange.environ
@@ -269,10 +280,6 @@ class Worker:
         except OSError:
             return  # the peer is gone: nothing left to answer or drain
         self._drain(conn, DRAIN_LIMIT)
-
-    def _drain_body(self, conn: Connection, decoder: Decoder) -> None:
-        """Read and drop the body the app left unread, so closing does not reset nginx's connection."""
-        self._drain(conn, decoder.unreceived)
 
     def _drain(self, conn: Connection, limit: int) -> None:
         """Half-close, then discard up to ``limit`` bytes until EOF, within one socket-timeout in all.

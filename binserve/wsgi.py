@@ -278,6 +278,33 @@ class Input:
         return self._decoder.unreceived
 
 
+class EmptyInput:
+    """``wsgi.input`` of a request without a body: stateless, so one instance serves all."""
+
+    __slots__ = ()
+
+    def read(self, size: int | None = -1) -> bytes:
+        """Always b""."""
+        return b""
+
+    def readline(self, size: int | None = -1) -> bytes:
+        """Always b""."""
+        return b""
+
+    def readlines(self, hint: int = -1) -> list[bytes]:
+        """Always []."""
+        return []
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(())
+
+    def close(self) -> None:
+        """No effect."""
+
+
+EMPTY_INPUT = EmptyInput()
+
+
 def make_base_environ(multiprocess: bool, multithread: bool = False) -> dict[str, Any]:
     """The keys every request's environ shares."""
     return {
@@ -308,7 +335,7 @@ def merge_vars(pairs: list[tuple[str, str]]) -> dict[str, str]:
     return env
 
 
-def build_environ(head: Head, base: dict[str, Any], wsgi_input: Input) -> dict[str, Any]:
+def build_environ(head: Head, base: dict[str, Any], wsgi_input: Input | EmptyInput) -> dict[str, Any]:
     """The PEP 3333 environ for a request.
 
     nginx's ``HTTP_CONTENT_TYPE``/``HTTP_CONTENT_LENGTH`` copies are dropped (CGI forbids them),

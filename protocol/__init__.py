@@ -1,6 +1,17 @@
 """The uwsgi protocol, sans-IO: declaration (spec), fast decoder, encoder, modifier table."""
 
-from .decoder import CLOSED, END, NEED_DATA, Body, Decoder, End, Head, parse_content_length, parse_vars
+from .decoder import (
+    CLOSED,
+    END,
+    NEED_DATA,
+    Body,
+    Decoder,
+    End,
+    Head,
+    decode_head,
+    parse_content_length,
+    parse_vars,
+)
 from .encoder import PING, PONG, encode_header, encode_pong, encode_request, encode_vars
 from .errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 
@@ -14,6 +25,7 @@ __all__ = [
     "Decoder",
     "End",
     "Head",
+    "decode_head",
     "LocalProtocolError",
     "ProtocolError",
     "RemoteProtocolError",

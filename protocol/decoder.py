@@ -208,6 +208,43 @@ def parse_vars(block: bytes, max_vars: int = 1024) -> tuple[list[tuple[str, str]
     return _walk(block), length
 
 
+def _make_head(buf: bytes | bytearray, need: int, max_vars: int, max_body: int | None) -> Head:
+    """The Head of the packet in ``buf[:need]`` (header and vars, all present)."""
+    modifier1 = buf[0]
+    block = bytes(buf[HEADER_SIZE:need])
+    if modifier1 not in VARS_MODIFIERS:
+        return Head(modifier1, buf[3], {}, block, 0)
+    fields, duplicates, length = _parse(block, max_vars)
+    if max_body is not None and length > max_body:
+        raise RemoteProtocolError(f"Invalid (too big) CONTENT_LENGTH: {length} (max {max_body})", 413)
+    return Head(modifier1, buf[3], fields, b"", length, block, duplicates)
+
+
+def _block_size(buf: bytes | bytearray, max_vars_size: int) -> int:
+    """The datasize of the header at the front of ``buf``, refused when over the limit."""
+    size = buf[1] | buf[2] << 8
+    if size > max_vars_size:
+        raise RemoteProtocolError(f"invalid request block size: {size} (max {max_vars_size})", 431)
+    return size
+
+
+def decode_head(
+    data: bytes, max_vars_size: int = MAX_BLOCK, max_body: int | None = None, max_vars: int = 1024
+) -> tuple[Head, int] | None:
+    """Decode a packet's header and vars when ``data`` holds them all (the usual first read).
+
+    Returns the Head and the offset where the body starts, or None when more bytes are
+    needed (then feed a ``Decoder``). Same checks and errors as ``Decoder``, without its
+    state machine; ``Decoder.after_head`` reads the body that follows.
+    """
+    if len(data) < HEADER_SIZE:
+        return None
+    need = HEADER_SIZE + _block_size(data, max_vars_size)
+    if len(data) < need:
+        return None
+    return _make_head(data, need, max_vars, max_body), need
+
+
 class Decoder:
     """Incremental decoder for one uwsgi request (header, vars block, body).
 
@@ -232,6 +269,19 @@ class Decoder:
         self._head: Head | None = None
         self._left = 0
         self._eof = False
+
+    @classmethod
+    def after_head(cls, head: Head, rest: bytes) -> Decoder:
+        """A decoder for the body of a request whose Head came from ``decode_head``.
+
+        ``rest`` holds the bytes that followed the vars in the same read.
+        """
+        decoder = cls()
+        decoder._head = head
+        decoder._state = _BODY
+        decoder._left = head.content_length
+        decoder._buf = rest
+        return decoder
 
     @property
     def head(self) -> Head | None:
@@ -302,12 +352,7 @@ class Decoder:
                         return CLOSED
                     raise RemoteProtocolError(f"connection closed after {len(buf)} of 4 header bytes")
                 return NEED_DATA
-            size = buf[1] | buf[2] << 8
-            if size > self.max_vars_size:
-                raise RemoteProtocolError(
-                    f"invalid request block size: {size} (max {self.max_vars_size})", 431
-                )
-            self._need = HEADER_SIZE + size
+            self._need = HEADER_SIZE + _block_size(buf, self.max_vars_size)
             self._state = state = _VARS
         if state == _VARS:
             buf = self._buf
@@ -318,18 +363,8 @@ class Decoder:
                         f"connection closed after {len(buf)} of {need} packet bytes (header and vars)"
                     )
                 return NEED_DATA
-            modifier1 = buf[0]
-            block = bytes(buf[HEADER_SIZE:need])
+            self._head = head = _make_head(buf, need, self.max_vars, self.max_body)
             self._buf = buf[need:]
-            if modifier1 in VARS_MODIFIERS:
-                fields, duplicates, length = _parse(block, self.max_vars)
-                if self.max_body is not None and length > self.max_body:
-                    raise RemoteProtocolError(
-                        f"Invalid (too big) CONTENT_LENGTH: {length} (max {self.max_body})", 413
-                    )
-                self._head = head = Head(modifier1, buf[3], fields, b"", length, block, duplicates)
-            else:
-                self._head = head = Head(modifier1, buf[3], {}, block, 0)
             self._left = head.content_length
             self._state = _BODY
             return head

@@ -165,11 +165,13 @@ def test_small_ignored_body_sent_with_the_header_does_not_hold_the_connection(
     packet = request_packet("/ignore", b"b" * 1000, REQUEST_METHOD="POST", CONTENT_TYPE="text/plain")
     started = time.monotonic()
     with connect(server.socket) as sock:
-        sock.sendall(packet)  # header, vars and the whole body in one write; never half-closed
-        raw = read_all(sock)
-    elapsed = time.monotonic() - started
-    status, _, body = split_response(raw)
-    assert (status, body) == (200, b"ok")
+        sock.sendall(packet)  # header, vars and the whole body in one write
+        status, _, body = split_response(read_all(sock))
+        assert (status, body) == (200, b"ok")
+        # The client keeps its end open (an EOF may be only the server's half-close): the server
+        # must close the connection by itself, not wait for body bytes that all came already.
+        wait_for(lambda: peer_closed(sock), 8, "the server to close the connection")
+        elapsed = time.monotonic() - started
     assert elapsed < 2, f"the connection was closed after {elapsed:.2f} s (socket-timeout 5)"
     wait_for(lambda: "POST /ignore => 200" in server.log(), 5, "the request line in the log")
     assert "could not drain" not in server.log()
@@ -180,7 +182,9 @@ def test_small_ignored_body_sent_with_the_header_does_not_hold_the_connection(
 def test_trickling_peer_after_a_refused_packet_does_not_hold_the_worker(
     serve: Callable[..., Server], app: Path
 ) -> None:
-    server = serve("--wsgi-file", str(app), "--buffer-size", "100", "--processes", "1", "--socket-timeout", "1")
+    server = serve(
+        "--wsgi-file", str(app), "--buffer-size", "100", "--processes", "1", "--socket-timeout", "1"
+    )
     pids = workers(server, 1)
     packet = encode_request({"PATH_INFO": "p" * 242})  # 2 + 9 + 2 + 242 = 255 bytes of vars
     assert packet[1:3] == (255).to_bytes(2, "little")
@@ -234,7 +238,9 @@ def test_stalled_unread_body_is_closed_within_socket_timeout(serve: Callable[...
     assert elapsed < 2, f"the stalled connection was held {elapsed:.2f} s (socket-timeout 1)"
     assert get(server.socket, "/next") == (200, b"ok")
     assert server.worker_pids() == pids
-    assert "Traceback" not in server.log()
+    log = server.log()
+    assert "Traceback" not in log
+    assert "could not drain" not in log  # running out of time is not an error
 
 
 # -- 5. no Content-Length on 204 and 304 ---------------------------------------------------------
