@@ -24,9 +24,7 @@ from .protocol.modifiers import WSGI_MANAGE_PATH_INFO
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
 
 RECV_CHUNK = 256 * 1024
-# Responses up to this size fit in a fresh socket's send buffer, so sending them cannot
-# block and a unix connection needs no send timeout armed for them.
-SMALL_RESPONSE = 64 * 1024
+MSG_DONTWAIT = socket.MSG_DONTWAIT
 
 # RFC 9110 token characters for header names; values may hold HTAB, visible ASCII and
 # obs-text (0x80-0xff), and nothing else: CR or LF would let the app split the response.
@@ -131,25 +129,40 @@ class Connection:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, self.timeout)
             self.armed = True
 
+    def recv(self, size: int) -> bytes:
+        """Up to ``size`` bytes; waits (at most socket-timeout) only when none are there yet."""
+        sock = self.sock
+        if not self.armed:
+            try:
+                return sock.recv(size, MSG_DONTWAIT)
+            except BlockingIOError:
+                self.arm()
+        return sock.recv(size)
+
     def send(self, parts: list[bytes], total: int = -1) -> int:
-        """Send all of ``parts`` (``total`` bytes, when the caller knows) in one gathered write if it goes."""
+        """Send all of ``parts`` (``total`` bytes, when the caller knows).
+
+        The first gathered write does not wait: it usually takes everything, and only when
+        the send buffer is full is the timeout armed and the rest sent waiting.
+        """
         if total < 0:
             total = sum(map(len, parts))
-        if total > SMALL_RESPONSE or self.sent:
-            # A big answer, or a streamed one (its second write): either may fill the buffer.
-            self.arm()
         sock = self.sock
         if len(parts) > MAX_PARTS:
             parts = [b"".join(parts)]
         sent = 0
         try:
-            sent = sock.sendmsg(parts)
+            try:
+                sent = sock.sendmsg(parts, (), MSG_DONTWAIT)
+            except BlockingIOError:
+                sent = 0
             if sent < total:
-                rest = memoryview(b"".join(parts))[sent:]
+                self.arm()
+                rest = _after(parts, sent)
                 while rest:
-                    n = sock.send(rest)
+                    n = sock.sendmsg(rest)
                     sent += n
-                    rest = rest[n:]
+                    rest = _after(rest, n)
         except BlockingIOError:
             raise WriteTimeout(
                 f"timeout writing the response: {self.sent + sent} bytes sent, then nginx read nothing "
@@ -158,6 +171,18 @@ class Connection:
         finally:
             self.sent += sent
         return total
+
+
+def _after(parts: list[Any], skip: int) -> list[Any]:
+    """``parts`` without their first ``skip`` bytes, as views (no copy of what is left)."""
+    rest = []
+    for part in parts:
+        if skip >= len(part):
+            skip -= len(part)
+            continue
+        rest.append(memoryview(part)[skip:] if skip else part)
+        skip = 0
+    return rest
 
 
 class Input:
@@ -185,11 +210,9 @@ class Input:
                 return event.data
             if event is not NEED_DATA:
                 return b""
-            conn = self._conn
-            conn.arm()
             left = decoder.body_left
             try:
-                data = conn.sock.recv(min(RECV_CHUNK, left))
+                data = self._conn.recv(min(RECV_CHUNK, left))
             except BlockingIOError:
                 got = self._length - left
                 raise BodyReadTimeout(
