@@ -743,6 +743,31 @@ def ratios(rows: dict[tuple[str, str], Row], workloads: Sequence[str]) -> list[d
     return out
 
 
+# The CPU-per-request goals binserve is held to: (workload, reference) -> highest ratio allowed.
+TARGETS = {
+    ("hello", "uwsgi"): 1.5,
+    ("hello", "gunicorn"): 0.3,
+    ("1m", "uwsgi"): 1.5,
+    ("post64k", "uwsgi"): 1.5,
+}
+
+
+Verdict = tuple[str, float | None, bool]
+
+
+def verdicts(rows: dict[tuple[str, str], Row], workloads: Sequence[str]) -> list[Verdict]:
+    """Each goal measured in this run: its description, the measured ratio, whether it is met."""
+    out: list[Verdict] = []
+    by_workload = {entry["workload"]: entry for entry in ratios(rows, workloads)}
+    for (workload, ref), limit in TARGETS.items():
+        if workload not in by_workload:
+            continue
+        value = by_workload[workload][f"cpu_vs_{ref}"]
+        met = value is not None and value <= limit
+        out.append((f"{workload}: CPU/req <= {limit}x {LABELS[ref]}", value, met))
+    return out
+
+
 def markdown(run: Run, rows: dict[tuple[str, str], Row], args: argparse.Namespace) -> str:
     """The results table, the binserve ratios and the failures, as markdown."""
     lines = [
@@ -787,6 +812,10 @@ def markdown(run: Run, rows: dict[tuple[str, str], Row], args: argparse.Namespac
                 f"| {entry['workload']} | {_fmt(entry['cpu_vs_uwsgi'])} | {_fmt(entry['rps_vs_uwsgi'])} | "
                 f"{_fmt(entry['cpu_vs_gunicorn'])} | {_fmt(entry['rps_vs_gunicorn'])} |"
             )
+        goals = verdicts(rows, args.workloads)
+        if goals:
+            lines += ["", "Goals:"]
+            lines += [f"- {what}: {_fmt(value)} {'met' if ok else 'MISSED'}" for what, value, ok in goals]
     if run.failures:
         lines += ["", "Failures:"]
         for f in run.failures:
@@ -894,6 +923,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="keep the temp dir (configs, server and nginx logs) and print its path",
     )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="exit 3 when binserve misses one of its CPU-per-request goals (see Goals in the report)",
+    )
     args = parser.parse_args(argv)
     if args.repeat < 1 or args.connections < 1 or args.duration < 1:
         parser.error("--repeat and --connections must be >= 1 and --duration >= 1 s")
@@ -925,7 +959,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(markdown(run, rows, args))
     if args.json:
         args.json.write_text(json.dumps(to_json(run, rows, args), indent=2) + "\n")
-    return 1 if run.failures else 0
+    if run.failures:
+        return 1
+    if args.check and "binserve" in args.servers:
+        return 0 if all(ok for _, _, ok in verdicts(rows, args.workloads)) else 3
+    return 0
 
 
 if __name__ == "__main__":
