@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from .app import AppLoadError, load_app, prepare_process
 from .config import Config, ConfigError, load
+from .emperor import Emperor, print_status
 from .log import log, redirect_to
 from .master import RETIRING_ENV, Master, abandon_reload
 from .sockets import SocketError, inherited, open_all, parse_tcp, remove_files
@@ -40,6 +41,10 @@ def _serve(config: Config) -> int:
         except OSError as exc:
             print(f"binserve: logto {config.logto}: {exc.strerror}", file=sys.stderr)
             return USAGE_ERROR
+    if config.emperor_status:
+        return print_status(config.emperor_status)
+    if config.emperor:
+        return Emperor(config).run()
     if not config.socket:
         log("no socket given: set socket (a unix path or HOST:PORT)")
         return USAGE_ERROR

@@ -22,9 +22,10 @@ from typing import Any
 from .config import Config
 from .log import log
 from .sockets import Listener, hand_over, remove_files
-from .worker import BOOT_ERROR, run_worker, wake_only
+from .worker import BOOT_ERROR, MSG_ACCEPTING, MSG_SPAWNED, run_worker, wake_only
 
 RETIRING_ENV = "_BINSERVE_RETIRING"
+EMPEROR_FD_ENV = "UWSGI_EMPEROR_FD"
 RUNNING, STOPPING, RELOADING = "running", "stopping", "reloading"
 HANDLED = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD)
 
@@ -57,6 +58,7 @@ class Master:
         self.retiring: set[int] = set()  # workers of the previous image, finishing their requests
         self.retiring_pipe: int | None = None
         self.pending = b""  # signal numbers read from the wakeup pipe, not yet handled
+        self.emperor_fd = emperor_fd_from_env()
         self.retire_deadline = 0.0
         self.deadline = 0.0
         self.selector = selectors.DefaultSelector()
@@ -77,9 +79,11 @@ class Master:
         for signum in HANDLED:
             signal.signal(signum, wake_only)
         self.selector.register(self.wake_r, selectors.EVENT_READ)
+        if self.emperor_fd is not None:
+            self.selector.register(self.emperor_fd, selectors.EVENT_READ)
         # Workers watch the read end: when the master dies, the write end closes and they leave.
         self.life_r, self.life_w = os.pipe2(os.O_CLOEXEC)
-        self._adopt_previous_image()
+        reloaded = self._adopt_previous_image()
         if self.config.pidfile:
             with open(self.config.pidfile, "w") as handle:
                 handle.write(f"{os.getpid()}\n")
@@ -93,12 +97,48 @@ class Master:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)
         names = ", ".join(lst.name for lst in self.listeners)
         log(f"master ready: {self.config.processes} workers on {names}")
+        # As a uWSGI master does: "spawned" on the first boot only, "accepting" every time.
+        self._tell_emperor(b"" if reloaded else bytes((MSG_SPAWNED,)))
+        self._tell_emperor(bytes((MSG_ACCEPTING,)))
 
-    def _adopt_previous_image(self) -> None:
+    def _adopt_previous_image(self) -> bool:
         previous = _previous_image()
         if previous:
             self.retiring_pipe, self.retiring = previous
             self.retire_deadline = time.monotonic() + self.config.worker_reload_mercy
+        return previous is not None
+
+    def _tell_emperor(self, message: bytes) -> None:
+        if self.emperor_fd is not None and message:
+            try:
+                os.write(self.emperor_fd, message)
+            except OSError as exc:
+                log(f"cannot write to the emperor: {exc.strerror}")
+
+    def on_emperor(self) -> None:
+        """A command from the emperor: 0 stop now, 1 reload, 2 stop gracefully; EOF: it is gone."""
+        assert self.emperor_fd is not None
+        try:
+            data = os.read(self.emperor_fd, 64)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            log("lost connection with the emperor: stopping")
+            self.selector.unregister(self.emperor_fd)
+            os.close(self.emperor_fd)
+            self.emperor_fd = None
+            self.graceful_stop("emperor gone")
+            return
+        for command in data:
+            log(f"received message {command} from the emperor")
+            if command == 0:
+                self.handle_quit()
+            elif command == 1:
+                self.handle_hup()
+            elif command == 2:
+                self.graceful_stop("emperor")
 
     def spawn(self, wid: int) -> None:
         """Fork worker ``wid``."""
@@ -117,7 +157,7 @@ class Master:
                 if self.retiring_pipe is not None:
                     os.close(self.retiring_pipe)
                 self.selector.close()
-                code = run_worker(wid, self.app, self.listeners, self.config, self.life_r)
+                code = run_worker(wid, self.app, self.listeners, self.config, self.life_r, self.emperor_fd)
             except BaseException:  # a forked child must never return into the master's code
                 traceback.print_exc()
             finally:
@@ -141,8 +181,11 @@ class Master:
         now = time.monotonic()
         if self.state == STOPPING:
             timeout = max(0.0, min(timeout, self.deadline - now))
-        if self.selector.select(timeout):
-            self.pending += os.read(self.wake_r, 256)
+        for key, _ in self.selector.select(timeout):
+            if key.fd == self.wake_r:
+                self.pending += os.read(self.wake_r, 256)
+            else:
+                self.on_emperor()
         while self.pending:
             signum, self.pending = self.pending[0], self.pending[1:]
             handler = getattr(self, f"handle_{signal.Signals(signum).name[3:].lower()}", None)
@@ -290,6 +333,20 @@ def abandon_reload(mercy: float) -> None:
             time.sleep(0.05)
     for pid in retiring:
         _kill(pid, signal.SIGKILL)
+
+
+def emperor_fd_from_env() -> int | None:
+    """The socket to the emperor when running as a vassal (``UWSGI_EMPEROR_FD``, kept for reloads)."""
+    value = os.environ.get(EMPEROR_FD_ENV)
+    if not value or not value.isdigit():
+        return None
+    fd = int(value)
+    try:
+        os.set_blocking(fd, False)
+    except OSError:
+        log(f"{EMPEROR_FD_ENV}={value} is not an open descriptor: running without the emperor")
+        return None
+    return fd
 
 
 def _previous_image() -> tuple[int, set[int]] | None:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-MASTER, WORKER = "master", "worker"
+MASTER, WORKER, EMPEROR = "master", "worker", "emperor"
 
 TRUE_WORDS = frozenset({"1", "true", "yes", "on", "y", "t", "enable", "enabled"})
 FALSE_WORDS = frozenset({"0", "false", "no", "off", "n", "f", "disable", "disabled"})
@@ -239,6 +239,80 @@ _OPTIONS = [
         "seconds a worker may take to finish its request on reload or stop before it is killed",
         metavar="SECONDS",
     ),
+    Option(
+        "emperor",
+        to_str,
+        [],
+        EMPEROR,
+        "run as an emperor: one vassal (its own master and workers) per *.ini file in DIR or matching GLOB",
+        repeatable=True,
+        metavar="DIR|GLOB",
+    ),
+    Option(
+        "emperor-wrapper",
+        to_str,
+        None,
+        EMPEROR,
+        "program run for each vassal file as PROGRAM --ini FILE (default: this binserve; uwsgi works too)",
+        metavar="PROGRAM",
+    ),
+    Option(
+        "vassals-inherit",
+        to_str,
+        [],
+        EMPEROR,
+        "a template ini applied to every vassal (passed as --inherit FILE)",
+        repeatable=True,
+        metavar="FILE",
+    ),
+    Option(
+        "emperor-tyrant",
+        to_bool,
+        False,
+        EMPEROR,
+        "run each vassal as the owner of its file; refuse files owned by root (needs root)",
+        flag=True,
+    ),
+    Option(
+        "emperor-freq",
+        to_timeout,
+        0.5,
+        EMPEROR,
+        "seconds between scans of the vassal files (uWSGI's default is 3)",
+        metavar="SECONDS",
+    ),
+    Option(
+        "emperor-throttle",
+        positive(to_int),
+        1000,
+        EMPEROR,
+        "milliseconds to wait before respawning a vassal that died without serving; doubles each time",
+        metavar="MS",
+    ),
+    Option(
+        "emperor-max-throttle",
+        positive(to_int),
+        60000,
+        EMPEROR,
+        "the longest wait, in milliseconds, between respawns of a failing vassal",
+        metavar="MS",
+    ),
+    Option(
+        "emperor-state",
+        to_str,
+        None,
+        EMPEROR,
+        "file where the emperor keeps its vassals' state (default: .binserve-emperor.json in the first DIR)",
+        metavar="FILE",
+    ),
+    Option(
+        "emperor-status",
+        to_str,
+        None,
+        EMPEROR,
+        "print the state of the emperor watching DIR (or kept in FILE) and exit",
+        metavar="DIR|FILE",
+    ),
     # Accepted for uWSGI compatibility, with no effect: binserve already behaves as they ask.
     Option(
         "enable-threads",
@@ -310,8 +384,8 @@ UWSGI_ONLY = frozenset(
     harakiri harakiri-verbose harakiri-graceful-timeout max-requests max-requests-delta min-worker-lifetime
     max-worker-lifetime reload-on-rss evil-reload-on-rss reload-on-as threads lazy-apps lazy cheaper
     cheaper-algo cheaper-initial cheaper-step idle touch-reload touch-chain-reload touch-workers-reload
-    uid gid chown-socket uwsgi-allow-from post-buffering stats stats-http stats-server emperor
-    emperor-tyrant vassals-inherit emperor-wrapper emperor-stats offload-threads static-map static-map2
+    uid gid chown-socket uwsgi-allow-from post-buffering stats stats-http stats-server
+    emperor-stats offload-threads static-map static-map2
     route route-if spooler mule mules cron attach-daemon attach-daemon2 smart-attach-daemon
     virtualenv home venv pyhome py-autoreload python-autoreload thunder-lock daemonize daemonize2
     memory-report log-format logger req-logger log-maxsize log-reopen log-x-forwarded-for add-header

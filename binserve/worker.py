@@ -41,6 +41,8 @@ BOOT_ERROR = 3  # exit code of a worker that cannot start: the master stops inst
 
 _STATUS_TEXT = {400: "Bad Request", 413: "Content Too Large", 431: "Request Header Fields Too Large"}
 GRACEFUL = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+# Vassal -> emperor messages of uWSGI's emperor protocol (facts 4.3).
+MSG_SPAWNED, MSG_ACCEPTING, MSG_LOYAL = 1, 5, 17
 # After refusing a bad packet, at most this much of what nginx still sends is read and dropped.
 DRAIN_LIMIT = 1 << 20
 
@@ -69,13 +71,24 @@ class Worker:
     """One worker process's serving loop."""
 
     def __init__(
-        self, wid: int, app: Callable[..., Any], listeners: list[Listener], config: Config, master_fd: int
+        self,
+        wid: int,
+        app: Callable[..., Any],
+        listeners: list[Listener],
+        config: Config,
+        master_fd: int,
+        emperor_fd: int | None = None,
     ) -> None:
         self.wid = wid
         self.app = app
         self.listeners = listeners
         self.config = config
         self.master_fd = master_fd
+        # Under an emperor, the first request served makes the vassal "loyal" (facts 4.3):
+        # a vassal that dies after that is respawned without throttling.
+        self.emperor_fd = emperor_fd
+        if emperor_fd is not None:
+            os.set_inheritable(emperor_fd, False)  # the app's own subprocesses must not hold it
         self.pid = os.getpid()
         self.requests = 0
         self.stopping = False
@@ -249,6 +262,8 @@ class Worker:
                         + traceback.format_exc().rstrip()
                     )
         self.requests += 1
+        if self.emperor_fd is not None:
+            self._announce_loyalty()
         if self.log_requests:
             ms = (time.monotonic() - start) * 1000
             write_line(
@@ -256,6 +271,13 @@ class Worker:
                 f"{environ.get('REMOTE_ADDR', '-')} {_request_line(environ)} "
                 f"=> {exchange.code} {conn.sent} bytes in {ms:.2f} ms\n"
             )
+
+    def _announce_loyalty(self) -> None:
+        try:
+            os.write(self.emperor_fd, bytes((MSG_LOYAL,)))  # type: ignore[arg-type]
+        except OSError as exc:
+            log(f"worker {self.wid}: cannot write to the emperor: {exc.strerror}")
+        self.emperor_fd = None  # once per worker, as uWSGI does
 
     def _app_failed(self, exchange: Exchange) -> None:
         environ = exchange.environ
@@ -317,11 +339,16 @@ def wake_only(signum: int, frame: object) -> None:
 
 
 def run_worker(
-    wid: int, app: Callable[..., Any], listeners: list[Listener], config: Config, master_fd: int
+    wid: int,
+    app: Callable[..., Any],
+    listeners: list[Listener],
+    config: Config,
+    master_fd: int,
+    emperor_fd: int | None = None,
 ) -> int:
     """Entry point in a freshly forked worker; never returns to the master's code."""
     try:
-        worker = Worker(wid, app, listeners, config, master_fd)
+        worker = Worker(wid, app, listeners, config, master_fd, emperor_fd)
     except Exception:
         log(f"worker {wid} failed to boot:\n" + traceback.format_exc().rstrip())
         return BOOT_ERROR

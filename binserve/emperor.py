@@ -1,0 +1,487 @@
+"""The emperor: one vassal (a binserve master with its workers) per ini file in a directory.
+
+Each step compares the desired state (the ``*.ini`` files: name, content digest, owner) with
+the actual one (the vassals running) in ``plan``, a pure function, and carries out what it
+returns. uWSGI's semantics (facts section 4): a new file spawns a vassal, a changed file
+reloads it gracefully, a removed file stops it, a vassal that dies is respawned; one that
+died without ever serving a request waits first, 1 s, 2 s, 4 s ... up to a cap. Only a
+change of content counts, not a bare touch of the mtime, unlike uWSGI.
+
+Vassals speak uWSGI's emperor byte protocol over a socketpair named by ``UWSGI_EMPEROR_FD``
+(facts 4.3), so real uWSGI vassals run under this emperor and binserve vassals under uWSGI's.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+import hashlib
+import json
+import os
+import pwd
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import Config
+from .log import log
+from .master import EMPEROR_FD_ENV
+from .worker import MSG_ACCEPTING, MSG_LOYAL, MSG_SPAWNED, wake_only
+
+STATE_NAME = ".binserve-emperor.json"
+
+MSG_VOLUNTARY = 22  # a vassal asking to be stopped (uWSGI's die-on-idle)
+# Emperor -> vassal bytes.
+CMD_STOP, CMD_RELOAD, CMD_GRACEFUL_STOP = b"\x00", b"\x01", b"\x02"
+
+HANDLED = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD)
+PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class VassalFile:
+    """A vassal as the directory describes it."""
+
+    path: str
+    digest: str
+    uid: int
+    gid: int
+
+
+@dataclass
+class Vassal:
+    """A vassal as the emperor knows it."""
+
+    path: str
+    digest: str = ""
+    uid: int = 0
+    gid: int = 0
+    pid: int | None = None
+    state: str = "new"  # starting, running, reloading, stopping, waiting, stopped
+    born: float = 0.0
+    last_reload: float = 0.0
+    respawns: int = 0
+    loyal: bool = False
+    accepting: bool = False
+    failures: int = 0
+    next_attempt: float = 0.0  # monotonic time before which it is not respawned
+    waiting_why: str = ""
+    stop_deadline: float = 0.0
+    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    pipe: socket.socket | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class Spawn:
+    """Start a vassal for this file."""
+
+    path: str
+
+
+@dataclass(frozen=True)
+class Reload:
+    """The file changed: reload the vassal gracefully."""
+
+    path: str
+
+
+@dataclass(frozen=True)
+class Stop:
+    """The file is gone (or now belongs to someone else): stop the vassal gracefully."""
+
+    path: str
+
+
+@dataclass(frozen=True)
+class Wait:
+    """A failing vassal is throttled until ``until`` (monotonic seconds)."""
+
+    path: str
+    until: float
+    why: str
+
+
+Action = Spawn | Reload | Stop | Wait
+LIVE = ("starting", "running", "reloading")
+
+
+def plan(desired: dict[str, VassalFile], actual: dict[str, Vassal], now: float) -> list[Action]:
+    """What to do to make the running vassals match the files. Pure: no I/O, no clock.
+
+    A vassal being stopped is left alone until it has exited; one whose process died is
+    respawned at once if it was loyal (had served a request), else after its throttle.
+    """
+    actions: list[Action] = []
+    for path, wanted in desired.items():
+        vassal = actual.get(path)
+        if vassal is None or vassal.state == "stopped":
+            actions.append(Spawn(path))
+        elif vassal.state == "waiting":
+            # A fixed file is worth trying at once; an unchanged one waits out its throttle.
+            if now >= vassal.next_attempt or wanted.digest != vassal.digest:
+                actions.append(Spawn(path))
+            else:
+                actions.append(Wait(path, vassal.next_attempt, vassal.waiting_why))
+        elif vassal.state in LIVE and (wanted.uid, wanted.gid) != (vassal.uid, vassal.gid):
+            actions.append(Stop(path))
+        elif vassal.state in LIVE and wanted.digest != vassal.digest:
+            actions.append(Reload(path))
+    for path, vassal in actual.items():
+        if path not in desired and vassal.state in (*LIVE, "waiting"):
+            actions.append(Stop(path))
+    return actions
+
+
+def throttle(failures: int, base_ms: int, max_ms: int) -> float:
+    """Seconds to wait before respawning a vassal that failed ``failures`` times in a row."""
+    return min(base_ms * 2 ** max(failures - 1, 0), max_ms) / 1000.0
+
+
+def scan(patterns: list[str], tyrant: bool) -> tuple[dict[str, VassalFile], list[str]]:
+    """The vassal files matching ``patterns`` (a directory means its *.ini), and problems found."""
+    found: dict[str, VassalFile] = {}
+    problems = []
+    for pattern in patterns:
+        paths = glob.glob(os.path.join(pattern, "*.ini")) if os.path.isdir(pattern) else glob.glob(pattern)
+        for path in sorted(paths):
+            path = os.path.abspath(path)
+            try:
+                info = os.stat(path)
+                with open(path, "rb") as handle:
+                    digest = hashlib.sha256(handle.read()).hexdigest()
+            except OSError as exc:
+                problems.append(f"{path}: cannot read vassal file: {exc.strerror}")
+                continue
+            if tyrant and (info.st_uid == 0 or info.st_gid == 0):
+                problems.append(f"[emperor-tyrant] invalid permissions for vassal {path}: owned by root")
+                continue
+            found[path] = VassalFile(path, digest, info.st_uid, info.st_gid)
+    return found, problems
+
+
+def _die_with_parent() -> None:
+    """In the vassal before exec: die if the emperor dies (Linux), as uWSGI's vassals do."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+class Emperor:
+    """The reconcile loop and the processes it carries the plan out on."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.patterns = [os.path.abspath(p) for p in config.emperor]
+        first_dir = next((p for p in self.patterns if os.path.isdir(p)), os.getcwd())
+        self.state_path = config.emperor_state or os.path.join(first_dir, STATE_NAME)
+        self.vassals: dict[str, Vassal] = {}
+        self.stopping = False
+        self.deadline = 0.0
+        self.selector = selectors.DefaultSelector()
+        self.wake_r = self.wake_w = -1
+        self.last_problems: set[str] = set()
+        self.next_scan = 0.0
+        self.dirty = True
+
+    def run(self) -> int:
+        """Run until SIGTERM/SIGINT and every vassal has stopped."""
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
+        for signum in HANDLED:
+            signal.signal(signum, wake_only)
+        self.selector.register(self.wake_r, selectors.EVENT_READ, None)
+        log(f"emperor watching {', '.join(self.patterns)}")
+        while not (self.stopping and not self._alive()):
+            self.step()
+        self._write_state()
+        log("emperor stopped: every vassal has exited")
+        return 0
+
+    def step(self) -> None:
+        """Wait for a signal, a vassal message or the next scan, then reconcile."""
+        now = time.monotonic()
+        timeout = max(0.0, self.next_scan - now)
+        if self.stopping:
+            timeout = min(timeout, max(0.0, self.deadline - now), 0.5)
+        for key, _ in self.selector.select(timeout):
+            if key.data is None:
+                for signum in os.read(self.wake_r, 256):
+                    self._on_signal(signum)
+            else:
+                self._on_message(key.data)
+        self._reap()
+        now = time.monotonic()
+        if self.stopping:
+            self._escalate(now)
+        elif now >= self.next_scan:
+            self.next_scan = now + self.config.emperor_freq
+            self._reconcile(now)
+        if self.dirty:
+            self._write_state()
+
+    # -- signals and messages --------------------------------------------------------------
+    def _on_signal(self, signum: int) -> None:
+        if signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT) and not self.stopping:
+            mercy = self.config.worker_reload_mercy
+            log(f"emperor: {signal.Signals(signum).name}, stopping every vassal gracefully ({mercy:g} s)")
+            self.stopping = True
+            self.deadline = time.monotonic() + mercy
+            for vassal in self.vassals.values():
+                if vassal.pid is not None:
+                    self._command(vassal, CMD_GRACEFUL_STOP, signal.SIGTERM)
+                    vassal.state = "stopping"
+            self.dirty = True
+        elif signum == signal.SIGHUP and not self.stopping:
+            log("emperor: SIGHUP, reloading every vassal")
+            for vassal in self.vassals.values():
+                if vassal.state in ("starting", "running"):
+                    self._reload(vassal)
+
+    def _on_message(self, vassal: Vassal) -> None:
+        assert vassal.pipe is not None
+        try:
+            data = vassal.pipe.recv(64)
+        except OSError:
+            data = b""
+        if not data:
+            self.selector.unregister(vassal.pipe)
+            vassal.pipe.close()
+            vassal.pipe = None
+            return
+        name = os.path.basename(vassal.path)
+        for byte in data:
+            if byte == MSG_SPAWNED:
+                log(f"vassal {name} has been spawned")
+            elif byte == MSG_ACCEPTING:
+                if not vassal.accepting:
+                    log(f"vassal {name} is ready to accept requests")
+                vassal.accepting = True
+                if vassal.state in ("starting", "reloading"):
+                    vassal.state = "running"
+            elif byte == MSG_LOYAL:
+                if not vassal.loyal:
+                    log(f"vassal {name} is now loyal")
+                vassal.loyal = True
+                vassal.failures = 0
+            elif byte == MSG_VOLUNTARY:
+                log(f"vassal {name} asked to be stopped")
+                self._stop(vassal)
+        self.dirty = True
+
+    # -- carrying out the plan -------------------------------------------------------------
+    def _reconcile(self, now: float) -> None:
+        desired, problems = scan(self.patterns, self.config.emperor_tyrant)
+        for problem in set(problems) - self.last_problems:
+            log(problem)
+        self.last_problems = set(problems)
+        for action in plan(desired, self.vassals, now):
+            if isinstance(action, Spawn):
+                self._spawn(desired[action.path])
+            elif isinstance(action, Reload):
+                vassal = self.vassals[action.path]
+                vassal.digest = desired[action.path].digest
+                log(f"vassal {os.path.basename(action.path)} changed: graceful reload")
+                self._reload(vassal)
+            elif isinstance(action, Stop):
+                vassal = self.vassals[action.path]
+                if vassal.state == "waiting":
+                    del self.vassals[action.path]
+                    self.dirty = True
+                else:
+                    log(f"vassal {os.path.basename(action.path)} removed or reowned: stopping it")
+                    self._stop(vassal)
+        for path in [p for p, v in self.vassals.items() if v.state == "stopped" and p not in desired]:
+            del self.vassals[path]
+            self.dirty = True
+
+    def _command_line(self, path: str) -> list[str]:
+        wrapper = self.config.emperor_wrapper
+        program = [wrapper] if wrapper else [sys.executable, "-m", "binserve"]
+        args = [*program, "--ini", path]
+        for template in self.config.vassals_inherit:
+            args += ["--inherit", os.path.abspath(template)]
+        return args
+
+    def _spawn(self, wanted: VassalFile) -> None:
+        vassal = self.vassals.get(wanted.path) or Vassal(wanted.path)
+        self.vassals[wanted.path] = vassal
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        env = dict(os.environ, **{EMPEROR_FD_ENV: str(theirs.fileno())})
+        env.pop("NOTIFY_SOCKET", None)
+        kwargs: dict[str, Any] = {}
+        if self.config.emperor_tyrant:
+            kwargs.update(user=wanted.uid, group=wanted.gid, extra_groups=[])
+            env["HOME"] = _home_of(wanted.uid)
+        try:
+            proc = subprocess.Popen(
+                self._command_line(wanted.path),
+                cwd=os.path.dirname(wanted.path),
+                env=env,
+                stdin=subprocess.DEVNULL,
+                pass_fds=(theirs.fileno(),),
+                preexec_fn=_die_with_parent,
+                **kwargs,
+            )
+        except OSError as exc:
+            ours.close()
+            theirs.close()
+            log(f"vassal {os.path.basename(wanted.path)}: cannot start: {exc}")
+            self._died(vassal, time.monotonic())
+            return
+        theirs.close()
+        ours.setblocking(False)
+        if vassal.born:
+            vassal.respawns += 1
+        vassal.digest, vassal.uid, vassal.gid = wanted.digest, wanted.uid, wanted.gid
+        vassal.proc, vassal.pid, vassal.pipe = proc, proc.pid, ours
+        vassal.state, vassal.born, vassal.accepting = "starting", time.time(), False
+        vassal.loyal = False
+        self.selector.register(ours, selectors.EVENT_READ, vassal)
+        log(f"spawned vassal {os.path.basename(wanted.path)} (pid {proc.pid})")
+        self.dirty = True
+
+    def _reload(self, vassal: Vassal) -> None:
+        vassal.state = "reloading"
+        vassal.last_reload = time.time()
+        self._command(vassal, CMD_RELOAD, signal.SIGHUP)
+        self.dirty = True
+
+    def _stop(self, vassal: Vassal) -> None:
+        vassal.state = "stopping"
+        vassal.stop_deadline = time.monotonic() + self.config.worker_reload_mercy
+        self._command(vassal, CMD_GRACEFUL_STOP, signal.SIGTERM)
+        self.dirty = True
+
+    def _command(self, vassal: Vassal, command: bytes, fallback: int) -> None:
+        """Tell the vassal over its pipe; by signal when the pipe is gone."""
+        try:
+            if vassal.pipe is None:
+                raise BrokenPipeError
+            vassal.pipe.send(command)
+        except OSError:
+            if vassal.pid is not None:
+                _kill(vassal.pid, fallback)
+
+    def _reap(self) -> None:
+        now = time.monotonic()
+        for vassal in self.vassals.values():
+            if vassal.proc is None or vassal.proc.poll() is None:
+                continue
+            code = vassal.proc.returncode
+            how = f"exited with code {code}" if code >= 0 else f"killed by signal {-code}"
+            name = os.path.basename(vassal.path)
+            if vassal.pipe is not None:
+                self.selector.unregister(vassal.pipe)
+                vassal.pipe.close()
+                vassal.pipe = None
+            vassal.proc, vassal.pid = None, None
+            if vassal.state == "stopping" or self.stopping:
+                log(f"vassal {name} stopped ({how})")
+                vassal.state = "stopped"
+            else:
+                log(f"vassal {name} died ({how})")
+                self._died(vassal, now)
+            self.dirty = True
+
+    def _died(self, vassal: Vassal, now: float) -> None:
+        name = os.path.basename(vassal.path)
+        if vassal.loyal:
+            vassal.failures = 0
+            vassal.state, vassal.next_attempt, vassal.waiting_why = "waiting", now, ""
+            return
+        vassal.failures += 1
+        delay = throttle(vassal.failures, self.config.emperor_throttle, self.config.emperor_max_throttle)
+        vassal.state, vassal.next_attempt = "waiting", now + delay
+        vassal.waiting_why = f"died {vassal.failures} time(s) without serving a request"
+        log(f"vassal {name} {vassal.waiting_why}: throttled, next attempt in {delay:g} s")
+
+    def _escalate(self, now: float) -> None:
+        for vassal in self.vassals.values():
+            if vassal.pid is not None and now >= self.deadline:
+                log(f"vassal {os.path.basename(vassal.path)} still running past the deadline: SIGKILL")
+                _kill(vassal.pid, signal.SIGKILL)
+        for vassal in self.vassals.values():
+            if vassal.state == "stopping" and vassal.pid is not None and 0 < vassal.stop_deadline <= now:
+                _kill(vassal.pid, signal.SIGKILL)
+        if now >= self.deadline:
+            self.deadline = now + 5
+
+    def _alive(self) -> bool:
+        return any(v.pid is not None for v in self.vassals.values())
+
+    # -- state -------------------------------------------------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        """The emperor's state as a JSON-able document."""
+        now_mono, now = time.monotonic(), time.time()
+        vassals = []
+        for vassal in self.vassals.values():
+            entry: dict[str, Any] = {
+                "id": os.path.basename(vassal.path),
+                "path": vassal.path,
+                "pid": vassal.pid,
+                "state": vassal.state,
+                "born": round(vassal.born),
+                "last_reload": round(vassal.last_reload),
+                "respawns": vassal.respawns,
+                "loyal": vassal.loyal,
+                "accepting": vassal.accepting,
+                "failures": vassal.failures,
+            }
+            if vassal.state == "waiting":
+                entry["throttled_until"] = round(now + max(0.0, vassal.next_attempt - now_mono), 1)
+                entry["why"] = vassal.waiting_why
+            vassals.append(entry)
+        return {"pid": os.getpid(), "emperor": self.patterns, "time": round(now), "vassals": vassals}
+
+    def _write_state(self) -> None:
+        """Replace the state file atomically, so a reader never sees half of it."""
+        self.dirty = False
+        tmp = f"{self.state_path}.{os.getpid()}.tmp"
+        try:
+            with open(tmp, "w") as handle:
+                json.dump(self.snapshot(), handle, indent=1)
+            os.replace(tmp, self.state_path)
+        except OSError as exc:
+            log(f"emperor: cannot write its state to {self.state_path}: {exc.strerror}")
+
+
+def _home_of(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_dir
+    except KeyError:
+        return "/"
+
+
+def _kill(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def print_status(target: str) -> int:
+    """``binserve --emperor-status DIR|FILE``: print the vassals' state; 1 if there is none."""
+    path = os.path.join(target, STATE_NAME) if os.path.isdir(target) else target
+    try:
+        with open(path) as handle:
+            state = json.load(handle)
+    except (OSError, ValueError) as exc:
+        print(f"binserve: no emperor state in {path}: {exc}", file=sys.stderr)
+        return 1
+    print(f"emperor pid {state['pid']} watching {', '.join(state['emperor'])}")
+    print(f"{'VASSAL':<24} {'PID':>7} {'STATE':<10} {'RESPAWNS':>8} {'LOYAL':<5} NOTE")
+    for vassal in state["vassals"]:
+        note = ""
+        if vassal["state"] == "waiting":
+            left = max(0.0, vassal["throttled_until"] - time.time())
+            note = f"throttled for {left:.1f} s more: {vassal['why']}"
+        pid = vassal["pid"] if vassal["pid"] is not None else "-"
+        print(
+            f"{vassal['id']:<24} {pid:>7} {vassal['state']:<10} {vassal['respawns']:>8} "
+            f"{'yes' if vassal['loyal'] else 'no':<5} {note}".rstrip()
+        )
+    return 0
