@@ -4,8 +4,9 @@ Each step compares the desired state (the ``*.ini`` files: name, content digest,
 the actual one (the vassals running) in ``plan``, a pure function, and carries out what it
 returns. uWSGI's semantics (facts section 4): a new file spawns a vassal, a changed file
 reloads it gracefully, a removed file stops it, a vassal that dies is respawned; one that
-died without ever serving a request waits first, 1 s, 2 s, 4 s ... up to a cap. Only a
-change of content counts, not a bare touch of the mtime, unlike uWSGI.
+died without ever serving a request waits first, 1 s, 2 s, 4 s ... up to a cap. A file has
+changed when its mtime moved forward (``touch`` reloads, as uWSGI users expect) or when its
+content differs, which uWSGI misses when a deploy tool keeps an older mtime.
 
 Vassals speak uWSGI's emperor byte protocol over a socketpair named by ``UWSGI_EMPEROR_FD``
 (facts 4.3), so real uWSGI vassals run under this emperor and binserve vassals under uWSGI's.
@@ -51,6 +52,7 @@ class VassalFile:
     digest: str
     uid: int
     gid: int
+    mtime: float = 0.0
 
 
 @dataclass
@@ -59,6 +61,7 @@ class Vassal:
 
     path: str
     digest: str = ""
+    mtime: float = 0.0
     uid: int = 0
     gid: int = 0
     pid: int | None = None
@@ -129,7 +132,7 @@ def plan(desired: dict[str, VassalFile], actual: dict[str, Vassal], now: float) 
                 actions.append(Wait(path, vassal.next_attempt, vassal.waiting_why))
         elif vassal.state in LIVE and (wanted.uid, wanted.gid) != (vassal.uid, vassal.gid):
             actions.append(Stop(path))
-        elif vassal.state in LIVE and wanted.digest != vassal.digest:
+        elif vassal.state in LIVE and (wanted.digest != vassal.digest or wanted.mtime > vassal.mtime):
             actions.append(Reload(path))
     for path, vassal in actual.items():
         if path not in desired and vassal.state in (*LIVE, "waiting"):
@@ -160,7 +163,7 @@ def scan(patterns: list[str], tyrant: bool) -> tuple[dict[str, VassalFile], list
             if tyrant and (info.st_uid == 0 or info.st_gid == 0):
                 problems.append(f"[emperor-tyrant] invalid permissions for vassal {path}: owned by root")
                 continue
-            found[path] = VassalFile(path, digest, info.st_uid, info.st_gid)
+            found[path] = VassalFile(path, digest, info.st_uid, info.st_gid, info.st_mtime)
     return found, problems
 
 
@@ -283,7 +286,7 @@ class Emperor:
                 self._spawn(desired[action.path])
             elif isinstance(action, Reload):
                 vassal = self.vassals[action.path]
-                vassal.digest = desired[action.path].digest
+                vassal.digest, vassal.mtime = desired[action.path].digest, desired[action.path].mtime
                 log(f"vassal {os.path.basename(action.path)} changed: graceful reload")
                 self._reload(vassal)
             elif isinstance(action, Stop):
@@ -336,7 +339,8 @@ class Emperor:
         ours.setblocking(False)
         if vassal.born:
             vassal.respawns += 1
-        vassal.digest, vassal.uid, vassal.gid = wanted.digest, wanted.uid, wanted.gid
+        vassal.digest, vassal.mtime = wanted.digest, wanted.mtime
+        vassal.uid, vassal.gid = wanted.uid, wanted.gid
         vassal.proc, vassal.pid, vassal.pipe = proc, proc.pid, ours
         vassal.state, vassal.born, vassal.accepting = "starting", time.time(), False
         vassal.loyal = False
