@@ -8,8 +8,10 @@ A file added to nginx_conf/ that no test here loads fails ``test_every_file_is_l
 
 from __future__ import annotations
 
+import configparser
 import os
 import re
+import shlex
 import socket
 import string
 import subprocess
@@ -18,11 +20,14 @@ from pathlib import Path
 
 import pytest
 
+from binserve.config import load
+
 from support import NGINX, REPO, Nginx, Server, free_port, wait_for
 
 CONF_DIR = REPO / "nginx_conf"
 TEMPLATES = sorted(CONF_DIR.glob("*.conf.template"))
 INCLUDED = {"uwsgi_params"}  # loaded by nginx through the templates' include, checked below
+UNITS = {"binserve-emperor.service"}  # systemd units: checked by test_emperor_unit
 DOCS = {"README.md"}
 PLACEHOLDER = re.compile(r"\$\{(\w+)\}")
 
@@ -59,6 +64,7 @@ def placeholders(tmp_path: Path, port: int, app_socket: Path) -> dict[str, str]:
         "SERVER_NAME": "binserve.test",
         "STATIC_ROOT": str(tmp_path / "static"),
         "APP_SOCKET": str(app_socket),
+        "APP2_SOCKET": str(app_socket.with_name("app2.sock")),
         "UWSGI_PARAMS": str(CONF_DIR / "uwsgi_params"),
         "PREFIX": "/app",
     }
@@ -149,7 +155,7 @@ def test_every_file_is_loaded() -> None:
     unloaded = [
         path.name
         for path in sorted(CONF_DIR.iterdir())
-        if path not in TEMPLATES and path.name not in INCLUDED | DOCS
+        if path not in TEMPLATES and path.name not in INCLUDED | UNITS | DOCS
     ]
     assert not unloaded, (
         f"no test loads nginx_conf/{', nginx_conf/'.join(unloaded)}: name a site template *.conf.template "
@@ -232,3 +238,39 @@ def test_mounted_site_strips_the_prefix(
     for outside in ("/appendix", "/", "/other/app/x"):
         status, _, body = front.request("GET", outside)
         assert status == 404 and b"|" not in body, (outside, status, body)
+
+
+MOUNT_APP = """
+def application(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [f"{environ['APP']}|{environ['SCRIPT_NAME']}|{environ['PATH_INFO']}".encode()]
+"""
+
+
+def test_two_apps_site_routes_each_prefix_to_its_own_socket(
+    serve: Callable[..., Server], site_nginx: Callable[[Path, Server], SiteNginx], tmp_path: Path
+) -> None:
+    app = tmp_path / "mount_app.py"
+    app.write_text(MOUNT_APP.replace("environ['APP']", "__import__('os').environ['APP']"))
+    blog = serve("--wsgi-file", str(app), "--env", "APP=blog")
+    shop = serve("--wsgi-file", str(app), "--env", "APP=shop", socket_path=blog.socket.with_name("app2.sock"))
+    assert shop.socket.exists()
+    front = site_nginx(CONF_DIR / "two-apps.conf.template", blog)
+    assert front.request("GET", "/blog/post/1")[::2] == (200, b"blog|/blog|/post/1")
+    assert front.request("GET", "/shop/cart")[::2] == (200, b"shop|/shop|/cart")
+    assert front.request("GET", "/blog")[0] == 301
+    assert front.request("GET", "/other")[0] == 404
+
+
+def test_emperor_unit_runs_the_emperor_and_stops_it_with_sigterm() -> None:
+    """The systemd unit: a plain service whose ExecStart is a valid binserve emperor command line."""
+    unit = configparser.ConfigParser(interpolation=None, strict=False)
+    unit.optionxform = str  # type: ignore[assignment,method-assign]
+    unit.read(CONF_DIR / "binserve-emperor.service")
+    service = unit["Service"]
+    assert service["Type"] == "simple" and service["KillSignal"] == "SIGTERM"
+    argv = shlex.split(service["ExecStart"])
+    assert argv[0].endswith("/binserve") and "--emperor" in argv
+    config = load(argv[1:], {})
+    assert config.emperor == ["/etc/binserve/vassals"]
+    assert int(service["TimeoutStopSec"]) > config.worker_reload_mercy
