@@ -11,7 +11,10 @@ from __future__ import annotations
 import hashlib
 import http.client
 import importlib.util
+import itertools
 import os
+import random
+import re
 import socket
 import subprocess
 from collections.abc import Callable, Iterator
@@ -30,9 +33,9 @@ APPS = Path(__file__).resolve().parent / "apps"
 BIG_FILE_SIZE = 50 * 1024 * 1024
 
 
-def load_app_module() -> ModuleType:
-    """tests/apps/wsgi_app.py as a module, for the expected bodies it defines."""
-    spec = importlib.util.spec_from_file_location("wsgi_app_for_tests", APPS / "wsgi_app.py")
+def load_app_module(name: str = "wsgi_app") -> ModuleType:
+    """tests/apps/<name>.py as a module, for the expected bodies and limits it defines."""
+    spec = importlib.util.spec_from_file_location(f"{name}_for_tests", APPS / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -40,6 +43,7 @@ def load_app_module() -> ModuleType:
 
 
 wsgi_app = load_app_module()
+validator_app = load_app_module("validator_app")
 
 
 @dataclass
@@ -174,21 +178,65 @@ def validated(stack: Stack, send: Callable[[], Response]) -> Response:
     return response
 
 
-def test_validator_get(stack: Stack) -> None:
-    status, headers, body = validated(stack, lambda: stack.front.request("GET", "/validated/echo?x=1"))
-    assert (status, body, headers["x-method"]) == (200, b"", "GET")
+READ_MODES = ["read", "readline", "readline-size", "readlines", "readlines-hint", "iter", "mixed"]
 
 
-def test_validator_post_body_integrity(stack: Stack) -> None:
-    payload = os.urandom(300_000)
-    status, headers, body = validated(
+def lined_body(seed: int) -> bytes:
+    """About 300 kB of lines of random bytes: empty lines, CRLF endings, lengths around the app's
+    readline limit, one line longer than a 64 KiB socket read, and a last line without b"\\n"."""
+    rng = random.Random(seed)
+    limit = validator_app.LINE_LIMIT
+    lines = []
+    total = 0
+    while total < 200_000:
+        size = rng.choice([0, 1, 2, 79, limit - 2, limit - 1, limit, limit + 1, rng.randrange(4 * limit)])
+        line = rng.randbytes(size).replace(b"\n", b"n") + rng.choice([b"\n", b"\r\n"])
+        lines.append(line)
+        total += len(line)
+    lines.insert(len(lines) // 2, b"L" * 100_000 + b"\n")
+    return b"".join(lines) + b"the last line has no newline"
+
+
+def expected_pieces(body: bytes, mode: str) -> int | None:
+    """How many pieces the validator app reads ``body`` in (X-Pieces); None where not checked."""
+    lines = re.findall(rb"[^\n]*\n|[^\n]+\Z", body)  # what readline() gives (splitlines() also cuts at \r)
+    if mode in ("readline", "readlines", "readlines-hint", "iter"):
+        return len(lines)
+    if mode == "readline-size":
+        limit = validator_app.LINE_LIMIT
+        return sum(-(-len(line) // limit) for line in lines)
+    return None
+
+
+def check_echo(response: Response, method: str, mode: str, sent: bytes) -> None:
+    status, headers, body = response
+    assert (status, headers["x-method"], headers["x-mode"]) == (200, method, mode)
+    assert len(body) == len(sent)
+    assert body == sent, "the echo differs from the body sent"
+    pieces = expected_pieces(sent, mode)
+    if pieces is not None:
+        assert int(headers["x-pieces"]) == pieces
+
+
+@pytest.mark.parametrize("mode", READ_MODES)
+def test_validator_get(stack: Stack, mode: str) -> None:
+    response = validated(stack, lambda: stack.front.request("GET", f"/validated/echo?x=1&mode={mode}"))
+    check_echo(response, "GET", mode, b"")
+
+
+@pytest.mark.parametrize("mode", READ_MODES)
+def test_validator_post_body_integrity(stack: Stack, mode: str) -> None:
+    payload = lined_body(READ_MODES.index(mode))
+    response = validated(
         stack,
         lambda: stack.front.request(
-            "POST", "/validated/echo", body=payload, headers={"Content-Type": "application/octet-stream"}
+            "POST",
+            f"/validated/echo?mode={mode}",
+            body=payload,
+            headers={"Content-Type": "application/octet-stream"},
         ),
     )
-    assert (status, headers["x-method"]) == (200, "POST")
-    assert body == payload
+    check_echo(response, "POST", mode, payload)
 
 
 def test_validator_head(stack: Stack) -> None:
@@ -196,11 +244,13 @@ def test_validator_head(stack: Stack) -> None:
     assert (status, headers["x-method"], headers["content-length"], body) == (200, "HEAD", "0", b"")
 
 
-def test_validator_chunked_upload(stack: Stack) -> None:
-    chunks = [os.urandom(n) for n in (1, 10, 4096, 70_000, 3)]
-    status, headers, body = validated(stack, lambda: chunked_post(stack.front, "/validated/echo", chunks))
-    assert (status, headers["x-method"]) == (200, "POST")
-    assert body == b"".join(chunks)
+@pytest.mark.parametrize("mode", READ_MODES)
+def test_validator_chunked_upload(stack: Stack, mode: str) -> None:
+    payload = lined_body(100 + READ_MODES.index(mode))
+    cuts = [0, 1, 11, 4107, 74_107, 74_110, len(payload)]  # chunks of 1, 10, 4096, 70000, 3 and the rest
+    chunks = [payload[start:end] for start, end in itertools.pairwise(cuts)]
+    response = validated(stack, lambda: chunked_post(stack.front, f"/validated/echo?mode={mode}", chunks))
+    check_echo(response, "POST", mode, payload)
 
 
 def test_validator_repeated_headers(stack: Stack) -> None:
