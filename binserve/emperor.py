@@ -349,7 +349,7 @@ class Emperor:
         self.dirty = True
 
     def _reload(self, vassal: Vassal) -> None:
-        vassal.state = "reloading"
+        vassal.state, vassal.accepting = "reloading", False
         vassal.last_reload = time.time()
         self._command(vassal, CMD_RELOAD, signal.SIGHUP)
         self.dirty = True
