@@ -1,28 +1,29 @@
 """Reading options from ini files, the environment and the command line.
 
-Everything goes through the one table in ``options.py``. Precedence, lowest first:
-defaults < ini files < ``BINSERVE_*`` environment variables < command line. Repeatable
-options (``socket``, ``pythonpath``, ``env``) accumulate across all sources, as in uWSGI.
-Any bad input is a ``ConfigError`` whose message names where it came from
-(``app.ini:4: ...``, ``--processes: ...``, ``BINSERVE_LISTEN: ...``).
+Everything goes through the one table in ``options.py``; the ini syntax (sections, magic
+variables, ``include``/``inherit``, ``$()``, ``@()``, ``%()``) is ``ini.py``'s. Precedence, lowest
+first: defaults < ini files (an inherited template below the file naming it) < ``BINSERVE_*``
+environment variables < command line. Repeatable options (``socket``, ``pythonpath``, ``env``)
+accumulate across all sources, as in uWSGI. Any bad input is a ``ConfigError`` whose message
+names where it came from (``app.ini:4: ...``, ``--processes: ...``, ``BINSERVE_LISTEN: ...``).
 """
 
 from __future__ import annotations
 
 import argparse
-import difflib
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .options import ALIASES, OPTIONS, UWSGI_ONLY, Option, options_table, resolve
+# ConfigError lives in ini.py, the lowest module that raises it; it is re-exported here.
+from .ini import ConfigError, read, split_placeholder, unknown_option
+from .options import ALIASES, OPTIONS, Option, options_table, resolve
+
+__all__ = ["Config", "ConfigError", "load"]
 
 ENV_PREFIX = "BINSERVE_"
-INI_SECTIONS = ("binserve", "uwsgi")
-
-
-class ConfigError(Exception):
-    """A bad option, value or file; the message says where."""
+INI_ENV = f"{ENV_PREFIX}INI"
+NEEDED_BY_FILES = ("inherit", "include", "set-placeholder")  # given outside the files, used reading them
 
 
 class Config:
@@ -50,70 +51,11 @@ class Config:
             raise AttributeError(attr) from None
 
 
-def _unknown(name: str, where: str) -> ConfigError:
-    if name in UWSGI_ONLY:
-        return ConfigError(f"{where}: option '{name}' is a uWSGI option that binserve does not implement")
-    close = difflib.get_close_matches(name, list(OPTIONS) + list(ALIASES), n=1, cutoff=0.75)
-    hint = f" (did you mean '{close[0]}'?)" if close else ""
-    return ConfigError(f"{where}: unknown option '{name}'{hint}")
-
-
 def _convert(opt: Option, raw: str, where: str, name: str) -> Any:
     try:
         return opt.convert(raw)
     except ValueError as exc:
         raise ConfigError(f"{where}: option '{name}': {exc}") from None
-
-
-def _apply(config: Config, name: str, raw: str, where: str) -> None:
-    try:
-        opt = resolve(name)
-    except KeyError:
-        raise _unknown(name, where) from None
-    config.set(opt.name, _convert(opt, raw, where, name))
-
-
-def read_ini(spec: str) -> Iterator[tuple[str, str, str]]:
-    """Yield ``(key, raw value, "file:line")`` from the binserve or uwsgi section of an ini file.
-
-    ``spec`` is ``FILE`` or ``FILE:section``. A bare key (no ``=``) means true, as in uWSGI;
-    ``;`` and ``#`` start comment lines; keys may repeat.
-    """
-    path, _, wanted = spec.partition(":")
-    try:
-        with open(path, encoding="utf-8") as handle:
-            lines = handle.read().splitlines()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ini file: {exc.strerror}") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    sections = (wanted,) if wanted else INI_SECTIONS
-    found: dict[str, list[tuple[str, str, str]]] = {}
-    current: list[tuple[str, str, str]] | None = None
-    for number, line in enumerate(lines, 1):
-        text = line.strip()
-        if not text or text[0] in ";#":
-            continue
-        where = f"{path}:{number}"
-        if text.startswith("["):
-            if not text.endswith("]"):
-                raise ConfigError(f"{where}: malformed section header {text!r}")
-            name = text[1:-1].strip()
-            current = found.setdefault(name, []) if name in sections else None
-            continue
-        if current is None:
-            continue
-        key, sep, value = text.partition("=")
-        key = key.strip()
-        if not key:
-            raise ConfigError(f"{where}: line {text!r} has no option name")
-        current.append((key, value.strip() if sep else "", where))
-    for name in sections:
-        if name in found:
-            yield from found[name]
-            return
-    names = " or ".join(f"[{s}]" for s in sections)
-    raise ConfigError(f"{path}: no {names} section")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -126,12 +68,30 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--help-options", action="store_true", help="print every option as a markdown table")
     for opt in OPTIONS.values():
         flags = [f"--{opt.name}"] + [f"--{a}" for a, target in ALIASES.items() if target == opt.name]
-        kwargs: dict[str, Any] = {"dest": opt.name, "help": opt.help, "metavar": opt.metavar}
+        # argparse %-formats help texts; "%(NAME)" in a help text is meant literally.
+        kwargs: dict[str, Any] = {
+            "dest": opt.name,
+            "help": opt.help.replace("%", "%%"),
+            "metavar": opt.metavar,
+        }
         if opt.flag:
             kwargs.update(nargs="?", const="true", metavar="BOOL")
         kwargs["action"] = "append"
         parser.add_argument(*flags, **kwargs)
     return parser
+
+
+def _from_environment(environ: Mapping[str, str]) -> list[tuple[Option, str, str, str]]:
+    """``(option, name as written, raw value, where)`` for each ``BINSERVE_*`` variable."""
+    found = []
+    for key, raw in environ.items():
+        if key.startswith(ENV_PREFIX) and key != INI_ENV:
+            name = key[len(ENV_PREFIX) :].lower().replace("_", "-")
+            try:
+                found.append((resolve(name), name, raw, key))
+            except KeyError:
+                raise unknown_option(name, key) from None
+    return found
 
 
 def load(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Config:
@@ -141,22 +101,32 @@ def load(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Confi
     if args.pop("help_options", False):
         print(options_table())
         raise SystemExit(0)
+    ini_specs = ([environ[INI_ENV]] if INI_ENV in environ else []) + list(args.pop("ini", []))
+    # The environment and the command line, in rising precedence. They are read before the ini
+    # files because %(name) in a file sees their values and --set-placeholder definitions.
+    outside = _from_environment(environ) + [
+        (OPTIONS[name], name, raw, f"--{name}") for name, raws in args.items() for raw in raws
+    ]
+    raws: dict[str, list[str]] = {}
+    for opt, _, raw, _ in outside:
+        raws.setdefault(opt.name, []).append(raw)
+    given = {
+        name: [(raw, where) for opt, _, raw, where in outside if opt.name == name] for name in NEEDED_BY_FILES
+    }
+    placeholders = dict(split_placeholder(raw, where) for raw, where in given["set-placeholder"])
+    settings = read(
+        ini_specs,
+        environ,
+        inherit=given["inherit"],
+        include=given["include"],
+        outer=raws,
+        placeholders=placeholders,
+    )
     config = Config()
-    ini_specs = list(args.pop("ini", []))
-    if f"{ENV_PREFIX}INI" in environ:
-        ini_specs.insert(0, environ[f"{ENV_PREFIX}INI"])
     for spec in ini_specs:
         config.set("ini", spec)
-        for key, raw, where in read_ini(spec):
-            if key == "ini":
-                raise ConfigError(f"{where}: 'ini' inside an ini file is not supported; use include")
-            _apply(config, key, raw, where)
-    for key, raw in environ.items():
-        if key.startswith(ENV_PREFIX) and key != f"{ENV_PREFIX}INI":
-            name = key[len(ENV_PREFIX) :].lower().replace("_", "-")
-            _apply(config, name, raw, key)
-    for name, raws in args.items():
-        opt = OPTIONS[name]
-        for raw in raws:
-            config.set(name, _convert(opt, raw, f"--{name}", name))
+    for setting in settings:
+        config.set(setting.name, _convert(OPTIONS[setting.name], setting.raw, setting.where, setting.key))
+    for opt, name, raw, where in outside:
+        config.set(opt.name, _convert(opt, raw, where, name))
     return config

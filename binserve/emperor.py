@@ -312,6 +312,9 @@ class Emperor:
     def _spawn(self, wanted: VassalFile) -> None:
         vassal = self.vassals.get(wanted.path) or Vassal(wanted.path)
         self.vassals[wanted.path] = vassal
+        # Recorded before the attempt: a vassal that cannot even start must not look "changed".
+        vassal.digest, vassal.mtime = wanted.digest, wanted.mtime
+        vassal.uid, vassal.gid = wanted.uid, wanted.gid
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         env = dict(os.environ, **{EMPEROR_FD_ENV: str(theirs.fileno())})
         env.pop("NOTIFY_SOCKET", None)
@@ -339,8 +342,6 @@ class Emperor:
         ours.setblocking(False)
         if vassal.born:
             vassal.respawns += 1
-        vassal.digest, vassal.mtime = wanted.digest, wanted.mtime
-        vassal.uid, vassal.gid = wanted.uid, wanted.gid
         vassal.proc, vassal.pid, vassal.pipe = proc, proc.pid, ours
         vassal.state, vassal.born, vassal.accepting = "starting", time.time(), False
         vassal.loyal = False

@@ -127,6 +127,33 @@ _OPTIONS = [
         metavar="FILE",
     ),
     Option(
+        "include",
+        to_str,
+        [],
+        MASTER,
+        "read another ini file (FILE or FILE:section) at this point; in a file, relative to that file",
+        repeatable=True,
+        metavar="FILE",
+    ),
+    Option(
+        "inherit",
+        to_str,
+        [],
+        MASTER,
+        "use an ini file as a template: its values are defaults that the config's own values override",
+        repeatable=True,
+        metavar="FILE",
+    ),
+    Option(
+        "set-placeholder",
+        to_env,
+        [],
+        MASTER,
+        "define NAME=value for %(NAME) references in ini files (repeatable)",
+        repeatable=True,
+        metavar="NAME=VALUE",
+    ),
+    Option(
         "socket",
         to_str,
         [],
@@ -375,6 +402,7 @@ ALIASES = {
     "file": "wsgi-file",
     "reload-mercy": "worker-reload-mercy",
     "plugin": "plugins",
+    "set-ph": "set-placeholder",
 }
 
 # uWSGI options that binserve does not implement (yet): named in the error instead of "unknown".
