@@ -168,9 +168,13 @@ def scan(patterns: list[str], tyrant: bool) -> tuple[dict[str, VassalFile], list
 
 
 def _die_with_parent() -> None:
-    """In the vassal before exec: die if the emperor dies (Linux), as uWSGI's vassals do."""
+    """In the vassal before exec: be told to stop if the emperor dies (Linux).
+
+    uWSGI sends SIGKILL; SIGTERM lets a binserve master stop its workers within its mercy and
+    remove its socket, where a killed master would leave a busy worker running behind it.
+    """
     libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class Emperor:
@@ -220,7 +224,9 @@ class Emperor:
         now = time.monotonic()
         if self.stopping:
             self._escalate(now)
-        elif now >= self.next_scan:
+        else:
+            self._overstayed(now)
+        if not self.stopping and now >= self.next_scan:
             self.next_scan = now + self.config.emperor_freq
             self._reconcile(now)
         if self.dirty:
@@ -329,6 +335,8 @@ class Emperor:
                 env=env,
                 stdin=subprocess.DEVNULL,
                 pass_fds=(theirs.fileno(),),
+                # Its own process group: a kill past the deadline takes the workers with the master.
+                process_group=0,
                 preexec_fn=_die_with_parent,
                 **kwargs,
             )
@@ -408,10 +416,15 @@ class Emperor:
         for vassal in self.vassals.values():
             if vassal.pid is not None and now >= self.deadline:
                 log(f"vassal {os.path.basename(vassal.path)} still running past the deadline: SIGKILL")
-                _kill(vassal.pid, signal.SIGKILL)
+                _kill_group(vassal.pid)
+
+    def _overstayed(self, now: float) -> None:
+        """Vassals stopped for a removed file that are still running past their mercy."""
         for vassal in self.vassals.values():
             if vassal.state == "stopping" and vassal.pid is not None and 0 < vassal.stop_deadline <= now:
-                _kill(vassal.pid, signal.SIGKILL)
+                log(f"vassal {os.path.basename(vassal.path)} still running past its mercy: SIGKILL")
+                vassal.stop_deadline = now + 5
+                _kill_group(vassal.pid)
         if now >= self.deadline:
             self.deadline = now + 5
 
@@ -464,6 +477,14 @@ def _home_of(uid: int) -> str:
 def _kill(pid: int, signum: int) -> None:
     try:
         os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def _kill_group(pid: int) -> None:
+    """SIGKILL a vassal's whole process group: its master and every worker."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
 
