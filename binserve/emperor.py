@@ -498,7 +498,16 @@ def print_status(target: str) -> int:
     except (OSError, ValueError) as exc:
         print(f"binserve: no emperor state in {path}: {exc}", file=sys.stderr)
         return 1
-    print(f"emperor pid {state['pid']} watching {', '.join(state['emperor'])}")
+    try:
+        os.kill(state["pid"], 0)
+        alive = ""
+    except ProcessLookupError:
+        alive = (
+            f" (NOT RUNNING: state as of {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(state['time']))})"
+        )
+    except PermissionError:
+        alive = ""
+    print(f"emperor pid {state['pid']} watching {', '.join(state['emperor'])}{alive}")
     print(f"{'VASSAL':<24} {'PID':>7} {'STATE':<10} {'RESPAWNS':>8} {'LOYAL':<5} NOTE")
     for vassal in state["vassals"]:
         note = ""

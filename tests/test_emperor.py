@@ -605,6 +605,8 @@ def test_vassals_do_not_outlive_a_killed_emperor(
     os.kill(emp.pid, signal.SIGKILL)
     emp.proc.wait(5)
     wait_for(lambda: not any(alive(p) for p in pids), 5, "every vassal process to die with the emperor")
+    # The state file outlives a killed emperor; --emperor-status says it is stale.
+    assert "NOT RUNNING: state as of" in status_text(vassal_dir).splitlines()[0]
 
 
 def start_busy_vassal(
