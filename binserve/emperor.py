@@ -29,9 +29,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import Config
+from .config import Config, ConfigError, load
 from .log import log
 from .master import EMPEROR_FD_ENV
+from .sockets import parse_tcp
+from .stats import VERSION, StatsServer
 from .worker import MSG_ACCEPTING, MSG_LOYAL, MSG_SPAWNED, wake_only
 
 STATE_NAME = ".binserve-emperor.json"
@@ -75,6 +77,7 @@ class Vassal:
     next_attempt: float = 0.0  # monotonic time before which it is not respawned
     waiting_why: str = ""
     stop_deadline: float = 0.0
+    stats: str | None = None  # the vassal's stats address, when its file names one
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     pipe: socket.socket | None = field(default=None, repr=False)
 
@@ -193,6 +196,7 @@ class Emperor:
         self.last_problems: set[str] = set()
         self.next_scan = 0.0
         self.dirty = True
+        self.stats: StatsServer | None = None
 
     def run(self) -> int:
         """Run until SIGTERM/SIGINT and every vassal has stopped."""
@@ -201,10 +205,17 @@ class Emperor:
         for signum in HANDLED:
             signal.signal(signum, wake_only)
         self.selector.register(self.wake_r, selectors.EVENT_READ, None)
+        if self.config.emperor_stats:
+            self.stats = StatsServer(
+                self.config.emperor_stats, self.config.stats_format, self.config.stats_http
+            )
+            self.selector.register(self.stats.sock, selectors.EVENT_READ, self.stats)
         log(f"emperor watching {', '.join(self.patterns)}")
         while not (self.stopping and not self._alive()):
             self.step()
         self._write_state()
+        if self.stats is not None:
+            self.stats.close()
         log("emperor stopped: every vassal has exited")
         return 0
 
@@ -218,6 +229,8 @@ class Emperor:
             if key.data is None:
                 for signum in os.read(self.wake_r, 256):
                     self._on_signal(signum)
+            elif key.data is self.stats:
+                self.stats.answer(self.stats_document)
             else:
                 self._on_message(key.data)
         self._reap()
@@ -351,6 +364,7 @@ class Emperor:
         if vassal.born:
             vassal.respawns += 1
         vassal.proc, vassal.pid, vassal.pipe = proc, proc.pid, ours
+        vassal.stats = _stats_address(wanted.path)
         vassal.state, vassal.born, vassal.accepting = "starting", time.time(), False
         vassal.loyal = False
         self.selector.register(ours, selectors.EVENT_READ, vassal)
@@ -455,6 +469,56 @@ class Emperor:
             vassals.append(entry)
         return {"pid": os.getpid(), "emperor": self.patterns, "time": round(now), "vassals": vassals}
 
+    def stats_document(self) -> dict[str, Any]:
+        """The emperor's stats in uWSGI's emperor layout, plus each vassal's state and stats address."""
+        now_mono, now = time.monotonic(), time.time()
+        vassals, blacklist = [], []
+        for vassal in self.vassals.values():
+            name = os.path.basename(vassal.path)
+            waiting = vassal.state == "waiting"
+            vassals.append(
+                {
+                    "id": name,
+                    "pid": vassal.pid,
+                    "born": int(vassal.born),
+                    "last_mod": int(vassal.mtime),
+                    "loyal": int(vassal.loyal),
+                    "ready": int(vassal.pid is not None),
+                    "accepting": int(vassal.accepting),
+                    "respawns": vassal.respawns,
+                    "uid": vassal.uid,
+                    "gid": vassal.gid,
+                    "monitor": os.path.dirname(vassal.path),
+                    "state": vassal.state,
+                    "last_reload": int(vassal.last_reload),
+                    "throttled_until": now + max(0.0, vassal.next_attempt - now_mono) if waiting else None,
+                    "why": vassal.waiting_why if waiting else "",
+                    "stats": vassal.stats,
+                }
+            )
+            if waiting:
+                blacklist.append(
+                    {
+                        "id": name,
+                        "throttle_level": int((vassal.next_attempt - now_mono) * 1000),
+                        "attempt": vassal.failures,
+                        "first_attempt": int(vassal.born),
+                        "last_attempt": int(vassal.born),
+                    }
+                )
+        return {
+            "version": VERSION,
+            "pid": os.getpid(),
+            "uid": os.getuid(),
+            "gid": os.getgid(),
+            "cwd": os.getcwd(),
+            "emperor": self.patterns,
+            "emperor_tyrant": int(self.config.emperor_tyrant),
+            "throttle_level": 0,
+            "vassals": vassals,
+            "blacklist": blacklist,
+        }
+
     def _write_state(self) -> None:
         """Replace the state file atomically, so a reader never sees half of it."""
         self.dirty = False
@@ -465,6 +529,18 @@ class Emperor:
             os.replace(tmp, self.state_path)
         except OSError as exc:
             log(f"emperor: cannot write its state to {self.state_path}: {exc.strerror}")
+
+
+def _stats_address(path: str) -> str | None:
+    """The stats address a binserve vassal file names (relative ones from its directory), if any."""
+    try:
+        config = load(["--ini", path], {})
+    except ConfigError:
+        return None  # not a binserve file (a uWSGI vassal's, say): no address to offer
+    address = config.stats
+    if address and not parse_tcp(address) and not os.path.isabs(address):
+        address = os.path.join(os.path.dirname(path), address)
+    return address
 
 
 def _home_of(uid: int) -> str:

@@ -21,7 +21,9 @@ from typing import Any
 
 from .config import Config
 from .log import log
+from .scoreboard import Scoreboard
 from .sockets import Listener, hand_over, remove_files
+from .stats import CpuMeter, Recent, StatsServer, instance_document
 from .worker import BOOT_ERROR, MSG_ACCEPTING, MSG_SPAWNED, run_worker, wake_only
 
 RETIRING_ENV = "_BINSERVE_RETIRING"
@@ -59,6 +61,11 @@ class Master:
         self.retiring_pipe: int | None = None
         self.pending = b""  # signal numbers read from the wakeup pipe, not yet handled
         self.emperor_fd = emperor_fd_from_env()
+        self.board = Scoreboard(config.processes)
+        self.stats: StatsServer | None = None
+        self.cpu = CpuMeter()
+        self.recent = Recent()
+        self.started = time.time()
         self.retire_deadline = 0.0
         self.deadline = 0.0
         self.selector = selectors.DefaultSelector()
@@ -81,6 +88,9 @@ class Master:
         self.selector.register(self.wake_r, selectors.EVENT_READ)
         if self.emperor_fd is not None:
             self.selector.register(self.emperor_fd, selectors.EVENT_READ)
+        if self.config.stats:
+            self.stats = StatsServer(self.config.stats, self.config.stats_format, self.config.stats_http)
+            self.selector.register(self.stats.fileno(), selectors.EVENT_READ)
         # Workers watch the read end: when the master dies, the write end closes and they leave.
         self.life_r, self.life_w = os.pipe2(os.O_CLOEXEC)
         reloaded = self._adopt_previous_image()
@@ -157,12 +167,19 @@ class Master:
                 if self.retiring_pipe is not None:
                     os.close(self.retiring_pipe)
                 self.selector.close()
-                code = run_worker(wid, self.app, self.listeners, self.config, self.life_r, self.emperor_fd)
+                if self.stats is not None:
+                    self.stats.sock.close()
+                # Counters are kept only when someone can read them: the request path stays lean.
+                slot = self.board.slot(wid) if self.stats is not None else None
+                code = run_worker(
+                    wid, self.app, self.listeners, self.config, self.life_r, self.emperor_fd, slot
+                )
             except BaseException:  # a forked child must never return into the master's code
                 traceback.print_exc()
             finally:
                 os._exit(code)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        self.board.spawned(wid, pid)
         self.workers[wid] = pid
         self.by_pid[pid] = wid
         log(f"spawned worker {wid} (pid {pid})")
@@ -184,6 +201,8 @@ class Master:
         for key, _ in self.selector.select(timeout):
             if key.fd == self.wake_r:
                 self.pending += os.read(self.wake_r, 256)
+            elif self.stats is not None and key.fd == self.stats.fileno():
+                self.stats.answer(self.document)
             else:
                 self.on_emperor()
         while self.pending:
@@ -193,6 +212,12 @@ class Master:
                 handler()
         self.reap()
         self.check_deadlines()
+
+    def document(self) -> dict[str, Any]:
+        """The stats document of this master and its workers."""
+        return instance_document(
+            self.board, self.listeners, self.started, self.cpu, self.recent, self.state == RUNNING
+        )
 
     def handle_chld(self) -> None:
         """Children changed state: reaped in ``reap`` after every step."""
@@ -281,6 +306,8 @@ class Master:
     def finish(self) -> None:
         """Everything has exited: remove the socket files and the pidfile."""
         remove_files(self.listeners, self.config.pidfile, self.config.vacuum)
+        if self.stats is not None:
+            self.stats.close()
         log("master stopped")
         self.state = "done"
 

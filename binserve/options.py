@@ -59,6 +59,14 @@ def to_timeout(text: str) -> float:
     return value
 
 
+def to_stats_format(text: str) -> str:
+    """msgpack or json."""
+    word = text.strip().lower()
+    if word not in ("msgpack", "json"):
+        raise ValueError(f"expected msgpack or json, got {text!r}")
+    return word
+
+
 def to_mode(text: str) -> int:
     """A unix permission mode in octal (``660``); a bare key means 666, as in uWSGI."""
     word = text.strip() or "666"
@@ -340,6 +348,31 @@ _OPTIONS = [
         "print the state of the emperor watching DIR (or kept in FILE) and exit",
         metavar="DIR|FILE",
     ),
+    Option(
+        "stats",
+        to_str,
+        None,
+        MASTER,
+        "serve the stats document on this unix path or HOST:PORT (one document per connection)",
+        metavar="ADDR",
+    ),
+    Option(
+        "stats-format",
+        to_stats_format,
+        "msgpack",
+        MASTER,
+        "encoding of the stats document: msgpack, or json in uWSGI's layout (for uwsgitop)",
+        metavar="msgpack|json",
+    ),
+    Option("stats-http", to_bool, False, MASTER, "wrap the stats document in an HTTP response", flag=True),
+    Option(
+        "emperor-stats",
+        to_str,
+        None,
+        EMPEROR,
+        "serve the emperor's stats document (its vassals) on this unix path or HOST:PORT",
+        metavar="ADDR",
+    ),
     # Accepted for uWSGI compatibility, with no effect: binserve already behaves as they ask.
     Option(
         "enable-threads",
@@ -402,6 +435,7 @@ ALIASES = {
     "file": "wsgi-file",
     "reload-mercy": "worker-reload-mercy",
     "plugin": "plugins",
+    "stats-server": "stats",
     "set-ph": "set-placeholder",
 }
 
@@ -412,8 +446,8 @@ UWSGI_ONLY = frozenset(
     harakiri harakiri-verbose harakiri-graceful-timeout max-requests max-requests-delta min-worker-lifetime
     max-worker-lifetime reload-on-rss evil-reload-on-rss reload-on-as threads lazy-apps lazy cheaper
     cheaper-algo cheaper-initial cheaper-step idle touch-reload touch-chain-reload touch-workers-reload
-    uid gid chown-socket uwsgi-allow-from post-buffering stats stats-http stats-server
-    emperor-stats offload-threads static-map static-map2
+    uid gid chown-socket uwsgi-allow-from post-buffering
+    offload-threads static-map static-map2
     route route-if spooler mule mules cron attach-daemon attach-daemon2 smart-attach-daemon
     virtualenv home venv pyhome py-autoreload python-autoreload thunder-lock daemonize daemonize2
     memory-report log-format logger req-logger log-maxsize log-reopen log-x-forwarded-for add-header

@@ -23,6 +23,7 @@ from .config import Config
 from .log import log, write_line
 from .protocol import CLOSED, NEED_DATA, PONG, Decoder, Head, ProtocolError, RemoteProtocolError, decode_head
 from .protocol.modifiers import PING, VARS_MODIFIERS, describe
+from .scoreboard import Slot
 from .sockets import Listener
 from .wsgi import (
     EMPTY_INPUT,
@@ -78,12 +79,14 @@ class Worker:
         config: Config,
         master_fd: int,
         emperor_fd: int | None = None,
+        slot: Slot | None = None,
     ) -> None:
         self.wid = wid
         self.app = app
         self.listeners = listeners
         self.config = config
         self.master_fd = master_fd
+        self.slot = slot  # this worker's counters in the master's scoreboard
         # Under an emperor, the first request served makes the vassal "loyal" (facts 4.3):
         # a vassal that dies after that is respawned without throttling.
         self.emperor_fd = emperor_fd
@@ -229,11 +232,15 @@ class Worker:
 
     def _serve(self, conn: Connection, head: Head, decoder: Decoder | None) -> None:
         """Run the app for one request (``decoder`` reads its body, None when it has none)."""
-        start = time.monotonic() if self.log_requests else 0.0
+        slot = self.slot
+        start = time.time() if self.log_requests or slot is not None else 0.0
         wsgi_input = EMPTY_INPUT if decoder is None else Input(conn, decoder, head.content_length)
         environ = build_environ(head, self.base_environ, wsgi_input)
+        if slot is not None:
+            slot.begin(start, environ.get("REQUEST_METHOD", "-"), environ.get("REQUEST_URI", ""))
         exchange = Exchange(conn, environ)
         result = None
+        failed = False
         try:
             result = self.app(environ, exchange.start_response)
             exchange.send_result(result)
@@ -251,6 +258,7 @@ class Worker:
             )
             exchange.code = exchange.code or 499
         except Exception:
+            failed = True
             self._app_failed(exchange)
         finally:
             if result is not None and hasattr(result, "close"):
@@ -262,10 +270,12 @@ class Worker:
                         + traceback.format_exc().rstrip()
                     )
         self.requests += 1
+        if slot is not None:
+            slot.end(time.time() - start, conn.sent, failed)
         if self.emperor_fd is not None:
             self._announce_loyalty()
         if self.log_requests:
-            ms = (time.monotonic() - start) * 1000
+            ms = (time.time() - start) * 1000
             write_line(
                 f"[pid: {self.pid}|worker: {self.wid}|req: {self.requests}] "
                 f"{environ.get('REMOTE_ADDR', '-')} {_request_line(environ)} "
@@ -345,10 +355,11 @@ def run_worker(
     config: Config,
     master_fd: int,
     emperor_fd: int | None = None,
+    slot: Slot | None = None,
 ) -> int:
     """Entry point in a freshly forked worker; never returns to the master's code."""
     try:
-        worker = Worker(wid, app, listeners, config, master_fd, emperor_fd)
+        worker = Worker(wid, app, listeners, config, master_fd, emperor_fd, slot)
     except Exception:
         log(f"worker {wid} failed to boot:\n" + traceback.format_exc().rstrip())
         return BOOT_ERROR

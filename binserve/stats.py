@@ -1,0 +1,234 @@
+"""The stats server: one document per connection, msgpack or uWSGI's JSON layout.
+
+One model, two encodings: the document is built once as plain data in uWSGI's layout (facts
+6.2, so the real uwsgitop reads the JSON unchanged) with binserve's additions (per-worker
+``cpu`` and ``current`` request, ``uptime``, real listen-queue lengths for unix sockets too).
+Memory and CPU come from psutil on every request for stats: nothing to switch on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+import psutil
+
+from . import __version__
+from .listenq import listen_queue
+from .log import log
+from .scoreboard import Scoreboard
+from .sockets import Listener, parse_tcp
+
+VERSION = f"binserve {__version__}"
+SEND_TIMEOUT = 2.0  # a stats reader that does not read is dropped, never waited on
+
+
+class StatsServer:
+    """A listening socket that answers each connection with one document and closes it."""
+
+    def __init__(self, address: str, fmt: str, http: bool) -> None:
+        self.address = address
+        self.fmt = fmt
+        self.http = http
+        tcp = parse_tcp(address)
+        if tcp:
+            self.sock = socket.socket(socket.AF_INET6 if ":" in tcp[0] else socket.AF_INET)
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.sock.bind(tcp)
+        else:
+            if os.path.exists(address):
+                os.unlink(address)
+            self.sock = socket.socket(socket.AF_UNIX)
+            self.sock.bind(address)
+        self.sock.listen(16)
+        self.sock.setblocking(False)
+        log(f"stats server on {address} ({fmt}{', http' if http else ''})")
+
+    def fileno(self) -> int:
+        """The listening socket's descriptor."""
+        return self.sock.fileno()
+
+    def answer(self, build: Callable[[], dict[str, Any]]) -> None:
+        """Accept one reader and send it the document ``build`` makes now."""
+        try:
+            conn, _ = self.sock.accept()
+        except BlockingIOError:
+            return
+        with conn:
+            try:
+                conn.settimeout(SEND_TIMEOUT)
+                conn.sendall(encode(build(), self.fmt, self.http))
+            except OSError as exc:
+                log(f"stats: could not send the document: {exc}")
+
+    def close(self) -> None:
+        """Stop listening; a unix socket's file is removed."""
+        self.sock.close()
+        if not parse_tcp(self.address):
+            try:
+                os.unlink(self.address)
+            except FileNotFoundError:
+                pass
+
+
+def encode(document: dict[str, Any], fmt: str, http: bool) -> bytes:
+    """The document as msgpack or JSON, wrapped in an HTTP response when asked."""
+    if fmt == "json":
+        body, kind = json.dumps(document).encode(), "application/json"
+    else:
+        body, kind = msgpack.packb(document), "application/msgpack"
+    if not http:
+        return body
+    head = f"HTTP/1.0 200 OK\r\nContent-Type: {kind}\r\nContent-Length: {len(body)}\r\n\r\n"
+    return head.encode() + body
+
+
+class Recent:
+    """Average response time over the requests since the previous snapshot, per worker.
+
+    Workers keep only totals (cheap to write); the difference between two snapshots gives
+    what uWSGI's running average is meant to show: how long requests take lately.
+    """
+
+    def __init__(self) -> None:
+        self.last: dict[int, tuple[int, float, int]] = {}
+
+    def avg_rt(self, wid: int, requests: int, running: float) -> int:
+        """Microseconds per request lately (the previous figure when none arrived since)."""
+        before_requests, before_running, before_avg = self.last.get(wid, (0, 0.0, 0))
+        done = requests - before_requests
+        if done > 0:
+            avg = int((running - before_running) / done * 1_000_000)
+        elif done < 0:  # the totals were reset (a reload): start over
+            avg = int(running / requests * 1_000_000) if requests else 0
+        else:
+            avg = before_avg
+        self.last[wid] = (requests, running, avg)
+        return avg
+
+
+class CpuMeter:
+    """CPU percent per process between two snapshots (psutil needs the previous sample)."""
+
+    def __init__(self) -> None:
+        self.last: dict[int, tuple[float, float]] = {}
+
+    def percent(self, pid: int, proc: psutil.Process) -> float:
+        """Percent of one CPU used by ``pid`` since the previous call for it (0 the first time)."""
+        times = proc.cpu_times()
+        used, now = times.user + times.system, time.monotonic()
+        before = self.last.get(pid)
+        self.last[pid] = (used, now)
+        if before is None or now <= before[1]:
+            return 0.0
+        return round(100.0 * (used - before[0]) / (now - before[1]), 1)
+
+
+def socket_entries(listeners: list[Listener]) -> list[dict[str, Any]]:
+    """Each listening socket with its real accept-queue length and limit."""
+    entries = []
+    for listener in listeners:
+        try:
+            queue, limit = listen_queue(listener.sock)
+        except (OSError, ValueError) as exc:
+            log(f"stats: listen queue of {listener.name} unknown: {exc}")
+            queue, limit = 0, 0
+        entries.append(
+            {
+                "name": listener.name,
+                "proto": "uwsgi",
+                "queue": queue,
+                "max_queue": limit,
+                "shared": 0,
+                "can_offload": 0,
+            }
+        )
+    return entries
+
+
+def instance_document(
+    board: Scoreboard,
+    listeners: list[Listener],
+    started: float,
+    cpu: CpuMeter,
+    recent: Recent,
+    accepting: bool,
+) -> dict[str, Any]:
+    """The stats of a master and its workers, in uWSGI's layout plus binserve's fields."""
+    sockets = socket_entries(listeners)
+    queue = max((s["queue"] for s in sockets), default=0)
+    workers = []
+    for wid in range(1, board.workers + 1):
+        slot = board.read(wid)
+        rss = vsz = 0
+        percent = 0.0
+        try:
+            proc = psutil.Process(slot.pid)
+            memory = proc.memory_info()
+            rss, vsz = memory.rss, memory.vms
+            percent = cpu.percent(slot.pid, proc)
+        except (psutil.Error, ValueError):
+            pass  # between a worker's death and its respawn there is no process to measure
+        current = None
+        if slot.busy:
+            method, _, uri = slot.current.partition(" ")
+            current = {"method": method, "uri": uri, "since": slot.since}
+        workers.append(
+            {
+                "id": wid,
+                "pid": slot.pid,
+                "accepting": int(accepting),
+                "requests": slot.requests,
+                "delta_requests": slot.delta_requests,
+                "exceptions": slot.exceptions,
+                "harakiri_count": slot.harakiri_count,
+                "signals": 0,
+                "signal_queue": 0,
+                "status": "busy" if slot.busy else "idle",
+                "rss": rss,
+                "vsz": vsz,
+                "running_time": int(slot.running_time * 1_000_000),
+                "last_spawn": int(slot.last_spawn),
+                "respawn_count": slot.respawn_count,
+                "tx": slot.tx,
+                "avg_rt": recent.avg_rt(wid, slot.requests, slot.running_time),
+                "cpu": percent,
+                "current": current,
+                "apps": [],
+                "cores": [
+                    {
+                        "id": 0,
+                        "requests": slot.requests,
+                        "static_requests": 0,
+                        "routed_requests": 0,
+                        "offloaded_requests": 0,
+                        "write_errors": 0,
+                        "read_errors": 0,
+                        "in_request": int(slot.busy),
+                        "vars": [],
+                        "req_info": {"request_start": int(slot.since)} if slot.busy else {},
+                    }
+                ],
+            }
+        )
+    return {
+        "version": VERSION,
+        "listen_queue": queue,
+        "listen_queue_errors": 0,
+        "signal_queue": 0,
+        "load": queue,
+        "pid": os.getpid(),
+        "uid": os.getuid(),
+        "gid": os.getgid(),
+        "cwd": os.getcwd(),
+        "uptime": round(time.time() - started, 3),
+        "time": time.time(),
+        "locks": [],
+        "sockets": sockets,
+        "workers": workers,
+    }
