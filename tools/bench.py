@@ -51,9 +51,15 @@ LOG_TAIL_LINES = 30
 POST_SIZE = 65536
 WORKERS = 2  # worker processes of every server; each tree is its master plus these
 
-SERVERS = ("binserve", "uwsgi", "gunicorn")
+# binserve-stats: binserve with a stats server, so its counters are kept on every request.
+SERVERS = ("binserve", "binserve-stats", "uwsgi", "gunicorn")
 REFERENCES = ("uwsgi", "gunicorn")  # the servers binserve's figures are divided by
-LABELS = {"binserve": "binserve", "uwsgi": "uWSGI", "gunicorn": "gunicorn"}
+LABELS = {
+    "binserve": "binserve",
+    "binserve-stats": "binserve+stats",
+    "uwsgi": "uWSGI",
+    "gunicorn": "gunicorn",
+}
 
 # nginx's conf/uwsgi_params: the 14 standard params in nginx's order (uwsgi-facts.md, section 2.1).
 UWSGI_PARAMS = """\
@@ -389,7 +395,8 @@ def server_command(
 ) -> tuple[list[str], signal.Signals]:
     """The argv serving bench_app on ``sock_path`` (2 workers, no request log) and its stop signal."""
     app_file = str(Path(bench_app.__file__).resolve())
-    if name == "binserve":
+    if name in ("binserve", "binserve-stats"):
+        stats = ["--stats", str(sock_path.with_suffix(".stats"))] if name == "binserve-stats" else []
         argv = [
             _console_script("binserve"),
             "--socket",
@@ -400,6 +407,7 @@ def server_command(
             str(WORKERS),
             "--master",
             "--disable-logging",
+            *stats,
             *extra_binserve,
         ]
         return argv, signal.SIGTERM
@@ -750,6 +758,8 @@ TARGETS = {
     ("1m", "uwsgi"): 1.5,
     ("post64k", "uwsgi"): 1.5,
 }
+# Keeping per-worker stats must not slow the request path measurably.
+STATS_TARGETS = {"hello": 1.05}
 
 
 Verdict = tuple[str, float | None, bool]
@@ -765,6 +775,12 @@ def verdicts(rows: dict[tuple[str, str], Row], workloads: Sequence[str]) -> list
         value = by_workload[workload][f"cpu_vs_{ref}"]
         met = value is not None and value <= limit
         out.append((f"{workload}: CPU/req <= {limit}x {LABELS[ref]}", value, met))
+    for workload, limit in STATS_TARGETS.items():
+        with_stats, without = rows.get(("binserve-stats", workload)), rows.get(("binserve", workload))
+        if with_stats is None or without is None or workload not in workloads:
+            continue
+        value = with_stats.cpu_us_per_req / without.cpu_us_per_req
+        out.append((f"{workload}: CPU/req with stats <= {limit}x without", value, value <= limit))
     return out
 
 
