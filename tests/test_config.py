@@ -339,7 +339,14 @@ def test_options_table_lists_every_option_and_alias() -> None:
 
 
 def test_every_option_is_settable_from_ini_and_command_line() -> None:
-    samples = {"to_bool": "true", "to_str": "x", "to_env": "A=b", "to_mode": "644", "to_seconds": "2"}
+    samples = {
+        "to_bool": "true",
+        "to_str": "x",
+        "to_env": "A=b",
+        "to_mode": "644",
+        "to_seconds": "2",
+        "to_stats_format": "json",
+    }
     for option in OPTIONS.values():
         if option.name in ("ini", "include", "inherit"):  # they name files: tests/test_ini.py
             continue
