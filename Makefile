@@ -1,12 +1,12 @@
-# `make test` installs what the tests need (nginx from Debian when missing, as root; the
-# Python packages from PyPI) and runs them. `.ci/run` calls exactly this.
+# `make test` installs what the tests need (nginx and tmux from Debian when missing, as root;
+# the Python packages from PyPI) and runs them. `.ci/run` calls exactly this.
 PYTHON ?= python3
 
 .PHONY: test lint bench demo
 
 test:
-	@command -v nginx >/dev/null || test -x /usr/sbin/nginx \
-		|| (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null)
+	@(command -v nginx >/dev/null || test -x /usr/sbin/nginx) && command -v tmux >/dev/null \
+		|| (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx tmux >/dev/null)
 	$(PYTHON) -m pip install -q -e '.[test]'
 	$(PYTHON) -m pytest -q
 

@@ -35,7 +35,7 @@ from support import wait_for
 UWSGI = shutil.which("uwsgi")
 BINSERVE = shutil.which("binserve")
 
-pytestmark = pytest.mark.skipif(not (UWSGI and BINSERVE), reason="needs uwsgi (pyuwsgi) and binserve on PATH")
+assert UWSGI and BINSERVE, "uwsgi (pyuwsgi) and binserve must be on PATH: run make test"
 
 APP = """\
 import os

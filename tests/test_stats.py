@@ -561,8 +561,8 @@ def worker_rows(screen: str) -> dict[int, Row]:
     return rows
 
 
-@pytest.mark.skipif(UWSGITOP is None or TMUX is None, reason="needs uwsgitop (PyPI) and tmux")
 def test_real_uwsgitop_shows_the_workers(stats_server: Callable[..., tuple[Server, str]], tmux: Tmux) -> None:
+    assert UWSGITOP and TMUX, "uwsgitop (PyPI) and tmux are installed by make test"
     server, address = stats_server("--processes", "2", "--stats-format", "json")
     pids = server.worker_pids()
     assert len(pids) == 2

@@ -409,9 +409,9 @@ def test_once_errors(tmp_path: Path, fakes: Callable[..., FakeStats]) -> None:
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.skipif(not UWSGI, reason="needs uwsgi (pyuwsgi)")
 def test_once_real_uwsgi(tmp_path: Path) -> None:
     """A real uWSGI master with 2 workers and --stats: rows for workers 1 and 2."""
+    assert UWSGI, "uwsgi (pyuwsgi, a test dependency) is not installed: run make test"
     app = tmp_path / "app.py"
     app.write_text(
         "def application(environ, start_response):\n"
@@ -515,8 +515,7 @@ def _quote(text: str) -> str:
 @pytest.fixture
 def tmux_top(tmp_path: Path) -> Iterator[Callable[..., Tmux]]:
     """Run ``binserve-top ARGS`` in tmux: ``tmux_top(*args)``; the session is always killed."""
-    if not TMUX:
-        pytest.skip("needs tmux")
+    assert TMUX, "tmux is not installed: make test installs it"
     started: list[Tmux] = []
 
     def start(*args: str) -> Tmux:
