@@ -24,7 +24,7 @@ from typing import Any
 import msgpack
 import pytest
 
-from binserve.tools import top
+from binserve.tools import statsdoc, top
 
 from support import wait_for
 
@@ -236,7 +236,7 @@ def test_decode_all_encodings_of_one_document() -> None:
     """msgpack, JSON and HTTP-wrapped bytes of one document decode to the same dict."""
     doc = instance_doc()
     for encoding in ("msgpack", "json", "http-json", "http-msgpack"):
-        assert top.decode(encode(doc, encoding)) == doc, encoding
+        assert statsdoc.decode(encode(doc, encoding)) == doc, encoding
 
 
 @pytest.mark.parametrize(
@@ -252,34 +252,34 @@ def test_decode_all_encodings_of_one_document() -> None:
 )
 def test_decode_rejects_garbage(data: bytes, message: str) -> None:
     """What is not a stats document raises StatsError saying why."""
-    with pytest.raises(top.StatsError, match=message):
-        top.decode(data)
+    with pytest.raises(statsdoc.StatsError, match=message):
+        statsdoc.decode(data)
 
 
 def test_parse_address() -> None:
     """Unix paths, @abstract, HOST:PORT (wildcards mean localhost) and http:// URLs."""
-    assert top.parse_address("/run/x.sock") == ("unix", "/run/x.sock")
-    assert top.parse_address("stats.sock") == ("unix", "stats.sock")
-    assert top.parse_address("@top") == ("unix", "\0top")
-    assert top.parse_address("127.0.0.1:9191") == ("tcp", ("127.0.0.1", 9191))
-    assert top.parse_address(":9191") == ("tcp", ("127.0.0.1", 9191))
-    assert top.parse_address("[::1]:9191") == ("tcp", ("::1", 9191))
-    assert top.parse_address("http://localhost:9191/") == ("http", ("localhost", 9191, "/"))
+    assert statsdoc.parse_address("/run/x.sock") == ("unix", "/run/x.sock")
+    assert statsdoc.parse_address("stats.sock") == ("unix", "stats.sock")
+    assert statsdoc.parse_address("@top") == ("unix", "\0top")
+    assert statsdoc.parse_address("127.0.0.1:9191") == ("tcp", ("127.0.0.1", 9191))
+    assert statsdoc.parse_address(":9191") == ("tcp", ("127.0.0.1", 9191))
+    assert statsdoc.parse_address("[::1]:9191") == ("tcp", ("::1", 9191))
+    assert statsdoc.parse_address("http://localhost:9191/") == ("http", ("localhost", 9191, "/"))
 
 
 def test_uwsgi_sample_rows_and_rates() -> None:
     """uWSGI's real JSON: rows by id, no cpu, avg in ms; the sampler turns counters into req/s."""
-    doc = top.decode((FIXTURES / "uwsgi-stats.json").read_bytes())
-    summary, workers = top.instance_view(doc)
+    doc = statsdoc.decode((FIXTURES / "uwsgi-stats.json").read_bytes())
+    summary, workers = statsdoc.instance_view(doc)
     assert [w.wid for w in workers] == [1, 2]
     assert summary.requests == 16 and summary.sockets == ["127.0.0.1:28582 0/100"]
     assert workers[0].cpu is None and workers[1].exceptions == 2 and workers[1].avg_ms == 0.659
-    sampler = top.Sampler()
+    sampler = statsdoc.Sampler()
     first = instance_doc()
     second = instance_doc(base=20)
     second["time"] = first["time"] + 2.0
-    top.instance_view(first, sampler)
-    summary, workers = top.instance_view(second, sampler)
+    statsdoc.instance_view(first, sampler)
+    summary, workers = statsdoc.instance_view(second, sampler)
     assert [w.rps for w in workers] == [10.0, 10.0, 10.0] and summary.rps == 30.0
 
 
@@ -295,22 +295,22 @@ def test_current_request_from_uwsgi_cores() -> None:
             },
         ]
     }
-    assert top.current_request(w, 1012.4) == "GET /slow?a=b (12s)"
-    assert top.current_request({"current": None, "cores": w["cores"]}, 1012.4) == "-"
+    assert statsdoc.current_request(w, 1012.4) == "GET /slow?a=b (12s)"
+    assert statsdoc.current_request({"current": None, "cores": w["cores"]}, 1012.4) == "-"
 
 
 def test_sort_workers() -> None:
     """Id order by default; each key descending, or ascending when reversed; ties keep id order."""
-    _, workers = top.instance_view(instance_doc())
-    assert [w.wid for w in top.sort_workers(workers, None)] == [1, 2, 3]
-    assert [w.wid for w in top.sort_workers(workers, "requests")] == [1, 3, 2]
-    assert [w.wid for w in top.sort_workers(workers, "memory")] == [2, 1, 3]
-    assert [w.wid for w in top.sort_workers(workers, "memory", descending=False)] == [3, 1, 2]
-    assert [w.wid for w in top.sort_workers(workers, "cpu")] == [3, 1, 2]
-    assert [w.wid for w in top.sort_workers(workers, "avg")] == [2, 1, 3]
+    _, workers = statsdoc.instance_view(instance_doc())
+    assert [w.wid for w in statsdoc.sort_workers(workers, None)] == [1, 2, 3]
+    assert [w.wid for w in statsdoc.sort_workers(workers, "requests")] == [1, 3, 2]
+    assert [w.wid for w in statsdoc.sort_workers(workers, "memory")] == [2, 1, 3]
+    assert [w.wid for w in statsdoc.sort_workers(workers, "memory", descending=False)] == [3, 1, 2]
+    assert [w.wid for w in statsdoc.sort_workers(workers, "cpu")] == [3, 1, 2]
+    assert [w.wid for w in statsdoc.sort_workers(workers, "avg")] == [2, 1, 3]
     for w in workers:
         w.rss = 5
-    assert [w.wid for w in top.sort_workers(workers, "memory")] == [1, 2, 3]
+    assert [w.wid for w in statsdoc.sort_workers(workers, "memory")] == [1, 2, 3]
 
 
 @pytest.mark.parametrize(
@@ -428,8 +428,8 @@ def test_once_real_uwsgi(tmp_path: Path) -> None:
         def answers() -> bool:
             assert proc.poll() is None, (tmp_path / "uwsgi.log").read_text()
             try:
-                doc = top.fetch(str(stats), 1.0)
-            except top.StatsError:
+                doc = statsdoc.fetch(str(stats), 1.0)
+            except statsdoc.StatsError:
                 return False
             return len(doc.get("workers", [])) == 2 and all(w.get("pid") for w in doc["workers"])
 
