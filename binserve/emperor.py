@@ -23,6 +23,7 @@ import pwd
 import selectors
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -78,6 +79,8 @@ class Vassal:
     waiting_why: str = ""
     stop_deadline: float = 0.0
     stats: str | None = None  # the vassal's stats address, when its file names one
+    first_failure: float = 0.0  # epoch of the first of the failures in a row
+    last_attempt: float = 0.0  # epoch of the latest spawn attempt
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     pipe: socket.socket | None = field(default=None, repr=False)
 
@@ -157,9 +160,18 @@ def scan(patterns: list[str], tyrant: bool) -> tuple[dict[str, VassalFile], list
         for path in sorted(paths):
             path = os.path.abspath(path)
             try:
-                info = os.stat(path)
-                with open(path, "rb") as handle:
-                    digest = hashlib.sha256(handle.read()).hexdigest()
+                # O_NONBLOCK: a FIFO named *.ini must not hang the emperor in open().
+                fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+                try:
+                    info = os.fstat(fd)
+                    if not stat.S_ISREG(info.st_mode):
+                        what = "Is a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+                        problems.append(f"{path}: cannot read vassal file: {what}")
+                        continue
+                    with os.fdopen(os.dup(fd), "rb") as handle:
+                        digest = hashlib.sha256(handle.read()).hexdigest()
+                finally:
+                    os.close(fd)
             except OSError as exc:
                 problems.append(f"{path}: cannot read vassal file: {exc.strerror}")
                 continue
@@ -222,9 +234,11 @@ class Emperor:
     def step(self) -> None:
         """Wait for a signal, a vassal message or the next scan, then reconcile."""
         now = time.monotonic()
-        timeout = max(0.0, self.next_scan - now)
         if self.stopping:
-            timeout = min(timeout, max(0.0, self.deadline - now), 0.5)
+            # No scans while stopping: wake for the deadline, and for the SIGCHLDs meanwhile.
+            timeout = min(max(0.0, self.deadline - now), 0.5)
+        else:
+            timeout = max(0.0, self.next_scan - now)
         for key, _ in self.selector.select(timeout):
             if key.data is None:
                 for signum in os.read(self.wake_r, 256):
@@ -331,6 +345,7 @@ class Emperor:
     def _spawn(self, wanted: VassalFile) -> None:
         vassal = self.vassals.get(wanted.path) or Vassal(wanted.path)
         self.vassals[wanted.path] = vassal
+        vassal.last_attempt = time.time()
         # Recorded before the attempt: a vassal that cannot even start must not look "changed".
         vassal.digest, vassal.mtime = wanted.digest, wanted.mtime
         vassal.uid, vassal.gid = wanted.uid, wanted.gid
@@ -353,9 +368,10 @@ class Emperor:
                 preexec_fn=_die_with_parent,
                 **kwargs,
             )
-        except OSError as exc:
+        except (OSError, subprocess.SubprocessError) as exc:
             ours.close()
             theirs.close()
+            vassal.loyal = False  # it served nothing this time: throttle it
             log(f"vassal {os.path.basename(wanted.path)}: cannot start: {exc}")
             self._died(vassal, time.monotonic())
             return
@@ -364,7 +380,8 @@ class Emperor:
         if vassal.born:
             vassal.respawns += 1
         vassal.proc, vassal.pid, vassal.pipe = proc, proc.pid, ours
-        vassal.stats = _stats_address(wanted.path)
+        # Reading a tyrant vassal's file here would expand its @(file) and $(ENV) as root.
+        vassal.stats = None if self.config.emperor_tyrant else _stats_address(wanted.path)
         vassal.state, vassal.born, vassal.accepting = "starting", time.time(), False
         vassal.loyal = False
         self.selector.register(ours, selectors.EVENT_READ, vassal)
@@ -378,6 +395,8 @@ class Emperor:
         self.dirty = True
 
     def _stop(self, vassal: Vassal) -> None:
+        if vassal.state == "stopping":
+            return  # asked again (a vassal repeating message 22): the first deadline stands
         vassal.state = "stopping"
         vassal.stop_deadline = time.monotonic() + self.config.worker_reload_mercy
         self._command(vassal, CMD_GRACEFUL_STOP, signal.SIGTERM)
@@ -401,6 +420,8 @@ class Emperor:
             code = vassal.proc.returncode
             how = f"exited with code {code}" if code >= 0 else f"killed by signal {-code}"
             name = os.path.basename(vassal.path)
+            while vassal.pipe is not None and _pending_message(vassal.pipe):
+                self._on_message(vassal)  # a "loyal" sent just before dying still counts
             if vassal.pipe is not None:
                 self.selector.unregister(vassal.pipe)
                 vassal.pipe.close()
@@ -421,16 +442,21 @@ class Emperor:
             vassal.state, vassal.next_attempt, vassal.waiting_why = "waiting", now, ""
             return
         vassal.failures += 1
+        if vassal.failures == 1:
+            vassal.first_failure = time.time()
         delay = throttle(vassal.failures, self.config.emperor_throttle, self.config.emperor_max_throttle)
         vassal.state, vassal.next_attempt = "waiting", now + delay
         vassal.waiting_why = f"died {vassal.failures} time(s) without serving a request"
         log(f"vassal {name} {vassal.waiting_why}: throttled, next attempt in {delay:g} s")
 
     def _escalate(self, now: float) -> None:
+        if now < self.deadline:
+            return
         for vassal in self.vassals.values():
-            if vassal.pid is not None and now >= self.deadline:
+            if vassal.pid is not None:
                 log(f"vassal {os.path.basename(vassal.path)} still running past the deadline: SIGKILL")
                 _kill_group(vassal.pid)
+        self.deadline = now + 5  # once more later, not on every pass, if one is stuck in the kernel
 
     def _overstayed(self, now: float) -> None:
         """Vassals stopped for a removed file that are still running past their mercy."""
@@ -439,8 +465,6 @@ class Emperor:
                 log(f"vassal {os.path.basename(vassal.path)} still running past its mercy: SIGKILL")
                 vassal.stop_deadline = now + 5
                 _kill_group(vassal.pid)
-        if now >= self.deadline:
-            self.deadline = now + 5
 
     def _alive(self) -> bool:
         return any(v.pid is not None for v in self.vassals.values())
@@ -472,6 +496,7 @@ class Emperor:
     def stats_document(self) -> dict[str, Any]:
         """The emperor's stats in uWSGI's emperor layout, plus each vassal's state and stats address."""
         now_mono, now = time.monotonic(), time.time()
+        base, cap = self.config.emperor_throttle, self.config.emperor_max_throttle
         vassals, blacklist = [], []
         for vassal in self.vassals.values():
             name = os.path.basename(vassal.path)
@@ -500,10 +525,10 @@ class Emperor:
                 blacklist.append(
                     {
                         "id": name,
-                        "throttle_level": int((vassal.next_attempt - now_mono) * 1000),
+                        "throttle_level": int(1000 * throttle(vassal.failures, base, cap)),
                         "attempt": vassal.failures,
-                        "first_attempt": int(vassal.born),
-                        "last_attempt": int(vassal.born),
+                        "first_attempt": int(vassal.first_failure),
+                        "last_attempt": int(vassal.last_attempt),
                     }
                 )
         return {
@@ -541,6 +566,17 @@ def _stats_address(path: str) -> str | None:
     if address and not parse_tcp(address) and not os.path.isabs(address):
         address = os.path.join(os.path.dirname(path), address)
     return address
+
+
+def _pending_message(pipe: socket.socket) -> bool:
+    """Whether a vassal's pipe holds a byte not read yet (or its end-of-file)."""
+    try:
+        pipe.recv(1, socket.MSG_PEEK)
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True  # an error is what _on_message reads next, and closes on
+    return True
 
 
 def _home_of(uid: int) -> str:

@@ -12,6 +12,7 @@ import json
 import os
 import socket
 import time
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -25,7 +26,6 @@ from .scoreboard import Scoreboard
 from .sockets import Listener, parse_tcp
 
 VERSION = f"binserve {__version__}"
-SEND_TIMEOUT = 2.0  # a stats reader that does not read is dropped, never waited on
 
 
 class StatsServer:
@@ -59,10 +59,29 @@ class StatsServer:
             conn, _ = self.sock.accept()
         except BlockingIOError:
             return
+        except OSError as exc:  # out of descriptors, an aborted connection: the loop goes on
+            log(f"stats: accept on {self.address} failed: {exc}")
+            return
         with conn:
             try:
-                conn.settimeout(SEND_TIMEOUT)
-                conn.sendall(encode(build(), self.fmt, self.http))
+                document = encode(build(), self.fmt, self.http)
+            except Exception:
+                log("stats: building the document failed:\n" + traceback.format_exc().rstrip())
+                return
+            try:
+                # One write that does not wait: a reader that does not read is dropped, so it
+                # can never stall the master's loop.
+                conn.setblocking(False)
+                sent = conn.send(document)
+                if sent < len(document):
+                    log(f"stats: reader on {self.address} took {sent} of {len(document)} bytes; dropped")
+                    return
+                # Half-close and take whatever request an HTTP client sent, so closing does
+                # not reset its connection before it has read the answer.
+                conn.shutdown(socket.SHUT_WR)
+                conn.recv(65536)
+            except BlockingIOError:
+                pass  # nothing was sent to us: nothing to drain
             except OSError as exc:
                 log(f"stats: could not send the document: {exc}")
 
@@ -84,7 +103,9 @@ def encode(document: dict[str, Any], fmt: str, http: bool) -> bytes:
         body, kind = msgpack.packb(document), "application/msgpack"
     if not http:
         return body
-    head = f"HTTP/1.0 200 OK\r\nContent-Type: {kind}\r\nContent-Length: {len(body)}\r\n\r\n"
+    head = (
+        f"HTTP/1.0 200 OK\r\nContent-Type: {kind}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
     return head.encode() + body
 
 
@@ -117,6 +138,11 @@ class CpuMeter:
 
     def __init__(self) -> None:
         self.last: dict[int, tuple[float, float]] = {}
+
+    def keep_only(self, pids: set[int]) -> None:
+        """Forget processes that are gone (respawned workers), so the table does not grow."""
+        for pid in set(self.last) - pids:
+            del self.last[pid]
 
     def percent(self, pid: int, proc: psutil.Process) -> float:
         """Percent of one CPU used by ``pid`` since the previous call for it (0 the first time)."""
@@ -216,6 +242,7 @@ def instance_document(
                 ],
             }
         )
+    cpu.keep_only({board.read(wid).pid for wid in range(1, board.workers + 1)})
     return {
         "version": VERSION,
         "listen_queue": queue,

@@ -793,3 +793,29 @@ def test_a_vassal_that_cannot_be_started_waits_out_its_throttle(tmp_path: Path, 
     assert plan(desired, emp.vassals, time.monotonic()) == [
         Wait(path, vassal.next_attempt, vassal.waiting_why)
     ]
+
+
+def test_emperor_stats_list_vassals_and_binserve_top_drills_into_one(
+    tmp_path: Path, vassal_dir: Path, app: Path, emperor: Callable[..., EmperorProcess]
+) -> None:
+    """A real emperor's stats: each vassal with its state and stats address, read by binserve-top."""
+    stats = tmp_path / "emperor.stats"
+    sock = tmp_path / "a.sock"
+    write_vassal(vassal_dir, "a", sock, app, extra=f"stats = {tmp_path / 'a.stats'}\n")
+    emp = emperor(vassal_dir, "--emperor-stats", str(stats))
+    emp.wait_serving("a", sock)
+    wait_for(stats.exists, 10, "the emperor's stats socket")
+    rows: list[str] = []
+
+    def vassal_row() -> bool:
+        out = subprocess.run(["binserve-top", str(stats), "--once"], capture_output=True, text=True)
+        rows[:] = [line for line in out.stdout.splitlines() if line.startswith("a.ini")]
+        return bool(rows) and "running" in rows[0]
+
+    wait_for(vassal_row, 10, "a.ini running in the emperor's stats")
+    assert str(emp.master("a")) in rows[0].split() and str(tmp_path / "a.stats") in rows[0]
+    out = subprocess.run(
+        ["binserve-top", str(tmp_path / "a.stats"), "--once"], capture_output=True, text=True
+    )
+    workers = [line.split() for line in out.stdout.splitlines() if line[:2] in ("1 ", "2 ")]
+    assert {int(w[1]) for w in workers} == emp.workers("a"), out.stdout

@@ -8,6 +8,7 @@ plan must return. ``plan`` is pure, so no process, file or clock is involved.
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -259,3 +260,12 @@ def test_scan_reports_unreadable_files_and_refuses_root_owned_ones_as_tyrant(tmp
         assert problems == [f"[emperor-tyrant] invalid permissions for vassal {good}: owned by root"]
     else:
         assert list(found) == [str(good)]
+
+
+def test_scan_does_not_hang_on_a_fifo_named_like_a_vassal(tmp_path: Path) -> None:
+    """A FIFO would block a plain open() forever; the scan reports it and goes on."""
+    os.mkfifo(tmp_path / "pipe.ini")
+    (tmp_path / "ok.ini").write_text("[uwsgi]\n")
+    found, problems = scan([str(tmp_path)], tyrant=False)
+    assert list(found) == [str(tmp_path / "ok.ini")]
+    assert problems == [f"{tmp_path / 'pipe.ini'}: cannot read vassal file: not a regular file"]
