@@ -182,6 +182,59 @@ def scan(patterns: list[str], tyrant: bool) -> tuple[dict[str, VassalFile], list
     return found, problems
 
 
+# inotify events that can mean a vassal file appeared, changed or went (inotify(7)).
+IN_MODIFY, IN_ATTRIB, IN_CLOSE_WRITE, IN_MOVED_FROM, IN_MOVED_TO, IN_CREATE, IN_DELETE = (
+    0x2,
+    0x4,
+    0x8,
+    0x40,
+    0x80,
+    0x100,
+    0x200,
+)
+WATCHED = IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | IN_DELETE
+
+
+class DirectoryWatch:
+    """inotify on the vassal directories (Linux), through libc: a change wakes the emperor at once.
+
+    The periodic scan stays as the fallback, for systems or patterns inotify cannot watch.
+    """
+
+    def __init__(self, patterns: list[str]) -> None:
+        self.fd: int | None = None
+        libc = ctypes.CDLL(None, use_errno=True)
+        if not hasattr(libc, "inotify_init1"):
+            return
+        fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        if fd < 0:
+            log(f"emperor: inotify unavailable ({os.strerror(ctypes.get_errno())}): scanning only")
+            return
+        watched = 0
+        for pattern in patterns:
+            directory = pattern if os.path.isdir(pattern) else os.path.dirname(pattern)
+            if glob.has_magic(directory) or not os.path.isdir(directory):
+                continue
+            if libc.inotify_add_watch(fd, os.fsencode(directory), WATCHED) >= 0:
+                watched += 1
+            else:
+                log(f"emperor: cannot watch {directory} ({os.strerror(ctypes.get_errno())}): scanning it")
+        if watched:
+            self.fd = fd
+        else:
+            os.close(fd)
+
+    def changed(self) -> bool:
+        """Read the pending events; whether there were any."""
+        assert self.fd is not None
+        seen = False
+        while True:
+            try:
+                seen = bool(os.read(self.fd, 65536)) or seen
+            except BlockingIOError:
+                return seen
+
+
 def _die_with_parent() -> None:
     """In the vassal before exec: be told to stop if the emperor dies (Linux).
 
@@ -209,6 +262,7 @@ class Emperor:
         self.next_scan = 0.0
         self.dirty = True
         self.stats: StatsServer | None = None
+        self.watch: DirectoryWatch | None = None
 
     def run(self) -> int:
         """Run until SIGTERM/SIGINT and every vassal has stopped."""
@@ -222,7 +276,11 @@ class Emperor:
                 self.config.emperor_stats, self.config.stats_format, self.config.stats_http
             )
             self.selector.register(self.stats.sock, selectors.EVENT_READ, self.stats)
-        log(f"emperor watching {', '.join(self.patterns)}")
+        self.watch = DirectoryWatch(self.patterns)
+        if self.watch.fd is not None:
+            self.selector.register(self.watch.fd, selectors.EVENT_READ, self.watch)
+        how = "inotify, and a scan" if self.watch.fd is not None else "a scan"
+        log(f"emperor watching {', '.join(self.patterns)} ({how} every {self.config.emperor_freq:g} s)")
         while not (self.stopping and not self._alive()):
             self.step()
         self._write_state()
@@ -245,6 +303,9 @@ class Emperor:
                     self._on_signal(signum)
             elif key.data is self.stats:
                 self.stats.answer(self.stats_document)
+            elif key.data is self.watch:
+                if self.watch.changed():
+                    self.next_scan = 0.0  # something moved in a watched directory: look now
             else:
                 self._on_message(key.data)
         self._reap()

@@ -819,3 +819,18 @@ def test_emperor_stats_list_vassals_and_binserve_top_drills_into_one(
     )
     workers = [line.split() for line in out.stdout.splitlines() if line[:2] in ("1 ", "2 ")]
     assert {int(w[1]) for w in workers} == emp.workers("a"), out.stdout
+
+
+def test_inotify_picks_up_a_new_file_long_before_the_next_scan(
+    tmp_path: Path, vassal_dir: Path, app: Path, emperor: Callable[..., EmperorProcess]
+) -> None:
+    """With scans 30 s apart, a new vassal file still serves within 2 s: inotify woke the emperor."""
+    emp = emperor(vassal_dir, "--emperor-freq", "30")
+    wait_for(lambda: "inotify" in emp.log(), 10, "the emperor to start watching")
+    # The state file is written after the first scan: what comes next only inotify can report.
+    wait_for((vassal_dir / ".binserve-emperor.json").exists, 10, "the emperor's first scan")
+    sock = tmp_path / "late.sock"
+    created = time.monotonic()
+    write_vassal(vassal_dir, "late", sock, app)
+    emp.wait_serving("late", sock)
+    assert time.monotonic() - created < 2.0
