@@ -24,7 +24,7 @@ from .log import log
 from .scoreboard import Scoreboard
 from .sockets import Listener, hand_over, remove_files
 from .stats import CpuMeter, Recent, StatsServer, instance_document
-from .worker import BOOT_ERROR, MSG_ACCEPTING, MSG_SPAWNED, run_worker, wake_only
+from .worker import BOOT_ERROR, MSG_ACCEPTING, MSG_SPAWNED, RECYCLED, run_worker, wake_only
 
 RETIRING_ENV = "_BINSERVE_RETIRING"
 EMPEROR_FD_ENV = "UWSGI_EMPEROR_FD"
@@ -64,6 +64,7 @@ class Master:
         self.board = Scoreboard(config.processes)
         self.stats: StatsServer | None = None
         self.cpu = CpuMeter()
+        self.harakiri_kills: dict[int, float] = {}  # pid -> when to SIGKILL it
         self.recent = Recent()
         self.started = time.time()
         self.retire_deadline = 0.0
@@ -169,8 +170,10 @@ class Master:
                 self.selector.close()
                 if self.stats is not None:
                     self.stats.sock.close()
-                # Counters are kept only when someone can read them: the request path stays lean.
-                slot = self.board.slot(wid) if self.stats is not None else None
+                # Counters are kept only when someone reads them (stats, harakiri): the request
+                # path stays lean otherwise.
+                keep = self.stats is not None or self.config.harakiri
+                slot = self.board.slot(wid) if keep else None
                 code = run_worker(
                     wid, self.app, self.listeners, self.config, self.life_r, self.emperor_fd, slot
                 )
@@ -284,13 +287,47 @@ class Master:
                 self.exit_code = BOOT_ERROR
                 self.graceful_stop("boot failure")
                 continue
-            log(f"worker {wid} (pid {pid}) died: {how}; respawning")
+            if os.waitstatus_to_exitcode(status) == RECYCLED:
+                log(f"worker {wid} (pid {pid}) recycled after max-requests; respawning")
+            else:
+                log(f"worker {wid} (pid {pid}) died: {how}; respawning")
+            self.harakiri_kills.pop(pid, None)
             self.spawn(wid)
         if self.state == STOPPING and not self.by_pid and not self.retiring:
             self.finish()
 
+    def check_harakiri(self) -> None:
+        """Kill the workers whose request has run longer than harakiri seconds.
+
+        The log names the worker, its pid and the request, so the slow endpoint can be found.
+        With harakiri-graceful-timeout, SIGTERM first (the worker leaves after the request, if
+        it ends in time), then SIGKILL.
+        """
+        limit = self.config.harakiri
+        now = time.time()
+        for wid, pid in self.workers.items():
+            slot = self.board.read(wid)
+            if pid in self.harakiri_kills:
+                if now >= self.harakiri_kills[pid]:
+                    _kill(pid, signal.SIGKILL)
+                    self.harakiri_kills[pid] = now + 5
+                continue
+            if not slot.busy or slot.pid != pid or now - slot.since <= limit:
+                continue
+            since = time.strftime("%H:%M:%S", time.localtime(slot.since))
+            log(
+                f"HARAKIRI worker {wid} (pid {pid}): {slot.current} running since {since} "
+                f"({now - slot.since:.1f} s > harakiri {limit} s)"
+            )
+            self.board.harakiri(wid)
+            grace = self.config.harakiri_graceful_timeout
+            _kill(pid, signal.SIGTERM if grace else signal.SIGKILL)
+            self.harakiri_kills[pid] = now + grace
+
     def check_deadlines(self) -> None:
-        """Escalate to SIGKILL for workers past their mercy."""
+        """Escalate to SIGKILL for workers past their mercy; enforce harakiri."""
+        if self.config.harakiri and self.state == RUNNING:
+            self.check_harakiri()
         now = time.monotonic()
         if self.state == STOPPING and now >= self.deadline:
             for pid in [*self.by_pid, *self.retiring]:

@@ -373,6 +373,38 @@ _OPTIONS = [
         "serve the emperor's stats document (its vassals) on this unix path or HOST:PORT",
         metavar="ADDR",
     ),
+    Option(
+        "harakiri",
+        positive(to_int, 0),
+        0,
+        MASTER,
+        "seconds a request may run before the master kills its worker (0: never); checked every second",
+        metavar="SECONDS",
+    ),
+    Option(
+        "harakiri-graceful-timeout",
+        to_seconds,
+        0.0,
+        MASTER,
+        "on harakiri, send SIGTERM first and SIGKILL only this many seconds later (0: SIGKILL at once)",
+        metavar="SECONDS",
+    ),
+    Option(
+        "max-requests",
+        positive(to_int, 0),
+        0,
+        WORKER,
+        "recycle a worker after this many requests (0: never); it finishes its request first",
+        metavar="N",
+    ),
+    Option(
+        "max-requests-delta",
+        positive(to_int, 0),
+        0,
+        WORKER,
+        "add a random 0..N to each worker's max-requests, so workers do not all recycle at once",
+        metavar="N",
+    ),
     # Accepted for uWSGI compatibility, with no effect: binserve already behaves as they ask.
     Option(
         "enable-threads",
@@ -443,7 +475,7 @@ ALIASES = {
 UWSGI_ONLY = frozenset(
     """
     http http-socket https https-socket fastcgi-socket scgi-socket shared-socket http-to
-    harakiri harakiri-verbose harakiri-graceful-timeout max-requests max-requests-delta min-worker-lifetime
+    harakiri-verbose min-worker-lifetime
     max-worker-lifetime reload-on-rss evil-reload-on-rss reload-on-as threads lazy-apps lazy cheaper
     cheaper-algo cheaper-initial cheaper-step idle touch-reload touch-chain-reload touch-workers-reload
     uid gid chown-socket uwsgi-allow-from post-buffering

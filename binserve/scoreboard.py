@@ -67,6 +67,12 @@ class Scoreboard:
         _, requests, _, _ = _END.unpack_from(self.map, off + _END_AT)
         _SPAWN.pack_into(self.map, off + _SPAWN_AT, pid, respawns + 1, harakiris, time.time(), requests)
 
+    def harakiri(self, wid: int) -> None:
+        """Count a harakiri of worker ``wid`` (the master's write)."""
+        off = self.offset(wid) + _SPAWN_AT
+        pid, respawns, harakiris, last_spawn, base = _SPAWN.unpack_from(self.map, off)
+        _SPAWN.pack_into(self.map, off, pid, respawns, harakiris + 1, last_spawn, base)
+
     def read(self, wid: int) -> WorkerStats:
         """Worker ``wid``'s slot as it is now."""
         off = self.offset(wid)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import _socket
 import os
+import random
 import select
 import signal
 import socket
@@ -38,6 +39,7 @@ from .wsgi import (
     timeval,
 )
 
+RECYCLED = 17  # exit code of a worker leaving after max-requests (uWSGI's reload code)
 BOOT_ERROR = 3  # exit code of a worker that cannot start: the master stops instead of respawning
 
 _STATUS_TEXT = {400: "Bad Request", 413: "Content Too Large", 431: "Request Header Fields Too Large"}
@@ -94,6 +96,10 @@ class Worker:
             os.set_inheritable(emperor_fd, False)  # the app's own subprocesses must not hold it
         self.pid = os.getpid()
         self.requests = 0
+        # Jitter per worker (max-requests-delta) so the workers do not all recycle together.
+        self.max_requests = (
+            config.max_requests + random.randint(0, config.max_requests_delta) if config.max_requests else 0
+        )
         self.stopping = False
         self.log_requests = not config.disable_logging
         self.timeout = timeval(config.socket_timeout)
@@ -130,6 +136,8 @@ class Worker:
                     return 0
                 elif not self.stopping:
                     self._accept(by_fd[fd])
+        if self.requests and self.requests == self.max_requests:
+            return RECYCLED  # the queue is left to the other workers and to the replacement
         self._drain_backlog()
         return 0
 
@@ -270,6 +278,9 @@ class Worker:
                         + traceback.format_exc().rstrip()
                     )
         self.requests += 1
+        if self.requests == self.max_requests:
+            log(f"worker {self.wid}: {self.requests} requests served (max-requests), recycling")
+            self.stopping = True
         if slot is not None:
             slot.end(time.time() - start, conn.sent, failed)
         if self.emperor_fd is not None:

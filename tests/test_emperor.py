@@ -669,7 +669,8 @@ def test_vassals_inherit_applies_a_template_to_every_vassal(
         emp.wait_serving(name, sock, timeout=10)
         status, body = get(sock, f"/{name}")
         assert status == 200 and body.split()[0] == name and body.split()[3] == "1", body
-        assert len(emp.workers(name)) == 3
+        # The first worker may answer while the master is still forking the third.
+        wait_for(lambda name=name: len(emp.workers(name)) == 3, 10, f"{name}'s three workers")
 
 
 # -- emperor-tyrant -----------------------------------------------------------------------------------
