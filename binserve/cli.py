@@ -51,7 +51,8 @@ def _serve(config: Config) -> int:
     start_cwd = os.getcwd()
     try:
         prepare_process(config)
-        app = load_app(config)
+        # lazy-apps: each worker imports the app after fork; a failure there is a boot error.
+        app = None if config.lazy_apps else load_app(config)
     except AppLoadError as exc:
         log(f"cannot load the app: {exc}")
         return APP_LOAD_ERROR

@@ -48,7 +48,7 @@ class Master:
     """Supervises ``processes`` workers sharing ``listeners``."""
 
     def __init__(
-        self, config: Config, app: Callable[..., Any], listeners: list[Listener], start_cwd: str
+        self, config: Config, app: Callable[..., Any] | None, listeners: list[Listener], start_cwd: str
     ) -> None:
         self.config = config
         self.app = app
@@ -65,6 +65,7 @@ class Master:
         self.stats: StatsServer | None = None
         self.cpu = CpuMeter()
         self.harakiri_kills: dict[int, float] = {}  # pid -> when to SIGKILL it
+        self.touched = {path: _mtime(path) for path in config.touch_reload}
         self.recent = Recent()
         self.started = time.time()
         self.retire_deadline = 0.0
@@ -324,10 +325,20 @@ class Master:
             _kill(pid, signal.SIGTERM if grace else signal.SIGKILL)
             self.harakiri_kills[pid] = now + grace
 
+    def check_touched(self) -> None:
+        """touch-reload: a watched file whose mtime changed triggers a graceful reload."""
+        for path, seen in self.touched.items():
+            if _mtime(path) != seen:
+                log(f"{path} was touched: graceful reload")
+                self.handle_hup()
+                return
+
     def check_deadlines(self) -> None:
-        """Escalate to SIGKILL for workers past their mercy; enforce harakiri."""
+        """Escalate to SIGKILL for workers past their mercy; enforce harakiri and touch-reload."""
         if self.config.harakiri and self.state == RUNNING:
             self.check_harakiri()
+        if self.touched and self.state == RUNNING:
+            self.check_touched()
         now = time.monotonic()
         if self.state == STOPPING and now >= self.deadline:
             for pid in [*self.by_pid, *self.retiring]:
@@ -420,6 +431,14 @@ def _previous_image() -> tuple[int, set[int]] | None:
         return None
     fd, _, pids = spec.partition(":")
     return int(fd), {int(p) for p in pids.split(",") if p}
+
+
+def _mtime(path: str) -> float | None:
+    """A file's mtime, or None while it does not exist."""
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return None
 
 
 def _kill(pid: int, signum: int) -> None:

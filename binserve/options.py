@@ -405,6 +405,24 @@ _OPTIONS = [
         "add a random 0..N to each worker's max-requests, so workers do not all recycle at once",
         metavar="N",
     ),
+    Option(
+        "lazy-apps",
+        to_bool,
+        False,
+        MASTER,
+        "load the app in each worker after fork, not once in the master (for apps that open "
+        "connections or threads at import)",
+        flag=True,
+    ),
+    Option(
+        "touch-reload",
+        to_str,
+        [],
+        MASTER,
+        "gracefully reload when this file's mtime changes (repeatable); checked every second",
+        repeatable=True,
+        metavar="FILE",
+    ),
     # Accepted for uWSGI compatibility, with no effect: binserve already behaves as they ask.
     Option(
         "enable-threads",
@@ -476,8 +494,8 @@ UWSGI_ONLY = frozenset(
     """
     http http-socket https https-socket fastcgi-socket scgi-socket shared-socket http-to
     harakiri-verbose min-worker-lifetime
-    max-worker-lifetime reload-on-rss evil-reload-on-rss reload-on-as threads lazy-apps lazy cheaper
-    cheaper-algo cheaper-initial cheaper-step idle touch-reload touch-chain-reload touch-workers-reload
+    max-worker-lifetime reload-on-rss evil-reload-on-rss reload-on-as threads lazy cheaper
+    cheaper-algo cheaper-initial cheaper-step idle touch-chain-reload touch-workers-reload
     uid gid chown-socket uwsgi-allow-from post-buffering
     offload-threads static-map static-map2
     route route-if spooler mule mules cron attach-daemon attach-daemon2 smart-attach-daemon

@@ -20,6 +20,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+from .app import load_app
 from .config import Config
 from .log import log, write_line
 from .protocol import CLOSED, NEED_DATA, PONG, Decoder, Head, ProtocolError, RemoteProtocolError, decode_head
@@ -361,15 +362,20 @@ def wake_only(signum: int, frame: object) -> None:
 
 def run_worker(
     wid: int,
-    app: Callable[..., Any],
+    app: Callable[..., Any] | None,
     listeners: list[Listener],
     config: Config,
     master_fd: int,
     emperor_fd: int | None = None,
     slot: Slot | None = None,
 ) -> int:
-    """Entry point in a freshly forked worker; never returns to the master's code."""
+    """Entry point in a freshly forked worker; never returns to the master's code.
+
+    ``app`` is None with lazy-apps: the worker loads it itself.
+    """
     try:
+        if app is None:
+            app = load_app(config)
         worker = Worker(wid, app, listeners, config, master_fd, emperor_fd, slot)
     except Exception:
         log(f"worker {wid} failed to boot:\n" + traceback.format_exc().rstrip())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Callable
@@ -64,3 +65,70 @@ def test_max_requests_recycles_workers_without_a_failed_request(
     pids = {body for _, _, body in answers}
     assert len(pids) >= 200 // 15, f"only {len(pids)} distinct workers served 200 requests"
     assert server.log().count("recycled after max-requests") >= 200 // 15 - 2
+
+
+IMPORT_RECORDER = """
+import os
+
+with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "imported-by"), "a") as out:
+    out.write(f"{os.getpid()}\\n")
+
+
+def application(environ, start_response):
+    body = str(os.getpid()).encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+"""
+
+
+def imported_by(tmp_path: Path) -> set[int]:
+    path = tmp_path / "imported-by"
+    return {int(line) for line in path.read_text().split()} if path.exists() else set()
+
+
+def test_lazy_apps_loads_the_app_in_each_worker_not_in_the_master(
+    serve: Callable[..., Server], app_file: Callable[[str], Path], tmp_path: Path
+) -> None:
+    server = serve("--wsgi-file", str(app_file(IMPORT_RECORDER)), "--processes", "2", "--lazy-apps")
+    wait_for(
+        lambda: len(server.worker_pids()) == 2 and imported_by(tmp_path) == server.worker_pids(),
+        10,
+        "both workers to import the app",
+    )
+    assert server.pid not in imported_by(tmp_path)
+
+
+def test_without_lazy_apps_the_master_loads_the_app_once(
+    serve: Callable[..., Server], app_file: Callable[[str], Path], tmp_path: Path
+) -> None:
+    serve("--wsgi-file", str(app_file(IMPORT_RECORDER)), "--processes", "2")
+    assert len(imported_by(tmp_path)) == 1
+
+
+def test_lazy_apps_that_fail_to_import_stop_binserve_instead_of_respawning(
+    serve: Callable[..., Server], app_file: Callable[[str], Path]
+) -> None:
+    server = serve(
+        "--wsgi-file", str(app_file("raise ImportError('lazy and broken')\n")), "--lazy-apps", ready=False
+    )
+    assert server.proc.wait(15) == 3
+    log = server.log()
+    assert "lazy and broken" in log and "failed to boot; stopping instead of respawning" in log
+
+
+def test_touch_reload_gives_new_workers_under_the_same_master(
+    serve: Callable[..., Server], app_file: Callable[[str], Path], tmp_path: Path
+) -> None:
+    trigger = tmp_path / "reload.trigger"
+    trigger.write_text("")
+    server = serve("--wsgi-file", str(app_file(APP)), "--processes", "2", "--touch-reload", str(trigger))
+    wait_for(lambda: len(server.worker_pids()) == 2, 10, "two workers")
+    before = server.worker_pids()
+    later = time.time() + 5
+    os.utime(trigger, (later, later))
+    wait_for(
+        lambda: len(server.worker_pids()) == 2 and not server.worker_pids() & before,
+        10,
+        "a new generation of workers",
+    )
+    assert server.proc.poll() is None and "was touched: graceful reload" in server.log()
