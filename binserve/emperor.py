@@ -32,7 +32,7 @@ from typing import Any
 
 from .config import Config, ConfigError, load
 from .log import log
-from .master import EMPEROR_FD_ENV
+from .master import EMPEROR_FD_ENV, kill_quietly
 from .sockets import parse_tcp
 from .stats import VERSION, StatsServer
 from .worker import MSG_ACCEPTING, MSG_LOYAL, MSG_SPAWNED, wake_only
@@ -471,7 +471,7 @@ class Emperor:
             vassal.pipe.send(command)
         except OSError:
             if vassal.pid is not None:
-                _kill(vassal.pid, fallback)
+                kill_quietly(vassal.pid, fallback)
 
     def _reap(self) -> None:
         now = time.monotonic()
@@ -645,13 +645,6 @@ def _home_of(uid: int) -> str:
         return pwd.getpwuid(uid).pw_dir
     except KeyError:
         return "/"
-
-
-def _kill(pid: int, signum: int) -> None:
-    try:
-        os.kill(pid, signum)
-    except ProcessLookupError:
-        pass
 
 
 def _kill_group(pid: int) -> None:

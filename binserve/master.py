@@ -105,7 +105,7 @@ class Master:
             os.close(self.retiring_pipe)  # the old workers' life pipe: they finish their request and exit
             self.retiring_pipe = None
         for pid in self.retiring:
-            _kill(pid, signal.SIGTERM)
+            kill_quietly(pid, signal.SIGTERM)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)
         names = ", ".join(lst.name for lst in self.listeners)
         log(f"master ready: {self.config.processes} workers on {names}")
@@ -246,7 +246,7 @@ class Master:
         """Fast stop: kill the workers now."""
         log("SIGQUIT: fast stop, killing workers")
         for pid in [*self.by_pid, *self.retiring]:
-            _kill(pid, signal.SIGKILL)
+            kill_quietly(pid, signal.SIGKILL)
         self.state = STOPPING
         self.deadline = time.monotonic() + 5
 
@@ -259,7 +259,7 @@ class Master:
         self.state = STOPPING
         self.deadline = time.monotonic() + mercy
         for pid in [*self.by_pid, *self.retiring]:
-            _kill(pid, signal.SIGTERM)
+            kill_quietly(pid, signal.SIGTERM)
 
     def reap(self) -> None:
         """Collect every exited child; respawn workers that died while running."""
@@ -310,7 +310,7 @@ class Master:
             slot = self.board.read(wid)
             if pid in self.harakiri_kills:
                 if now >= self.harakiri_kills[pid]:
-                    _kill(pid, signal.SIGKILL)
+                    kill_quietly(pid, signal.SIGKILL)
                     self.harakiri_kills[pid] = now + 5
                 continue
             if not slot.busy or slot.pid != pid or now - slot.since <= limit:
@@ -322,7 +322,7 @@ class Master:
             )
             self.board.harakiri(wid)
             grace = self.config.harakiri_graceful_timeout
-            _kill(pid, signal.SIGTERM if grace else signal.SIGKILL)
+            kill_quietly(pid, signal.SIGTERM if grace else signal.SIGKILL)
             self.harakiri_kills[pid] = now + grace
 
     def check_touched(self) -> None:
@@ -343,12 +343,12 @@ class Master:
         if self.state == STOPPING and now >= self.deadline:
             for pid in [*self.by_pid, *self.retiring]:
                 log(f"worker (pid {pid}) still running past the deadline: SIGKILL")
-                _kill(pid, signal.SIGKILL)
+                kill_quietly(pid, signal.SIGKILL)
             self.deadline = now + 5
         if self.retiring and now >= self.retire_deadline:
             for pid in self.retiring:
                 log(f"old worker (pid {pid}) still running past worker-reload-mercy: SIGKILL")
-                _kill(pid, signal.SIGKILL)
+                kill_quietly(pid, signal.SIGKILL)
             self.retire_deadline = now + 5
 
     def finish(self) -> None:
@@ -395,7 +395,7 @@ def abandon_reload(mercy: float) -> None:
     pipe, retiring = previous
     os.close(pipe)
     for pid in retiring:
-        _kill(pid, signal.SIGTERM)
+        kill_quietly(pid, signal.SIGTERM)
     deadline = time.monotonic() + mercy
     while retiring and time.monotonic() < deadline:
         try:
@@ -407,7 +407,7 @@ def abandon_reload(mercy: float) -> None:
         else:
             time.sleep(0.05)
     for pid in retiring:
-        _kill(pid, signal.SIGKILL)
+        kill_quietly(pid, signal.SIGKILL)
 
 
 def emperor_fd_from_env() -> int | None:
@@ -441,7 +441,8 @@ def _mtime(path: str) -> float | None:
         return None
 
 
-def _kill(pid: int, signum: int) -> None:
+def kill_quietly(pid: int, signum: int) -> None:
+    """Signal ``pid``; one that has already exited is not an error."""
     try:
         os.kill(pid, signum)
     except ProcessLookupError:

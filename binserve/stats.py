@@ -23,9 +23,10 @@ from . import __version__
 from .listenq import listen_queue
 from .log import log
 from .scoreboard import Scoreboard
-from .sockets import Listener, parse_tcp
+from .sockets import Listener, bind, remove_files
 
 VERSION = f"binserve {__version__}"
+STATS_TIMEOUT = 1.0  # accepted stats connections are non-blocking anyway; this only bounds TCP ones
 
 
 class StatsServer:
@@ -35,18 +36,10 @@ class StatsServer:
         self.address = address
         self.fmt = fmt
         self.http = http
-        tcp = parse_tcp(address)
-        if tcp:
-            self.sock = socket.socket(socket.AF_INET6 if ":" in tcp[0] else socket.AF_INET)
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            self.sock.bind(tcp)
-        else:
-            if os.path.exists(address):
-                os.unlink(address)
-            self.sock = socket.socket(socket.AF_UNIX)
-            self.sock.bind(address)
-        self.sock.listen(16)
-        self.sock.setblocking(False)
+        # Bound as the uwsgi sockets are: a stale unix socket file is replaced, a live one or a
+        # file that is not a socket is an error, never silently unlinked.
+        self.listener = bind(address, 16, None, STATS_TIMEOUT)
+        self.sock = self.listener.sock
         log(f"stats server on {address} ({fmt}{', http' if http else ''})")
 
     def fileno(self) -> int:
@@ -87,12 +80,7 @@ class StatsServer:
 
     def close(self) -> None:
         """Stop listening; a unix socket's file is removed."""
-        self.sock.close()
-        if not parse_tcp(self.address):
-            try:
-                os.unlink(self.address)
-            except FileNotFoundError:
-                pass
+        remove_files([self.listener], None, vacuum=True)
 
 
 def encode(document: dict[str, Any], fmt: str, http: bool) -> bytes:
