@@ -423,6 +423,100 @@ _OPTIONS = [
         repeatable=True,
         metavar="FILE",
     ),
+    Option(
+        "touch-chain-reload",
+        to_str,
+        [],
+        MASTER,
+        "when this file's mtime changes, replace the workers one at a time, the next only once the new "
+        "one accepts (repeatable; with lazy-apps the new workers load the new code)",
+        repeatable=True,
+        metavar="FILE",
+    ),
+    Option(
+        "min-worker-lifetime",
+        to_seconds,
+        10.0,
+        WORKER,
+        "seconds a worker runs before max-requests or reload-on-rss may recycle it (as uWSGI: 10)",
+        metavar="SECONDS",
+    ),
+    Option(
+        "max-worker-lifetime",
+        to_seconds,
+        0.0,
+        MASTER,
+        "recycle a worker after this many seconds (0: never); it finishes its request first",
+        metavar="SECONDS",
+    ),
+    Option(
+        "reload-on-rss",
+        positive(to_int, 0),
+        0,
+        WORKER,
+        "recycle a worker whose resident memory exceeds this many MB, checked after each request (0: never)",
+        metavar="MB",
+    ),
+    Option(
+        "evil-reload-on-rss",
+        positive(to_int, 0),
+        0,
+        MASTER,
+        "the master SIGKILLs a worker whose resident memory exceeds this many MB, even mid-request; "
+        "checked every second (0: never)",
+        metavar="MB",
+    ),
+    Option(
+        "threads",
+        positive(to_int, 1, 1024),
+        1,
+        WORKER,
+        "threads serving requests in each worker (wsgi.multithread is true when above 1)",
+        metavar="N",
+    ),
+    Option(
+        "post-buffering",
+        positive(to_int, 0),
+        0,
+        WORKER,
+        "read the whole body before calling the app, in memory up to this many bytes and in a "
+        "temporary file above (0: the app reads it from the socket)",
+        metavar="BYTES",
+    ),
+    Option(
+        "uid",
+        to_str,
+        None,
+        MASTER,
+        "after binding the sockets, run as this user (name or number); needs root",
+        metavar="USER",
+    ),
+    Option(
+        "gid",
+        to_str,
+        None,
+        MASTER,
+        "after binding the sockets, run as this group (name or number); needs root",
+        metavar="GROUP",
+    ),
+    Option(
+        "chown-socket",
+        to_str,
+        None,
+        MASTER,
+        "give unix sockets to this owner: USER, USER:GROUP or :GROUP (names or numbers)",
+        metavar="USER[:GROUP]",
+    ),
+    Option(
+        "uwsgi-allow-from",
+        to_str,
+        [],
+        MASTER,
+        "addresses or networks (CIDR) allowed to connect to TCP uwsgi sockets (repeatable; "
+        "default: loopback only)",
+        repeatable=True,
+        metavar="ADDR",
+    ),
     # Accepted for uWSGI compatibility, with no effect: binserve already behaves as they ask.
     Option(
         "enable-threads",
@@ -493,10 +587,8 @@ ALIASES = {
 UWSGI_ONLY = frozenset(
     """
     http http-socket https https-socket fastcgi-socket scgi-socket shared-socket http-to
-    harakiri-verbose min-worker-lifetime
-    max-worker-lifetime reload-on-rss evil-reload-on-rss reload-on-as threads lazy cheaper
-    cheaper-algo cheaper-initial cheaper-step idle touch-chain-reload touch-workers-reload
-    uid gid chown-socket uwsgi-allow-from post-buffering
+    harakiri-verbose reload-on-as lazy cheaper
+    cheaper-algo cheaper-initial cheaper-step idle touch-workers-reload
     offload-threads static-map static-map2
     route route-if spooler mule mules cron attach-daemon attach-daemon2 smart-attach-daemon
     virtualenv home venv pyhome py-autoreload python-autoreload thunder-lock daemonize daemonize2

@@ -6,6 +6,7 @@ import errno
 import os
 import socket
 import stat
+from collections.abc import Callable
 
 from .wsgi import timeval
 
@@ -25,6 +26,8 @@ class Listener:
         self.family = sock.family
         self.is_unix = sock.family == socket.AF_UNIX
         self.name = spec if self.is_unix else "{}:{}".format(*sock.getsockname()[:2])
+        # For TCP sockets: whether a peer address may send requests (uwsgi-allow-from).
+        self.allow: Callable[[str], bool] | None = None
 
     def fileno(self) -> int:
         """The socket's descriptor."""

@@ -158,6 +158,13 @@ class Worker:
         except OSError as exc:
             log(f"worker {self.wid}: accept on {listener.name} failed: {exc}")
             return
+        if listener.allow is not None and not listener.allow(addr[0]):
+            os.close(fd)
+            log(
+                f"worker {self.wid}: refused a connection from {addr[0]} on {listener.name}: "
+                "not in uwsgi-allow-from"
+            )
+            return
         self.handle(_socket.socket(listener.family, socket.SOCK_STREAM, 0, fd), addr, listener)
 
     def _drain_backlog(self) -> None:

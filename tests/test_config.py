@@ -249,7 +249,7 @@ def test_unknown_option_without_a_close_match() -> None:
     assert error(["--ini", name]) == "app.ini:2: unknown option 'zzzz'"
 
 
-@pytest.mark.parametrize("option", ["reload-on-rss", "uid", "threads", "touch-chain-reload", "http"])
+@pytest.mark.parametrize("option", ["reload-on-as", "cheaper", "spooler", "route", "http"])
 def test_uwsgi_option_binserve_lacks_is_named_as_such(option: str) -> None:
     name = ini(f"[uwsgi]\nmodule = app\n{option} = 30\n")
     assert error(["--ini", name]) == (

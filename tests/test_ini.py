@@ -453,10 +453,10 @@ ERRORS = {
         "app.ini:2: unknown option 'project' (never referenced as %(project); is %(projet) a misspelling?)",
     ),
     "a uWSGI option binserve lacks": (
-        {"app.ini": uwsgi("threads = 4")},
+        {"app.ini": uwsgi("cheaper = 4")},
         (),
         {},
-        "app.ini:2: option 'threads' is a uWSGI option that binserve does not implement",
+        "app.ini:2: option 'cheaper' is a uWSGI option that binserve does not implement",
     ),
     "uWSGI's config logic": (
         {"app.ini": uwsgi("if-env = HOME")},
