@@ -1,9 +1,12 @@
-"""Per-worker counters in memory shared between the master and its workers.
+"""Per-worker, per-thread counters in memory shared between the master and its workers.
 
-Each worker writes its own slot twice per request (once when it starts, once when it ends),
-with one ``struct.pack_into`` each: no pipe write, no lock (a slot has one writer). The
-master reads every slot when the stats server is asked, and writes a slot's spawn fields
-when it (re)spawns that worker. The mapping is anonymous and inherited through fork.
+Each worker has a header and one slot per serving thread (a "core", as uWSGI calls them).
+A thread writes only its own core's slot, twice per request (once when it starts, once when
+it ends), with one ``struct.pack_into`` each: no pipe write, no lock (a slot has one writer).
+The master writes a worker's header when it (re)spawns or harakiris that worker, and reads
+every slot when the stats server is asked or harakiri is checked, adding a worker's cores up.
+Headers and slots are whole cache lines, so no two writers share one. The mapping is
+anonymous and inherited through fork.
 """
 
 from __future__ import annotations
@@ -14,11 +17,13 @@ import time
 from dataclasses import dataclass
 
 CURRENT_SIZE = 200  # bytes of "METHOD URI" kept for the request in progress
+CACHE_LINE = 64
 
-# The layout puts what each write touches side by side, so a request costs two pack_into:
+# A core's slot puts what each write touches side by side, so a request costs two pack_into:
 #   since (epoch of the current request), current request line, status   <- begin
 #   status, requests, tx, running time (seconds)                          <- end
 #   exceptions                                                            <- only when one happens
+# A worker's header, before its cores' slots:
 #   pid, respawn_count, harakiri_count, last_spawn, requests at spawn     <- the master, at spawn
 _BEGIN = struct.Struct(f"<d{CURRENT_SIZE}sB")
 _END = struct.Struct("<B7xQQd")
@@ -26,14 +31,39 @@ _EXCEPTIONS = struct.Struct("<Q")
 _SPAWN = struct.Struct("<iIIdQ")
 _END_AT = _BEGIN.size - 1  # the status byte is shared: the last of begin, the first of end
 _EXCEPTIONS_AT = _END_AT + _END.size
-_SPAWN_AT = _EXCEPTIONS_AT + _EXCEPTIONS.size
-SLOT_SIZE = (_SPAWN_AT + _SPAWN.size + 63) // 64 * 64  # a cache line apart: no false sharing
+
+
+def _lines(size: int) -> int:
+    """``size`` rounded up to whole cache lines."""
+    return (size + CACHE_LINE - 1) // CACHE_LINE * CACHE_LINE
+
+
+HEADER_SIZE = _lines(_SPAWN.size)
+SLOT_SIZE = _lines(_EXCEPTIONS_AT + _EXCEPTIONS.size)
 IDLE, BUSY = 0, 1
 
 
 @dataclass
+class CoreStats:
+    """One core's slot, decoded."""
+
+    requests: int
+    busy: bool
+    since: float
+    current: str
+    tx: int
+    exceptions: int
+    running_time: float
+
+
+@dataclass
 class WorkerStats:
-    """One worker's slot, decoded."""
+    """One worker's header and its cores added up, decoded.
+
+    ``since`` and ``current`` are the oldest busy core's (harakiri kills the whole worker for
+    its longest request), or the latest request's when none is busy. ``cores`` are the
+    figures the sums come from, so a stats document's worker and core numbers agree.
+    """
 
     pid: int
     respawn_count: int
@@ -47,73 +77,102 @@ class WorkerStats:
     exceptions: int
     tx: int
     running_time: float
+    cores: list[CoreStats]
 
 
 class Scoreboard:
-    """``workers`` slots (ids 1..N) in one shared anonymous mapping."""
+    """``workers`` workers (ids 1..N) of ``cores`` cores each (ids 0..M-1) in one shared mapping."""
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, cores: int = 1) -> None:
+        if workers < 1 or cores < 1:
+            raise ValueError(f"a scoreboard needs at least one worker and one core, not {workers}x{cores}")
         self.workers = workers
-        self.map = mmap.mmap(-1, SLOT_SIZE * workers, flags=mmap.MAP_SHARED)
+        self.cores = cores
+        self.stride = HEADER_SIZE + cores * SLOT_SIZE
+        self.map = mmap.mmap(-1, self.stride * workers, flags=mmap.MAP_SHARED)
 
-    def offset(self, wid: int) -> int:
-        """Where worker ``wid``'s slot starts."""
-        return (wid - 1) * SLOT_SIZE
+    def header(self, wid: int) -> int:
+        """Where worker ``wid``'s header starts."""
+        if not 1 <= wid <= self.workers:
+            raise IndexError(f"worker {wid} is not in 1..{self.workers}")
+        return (wid - 1) * self.stride
+
+    def offset(self, wid: int, core: int = 0) -> int:
+        """Where core ``core`` of worker ``wid`` has its slot."""
+        if not 0 <= core < self.cores:
+            raise IndexError(f"core {core} is not in 0..{self.cores - 1}")
+        return self.header(wid) + HEADER_SIZE + core * SLOT_SIZE
 
     def spawned(self, wid: int, pid: int) -> None:
         """The master forked worker ``wid``: record its pid, spawn time and respawn count."""
-        off = self.offset(wid)
-        _, respawns, harakiris, _, _ = _SPAWN.unpack_from(self.map, off + _SPAWN_AT)
-        _, requests, _, _ = _END.unpack_from(self.map, off + _END_AT)
-        _SPAWN.pack_into(self.map, off + _SPAWN_AT, pid, respawns + 1, harakiris, time.time(), requests)
+        off = self.header(wid)
+        _, respawns, harakiris, _, _ = _SPAWN.unpack_from(self.map, off)
+        requests = sum(core.requests for core in self.read_cores(wid))
+        _SPAWN.pack_into(self.map, off, pid, respawns + 1, harakiris, time.time(), requests)
 
     def harakiri(self, wid: int) -> None:
         """Count a harakiri of worker ``wid`` (the master's write)."""
-        off = self.offset(wid) + _SPAWN_AT
+        off = self.header(wid)
         pid, respawns, harakiris, last_spawn, base = _SPAWN.unpack_from(self.map, off)
         _SPAWN.pack_into(self.map, off, pid, respawns, harakiris + 1, last_spawn, base)
 
+    def read_cores(self, wid: int) -> list[CoreStats]:
+        """Worker ``wid``'s cores as they are now, by core id."""
+        cores = []
+        for core in range(self.cores):
+            off = self.offset(wid, core)
+            since, current, _ = _BEGIN.unpack_from(self.map, off)
+            status, requests, tx, running = _END.unpack_from(self.map, off + _END_AT)
+            (exceptions,) = _EXCEPTIONS.unpack_from(self.map, off + _EXCEPTIONS_AT)
+            line = current.rstrip(b"\0").decode("latin-1")
+            cores.append(CoreStats(requests, status == BUSY, since, line, tx, exceptions, running))
+        return cores
+
     def read(self, wid: int) -> WorkerStats:
-        """Worker ``wid``'s slot as it is now."""
-        off = self.offset(wid)
-        since, current, _ = _BEGIN.unpack_from(self.map, off)
-        status, requests, tx, running = _END.unpack_from(self.map, off + _END_AT)
-        (exceptions,) = _EXCEPTIONS.unpack_from(self.map, off + _EXCEPTIONS_AT)
-        pid, respawns, harakiris, last_spawn, base = _SPAWN.unpack_from(self.map, off + _SPAWN_AT)
-        line = current.rstrip(b"\0").decode("latin-1")
+        """Worker ``wid`` as it is now: its header and its cores added up."""
+        pid, respawns, harakiris, last_spawn, base = _SPAWN.unpack_from(self.map, self.header(wid))
+        cores = self.read_cores(wid)
+        busy = [core for core in cores if core.busy]
+        shown = min(busy, key=lambda core: core.since) if busy else max(cores, key=lambda core: core.since)
+        requests = sum(core.requests for core in cores)
         return WorkerStats(
             pid,
             respawns,
             harakiris,
             last_spawn,
-            status == BUSY,
-            since,
-            line,
+            bool(busy),
+            shown.since,
+            shown.current,
             requests,
             requests - base,
-            exceptions,
-            tx,
-            running,
+            sum(core.exceptions for core in cores),
+            sum(core.tx for core in cores),
+            sum(core.running_time for core in cores),
+            cores,
         )
 
-    def slot(self, wid: int) -> Slot:
-        """The writer for worker ``wid``'s own slot (used in that worker only)."""
-        return Slot(self, wid)
+    def slot(self, wid: int, core: int = 0) -> Slot:
+        """The writer for core ``core`` of worker ``wid`` (used by that worker's thread only).
+
+        Making it marks the core idle, so a worker makes all its cores' slots before serving:
+        a core whose predecessor died mid-request would otherwise stay busy.
+        """
+        return Slot(self, wid, core)
 
 
 class Slot:
-    """A worker's own slot: two ``pack_into`` per request and nothing more.
+    """A core's own slot: two ``pack_into`` per request and nothing more.
 
-    Keeping stats must cost the request path under 5 %, so the worker writes only totals;
+    Keeping stats must cost the request path under 5 %, so the thread writes only totals;
     the master derives delta_requests and the average response time from them. (Typed
     memoryview stores were measured too: slower than one pack_into of several fields.)
     """
 
     __slots__ = ("map", "off", "end_at", "requests", "tx", "running", "exceptions")
 
-    def __init__(self, board: Scoreboard, wid: int) -> None:
+    def __init__(self, board: Scoreboard, wid: int, core: int = 0) -> None:
         self.map = board.map
-        self.off = board.offset(wid)
+        self.off = board.offset(wid, core)
         self.end_at = self.off + _END_AT
         # Totals carry over a respawn, as uWSGI's do; a predecessor that died mid-request
         # no longer shows as busy.

@@ -173,10 +173,13 @@ def instance_document(
     recent: Recent,
     accepting: bool,
 ) -> dict[str, Any]:
-    """The stats of a master and its workers, in uWSGI's layout plus binserve's fields."""
+    """The stats of a master and its workers, in uWSGI's layout plus binserve's fields.
+
+    A worker's figures are its cores' added up; its ``cores`` list has one entry per serving thread.
+    """
     sockets = socket_entries(listeners)
     queue = max((s["queue"] for s in sockets), default=0)
-    workers = []
+    workers: list[dict[str, Any]] = []
     for wid in range(1, board.workers + 1):
         slot = board.read(wid)
         rss = vsz = 0
@@ -216,21 +219,22 @@ def instance_document(
                 "apps": [],
                 "cores": [
                     {
-                        "id": 0,
-                        "requests": slot.requests,
+                        "id": core_id,
+                        "requests": core.requests,
                         "static_requests": 0,
                         "routed_requests": 0,
                         "offloaded_requests": 0,
                         "write_errors": 0,
                         "read_errors": 0,
-                        "in_request": int(slot.busy),
+                        "in_request": int(core.busy),
                         "vars": [],
-                        "req_info": {"request_start": int(slot.since)} if slot.busy else {},
+                        "req_info": {"request_start": int(core.since)} if core.busy else {},
                     }
+                    for core_id, core in enumerate(slot.cores)
                 ],
             }
         )
-    cpu.keep_only({board.read(wid).pid for wid in range(1, board.workers + 1)})
+    cpu.keep_only({worker["pid"] for worker in workers})
     return {
         "version": VERSION,
         "listen_queue": queue,

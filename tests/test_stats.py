@@ -1,9 +1,9 @@
 """The stats server against a running binserve: the numbers agree with the request log.
 
-Real processes only: binserve with ``--stats``, nginx in front of it, the real ``uwsgitop``
+Real processes: binserve with ``--stats``, nginx in front of it, the real ``uwsgitop``
 from PyPI in tmux, and listen queues filled on purpose with raw connections. Every document
 is read the way any client would: connect, read to EOF, decode (msgpack, JSON, or either
-wrapped in an HTTP response).
+wrapped in an HTTP response). Workers with several threads are built in a scoreboard directly.
 """
 
 from __future__ import annotations
@@ -27,6 +27,9 @@ import msgpack
 import pytest
 
 from binserve.protocol import PING, PONG, encode_request
+from binserve.scoreboard import Scoreboard
+from binserve.stats import CpuMeter, Recent, instance_document
+from binserve.tools import statsdoc
 
 from support import Nginx, Server, free_port, location, wait_for
 
@@ -482,6 +485,56 @@ def test_current_request_is_the_one_in_progress(
         finally:
             release.touch()
         assert response(blocked).endswith(b"released")
+
+
+UWSGI_CORE_FIELDS = {
+    "id",
+    "requests",
+    "static_requests",
+    "routed_requests",
+    "offloaded_requests",
+    "write_errors",
+    "read_errors",
+    "in_request",
+    "vars",
+    "req_info",
+}
+
+
+def test_each_thread_is_a_core_of_its_worker() -> None:
+    """One ``cores`` entry per serving thread; the worker's figures are their sums."""
+    board = Scoreboard(2, 3)
+    for wid in (1, 2):
+        board.spawned(wid, os.getpid())
+    slots = [board.slot(1, core) for core in range(3)]
+    start = time.time()
+    for core, slot in enumerate(slots):
+        for _ in range(core + 1):
+            slot.begin(start - 60, "GET", "/done")
+            slot.end(0.25, 100, False)  # exact in binary: the sums are too
+    slots[1].begin(start - 2, "POST", "/newer")
+    slots[2].begin(start - 5, "GET", "/older?q=1")
+
+    doc = instance_document(board, [], start, CpuMeter(), Recent(), True)
+    workers = by_id(doc)
+    busy, idle = workers[1], workers[2]
+    assert all(set(core) == UWSGI_CORE_FIELDS for w in (busy, idle) for core in w["cores"])
+    assert [core["id"] for core in busy["cores"]] == [0, 1, 2]
+    assert [core["requests"] for core in busy["cores"]] == [1, 2, 3]
+    assert [core["in_request"] for core in busy["cores"]] == [0, 1, 1]
+    assert [core["req_info"] for core in busy["cores"]] == [
+        {},
+        {"request_start": int(start - 2)},
+        {"request_start": int(start - 5)},
+    ]
+    assert busy["requests"] == busy["delta_requests"] == 6 and busy["tx"] == 600
+    assert busy["running_time"] == 1_500_000 and busy["avg_rt"] == 250_000
+    # The worker's request is the one running longest: harakiri would kill it for that one.
+    assert busy["status"] == "busy"
+    assert busy["current"] == {"method": "GET", "uri": "/older?q=1", "since": start - 5}
+    assert statsdoc.current_request(busy, start) == "GET /older?q=1 (5s)"
+    assert idle["status"] == "idle" and idle["current"] is None and idle["requests"] == 0
+    assert [core["in_request"] for core in idle["cores"]] == [0, 0, 0]
 
 
 # ---------------------------------------------------------------------------------------------
