@@ -6,6 +6,11 @@ handler). Signals: HUP graceful reload, TERM and INT graceful stop with a deadli
 fast stop. A reload re-executes the master with the listening sockets inherited, so the
 new code is loaded fresh while the old workers finish their requests; connections that
 arrive meanwhile wait in the listen backlog.
+
+Workers write short notices on one pipe: "accepting" when they start serving, "recycling"
+when they stop accepting to be replaced (max-requests, reload-on-rss, or SIGHUP from the
+master for max-worker-lifetime and chain reloads). The master then spawns the replacement
+and sends the old worker SIGTERM only once the new one accepts.
 """
 
 from __future__ import annotations
@@ -19,12 +24,24 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+import psutil
+
 from .config import Config
 from .log import log
 from .scoreboard import Scoreboard
 from .sockets import Listener, hand_over, remove_files
 from .stats import CpuMeter, Recent, StatsServer, instance_document
-from .worker import BOOT_ERROR, MSG_ACCEPTING, MSG_SPAWNED, RECYCLED, run_worker, wake_only
+from .worker import (
+    BOOT_ERROR,
+    MB,
+    MSG_ACCEPTING,
+    MSG_SPAWNED,
+    NOTE_ACCEPTING,
+    NOTE_RECYCLING,
+    NOTICE,
+    run_worker,
+    wake_only,
+)
 
 RETIRING_ENV = "_BINSERVE_RETIRING"
 EMPEROR_FD_ENV = "UWSGI_EMPEROR_FD"
@@ -57,15 +74,24 @@ class Master:
         self.exit_code = 0
         self.workers: dict[int, int] = {}  # wid -> pid
         self.by_pid: dict[int, int] = {}  # pid -> wid
+        self.born: dict[int, float] = {}  # pid -> when it was spawned (monotonic)
+        self.leaving: dict[int, int] = {}  # pid -> wid: recycled workers waiting for their replacement
+        self.replacing: dict[int, int] = {}  # new pid -> the pid it replaces, until the new one accepts
+        self.asked: set[int] = set()  # pids told to recycle (max-worker-lifetime, chain reload)
+        self.chain: list[int] = []  # wids still to replace in a chain reload
+        self.chain_wait: int | None = None  # the pid being replaced in the chain reload
+        self.measured: dict[int, psutil.Process] = {}  # evil-reload-on-rss: pid -> its process
+        self.next_periodic = 0.0  # chain-reload files, lifetimes and memory: checked every second
         self.retiring: set[int] = set()  # workers of the previous image, finishing their requests
         self.retiring_pipe: int | None = None
         self.pending = b""  # signal numbers read from the wakeup pipe, not yet handled
         self.emperor_fd = emperor_fd_from_env()
-        self.board = Scoreboard(config.processes)
+        self.board = Scoreboard(config.processes, config.threads)
         self.stats: StatsServer | None = None
         self.cpu = CpuMeter()
         self.harakiri_kills: dict[int, float] = {}  # pid -> when to SIGKILL it
         self.touched = {path: _mtime(path) for path in config.touch_reload}
+        self.chain_touched = {path: _mtime(path) for path in config.touch_chain_reload}
         self.recent = Recent()
         self.started = time.time()
         self.retire_deadline = 0.0
@@ -73,6 +99,7 @@ class Master:
         self.selector = selectors.DefaultSelector()
         self.wake_r = self.wake_w = -1
         self.life_r = self.life_w = -1
+        self.notify_r = self.notify_w = -1
         self.start_cwd = start_cwd  # where binserve started: the reload re-executes from there
 
     # -- setup -----------------------------------------------------------------------------
@@ -95,6 +122,15 @@ class Master:
             self.selector.register(self.stats.fileno(), selectors.EVENT_READ)
         # Workers watch the read end: when the master dies, the write end closes and they leave.
         self.life_r, self.life_w = os.pipe2(os.O_CLOEXEC)
+        # Workers tell the master when they accept and when they are recycling, on one pipe.
+        self.notify_r, self.notify_w = os.pipe2(os.O_CLOEXEC)
+        os.set_blocking(self.notify_r, False)
+        self.selector.register(self.notify_r, selectors.EVENT_READ)
+        if self.chain_touched and not self.config.lazy_apps:
+            log(
+                "touch-chain-reload without lazy-apps: the new workers are forked from the master and run "
+                "the code it loaded; set lazy-apps = true for a chain reload to load new code"
+            )
         reloaded = self._adopt_previous_image()
         if self.config.pidfile:
             with open(self.config.pidfile, "w") as handle:
@@ -166,6 +202,7 @@ class Master:
                 os.close(self.wake_r)
                 os.close(self.wake_w)
                 os.close(self.life_w)
+                os.close(self.notify_r)
                 if self.retiring_pipe is not None:
                     os.close(self.retiring_pipe)
                 self.selector.close()
@@ -174,9 +211,15 @@ class Master:
                 # Counters are kept only when someone reads them (stats, harakiri): the request
                 # path stays lean otherwise.
                 keep = self.stats is not None or self.config.harakiri
-                slot = self.board.slot(wid) if keep else None
                 code = run_worker(
-                    wid, self.app, self.listeners, self.config, self.life_r, self.emperor_fd, slot
+                    wid,
+                    self.app,
+                    self.listeners,
+                    self.config,
+                    self.life_r,
+                    self.notify_w,
+                    self.emperor_fd,
+                    self.board if keep else None,
                 )
             except BaseException:  # a forked child must never return into the master's code
                 traceback.print_exc()
@@ -186,6 +229,7 @@ class Master:
         self.board.spawned(wid, pid)
         self.workers[wid] = pid
         self.by_pid[pid] = wid
+        self.born[pid] = time.monotonic()
         log(f"spawned worker {wid} (pid {pid})")
 
     # -- the loop --------------------------------------------------------------------------
@@ -205,6 +249,8 @@ class Master:
         for key, _ in self.selector.select(timeout):
             if key.fd == self.wake_r:
                 self.pending += os.read(self.wake_r, 256)
+            elif key.fd == self.notify_r:
+                self.on_notices()
             elif self.stats is not None and key.fd == self.stats.fileno():
                 self.stats.answer(self.document)
             else:
@@ -222,6 +268,60 @@ class Master:
         return instance_document(
             self.board, self.listeners, self.started, self.cpu, self.recent, self.state == RUNNING
         )
+
+    def on_notices(self) -> None:
+        """Workers' messages: one accepts now, or one is recycling and wants its replacement."""
+        try:
+            data = os.read(self.notify_r, NOTICE.size * 64)
+        except BlockingIOError:
+            return
+        for kind, pid in NOTICE.iter_unpack(data[: len(data) // NOTICE.size * NOTICE.size]):
+            if kind == NOTE_ACCEPTING:
+                self.on_accepting(pid)
+            elif kind == NOTE_RECYCLING:
+                self.on_recycling(pid)
+
+    def on_recycling(self, pid: int) -> None:
+        """A worker stopped accepting to be recycled: start its replacement now."""
+        wid = self.by_pid.pop(pid, None)
+        if wid is None or self.state != RUNNING:
+            kill_quietly(pid, signal.SIGTERM)  # stopping anyway, or a worker of an earlier image
+            return
+        self.leaving[pid] = wid
+        log(f"worker {wid} (pid {pid}) is recycling: spawning its replacement")
+        self.spawn(wid)
+        self.replacing[self.workers[wid]] = pid
+
+    def on_accepting(self, pid: int) -> None:
+        """A worker accepts: the one it replaces may leave, and a chain reload moves on."""
+        old = self.replacing.pop(pid, None)
+        if old is None:
+            return
+        log(f"worker {self.by_pid.get(pid, '?')} (pid {pid}) accepts: retiring pid {old}")
+        kill_quietly(old, signal.SIGTERM)
+        if old == self.chain_wait:
+            self.chain_wait = None
+            self.advance_chain()
+
+    def recycle(self, wid: int, why: str) -> None:
+        """Ask worker ``wid`` to recycle: after its request it stops accepting and reports back."""
+        pid = self.workers[wid]
+        if pid in self.asked:
+            return
+        self.asked.add(pid)
+        log(f"worker {wid} (pid {pid}): {why}, recycling")
+        kill_quietly(pid, signal.SIGHUP)
+
+    def advance_chain(self) -> None:
+        """Chain reload: replace the next worker, once the previous replacement accepts."""
+        while self.chain and self.chain_wait is None and self.state == RUNNING:
+            wid = self.chain.pop(0)
+            if wid not in self.workers:
+                continue  # respawning already: the new process is new anyway
+            self.chain_wait = self.workers[wid]
+            self.recycle(wid, "chain reload")
+        if not self.chain and self.chain_wait is None:
+            log("chain reload: every worker replaced")
 
     def handle_chld(self) -> None:
         """Children changed state: reaped in ``reap`` after every step."""
@@ -245,7 +345,7 @@ class Master:
     def handle_quit(self) -> None:
         """Fast stop: kill the workers now."""
         log("SIGQUIT: fast stop, killing workers")
-        for pid in [*self.by_pid, *self.retiring]:
+        for pid in [*self.by_pid, *self.leaving, *self.retiring]:
             kill_quietly(pid, signal.SIGKILL)
         self.state = STOPPING
         self.deadline = time.monotonic() + 5
@@ -258,7 +358,7 @@ class Master:
         log(f"{why}: graceful stop, workers have {mercy:g} s to finish")
         self.state = STOPPING
         self.deadline = time.monotonic() + mercy
-        for pid in [*self.by_pid, *self.retiring]:
+        for pid in [*self.by_pid, *self.leaving, *self.retiring]:
             kill_quietly(pid, signal.SIGTERM)
 
     def reap(self) -> None:
@@ -271,6 +371,16 @@ class Master:
             if pid == 0:
                 break
             how = describe_exit(status)
+            self.born.pop(pid, None)
+            self.asked.discard(pid)
+            self.measured.pop(pid, None)
+            self.harakiri_kills.pop(pid, None)
+            if pid == self.chain_wait:
+                self.chain_wait = None  # died before being replaced: its respawn is new anyway
+                self.advance_chain()
+            if pid in self.leaving:
+                log(f"worker {self.leaving.pop(pid)} (pid {pid}) recycled: {how}")
+                continue
             if pid in self.retiring:
                 self.retiring.discard(pid)
                 log(f"old worker (pid {pid}) {how}")
@@ -280,6 +390,9 @@ class Master:
                 log(f"reaped unknown child (pid {pid}) {how}")
                 continue
             del self.workers[wid]
+            old = self.replacing.pop(pid, None)
+            if old is not None:
+                kill_quietly(old, signal.SIGTERM)  # its replacement died: the respawn takes over
             if self.state != RUNNING:
                 log(f"worker {wid} (pid {pid}) {how}")
                 continue
@@ -288,13 +401,9 @@ class Master:
                 self.exit_code = BOOT_ERROR
                 self.graceful_stop("boot failure")
                 continue
-            if os.waitstatus_to_exitcode(status) == RECYCLED:
-                log(f"worker {wid} (pid {pid}) recycled after max-requests; respawning")
-            else:
-                log(f"worker {wid} (pid {pid}) died: {how}; respawning")
-            self.harakiri_kills.pop(pid, None)
+            log(f"worker {wid} (pid {pid}) died: {how}; respawning")
             self.spawn(wid)
-        if self.state == STOPPING and not self.by_pid and not self.retiring:
+        if self.state == STOPPING and not self.by_pid and not self.leaving and not self.retiring:
             self.finish()
 
     def check_harakiri(self) -> None:
@@ -333,6 +442,46 @@ class Master:
                 self.handle_hup()
                 return
 
+    def check_chain_touched(self) -> None:
+        """touch-chain-reload: a watched file whose mtime changed starts a chain reload."""
+        for path, seen in self.chain_touched.items():
+            now = _mtime(path)
+            if now == seen:
+                continue
+            self.chain_touched[path] = now
+            if self.chain or self.chain_wait is not None:
+                log(f"{path} was touched: a chain reload is already running, it goes on")
+                return
+            log(f"{path} was touched: chain reload, one worker at a time")
+            self.chain = sorted(self.workers)
+            self.advance_chain()
+            return
+
+    def check_lifetimes(self) -> None:
+        """max-worker-lifetime: recycle workers that have run that long."""
+        limit = self.config.max_worker_lifetime
+        now = time.monotonic()
+        for wid, pid in list(self.workers.items()):
+            age = now - self.born.get(pid, now)
+            if age > limit and pid not in self.asked and pid not in self.replacing:
+                self.recycle(wid, f"lifetime reached after {age:.0f} s (max-worker-lifetime {limit:g} s)")
+
+    def check_memory(self) -> None:
+        """evil-reload-on-rss: SIGKILL a worker over the limit, even mid-request."""
+        limit = self.config.evil_reload_on_rss * MB
+        for wid, pid in list(self.workers.items()):
+            try:
+                proc = self.measured.get(pid) or self.measured.setdefault(pid, psutil.Process(pid))
+                rss = proc.memory_info().rss
+            except psutil.Error:
+                continue  # exited meanwhile: reaped in the next step
+            if rss > limit:
+                log(
+                    f"EVIL RELOAD worker {wid} (pid {pid}): rss {rss / MB:.1f} MB > evil-reload-on-rss "
+                    f"{self.config.evil_reload_on_rss} MB: SIGKILL"
+                )
+                kill_quietly(pid, signal.SIGKILL)
+
     def check_deadlines(self) -> None:
         """Escalate to SIGKILL for workers past their mercy; enforce harakiri and touch-reload."""
         if self.config.harakiri and self.state == RUNNING:
@@ -340,8 +489,16 @@ class Master:
         if self.touched and self.state == RUNNING:
             self.check_touched()
         now = time.monotonic()
+        if self.state == RUNNING and now >= self.next_periodic:
+            self.next_periodic = now + 1.0
+            if self.chain_touched:
+                self.check_chain_touched()
+            if self.config.max_worker_lifetime:
+                self.check_lifetimes()
+            if self.config.evil_reload_on_rss:
+                self.check_memory()
         if self.state == STOPPING and now >= self.deadline:
-            for pid in [*self.by_pid, *self.retiring]:
+            for pid in [*self.by_pid, *self.leaving, *self.retiring]:
                 log(f"worker (pid {pid}) still running past the deadline: SIGKILL")
                 kill_quietly(pid, signal.SIGKILL)
             self.deadline = now + 5
@@ -374,7 +531,7 @@ class Master:
         os.set_inheritable(self.life_w, True)
         # Workers of an earlier image still finishing are handed on too, so the next image
         # keeps their deadline and reaps them.
-        pids = ",".join(map(str, [*self.by_pid, *self.retiring]))
+        pids = ",".join(map(str, [*self.by_pid, *self.leaving, *self.retiring]))
         os.environ[RETIRING_ENV] = f"{self.life_w}:{pids}"
         os.chdir(self.start_cwd)
         sys.stdout.flush()

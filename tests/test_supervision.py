@@ -57,6 +57,8 @@ def test_max_requests_recycles_workers_without_a_failed_request(
         "10",
         "--max-requests-delta",
         "5",
+        "--min-worker-lifetime",
+        "0",
     )
     front = nginx(location(server.socket))
     with ThreadPoolExecutor(4) as pool:
@@ -64,7 +66,9 @@ def test_max_requests_recycles_workers_without_a_failed_request(
     assert [status for status, _, _ in answers] == [200] * 200
     pids = {body for _, _, body in answers}
     assert len(pids) >= 200 // 15, f"only {len(pids)} distinct workers served 200 requests"
-    assert server.log().count("recycled after max-requests") >= 200 // 15 - 2
+    log = server.log()
+    assert log.count("requests served (max-requests") >= 200 // 15 - 2, log
+    assert log.count(") recycled: exited with code 17") >= 200 // 15 - 2, log
 
 
 IMPORT_RECORDER = """

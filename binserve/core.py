@@ -1,0 +1,467 @@
+"""One serving loop (a "core", as uWSGI calls it): accept, gather each packet, run the app.
+
+One connection carries one request (nginx never reuses a uwsgi upstream connection, facts
+2.6). A packet that arrived whole is served at once; one that did not is *parked*: its
+socket joins the core's epoll with a deadline of socket-timeout from accept, and the core
+goes on accepting. A peer that sends a few bytes and stalls therefore holds no thread: it
+is dropped at its deadline while everyone else is served. Once the head is complete the
+request is served to the end (body reads and response writes each bounded by
+socket-timeout).
+
+A worker runs one core in its main thread, or ``threads`` cores in threads of their own.
+"""
+
+from __future__ import annotations
+
+import _socket
+import io
+import os
+import select
+import socket
+import struct
+import tempfile
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable
+from typing import IO, TYPE_CHECKING, Any
+
+from .log import log, write_line
+from .protocol import CLOSED, NEED_DATA, PONG, Decoder, Head, ProtocolError, RemoteProtocolError, decode_head
+from .protocol.modifiers import PING, VARS_MODIFIERS, describe
+from .scoreboard import Slot
+from .sockets import Listener
+from .wsgi import (
+    EMPTY_INPUT,
+    RECV_CHUNK,
+    BodyReadTimeout,
+    ClientDisconnected,
+    Connection,
+    Exchange,
+    Input,
+    WriteTimeout,
+    build_environ,
+)
+
+if TYPE_CHECKING:
+    from .worker import Worker
+
+_STATUS_TEXT = {400: "Bad Request", 413: "Content Too Large", 431: "Request Header Fields Too Large"}
+# After refusing a bad packet, at most this much of what nginx still sends is read and dropped.
+DRAIN_LIMIT = 1 << 20
+_IN = select.EPOLLIN
+
+
+def _error_response(status: int, reason: str) -> bytes:
+    body = f"{status} {_STATUS_TEXT.get(status, 'Error')}: {reason}\n".encode("latin-1", "replace")
+    head = (
+        f"HTTP/1.0 {status} {_STATUS_TEXT.get(status, 'Error')}\r\nContent-Type: text/plain\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode("latin-1") + body
+
+
+def _peer_of(conn: _socket.socket, addr: Any, listener: Listener) -> str:
+    """Who sent a bad packet: the TCP address, or the unix socket and the peer's pid."""
+    if not listener.is_unix:
+        return "{}:{}".format(*addr[:2])
+    try:
+        pid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0]
+    except OSError:
+        return f"unix:{listener.name}"
+    return f"unix:{listener.name} (peer pid {pid})"
+
+
+def request_line(environ: dict[str, Any]) -> str:
+    """``METHOD URI`` of a request, for log lines."""
+    return (
+        f"{environ.get('REQUEST_METHOD', '-')} {environ.get('REQUEST_URI') or environ.get('PATH_INFO', '')}"
+    )
+
+
+class Parked:
+    """A connection whose packet has not fully arrived, waiting in the core's epoll."""
+
+    __slots__ = ("conn", "decoder", "addr", "listener", "deadline")
+
+    def __init__(self, conn: Connection, decoder: Decoder, addr: Any, listener: Listener, deadline: float):
+        self.conn = conn
+        self.decoder = decoder
+        self.addr = addr
+        self.listener = listener
+        self.deadline = deadline
+
+
+class Core:
+    """One thread's serving loop, with its own epoll, scoreboard slot and buffers."""
+
+    def __init__(self, worker: Worker, slot: Slot | None) -> None:
+        config = worker.config
+        self.worker = worker
+        self.wid = worker.wid
+        self.pid = worker.pid
+        self.app = worker.app
+        self.config = config
+        self.slot = slot
+        self.counter = worker.counter  # shared by the worker's cores: next() is atomic
+        self.log_requests = not config.disable_logging
+        self.timeout = worker.timeout
+        self.socket_timeout = config.socket_timeout
+        self.buffer_size = config.buffer_size
+        self.max_body = config.limit_post or None
+        self.post_buffering = config.post_buffering
+        self.base_environ = worker.base_environ
+        self.recv_size = self.buffer_size + 4 + 16384
+        self.rbuf = bytearray(RECV_CHUNK)
+        self.poller = select.epoll()
+        self.listening: dict[int, Listener] = {}
+        self.others: dict[int, Callable[[], None]] = {}
+        self.parked: dict[int, Parked] = {}
+        self.expiry: deque[Parked] = deque()  # one timeout for all: deadlines come in order
+
+    def watch(self, fd: int, handler: Callable[[], None]) -> None:
+        """Call ``handler`` in the loop when ``fd`` is readable (signals, the master's pipe)."""
+        self.others[fd] = handler
+        self.poller.register(fd, _IN)
+
+    def unwatch(self, fd: int) -> None:
+        """Stop watching ``fd`` (one that stays readable once it has fired)."""
+        self.poller.unregister(fd)
+
+    def run(self) -> None:
+        """Serve until the worker stops accepting and no parked connection is left."""
+        worker = self.worker
+        # EPOLLEXCLUSIVE wakes one idle core per new connection instead of all of them
+        # (the thundering herd: every loser pays a wakeup and a failed accept).
+        for listener in worker.listeners:
+            self.poller.register(listener.fileno(), _IN | select.EPOLLEXCLUSIVE)
+            self.listening[listener.fileno()] = listener
+        listening, parked, others = self.listening, self.parked, self.others
+        poll = self.poller.poll
+        timeout = -1.0
+        while True:
+            for fd, _ in poll(timeout):
+                found = listening.get(fd)
+                if found is not None:
+                    self._accept(found)
+                elif fd in parked:
+                    self._resume(parked[fd])
+                else:
+                    others[fd]()
+            if worker.exit_now:
+                self._close_parked()
+                return
+            # Expire first: dropping the last parked connection may be what lets a stopping core leave.
+            timeout = self._expire() if parked else -1.0
+            if not worker.accepting:
+                if listening:
+                    for fd in listening:
+                        self.poller.unregister(fd)
+                    listening.clear()
+                if not parked:
+                    return
+
+    def _accept(self, listener: Listener) -> None:
+        try:
+            # The C-level socket skips socket.socket's Python __init__: 2-3 us per request.
+            fd, addr = listener.sock._accept()  # type: ignore[attr-defined]
+        except (BlockingIOError, InterruptedError):
+            return  # another core took it
+        except OSError as exc:
+            log(f"worker {self.wid}: accept on {listener.name} failed: {exc}")
+            return
+        if listener.allow is not None and not listener.allow(addr[0]):
+            os.close(fd)
+            log(
+                f"worker {self.wid}: refused a connection from {addr[0]} on {listener.name}: "
+                "not in uwsgi-allow-from"
+            )
+            return
+        self.handle(_socket.socket(listener.family, socket.SOCK_STREAM, 0, fd), addr, listener)
+
+    def drain_backlog(self) -> None:
+        """On a graceful stop, serve the connections already queued so none is dropped."""
+        for listener in self.worker.listeners:
+            for _ in range(self.config.listen):
+                try:
+                    conn, addr = listener.sock.accept()
+                except OSError:
+                    break
+                self.handle(conn, addr, listener)
+        self.finish_parked()
+
+    def finish_parked(self) -> None:
+        """Finish the parked connections (served or timed out) without accepting new ones."""
+        while self.parked:
+            for fd, _ in self.poller.poll(self._expire()):
+                if fd in self.parked:
+                    self._resume(self.parked[fd])
+            if self.parked:
+                self._expire()
+
+    def handle(self, sock: _socket.socket, addr: Any, listener: Listener) -> None:
+        """Serve one freshly accepted connection, or park it until its packet is complete."""
+        conn = Connection(sock, not listener.is_unix, self.timeout)
+        try:
+            # nginx writes the request right after connecting, so it is usually all there
+            # already and is decoded in one go.
+            data: bytes | None = sock.recv(self.recv_size, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            data = None
+        except OSError as exc:
+            log(f"worker {self.wid}: reading from {_peer_of(sock, addr, listener)} failed: {exc}")
+            sock.close()
+            return
+        self._proceed(conn, data, None, addr, listener)
+
+    def _resume(self, parked: Parked) -> None:
+        """More bytes (or EOF) for a parked connection."""
+        try:
+            data: bytes | None = parked.conn.sock.recv(self.recv_size, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self._unpark(parked)
+            log(
+                f"worker {self.wid}: reading from {_peer_of(parked.conn.sock, parked.addr, parked.listener)} "
+                f"failed: {exc}"
+            )
+            parked.conn.sock.close()
+            return
+        self._proceed(parked.conn, data, parked, parked.addr, parked.listener)
+
+    def _proceed(
+        self,
+        conn: Connection,
+        data: bytes | None,
+        parked: Parked | None,
+        addr: Any,
+        listener: Listener,
+    ) -> None:
+        """Decode what has arrived (``data`` None: nothing yet, b"": EOF); serve once complete.
+
+        ``parked`` is the connection's waiting entry when it was parked before.
+        """
+        sock = conn.sock
+        decoder = None if parked is None else parked.decoder
+        keep = False
+        try:
+            head: Any
+            if decoder is None:
+                found = decode_head(data, self.buffer_size, self.max_body) if data else None
+                if found is not None:
+                    head = found[0]
+                    if head.content_length:
+                        decoder = Decoder.after_head(head, data[found[1] :])  # type: ignore[index]
+                else:
+                    decoder = Decoder(self.buffer_size, self.max_body)
+                    head = self._feed(decoder, data)
+            else:
+                head = self._feed(decoder, data)
+            if head is NEED_DATA:
+                keep = True
+                if parked is None:
+                    self._park(conn, decoder, addr, listener)  # type: ignore[arg-type]
+                return
+            if parked is not None:
+                self._unpark(parked)
+                parked = None
+            if head is CLOSED:
+                return
+            modifier1 = head.modifier1
+            if modifier1 in VARS_MODIFIERS:
+                self._serve(conn, head, decoder)
+            elif modifier1 == PING:
+                sock.sendall(PONG)
+            else:
+                log(
+                    f"-- unavailable modifier requested: {describe(head.modifier1)} from "
+                    f"{_peer_of(sock, addr, listener)} --"
+                )
+        except ProtocolError as exc:
+            log(f"bad uwsgi packet from {_peer_of(sock, addr, listener)}: {exc.message}; connection closed")
+            self._refuse(conn, exc.status_hint)
+        except TimeoutError as exc:
+            log(f"worker {self.wid}: {exc} from {_peer_of(sock, addr, listener)}; connection closed")
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            log(f"worker {self.wid}: nginx closed the connection early ({exc.strerror})")
+        finally:
+            if not keep:
+                if parked is not None:
+                    self._unpark(parked)
+                if decoder is not None and decoder.unreceived:
+                    self._drain(conn, decoder.unreceived)
+                sock.close()
+
+    @staticmethod
+    def _feed(decoder: Decoder, data: bytes | None) -> Any:
+        """Give the decoder ``data``: the Head, NEED_DATA, or CLOSED (EOF before any byte)."""
+        if data is None:
+            return NEED_DATA
+        decoder.receive_data(data)
+        return decoder.next_event()
+
+    def _park(self, conn: Connection, decoder: Decoder, addr: Any, listener: Listener) -> None:
+        parked = Parked(conn, decoder, addr, listener, time.monotonic() + self.socket_timeout)
+        fd = conn.sock.fileno()
+        self.parked[fd] = parked
+        self.expiry.append(parked)
+        self.poller.register(fd, _IN)
+
+    def _unpark(self, parked: Parked) -> None:
+        fd = parked.conn.sock.fileno()
+        if self.parked.pop(fd, None) is parked:
+            self.poller.unregister(fd)
+
+    def _expire(self) -> float:
+        """Drop parked connections past their deadline; seconds until the next one (-1: none)."""
+        now = time.monotonic()
+        expiry, parked = self.expiry, self.parked
+        while expiry:
+            first = expiry[0]
+            if parked.get(first.conn.sock.fileno()) is not first:
+                expiry.popleft()  # served or closed already
+                continue
+            if first.deadline > now:
+                return first.deadline - now
+            expiry.popleft()
+            self._unpark(first)
+            got = len(first.decoder.trailing_data)
+            peer = _peer_of(first.conn.sock, first.addr, first.listener)
+            log(
+                f"worker {self.wid}: timeout waiting for the request: {got} bytes of a packet arrived, "
+                f"then nothing for socket-timeout, from {peer}; connection closed"
+            )
+            first.conn.sock.close()
+        return -1.0
+
+    def _close_parked(self) -> None:
+        for parked in list(self.parked.values()):
+            self._unpark(parked)
+            parked.conn.sock.close()
+
+    def _serve(self, conn: Connection, head: Head, decoder: Decoder | None) -> None:
+        """Run the app for one request (``decoder`` reads its body, None when it has none)."""
+        slot = self.slot
+        start = time.time() if self.log_requests or slot is not None else 0.0
+        if decoder is None:
+            wsgi_input: Any = EMPTY_INPUT
+        elif self.post_buffering:
+            wsgi_input = self._buffer_body(conn, decoder, head.content_length)
+        else:
+            wsgi_input = Input(conn, decoder, head.content_length)
+        environ = build_environ(head, self.base_environ, wsgi_input)
+        if slot is not None:
+            slot.begin(start, environ.get("REQUEST_METHOD", "-"), environ.get("REQUEST_URI", ""))
+        exchange = Exchange(conn, environ)
+        result = None
+        failed = False
+        try:
+            result = self.app(environ, exchange.start_response)
+            exchange.send_result(result)
+        except ClientDisconnected as exc:
+            # The packet ended before its CONTENT_LENGTH: a bad packet, not an app failure.
+            exchange.code = 400
+            raise RemoteProtocolError(str(exc)) from None
+        except WriteTimeout as exc:
+            log(f"worker {self.wid}: {exc} during {request_line(environ)}; connection closed")
+            exchange.code = exchange.code or 504
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            log(
+                f"worker {self.wid}: nginx closed the connection during {request_line(environ)} "
+                f"({exc.strerror}); client probably gone"
+            )
+            exchange.code = exchange.code or 499
+        except Exception:
+            failed = True
+            self._app_failed(exchange)
+        finally:
+            if result is not None and hasattr(result, "close"):
+                try:
+                    result.close()
+                except Exception:
+                    log(
+                        f"worker {self.wid}: close() of the response of {request_line(environ)} raised:\n"
+                        + traceback.format_exc().rstrip()
+                    )
+            if wsgi_input is not EMPTY_INPUT and self.post_buffering:
+                wsgi_input.close()
+        n = next(self.counter)
+        if slot is not None:
+            slot.end(time.time() - start, conn.sent, failed)
+        if self.log_requests:
+            ms = (time.time() - start) * 1000
+            write_line(
+                f"[pid: {self.pid}|worker: {self.wid}|req: {n}] "
+                f"{environ.get('REMOTE_ADDR', '-')} {request_line(environ)} "
+                f"=> {exchange.code} {conn.sent} bytes in {ms:.2f} ms\n"
+            )
+        if self.worker.after_each:
+            self.worker.after_request(n)
+
+    def _buffer_body(self, conn: Connection, decoder: Decoder, length: int) -> IO[bytes]:
+        """post-buffering: the whole body, read before the app runs; in a temporary file when large."""
+        body: IO[bytes] = io.BytesIO() if length <= self.post_buffering else tempfile.TemporaryFile()
+        reader = Input(conn, decoder, length)
+        try:
+            while chunk := reader.read(RECV_CHUNK):
+                body.write(chunk)
+        except ClientDisconnected as exc:
+            body.close()
+            raise RemoteProtocolError(str(exc)) from None
+        except BodyReadTimeout as exc:
+            body.close()
+            raise TimeoutError(str(exc)) from None
+        except BaseException:
+            body.close()
+            raise
+        body.seek(0)
+        return body
+
+    def _app_failed(self, exchange: Exchange) -> None:
+        environ = exchange.environ
+        log(
+            f"worker {self.wid}: the app raised during {request_line(environ)}:\n"
+            + traceback.format_exc().rstrip()
+        )
+        if exchange.head_sent:
+            log(f"worker {self.wid}: headers were already sent, closing the connection")
+            exchange.code = exchange.code or 500
+            return
+        exchange.code = 500
+        try:
+            exchange.conn.send([exchange.server_error()])
+        except OSError as exc:
+            log(f"worker {self.wid}: could not send the 500 response: {exc}")
+
+    def _refuse(self, conn: Connection, status: int) -> None:
+        """Answer a bad packet with an error status, then let nginx finish sending so it sees no reset."""
+        try:
+            conn.sock.sendall(_error_response(status, "bad uwsgi request"))
+        except OSError:
+            return  # the peer is gone: nothing left to answer or drain
+        self._drain(conn, DRAIN_LIMIT)
+
+    def _drain(self, conn: Connection, limit: int) -> None:
+        """Half-close, then discard up to ``limit`` bytes until EOF, within one socket-timeout in all.
+
+        One deadline for the whole drain, not one per read: a peer trickling a byte at a time
+        must not hold the worker.
+        """
+        sock = conn.sock
+        deadline = time.monotonic() + self.socket_timeout
+        try:
+            sock.shutdown(socket.SHUT_WR)
+            while limit > 0:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                sock.settimeout(left)
+                n = sock.recv_into(self.rbuf, min(limit, len(self.rbuf)))
+                if not n:
+                    return
+                limit -= n
+        except (TimeoutError, BlockingIOError):
+            return  # past the deadline: closing now is the lesser harm
+        except OSError as exc:
+            log(f"worker {self.wid}: could not drain the connection: {exc}")
