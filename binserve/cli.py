@@ -12,7 +12,8 @@ from .config import Config, ConfigError, load
 from .emperor import Emperor, print_status
 from .log import log, redirect_to
 from .master import RETIRING_ENV, Master, abandon_reload
-from .sockets import SocketError, inherited, open_all, parse_tcp, remove_files
+from .privileges import PrivilegeError, Privileges, nginx_access_warnings
+from .sockets import Listener, PeerFilter, SocketError, inherited, open_all, parse_tcp, remove_files
 
 USAGE_ERROR = 2
 APP_LOAD_ERROR = 4  # as gunicorn's: the app could not be imported; respawning would not help
@@ -29,8 +30,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"binserve: {exc}", file=sys.stderr)
         code = USAGE_ERROR
     if RETIRING_ENV in os.environ:
-        # A reloaded image that never got to run its master: the old workers are still serving.
-        _abandon_reload(config)
+        # A reloaded image that failed before taking the sockets over: the old workers are still serving.
+        _abandon_reload(config, list(inherited().values()))
     return code
 
 
@@ -39,8 +40,12 @@ def _serve(config: Config) -> int:
         try:
             redirect_to(config.logto)
         except OSError as exc:
-            print(f"binserve: logto {config.logto}: {exc.strerror}", file=sys.stderr)
-            return USAGE_ERROR
+            # After a reload as the uid user, the file root opened may be closed to this user; stdout
+            # and stderr, inherited through exec, still point at it.
+            if not (isinstance(exc, PermissionError) and RETIRING_ENV in os.environ):
+                print(f"binserve: logto {config.logto}: {exc.strerror}", file=sys.stderr)
+                return USAGE_ERROR
+            log(f"logto {config.logto}: {exc.strerror} as uid {os.getuid()}; logging on as before the reload")
     if config.emperor_status:
         return print_status(config.emperor_status)
     if config.emperor:
@@ -49,35 +54,62 @@ def _serve(config: Config) -> int:
         log("no socket given: set socket (a unix path or HOST:PORT)")
         return USAGE_ERROR
     start_cwd = os.getcwd()
-    try:
-        prepare_process(config)
-        # lazy-apps: each worker imports the app after fork; a failure there is a boot error.
-        app = None if config.lazy_apps else load_app(config)
-    except AppLoadError as exc:
-        log(f"cannot load the app: {exc}")
-        return APP_LOAD_ERROR
-    except Exception:
-        log("cannot load the app, it raised:\n" + traceback.format_exc().rstrip())
-        return APP_LOAD_ERROR
     # Relative unix socket paths are relative to where binserve started, not to chdir.
     specs = [
         spec if os.path.isabs(spec) or parse_tcp(spec) else os.path.join(start_cwd, spec)
         for spec in config.socket
     ]
     try:
-        listeners = open_all(specs, config.listen, config.chmod_socket, config.socket_timeout)
-    except SocketError as exc:
+        # Names are resolved and the allow list parsed before anything is bound.
+        privileges = Privileges.from_config(config)
+        peers = PeerFilter(config.uwsgi_allow_from)
+        listeners = open_all(specs, config.listen, config.chmod_socket, config.socket_timeout, peers)
+    except (PrivilegeError, SocketError) as exc:
         log(str(exc))
         return USAGE_ERROR
+    # Sockets inherited on a reload were given their owner, and checked, by the image that bound them.
+    created = [listener.spec for listener in listeners if listener.is_unix and listener.bound_here]
+    try:
+        privileges.chown(created)
+        for path in created:
+            for warning in nginx_access_warnings(path):
+                log(warning)
+        dropped = privileges.drop()
+    except PrivilegeError as exc:
+        log(str(exc))
+        return _give_up(config, listeners, USAGE_ERROR)
+    if dropped:
+        log(dropped)
+    try:
+        # After the drop: the app's code, from its import on, never runs as root.
+        prepare_process(config)
+        # lazy-apps: each worker imports the app after fork; a failure there is a boot error.
+        app = None if config.lazy_apps else load_app(config)
+    except AppLoadError as exc:
+        log(f"cannot load the app: {exc}")
+        return _give_up(config, listeners, APP_LOAD_ERROR)
+    except Exception:
+        log("cannot load the app, it raised:\n" + traceback.format_exc().rstrip())
+        return _give_up(config, listeners, APP_LOAD_ERROR)
     return Master(config, app, listeners, start_cwd).run()
 
 
-def _abandon_reload(config: Config | None) -> None:
+def _give_up(config: Config, listeners: list[Listener], code: int) -> int:
+    """Startup failed with the sockets open: remove them, once the old workers are done on a reload."""
+    if RETIRING_ENV in os.environ:
+        _abandon_reload(config, listeners)
+    else:
+        # Nothing ever listened on these files: they go whatever vacuum says.
+        remove_files(listeners, None, vacuum=True)
+    return code
+
+
+def _abandon_reload(config: Config | None, listeners: list[Listener]) -> None:
     """The new image failed: let the old workers finish, then remove the sockets and the pidfile."""
     log("the reload failed: stopping the old workers gracefully and exiting")
     abandon_reload(config.worker_reload_mercy if config else DEFAULT_MERCY)
     vacuum = config.vacuum if config else True
-    remove_files(list(inherited().values()), config.pidfile if config else None, vacuum)
+    remove_files(listeners, config.pidfile if config else None, vacuum)
 
 
 if __name__ == "__main__":

@@ -1,16 +1,27 @@
-"""Listening sockets: binding, inheriting them across a reload, and removing them on exit."""
+"""Listening sockets: binding, inheriting them across a reload, and removing them on exit.
+
+TCP uwsgi sockets answer only the peers in uwsgi-allow-from (loopback by default): the uwsgi
+protocol has no authentication, so whoever reaches the port can set any REMOTE_ADDR, HTTPS or
+SCRIPT_NAME the app will trust.
+"""
 
 from __future__ import annotations
 
 import errno
+import ipaddress
 import os
 import socket
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
+from .log import log
 from .wsgi import timeval
 
 INHERIT_ENV = "_BINSERVE_LISTEN_FDS"
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+LOOPBACK: tuple[Network, ...] = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+# Peers are unbounded (any IPv6 address can connect and be refused), the verdict cache is not.
+MAX_CACHED_PEERS = 4096
 
 
 class SocketError(Exception):
@@ -20,12 +31,14 @@ class SocketError(Exception):
 class Listener:
     """One listening uwsgi socket and what the worker needs to know about it."""
 
-    def __init__(self, spec: str, sock: socket.socket) -> None:
+    def __init__(self, spec: str, sock: socket.socket, bound_here: bool = True) -> None:
         self.spec = spec
         self.sock = sock
         self.family = sock.family
         self.is_unix = sock.family == socket.AF_UNIX
         self.name = spec if self.is_unix else "{}:{}".format(*sock.getsockname()[:2])
+        # False for a socket inherited from the previous image on a reload: its file was set up then.
+        self.bound_here = bound_here
         # For TCP sockets: whether a peer address may send requests (uwsgi-allow-from).
         self.allow: Callable[[str], bool] | None = None
 
@@ -40,10 +53,84 @@ class Listener:
     def remove_file(self) -> None:
         """Unlink a unix socket's file (vacuum)."""
         if self.is_unix:
-            try:
-                os.unlink(self.spec)
-            except FileNotFoundError:
-                pass
+            _unlink(self.spec, "socket")
+
+
+def _unlink(path: str, what: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        # After uid dropped privileges, a file in a directory only root may write stays behind;
+        # the next start replaces a stale socket, so this is worth a line, not a failure.
+        log(f"vacuum: cannot remove the {what} {path}: {exc.strerror}")
+
+
+class PeerFilter:
+    """uwsgi-allow-from: the peers TCP uwsgi sockets answer; loopback only when none is given."""
+
+    def __init__(self, entries: Sequence[str]) -> None:
+        self.explicit = bool(entries)
+        self.networks = tuple(_parse_network(entry) for entry in entries) or LOOPBACK
+        self.verdicts = _Verdicts(self.networks)
+        # The worker asks on every accepted connection: a dict lookup once a peer has been seen.
+        self.allows: Callable[[str], bool] = self.verdicts.__getitem__
+
+    def check_exposure(self, spec: str, host: str) -> None:
+        """Refuse a socket bound to a non-loopback ``host`` when uwsgi-allow-from is not set."""
+        if self.explicit or permitted(host, LOOPBACK):
+            return
+        raise SocketError(
+            f"socket {spec}: refusing to listen on a non-loopback address without uwsgi-allow-from: "
+            "the uwsgi protocol has no authentication, so anyone who reaches this port can send "
+            "forged requests (any REMOTE_ADDR, HTTPS, SCRIPT_NAME, Host...) that the app trusts. "
+            "Set uwsgi-allow-from to nginx's address or network (e.g. uwsgi-allow-from = 10.0.0.5), "
+            "or bind to 127.0.0.1:PORT or a unix socket"
+        )
+
+
+def _parse_network(entry: str) -> Network:
+    try:
+        network = ipaddress.ip_network(entry.strip(), strict=False)
+    except ValueError:
+        raise SocketError(
+            f"option 'uwsgi-allow-from': {entry!r} is not an IP address or a network in CIDR form "
+            "(such as 10.0.0.5, 10.0.0.0/8 or fd00::/8)"
+        ) from None
+    mapped = network.network_address.ipv4_mapped if isinstance(network, ipaddress.IPv6Network) else None
+    if mapped is not None and network.prefixlen >= 96:
+        return ipaddress.ip_network((mapped, network.prefixlen - 96))
+    return network
+
+
+def permitted(peer: str, networks: Sequence[Network]) -> bool:
+    """Whether the address ``peer`` lies in one of ``networks``.
+
+    IPv4-mapped addresses (``::ffff:10.0.0.1``, how a dual-stack socket sees an IPv4 peer) are
+    compared in their IPv4 form, as are mapped networks in the list.
+    """
+    try:
+        address = ipaddress.ip_address(peer)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return any(address.ipv4_mapped in network for network in networks)
+    return any(address in network for network in networks)
+
+
+class _Verdicts(dict[str, bool]):
+    """Peer address -> allowed, computed on the first connection from it."""
+
+    def __init__(self, networks: Sequence[Network]) -> None:
+        super().__init__()
+        self.networks = networks
+
+    def __missing__(self, peer: str) -> bool:
+        if len(self) >= MAX_CACHED_PEERS:
+            self.clear()
+        verdict = self[peer] = permitted(peer, self.networks)
+        return verdict
 
 
 def parse_tcp(spec: str) -> tuple[str, int] | None:
@@ -75,8 +162,14 @@ def _clear_stale_unix(path: str) -> None:
     raise SocketError(f"socket {path}: another server is already listening there")
 
 
-def bind(spec: str, backlog: int, chmod: int | None, timeout: float) -> Listener:
-    """Bind and listen on ``spec`` (a unix path or HOST:PORT)."""
+def bind(
+    spec: str, backlog: int, chmod: int | None, timeout: float, peers: PeerFilter | None = None
+) -> Listener:
+    """Bind and listen on ``spec`` (a unix path or HOST:PORT).
+
+    ``peers`` is given for uwsgi sockets: a TCP one then answers only those peers, and one on a
+    non-loopback address needs an explicit list. The stats server passes none.
+    """
     tcp = parse_tcp(spec)
     if tcp:
         family = socket.AF_INET6 if ":" in tcp[0] else socket.AF_INET
@@ -89,6 +182,10 @@ def bind(spec: str, backlog: int, chmod: int | None, timeout: float) -> Listener
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             set_timeouts(sock, timeout)
             sock.bind(tcp)
+            if peers is not None:
+                # Checked on the bound address, so a host name is judged by what it resolved to,
+                # and before listen, so no connection is ever queued on a refused socket.
+                peers.check_exposure(spec, sock.getsockname()[0])
         else:
             sock.bind(spec)
             if chmod is not None:
@@ -100,8 +197,14 @@ def bind(spec: str, backlog: int, chmod: int | None, timeout: float) -> Listener
         if exc.errno == errno.EADDRINUSE:
             reason += " (another server is listening there)"
         raise SocketError(f"socket {spec}: cannot bind: {reason}") from None
+    except SocketError:
+        sock.close()
+        raise
     sock.setblocking(False)
-    return Listener(spec, sock)
+    listener = Listener(spec, sock)
+    if tcp and peers is not None:
+        listener.allow = peers.allows
+    return listener
 
 
 def set_timeouts(sock: socket.socket, timeout: float) -> None:
@@ -118,7 +221,7 @@ def inherited() -> dict[str, Listener]:
         sock = socket.socket(fileno=int(fd))
         os.set_inheritable(sock.fileno(), False)
         sock.setblocking(False)
-        found[spec] = Listener(spec, sock)
+        found[spec] = Listener(spec, sock, bound_here=False)
     return found
 
 
@@ -129,18 +232,24 @@ def hand_over(listeners: list[Listener]) -> None:
     os.environ[INHERIT_ENV] = ",".join(f"{lst.spec}={lst.fileno()}" for lst in listeners)
 
 
-def open_all(specs: list[str], backlog: int, chmod: int | None, timeout: float) -> list[Listener]:
-    """The listeners for ``specs``: inherited ones reused, the rest bound; stale inherited ones closed."""
+def open_all(
+    specs: list[str], backlog: int, chmod: int | None, timeout: float, peers: PeerFilter
+) -> list[Listener]:
+    """The listeners for ``specs``: inherited ones reused, the rest bound; stale inherited ones closed.
+
+    ``peers`` (uwsgi-allow-from) applies to inherited TCP sockets too: a reload with a changed
+    list must filter by the new one, and refuse what a fresh start would refuse.
+    """
     previous = inherited()
     listeners: list[Listener] = []
     try:
         for spec in specs:
-            listener = previous.pop(spec, None)
-            if listener is None:
-                listener = bind(spec, backlog, chmod, timeout)
-            elif not listener.is_unix:
+            listener = previous.pop(spec, None) or bind(spec, backlog, chmod, timeout, peers)
+            listeners.append(listener)  # before the checks below, so a refusal closes it with the others
+            if not listener.bound_here and not listener.is_unix:
                 set_timeouts(listener.sock, timeout)  # the new image's socket-timeout, not the old one's
-            listeners.append(listener)
+                peers.check_exposure(spec, listener.sock.getsockname()[0])
+                listener.allow = peers.allows
     except SocketError:
         remove_files(listeners, None, vacuum=True)
         raise
@@ -156,7 +265,4 @@ def remove_files(listeners: list[Listener], pidfile: str | None, vacuum: bool) -
         if vacuum:
             listener.remove_file()
     if vacuum and pidfile:
-        try:
-            os.unlink(pidfile)
-        except FileNotFoundError:
-            pass
+        _unlink(pidfile, "pidfile")
