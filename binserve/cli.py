@@ -69,6 +69,8 @@ def _serve(config: Config) -> int:
         return USAGE_ERROR
     # Sockets inherited on a reload were given their owner, and checked, by the image that bound them.
     created = [listener.spec for listener in listeners if listener.is_unix and listener.bound_here]
+    if config.pidfile and not _write_pidfile(config.pidfile):
+        return _give_up(config, listeners, USAGE_ERROR)
     try:
         privileges.chown(created)
         for path in created:
@@ -92,6 +94,26 @@ def _serve(config: Config) -> int:
         log("cannot load the app, it raised:\n" + traceback.format_exc().rstrip())
         return _give_up(config, listeners, APP_LOAD_ERROR)
     return Master(config, app, listeners, start_cwd).run()
+
+
+def _write_pidfile(path: str) -> bool:
+    """Write the master's pid, before privileges are dropped (as uWSGI does: /run is root's).
+
+    A reload keeps the pid; the re-executed image, unprivileged by then, may be unable to
+    rewrite a file root created, and the file is still right.
+    """
+    try:
+        with open(path, "w") as handle:
+            handle.write(f"{os.getpid()}\n")
+    except PermissionError as exc:
+        if RETIRING_ENV in os.environ:
+            return True
+        log(f"pidfile {path}: {exc.strerror}")
+        return False
+    except OSError as exc:
+        log(f"pidfile {path}: {exc.strerror}")
+        return False
+    return True
 
 
 def _give_up(config: Config, listeners: list[Listener], code: int) -> int:

@@ -132,9 +132,6 @@ class Master:
                 "the code it loaded; set lazy-apps = true for a chain reload to load new code"
             )
         reloaded = self._adopt_previous_image()
-        if self.config.pidfile:
-            with open(self.config.pidfile, "w") as handle:
-                handle.write(f"{os.getpid()}\n")
         for wid in range(1, self.config.processes + 1):
             self.spawn(wid)
         if self.retiring_pipe is not None:

@@ -8,6 +8,7 @@ listed in ``UWSGI_ONLY`` so the error can say so by name instead of "unknown".
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -84,6 +85,18 @@ def to_env(text: str) -> str:
     if "=" not in text or not text.split("=", 1)[0].strip():
         raise ValueError(f"expected NAME=value, got {text!r}")
     return text
+
+
+def to_network(text: str) -> str:
+    """An IP address or a network in CIDR form (``10.0.0.5``, ``10.0.0.0/8``, ``fd00::/8``)."""
+    word = text.strip()
+    try:
+        ipaddress.ip_network(word, strict=False)
+    except ValueError:
+        raise ValueError(
+            f"expected an IP address or a network in CIDR form (such as 10.0.0.5 or 10.0.0.0/8), got {text!r}"
+        ) from None
+    return word
 
 
 def to_str(text: str) -> str:
@@ -509,7 +522,7 @@ _OPTIONS = [
     ),
     Option(
         "uwsgi-allow-from",
-        to_str,
+        to_network,
         [],
         MASTER,
         "addresses or networks (CIDR) allowed to connect to TCP uwsgi sockets (repeatable; "

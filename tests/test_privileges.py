@@ -252,8 +252,9 @@ def test_sighup_reload_after_the_drop_serves_as_the_same_user(
     serve: Callable[..., Server],
     tmp_path: Path,
 ) -> None:
-    """The new image starts unprivileged: it keeps the sockets and the log file root opened."""
+    """The new image starts unprivileged: it keeps the sockets, the log file and the pidfile root made."""
     logto = tmp_path / "binserve.log"
+    pidfile = tmp_path / "app.pid"  # in root's directory: written before the drop, as uWSGI does
     sock = home / "app.sock"
     server = serve(
         "--wsgi-file",
@@ -264,10 +265,13 @@ def test_sighup_reload_after_the_drop_serves_as_the_same_user(
         "2",
         "--logto",
         str(logto),
+        "--pidfile",
+        str(pidfile),
         socket_path=sock,
         cwd=home,
     )
     wait_for(lambda: len(server.worker_pids()) == 2, 10, "two workers")
+    assert pidfile.read_text() == f"{server.pid}\n"
     old = server.worker_pids()
     os.kill(server.pid, signal.SIGHUP)
 
@@ -286,6 +290,7 @@ def test_sighup_reload_after_the_drop_serves_as_the_same_user(
     text = logto.read_text()
     assert "the reload failed" not in text
     assert f"logto {logto}: Permission denied as uid {uid}; logging on as before the reload" in text
+    assert pidfile.read_text() == f"{server.pid}\n"
     os.kill(server.pid, signal.SIGTERM)
     assert server.proc.wait(10) == 0, logto.read_text()
     assert not sock.exists()
@@ -530,10 +535,19 @@ def test_a_bad_uwsgi_allow_from_entry_is_a_usage_error(
     (tmp_path / "app.py").write_text(APP)
     server = serve("--wsgi-file", str(tmp_path / "app.py"), "--uwsgi-allow-from", entry, ready=False)
     assert server.proc.wait(10) == 2
-    assert (
-        f"option 'uwsgi-allow-from': {entry!r} is not an IP address or a network in CIDR form" in server.log()
-    )
+    assert "option 'uwsgi-allow-from': expected an IP address or a network in CIDR form" in server.log()
+    assert f"got {entry!r}" in server.log()
     assert not server.socket.exists()
+
+
+def test_a_bad_uwsgi_allow_from_line_names_the_file_and_line(
+    serve: Callable[..., Server], tmp_path: Path
+) -> None:
+    (tmp_path / "app.py").write_text(APP)
+    (tmp_path / "app.ini").write_text("[uwsgi]\nwsgi-file = app.py\nuwsgi-allow-from = nginx.local\n")
+    server = serve("--ini", str(tmp_path / "app.ini"), ready=False)
+    assert server.proc.wait(10) == 2
+    assert "app.ini:3: option 'uwsgi-allow-from': expected an IP address" in server.log()
 
 
 def test_the_default_list_is_loopback_including_ipv4_mapped() -> None:
