@@ -6,7 +6,8 @@ PYTHON ?= python3
 
 test:
 	@(command -v nginx >/dev/null || test -x /usr/sbin/nginx) && command -v tmux >/dev/null \
-		|| (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx tmux >/dev/null)
+		&& command -v wrk >/dev/null \
+		|| (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx tmux wrk >/dev/null)
 	$(PYTHON) -m pip install -q -e '.[test]'
 	$(PYTHON) -m pytest -q
 

@@ -243,6 +243,8 @@ class Master:
         now = time.monotonic()
         if self.state == STOPPING:
             timeout = max(0.0, min(timeout, self.deadline - now))
+        elif self.config.harakiri:
+            timeout = min(timeout, self.next_harakiri())
         for key, _ in self.selector.select(timeout):
             if key.fd == self.wake_r:
                 self.pending += os.read(self.wake_r, 256)
@@ -419,7 +421,8 @@ class Master:
                     kill_quietly(pid, signal.SIGKILL)
                     self.harakiri_kills[pid] = now + 5
                 continue
-            if not slot.busy or slot.pid != pid or now - slot.since <= limit:
+            # A request that began before this pid was spawned is its dead predecessor's.
+            if not slot.busy or slot.pid != pid or slot.since < slot.last_spawn or now - slot.since <= limit:
                 continue
             since = time.strftime("%H:%M:%S", time.localtime(slot.since))
             log(
@@ -430,6 +433,19 @@ class Master:
             grace = self.config.harakiri_graceful_timeout
             kill_quietly(pid, signal.SIGTERM if grace else signal.SIGKILL)
             self.harakiri_kills[pid] = now + grace
+
+    def next_harakiri(self) -> float:
+        """Seconds until the oldest running request reaches harakiri (at most 1), so kills are on time."""
+        now = time.time()
+        soonest = 1.0
+        for wid, pid in self.workers.items():
+            if pid in self.harakiri_kills:  # already killed: next comes its SIGKILL deadline
+                soonest = min(soonest, self.harakiri_kills[pid] - now)
+                continue
+            slot = self.board.read(wid)
+            if slot.busy and slot.pid == pid and slot.since >= slot.last_spawn:
+                soonest = min(soonest, slot.since + self.config.harakiri - now + 0.01)
+        return max(0.01, soonest)
 
     def check_touched(self) -> None:
         """touch-reload: a watched file whose mtime changed triggers a graceful reload."""

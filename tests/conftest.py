@@ -11,6 +11,8 @@ import pytest
 
 from support import Nginx, Server
 
+pytest_plugins = ["fault_report"]
+
 
 @pytest.fixture
 def serve(tmp_path: Path) -> Iterator[Callable[..., Server]]:
