@@ -14,11 +14,14 @@ One binserve (2 processes) and one nginx serve the whole module, to keep it fast
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import http.client
 import json
 import socket
+import struct
 import subprocess
+import termios
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +30,7 @@ import pytest
 
 from binserve.protocol import Body, Decoder, Head, encode_request
 
-from support import Nginx, Server, location
+from support import Nginx, Server, location, wait_for
 
 CAPTURES_DIR = Path(__file__).parent / "packets" / "nginx-1.22"
 EXPECTED_DIR = CAPTURES_DIR / "expected"
@@ -404,6 +407,11 @@ def test_raw_replay(server: Server, name: str) -> None:
     SPECIFIC[name](doc, reply)
 
 
+def unread_by_peer(sock: socket.socket) -> int:
+    """Bytes sent on a unix socket that the other end has not read yet (SIOCOUTQ)."""
+    return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+
+
 def test_raw_two_processes_serve(server: Server) -> None:
     """wsgi.multiprocess is true: with one worker held by a half-sent body, the other one answers."""
     head, body = capture_parts("post_form")
@@ -411,6 +419,9 @@ def test_raw_two_processes_serve(server: Server) -> None:
         held.settimeout(10)
         held.connect(str(server.socket))
         held.sendall(encode_request(head.vars))  # CONTENT_LENGTH 23, body not sent yet
+        # A worker that accepted before the head arrived parks the connection and stays free:
+        # wait until the head has been read, so that worker is in the app, waiting for the body.
+        wait_for(lambda: unread_by_peer(held) == 0, 5, "a worker to read the held request's head")
         other = uwsgi_exchange(server.socket, capture("get_root")).doc
         held.sendall(body)
         chunks = []
