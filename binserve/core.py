@@ -143,14 +143,12 @@ class Core:
             for fd, _ in poll(timeout):
                 found = listening.get(fd)
                 if found is not None:
-                    self._accept(found)
+                    if worker.accepting:  # an event of this batch may have stopped the worker
+                        self._accept(found)
                 elif fd in parked:
                     self._resume(parked[fd])
                 else:
                     others[fd]()
-            if worker.exit_now:
-                self._close_parked()
-                return
             # Expire first: dropping the last parked connection may be what lets a stopping core leave.
             timeout = self._expire() if parked else -1.0
             if not worker.accepting:
@@ -161,41 +159,38 @@ class Core:
                 if not parked:
                     return
 
-    def _accept(self, listener: Listener) -> None:
+    def _accept(self, listener: Listener) -> bool:
+        """Take one connection from ``listener`` and serve or park it; False when none was queued."""
         try:
             # The C-level socket skips socket.socket's Python __init__: 2-3 us per request.
             fd, addr = listener.sock._accept()  # type: ignore[attr-defined]
         except (BlockingIOError, InterruptedError):
-            return  # another core took it
+            return False  # another core took it
         except OSError as exc:
             log(f"worker {self.wid}: accept on {listener.name} failed: {exc}")
-            return
+            return False
         if listener.allow is not None and not listener.allow(addr[0]):
             os.close(fd)
             log(
                 f"worker {self.wid}: refused a connection from {addr[0]} on {listener.name}: "
                 "not in uwsgi-allow-from"
             )
-            return
+            return True
         self.handle(_socket.socket(listener.family, socket.SOCK_STREAM, 0, fd), addr, listener)
+        return True
 
     def drain_backlog(self) -> None:
         """On a graceful stop, serve the connections already queued so none is dropped."""
         for listener in self.worker.listeners:
             for _ in range(self.config.listen):
-                try:
-                    conn, addr = listener.sock.accept()
-                except OSError:
+                if not self._accept(listener):
                     break
-                self.handle(conn, addr, listener)
-        self.finish_parked()
-
-    def finish_parked(self) -> None:
-        """Finish the parked connections (served or timed out) without accepting new ones."""
         while self.parked:
             for fd, _ in self.poller.poll(self._expire()):
                 if fd in self.parked:
                     self._resume(self.parked[fd])
+                elif fd in self.others:
+                    self.others[fd]()  # signals and the master's pipe are still answered
             if self.parked:
                 self._expire()
 
@@ -285,6 +280,10 @@ class Core:
             log(f"worker {self.wid}: {exc} from {_peer_of(sock, addr, listener)}; connection closed")
         except (BrokenPipeError, ConnectionResetError) as exc:
             log(f"worker {self.wid}: nginx closed the connection early ({exc.strerror})")
+        except OSError as exc:
+            # Any other I/O failure on this connection (or post-buffering's temporary file):
+            # this request is lost, the worker is not.
+            log(f"worker {self.wid}: {exc} on a connection from {_peer_of(sock, addr, listener)}; closed")
         finally:
             if not keep:
                 if parked is not None:
@@ -335,11 +334,6 @@ class Core:
             first.conn.sock.close()
         return -1.0
 
-    def _close_parked(self) -> None:
-        for parked in list(self.parked.values()):
-            self._unpark(parked)
-            parked.conn.sock.close()
-
     def _serve(self, conn: Connection, head: Head, decoder: Decoder | None) -> None:
         """Run the app for one request (``decoder`` reads its body, None when it has none)."""
         slot = self.slot
@@ -356,13 +350,15 @@ class Core:
         exchange = Exchange(conn, environ)
         result = None
         failed = False
+        cut_short = ""
         try:
             result = self.app(environ, exchange.start_response)
             exchange.send_result(result)
         except ClientDisconnected as exc:
-            # The packet ended before its CONTENT_LENGTH: a bad packet, not an app failure.
+            # The packet ended before its CONTENT_LENGTH: a bad packet, not an app failure;
+            # counted and logged like any request, then reported as the bad packet it is.
             exchange.code = 400
-            raise RemoteProtocolError(str(exc)) from None
+            cut_short = str(exc)
         except WriteTimeout as exc:
             log(f"worker {self.wid}: {exc} during {request_line(environ)}; connection closed")
             exchange.code = exchange.code or 504
@@ -398,6 +394,8 @@ class Core:
             )
         if self.worker.after_each:
             self.worker.after_request(n)
+        if cut_short:
+            raise RemoteProtocolError(cut_short)
 
     def _buffer_body(self, conn: Connection, decoder: Decoder, length: int) -> IO[bytes]:
         """post-buffering: the whole body, read before the app runs; in a temporary file when large."""

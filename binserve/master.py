@@ -8,9 +8,11 @@ new code is loaded fresh while the old workers finish their requests; connection
 arrive meanwhile wait in the listen backlog.
 
 Workers write short notices on one pipe: "accepting" when they start serving, "recycling"
-when they stop accepting to be replaced (max-requests, reload-on-rss, or SIGHUP from the
-master for max-worker-lifetime and chain reloads). The master then spawns the replacement
-and sends the old worker SIGTERM only once the new one accepts.
+when they want to be replaced (max-requests, reload-on-rss, a SIGHUP sent to the worker).
+The master replaces a worker (for those, and for max-worker-lifetime and chain reloads) by
+spawning the replacement beside it, in the worker's other scoreboard place; the old one goes
+on serving and gets SIGTERM only once the new one accepts. A replacement that fails to boot
+(lazy-apps with broken code) leaves the old worker serving.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from .worker import (
 RETIRING_ENV = "_BINSERVE_RETIRING"
 EMPEROR_FD_ENV = "UWSGI_EMPEROR_FD"
 RUNNING, STOPPING, RELOADING = "running", "stopping", "reloading"
+RETRY_AFTER = 10.0  # seconds before trying again to start a worker whose boot failed
 HANDLED = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD)
 
 
@@ -75,11 +78,17 @@ class Master:
         self.workers: dict[int, int] = {}  # wid -> pid
         self.by_pid: dict[int, int] = {}  # pid -> wid
         self.born: dict[int, float] = {}  # pid -> when it was spawned (monotonic)
-        self.leaving: dict[int, int] = {}  # pid -> wid: recycled workers waiting for their replacement
-        self.replacing: dict[int, int] = {}  # new pid -> the pid it replaces, until the new one accepts
-        self.asked: set[int] = set()  # pids told to recycle (max-worker-lifetime, chain reload)
+        self.place: dict[int, int] = {}  # pid -> its place in the scoreboard
+        # A worker is replaced in three steps: its replacement is *incoming* until it accepts,
+        # then it is the worker and the old process is *leaving* (SIGTERM: it finishes its requests).
+        self.incoming: dict[int, int] = {}  # pid -> wid
+        self.leaving: dict[int, int] = {}  # pid -> wid
+        self.wanted: dict[int, str] = {}  # wid -> why: a replacement to start as soon as it can
+        self.retry_at: dict[int, float] = {}  # wid -> no replacement before (after one failed to boot)
+        self.missing: dict[int, tuple[float, int]] = {}  # wid -> (respawn at, place): its boot failed
+        self.accepted = False  # a worker has accepted: boot failures from then on are not fatal
         self.chain: list[int] = []  # wids still to replace in a chain reload
-        self.chain_wait: int | None = None  # the pid being replaced in the chain reload
+        self.chain_wait: int | None = None  # the wid being replaced in the chain reload
         self.measured: dict[int, psutil.Process] = {}  # evil-reload-on-rss: pid -> its process
         self.next_periodic = 0.0  # chain-reload files, lifetimes and memory: checked every second
         self.retiring: set[int] = set()  # workers of the previous image, finishing their requests
@@ -185,8 +194,9 @@ class Master:
             elif command == 2:
                 self.graceful_stop("emperor")
 
-    def spawn(self, wid: int) -> None:
-        """Fork worker ``wid``."""
+    def spawn(self, wid: int, place: int = 0, replacing: bool = False) -> int:
+        """Fork a process for worker ``wid`` into ``place``; a replacement stays incoming until it accepts."""
+        when = time.time()  # before the fork: the child may start a request before the parent runs on
         sys.stdout.flush()
         sys.stderr.flush()
         # Blocked across fork so a signal meant for the new worker never reaches the master's
@@ -217,17 +227,25 @@ class Master:
                     self.notify_w,
                     self.emperor_fd,
                     self.board if keep else None,
+                    place,
                 )
             except BaseException:  # a forked child must never return into the master's code
                 traceback.print_exc()
             finally:
                 os._exit(code)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        self.board.spawned(wid, pid)
-        self.workers[wid] = pid
-        self.by_pid[pid] = wid
+        self.board.spawned(wid, pid, place, when)
+        self.place[pid] = place
         self.born[pid] = time.monotonic()
-        log(f"spawned worker {wid} (pid {pid})")
+        if replacing:
+            self.incoming[pid] = wid
+            log(f"spawned worker {wid} (pid {pid}) to replace pid {self.workers[wid]}")
+        else:
+            self.board.promote(wid, place)
+            self.workers[wid] = pid
+            self.by_pid[pid] = wid
+            log(f"spawned worker {wid} (pid {pid})")
+        return pid
 
     # -- the loop --------------------------------------------------------------------------
     def run(self) -> int:
@@ -281,46 +299,62 @@ class Master:
                 self.on_recycling(pid)
 
     def on_recycling(self, pid: int) -> None:
-        """A worker stopped accepting to be recycled: start its replacement now."""
-        wid = self.by_pid.pop(pid, None)
-        if wid is None or self.state != RUNNING:
-            kill_quietly(pid, signal.SIGTERM)  # stopping anyway, or a worker of an earlier image
+        """A worker asks to be recycled (it goes on serving until its replacement accepts)."""
+        wid = self.by_pid.get(pid)
+        if wid is not None and self.state == RUNNING:
+            self.replace(wid, "asked by the worker")
+
+    def replace(self, wid: int, why: str) -> None:
+        """Start a replacement for worker ``wid`` in its other place, now or as soon as it can be.
+
+        Not while one is incoming, nor while the process that last left that place is still
+        finishing (its counters are there), nor during the pause after a failed boot.
+        """
+        self.wanted[wid] = why
+        if self.state != RUNNING or wid not in self.workers or wid in self.incoming.values():
             return
-        self.leaving[pid] = wid
-        log(f"worker {wid} (pid {pid}) is recycling: spawning its replacement")
-        self.spawn(wid)
-        self.replacing[self.workers[wid]] = pid
+        if wid in self.leaving.values() or time.monotonic() < self.retry_at.get(wid, 0.0):
+            return
+        del self.wanted[wid]
+        old = self.workers[wid]
+        log(f"worker {wid} (pid {old}): {why}; spawning its replacement")
+        self.spawn(wid, 1 - self.place[old], replacing=True)
 
     def on_accepting(self, pid: int) -> None:
-        """A worker accepts: the one it replaces may leave, and a chain reload moves on."""
-        old = self.replacing.pop(pid, None)
-        if old is None:
+        """A replacement accepts: it becomes the worker, and the old process may leave."""
+        self.accepted = True
+        wid = self.incoming.pop(pid, None)
+        if wid is None:
             return
-        log(f"worker {self.by_pid.get(pid, '?')} (pid {pid}) accepts: retiring pid {old}")
-        kill_quietly(old, signal.SIGTERM)
-        if old == self.chain_wait:
+        old = self.workers.get(wid)
+        self.board.promote(wid, self.place[pid])
+        self.workers[wid] = pid
+        self.by_pid[pid] = wid
+        if old is not None:
+            del self.by_pid[old]
+            self.leaving[old] = wid
+            log(f"worker {wid} (pid {pid}) accepts: retiring pid {old}")
+            kill_quietly(old, signal.SIGTERM)
+        if wid == self.chain_wait:
             self.chain_wait = None
             self.advance_chain()
-
-    def recycle(self, wid: int, why: str) -> None:
-        """Ask worker ``wid`` to recycle: after its request it stops accepting and reports back."""
-        pid = self.workers[wid]
-        if pid in self.asked:
-            return
-        self.asked.add(pid)
-        log(f"worker {wid} (pid {pid}): {why}, recycling")
-        kill_quietly(pid, signal.SIGHUP)
 
     def advance_chain(self) -> None:
         """Chain reload: replace the next worker, once the previous replacement accepts."""
         while self.chain and self.chain_wait is None and self.state == RUNNING:
             wid = self.chain.pop(0)
-            if wid not in self.workers:
-                continue  # respawning already: the new process is new anyway
-            self.chain_wait = self.workers[wid]
-            self.recycle(wid, "chain reload")
+            if wid in self.workers:
+                self.chain_wait = wid
+                self.replace(wid, "chain reload")
         if not self.chain and self.chain_wait is None:
             log("chain reload: every worker replaced")
+
+    def abort_chain(self, why: str) -> None:
+        """Stop a chain reload: the workers not yet replaced keep running."""
+        if self.chain or self.chain_wait is not None:
+            log(f"chain reload stopped: {why}; {len(self.chain) + 1} worker(s) keep their old process")
+        self.chain = []
+        self.chain_wait = None
 
     def handle_chld(self) -> None:
         """Children changed state: reaped in ``reap`` after every step."""
@@ -344,7 +378,7 @@ class Master:
     def handle_quit(self) -> None:
         """Fast stop: kill the workers now."""
         log("SIGQUIT: fast stop, killing workers")
-        for pid in [*self.by_pid, *self.leaving, *self.retiring]:
+        for pid in self.children():
             kill_quietly(pid, signal.SIGKILL)
         self.state = STOPPING
         self.deadline = time.monotonic() + 5
@@ -357,8 +391,16 @@ class Master:
         log(f"{why}: graceful stop, workers have {mercy:g} s to finish")
         self.state = STOPPING
         self.deadline = time.monotonic() + mercy
-        for pid in [*self.by_pid, *self.leaving, *self.retiring]:
+        for pid in self.children():
             kill_quietly(pid, signal.SIGTERM)
+
+    def serving(self) -> list[tuple[int, int]]:
+        """(pid, wid) of every process of this image that may be in a request."""
+        return [*self.by_pid.items(), *self.incoming.items(), *self.leaving.items()]
+
+    def children(self) -> list[int]:
+        """Every worker process: current, incoming, leaving and those of the previous image."""
+        return [*self.by_pid, *self.incoming, *self.leaving, *self.retiring]
 
     def reap(self) -> None:
         """Collect every exited child; respawn workers that died while running."""
@@ -370,40 +412,74 @@ class Master:
             if pid == 0:
                 break
             how = describe_exit(status)
+            code = os.waitstatus_to_exitcode(status)
             self.born.pop(pid, None)
-            self.asked.discard(pid)
             self.measured.pop(pid, None)
             self.harakiri_kills.pop(pid, None)
-            if pid == self.chain_wait:
-                self.chain_wait = None  # died before being replaced: its respawn is new anyway
-                self.advance_chain()
+            place = self.place.pop(pid, 0)
             if pid in self.leaving:
-                log(f"worker {self.leaving.pop(pid)} (pid {pid}) recycled: {how}")
-                continue
-            if pid in self.retiring:
+                wid = self.leaving.pop(pid)
+                log(f"worker {wid} (pid {pid}) recycled: {how}")
+                if wid in self.wanted:
+                    self.replace(wid, self.wanted[wid])  # it was waiting for this place to free up
+            elif pid in self.retiring:
                 self.retiring.discard(pid)
                 log(f"old worker (pid {pid}) {how}")
-                continue
-            wid = self.by_pid.pop(pid, None)
-            if wid is None:
+            elif pid in self.incoming:
+                self.lost_replacement(self.incoming.pop(pid), pid, place, code, how)
+            elif pid in self.by_pid:
+                self.lost_worker(self.by_pid.pop(pid), pid, place, code, how)
+            else:
                 log(f"reaped unknown child (pid {pid}) {how}")
-                continue
-            del self.workers[wid]
-            old = self.replacing.pop(pid, None)
-            if old is not None:
-                kill_quietly(old, signal.SIGTERM)  # its replacement died: the respawn takes over
-            if self.state != RUNNING:
-                log(f"worker {wid} (pid {pid}) {how}")
-                continue
-            if os.waitstatus_to_exitcode(status) == BOOT_ERROR:
-                log(f"worker {wid} (pid {pid}) failed to boot; stopping instead of respawning")
-                self.exit_code = BOOT_ERROR
-                self.graceful_stop("boot failure")
-                continue
-            log(f"worker {wid} (pid {pid}) died: {how}; respawning")
-            self.spawn(wid)
-        if self.state == STOPPING and not self.by_pid and not self.leaving and not self.retiring:
+        if self.state == STOPPING and not self.children():
             self.finish()
+
+    def lost_replacement(self, wid: int, pid: int, place: int, code: int, how: str) -> None:
+        """A replacement exited before it accepted: the worker it was to replace goes on serving."""
+        if self.state != RUNNING:
+            log(f"worker {wid}'s replacement (pid {pid}) {how}")
+            return
+        if code == BOOT_ERROR:
+            log(
+                f"worker {wid}'s replacement (pid {pid}) failed to boot (see above); pid "
+                f"{self.workers.get(wid, '-')} goes on serving; next try in {RETRY_AFTER:g} s"
+            )
+        else:
+            log(
+                f"worker {wid}'s replacement (pid {pid}) {how} before accepting; "
+                f"next try in {RETRY_AFTER:g} s"
+            )
+        self.retry_at[wid] = time.monotonic() + RETRY_AFTER
+        if wid not in self.workers:  # the worker it was to replace has left already
+            self.missing[wid] = (self.retry_at[wid], place)
+        if wid == self.chain_wait:
+            self.abort_chain("a replacement did not start")
+        else:
+            self.wanted.setdefault(wid, "trying again to replace it")
+
+    def lost_worker(self, wid: int, pid: int, place: int, code: int, how: str) -> None:
+        """A worker exited on its own (crash, harakiri, SIGKILL): respawn it in its place."""
+        del self.workers[wid]
+        self.wanted.pop(wid, None)
+        if self.state != RUNNING:
+            log(f"worker {wid} (pid {pid}) {how}")
+            return
+        if wid in self.incoming.values():
+            # It left without waiting (reload-on-rss): its replacement takes over when it accepts.
+            log(f"worker {wid} (pid {pid}) recycled: {how}; its replacement is starting")
+            return
+        if code == BOOT_ERROR and not self.accepted:
+            log(f"worker {wid} (pid {pid}) failed to boot; stopping instead of respawning")
+            self.exit_code = BOOT_ERROR
+            self.graceful_stop("boot failure")
+            return
+        if code == BOOT_ERROR:
+            # lazy-apps with broken code on disk: the other workers go on; no respawn storm.
+            log(f"worker {wid} (pid {pid}) failed to boot (see above); next try in {RETRY_AFTER:g} s")
+            self.missing[wid] = (time.monotonic() + RETRY_AFTER, place)
+            return
+        log(f"worker {wid} (pid {pid}) died: {how}; respawning")
+        self.spawn(wid, place)
 
     def check_harakiri(self) -> None:
         """Kill the workers whose request has run longer than harakiri seconds.
@@ -414,8 +490,8 @@ class Master:
         """
         limit = self.config.harakiri
         now = time.time()
-        for wid, pid in self.workers.items():
-            slot = self.board.read(wid)
+        for pid, wid in self.serving():
+            slot = self.board.read_place(wid, self.place[pid])
             if pid in self.harakiri_kills:
                 if now >= self.harakiri_kills[pid]:
                     kill_quietly(pid, signal.SIGKILL)
@@ -429,7 +505,7 @@ class Master:
                 f"HARAKIRI worker {wid} (pid {pid}): {slot.current} running since {since} "
                 f"({now - slot.since:.1f} s > harakiri {limit} s)"
             )
-            self.board.harakiri(wid)
+            self.board.harakiri(wid, self.place[pid])
             grace = self.config.harakiri_graceful_timeout
             kill_quietly(pid, signal.SIGTERM if grace else signal.SIGKILL)
             self.harakiri_kills[pid] = now + grace
@@ -438,11 +514,11 @@ class Master:
         """Seconds until the oldest running request reaches harakiri (at most 1), so kills are on time."""
         now = time.time()
         soonest = 1.0
-        for wid, pid in self.workers.items():
+        for pid, wid in self.serving():
             if pid in self.harakiri_kills:  # already killed: next comes its SIGKILL deadline
                 soonest = min(soonest, self.harakiri_kills[pid] - now)
                 continue
-            slot = self.board.read(wid)
+            slot = self.board.read_place(wid, self.place[pid])
             if slot.busy and slot.pid == pid and slot.since >= slot.last_spawn:
                 soonest = min(soonest, slot.since + self.config.harakiri - now + 0.01)
         return max(0.01, soonest)
@@ -462,6 +538,8 @@ class Master:
             if now == seen:
                 continue
             self.chain_touched[path] = now
+            if now is None:
+                continue  # removed: nothing to reload
             if self.chain or self.chain_wait is not None:
                 log(f"{path} was touched: a chain reload is already running, it goes on")
                 return
@@ -471,13 +549,30 @@ class Master:
             return
 
     def check_lifetimes(self) -> None:
-        """max-worker-lifetime: recycle workers that have run that long."""
+        """max-worker-lifetime: replace a worker that has run that long, one at a time.
+
+        Workers started together reach the limit together; replacing them one by one keeps
+        all but one accepting meanwhile.
+        """
+        if self.incoming or self.wanted:
+            return
         limit = self.config.max_worker_lifetime
         now = time.monotonic()
-        for wid, pid in list(self.workers.items()):
-            age = now - self.born.get(pid, now)
-            if age > limit and pid not in self.asked and pid not in self.replacing:
-                self.recycle(wid, f"lifetime reached after {age:.0f} s (max-worker-lifetime {limit:g} s)")
+        ages = {wid: now - self.born.get(pid, now) for wid, pid in self.workers.items()}
+        oldest = max(ages, key=ages.__getitem__, default=None)
+        if oldest is not None and ages[oldest] > limit:
+            age = ages[oldest]
+            self.replace(oldest, f"lifetime reached after {age:.0f} s (max-worker-lifetime {limit:g} s)")
+
+    def check_retries(self) -> None:
+        """Respawn workers whose boot failed, and start the replacements that had to wait."""
+        now = time.monotonic()
+        for wid, (at, place) in list(self.missing.items()):
+            if now >= at:
+                del self.missing[wid]
+                self.spawn(wid, place)
+        for wid, why in list(self.wanted.items()):
+            self.replace(wid, why)
 
     def check_memory(self) -> None:
         """evil-reload-on-rss: SIGKILL a worker over the limit, even mid-request."""
@@ -510,8 +605,10 @@ class Master:
                 self.check_lifetimes()
             if self.config.evil_reload_on_rss:
                 self.check_memory()
+            if self.missing or self.wanted:
+                self.check_retries()
         if self.state == STOPPING and now >= self.deadline:
-            for pid in [*self.by_pid, *self.leaving, *self.retiring]:
+            for pid in self.children():
                 log(f"worker (pid {pid}) still running past the deadline: SIGKILL")
                 kill_quietly(pid, signal.SIGKILL)
             self.deadline = now + 5
@@ -544,7 +641,7 @@ class Master:
         os.set_inheritable(self.life_w, True)
         # Workers of an earlier image still finishing are handed on too, so the next image
         # keeps their deadline and reaps them.
-        pids = ",".join(map(str, [*self.by_pid, *self.leaving, *self.retiring]))
+        pids = ",".join(map(str, self.children()))
         os.environ[RETIRING_ENV] = f"{self.life_w}:{pids}"
         os.chdir(self.start_cwd)
         sys.stdout.flush()

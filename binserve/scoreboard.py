@@ -1,6 +1,11 @@
 """Per-worker, per-thread counters in memory shared between the master and its workers.
 
-Each worker has a header and one slot per serving thread (a "core", as uWSGI calls them).
+Each worker id has two *places* (banks): while a worker is replaced, the old process and its
+replacement both serve, each writing its own place; the next replacement takes the place the
+old one left. A worker's figures are the sum of its two places; its pid, state and cores are
+those of the current place (the process accepting for that id now).
+
+Each place has a header and one slot per serving thread (a "core", as uWSGI calls them).
 A thread writes only its own core's slot, twice per request (once when it starts, once when
 it ends), with one ``struct.pack_into`` each: no pipe write, no lock (a slot has one writer).
 The master writes a worker's header when it (re)spawns or harakiris that worker, and reads
@@ -41,6 +46,7 @@ def _lines(size: int) -> int:
 HEADER_SIZE = _lines(_SPAWN.size)
 SLOT_SIZE = _lines(_EXCEPTIONS_AT + _EXCEPTIONS.size)
 IDLE, BUSY = 0, 1
+PLACES = 2  # per worker id: the process serving and, while it is replaced, its replacement
 
 
 @dataclass
@@ -81,7 +87,7 @@ class WorkerStats:
 
 
 class Scoreboard:
-    """``workers`` workers (ids 1..N) of ``cores`` cores each (ids 0..M-1) in one shared mapping."""
+    """``workers`` workers (ids 1..N), two places each, of ``cores`` cores each (ids 0..M-1)."""
 
     def __init__(self, workers: int, cores: int = 1) -> None:
         if workers < 1 or cores < 1:
@@ -89,38 +95,55 @@ class Scoreboard:
         self.workers = workers
         self.cores = cores
         self.stride = HEADER_SIZE + cores * SLOT_SIZE
-        self.map = mmap.mmap(-1, self.stride * workers, flags=mmap.MAP_SHARED)
+        self.map = mmap.mmap(-1, self.stride * workers * PLACES, flags=mmap.MAP_SHARED)
+        # Which place is each worker's current one: the master's own bookkeeping, not shared.
+        self.current = dict.fromkeys(range(1, workers + 1), 0)
 
-    def header(self, wid: int) -> int:
-        """Where worker ``wid``'s header starts."""
+    def header(self, wid: int, place: int = 0) -> int:
+        """Where place ``place`` of worker ``wid`` has its header."""
         if not 1 <= wid <= self.workers:
             raise IndexError(f"worker {wid} is not in 1..{self.workers}")
-        return (wid - 1) * self.stride
+        if place not in (0, 1):
+            raise IndexError(f"place {place} is not 0 or 1")
+        return ((wid - 1) * PLACES + place) * self.stride
 
-    def offset(self, wid: int, core: int = 0) -> int:
-        """Where core ``core`` of worker ``wid`` has its slot."""
+    def offset(self, wid: int, core: int = 0, place: int = 0) -> int:
+        """Where core ``core`` of place ``place`` of worker ``wid`` has its slot."""
         if not 0 <= core < self.cores:
             raise IndexError(f"core {core} is not in 0..{self.cores - 1}")
-        return self.header(wid) + HEADER_SIZE + core * SLOT_SIZE
+        return self.header(wid, place) + HEADER_SIZE + core * SLOT_SIZE
 
-    def spawned(self, wid: int, pid: int) -> None:
-        """The master forked worker ``wid``: record its pid, spawn time and respawn count."""
-        off = self.header(wid)
+    def spawned(self, wid: int, pid: int, place: int = 0, when: float | None = None) -> None:
+        """The master forked ``pid`` for worker ``wid`` in ``place``, at ``when`` (taken before the fork).
+
+        The place becomes current only through ``promote`` (a replacement is not current
+        until it accepts), except for the first spawn and a respawn into the same place.
+        """
+        off = self.header(wid, place)
         _, respawns, harakiris, _, _ = _SPAWN.unpack_from(self.map, off)
-        requests = sum(core.requests for core in self.read_cores(wid))
-        _SPAWN.pack_into(self.map, off, pid, respawns + 1, harakiris, time.time(), requests)
+        requests = sum(core.requests for core in self.read_cores(wid, place))
+        spawned_at = time.time() if when is None else when
+        _SPAWN.pack_into(self.map, off, pid, respawns + 1, harakiris, spawned_at, requests)
 
-    def harakiri(self, wid: int) -> None:
+    def promote(self, wid: int, place: int) -> None:
+        """Place ``place`` is worker ``wid``'s current one from now on."""
+        self.header(wid, place)
+        self.current[wid] = place
+
+    def harakiri(self, wid: int, place: int | None = None) -> None:
         """Count a harakiri of worker ``wid`` (the master's write)."""
-        off = self.header(wid)
+        off = self.header(wid, self.current[wid] if place is None else place)
         pid, respawns, harakiris, last_spawn, base = _SPAWN.unpack_from(self.map, off)
         _SPAWN.pack_into(self.map, off, pid, respawns, harakiris + 1, last_spawn, base)
 
-    def read_cores(self, wid: int) -> list[CoreStats]:
-        """Worker ``wid``'s cores as they are now, by core id."""
+    def read_cores(self, wid: int, place: int | None = None) -> list[CoreStats]:
+        """The cores of worker ``wid``'s current place (or of ``place``), by core id."""
+        if place is None:
+            self.header(wid)
+            place = self.current[wid]
         cores = []
         for core in range(self.cores):
-            off = self.offset(wid, core)
+            off = self.offset(wid, core, place)
             since, current, _ = _BEGIN.unpack_from(self.map, off)
             status, requests, tx, running = _END.unpack_from(self.map, off + _END_AT)
             (exceptions,) = _EXCEPTIONS.unpack_from(self.map, off + _EXCEPTIONS_AT)
@@ -128,10 +151,10 @@ class Scoreboard:
             cores.append(CoreStats(requests, status == BUSY, since, line, tx, exceptions, running))
         return cores
 
-    def read(self, wid: int) -> WorkerStats:
-        """Worker ``wid`` as it is now: its header and its cores added up."""
-        pid, respawns, harakiris, last_spawn, base = _SPAWN.unpack_from(self.map, self.header(wid))
-        cores = self.read_cores(wid)
+    def read_place(self, wid: int, place: int) -> WorkerStats:
+        """One place of worker ``wid``: the process there (``pid``) and its cores added up."""
+        pid, respawns, harakiris, last_spawn, base = _SPAWN.unpack_from(self.map, self.header(wid, place))
+        cores = self.read_cores(wid, place)
         busy = [core for core in cores if core.busy]
         shown = min(busy, key=lambda core: core.since) if busy else max(cores, key=lambda core: core.since)
         requests = sum(core.requests for core in cores)
@@ -151,13 +174,27 @@ class Scoreboard:
             cores,
         )
 
-    def slot(self, wid: int, core: int = 0) -> Slot:
-        """The writer for core ``core`` of worker ``wid`` (used by that worker's thread only).
+    def read(self, wid: int) -> WorkerStats:
+        """Worker ``wid`` as it is now: its current place, with the totals of both places."""
+        self.header(wid)
+        place = self.current[wid]
+        now = self.read_place(wid, place)
+        other = self.read_place(wid, 1 - place)
+        now.respawn_count += other.respawn_count
+        now.harakiri_count += other.harakiri_count
+        now.requests += other.requests
+        now.exceptions += other.exceptions
+        now.tx += other.tx
+        now.running_time += other.running_time
+        return now
+
+    def slot(self, wid: int, core: int = 0, place: int = 0) -> Slot:
+        """The writer for one core of one place of worker ``wid`` (used by that thread only).
 
         Making it marks the core idle, so a worker makes all its cores' slots before serving:
         a core whose predecessor died mid-request would otherwise stay busy.
         """
-        return Slot(self, wid, core)
+        return Slot(self, wid, core, place)
 
 
 class Slot:
@@ -170,9 +207,9 @@ class Slot:
 
     __slots__ = ("map", "off", "end_at", "requests", "tx", "running", "exceptions")
 
-    def __init__(self, board: Scoreboard, wid: int, core: int = 0) -> None:
+    def __init__(self, board: Scoreboard, wid: int, core: int = 0, place: int = 0) -> None:
         self.map = board.map
-        self.off = board.offset(wid, core)
+        self.off = board.offset(wid, core, place)
         self.end_at = self.off + _END_AT
         # Totals carry over a respawn, as uWSGI's do; a predecessor that died mid-request
         # no longer shows as busy.

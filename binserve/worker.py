@@ -5,10 +5,12 @@ cores in threads of their own while the main thread waits for signals. It watche
 from the master: EOF there means the master died, and the worker leaves with it.
 
 Leaving. SIGTERM/SIGINT: stop accepting, finish the requests in hand and the connections
-already queued, exit 0. SIGQUIT: exit at once. Recycling (max-requests, reload-on-rss, or
-SIGHUP from the master for max-worker-lifetime and chain reloads): stop accepting, finish
-the requests in hand, tell the master, and wait; the master starts the replacement and
-sends SIGTERM once it accepts, so the worker count never drops while one is replaced.
+already queued, exit 0. SIGQUIT: exit at once. The master's pipe closing (it died, or a
+reload handed the sockets to a new image): finish the requests in hand, exit 0.
+Recycling (max-requests, reload-on-rss, SIGHUP): the worker tells the master and goes on
+serving; the master starts a replacement and sends the old worker SIGTERM once the new one
+accepts, so no worker id is ever without a process accepting for it. (The master replaces
+workers for max-worker-lifetime and chain reloads the same way, without asking them.)
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from .app import load_app
 from .config import Config
 from .core import Core
 from .log import log
-from .scoreboard import Scoreboard
+from .scoreboard import Scoreboard, Slot
 from .sockets import Listener
 from .wsgi import make_base_environ, timeval
 
@@ -63,8 +65,10 @@ class Worker:
         notify_fd: int,
         emperor_fd: int | None = None,
         board: Scoreboard | None = None,
+        place: int = 0,
     ) -> None:
         self.wid = wid
+        self.place = place  # this process's place in the scoreboard (a replacement takes the other)
         self.app = app
         self.listeners = listeners
         self.config = config
@@ -92,9 +96,8 @@ class Worker:
             multiprocess=config.processes > 1, multithread=config.threads > 1
         )
         self.accepting = True
-        self.exit_now = False
-        self.terminating = False  # SIGTERM/SIGINT seen: leave without waiting for a replacement
-        self.recycling = ""  # why this worker is being recycled, once it is
+        self.orphaned = False  # the master's pipe closed: finish and leave, without draining the queue
+        self.recycling = ""  # why this worker asked to be replaced, once it has
         self.lock = threading.Lock()
         self.wake_r = self.wake_w = -1
         self.stop_r = self.stop_w = -1  # closing stop_w wakes every core thread
@@ -109,29 +112,36 @@ class Worker:
         # The master blocked these across fork; the handlers above are now in place.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, (*HANDLED, signal.SIGCHLD))
         if self.config.threads == 1:
-            core = Core(self, self.board.slot(self.wid) if self.board else None)
+            core = Core(self, self._slot(0))
+
+            def master_gone() -> None:
+                core.unwatch(self.master_fd)  # EOF stays readable
+                self._on_master_gone()
+
             core.watch(self.wake_r, self._on_signals)
-            core.watch(self.master_fd, self._on_master_gone)
+            core.watch(self.master_fd, master_gone)
             self._notify(NOTE_ACCEPTING)
             core.run()
             cores = [core]
         else:
             cores = self._run_threads()
-        if self.exit_now:
+        if self.orphaned:
             return 0
-        if self.recycling and not self.terminating:
-            return self._wait_for_replacement()
         if self.recycling:
-            return RECYCLED
-        cores[0].drain_backlog()
+            return RECYCLED  # the replacement accepts already: the queue is its
+        for core in cores:
+            core.drain_backlog()
         return 0
+
+    def _slot(self, core: int) -> Slot | None:
+        return self.board.slot(self.wid, core, self.place) if self.board else None
 
     def _run_threads(self) -> list[Core]:
         """``threads`` cores in threads; this thread handles signals until they are all done."""
         self.stop_r, self.stop_w = os.pipe2(os.O_CLOEXEC)
         cores = []
         for n in range(self.config.threads):
-            core = Core(self, self.board.slot(self.wid, n) if self.board else None)
+            core = Core(self, self._slot(n))
             # The stop pipe stays readable once closed: each core stops watching it after the wakeup.
             core.watch(self.stop_r, functools.partial(core.unwatch, self.stop_r))
             cores.append(core)
@@ -152,8 +162,8 @@ class Worker:
                 if fd == self.wake_r:
                     self._on_signals()
                 elif fd == self.master_fd:
+                    poller.unregister(fd)  # EOF stays readable; the cores finish what they hold
                     self._on_master_gone()
-                    return cores  # daemon threads die with the process
                 else:
                     finished += len(os.read(done_r, 64))
         for thread in threads:
@@ -165,14 +175,16 @@ class Worker:
             if signum == signal.SIGQUIT:
                 os._exit(0)
             if signum in STOPPING:
-                self.terminating = True
                 self.stop_accepting()
             elif signum == signal.SIGHUP:
-                self.recycle("asked by the master")
+                self.recycle("SIGHUP")
 
     def _on_master_gone(self) -> None:
-        log(f"worker {self.wid}: the master is gone, exiting")
-        self.exit_now = True
+        log(
+            f"worker {self.wid}: the master's pipe closed (a reload, or the master died): finishing the "
+            "requests in hand, then exiting"
+        )
+        self.orphaned = True
         self.stop_accepting()
 
     def stop_accepting(self) -> None:
@@ -185,14 +197,20 @@ class Worker:
                 os.close(self.stop_w)  # EOF wakes every core thread
                 self.stop_w = -1
 
-    def recycle(self, why: str) -> None:
-        """Leave after the requests in hand, once the master's replacement accepts."""
+    def recycle(self, why: str, now: bool = False) -> None:
+        """Ask the master for a replacement; go on serving until it sends SIGTERM.
+
+        ``now``: stop accepting at once and leave after the requests in hand (over reload-on-rss,
+        every request served meanwhile would grow the process further).
+        """
         with self.lock:
             if self.recycling or not self.accepting:
                 return
             self.recycling = why
         log(f"worker {self.wid} (pid {self.pid}): {why}, recycling")
-        self.stop_accepting()
+        self._notify(NOTE_RECYCLING)
+        if now:
+            self.stop_accepting()
 
     def after_request(self, n: int) -> None:
         """Bookkeeping after request number ``n``: loyalty to the emperor, recycling checks."""
@@ -205,26 +223,17 @@ class Worker:
         elif self.process is not None:
             rss = self.process.memory_info().rss
             if rss > self.rss_limit:
-                self.recycle(f"rss {rss / MB:.1f} MB > reload-on-rss {self.config.reload_on_rss} MB")
-
-    def _wait_for_replacement(self) -> int:
-        """Tell the master, then wait for its SIGTERM (sent once the replacement accepts)."""
-        self._notify(NOTE_RECYCLING)
-        poller = select.poll()
-        poller.register(self.wake_r, select.POLLIN)
-        poller.register(self.master_fd, select.POLLIN)
-        while not self.terminating:
-            for fd, _ in poller.poll():
-                if fd == self.master_fd:
-                    return 0
-                self._on_signals()
-        return RECYCLED
+                self.recycle(
+                    f"rss {rss / MB:.1f} MB > reload-on-rss {self.config.reload_on_rss} MB", now=True
+                )
 
     def _notify(self, kind: int) -> None:
         try:
             os.write(self.notify_fd, NOTICE.pack(kind, self.pid))
         except OSError as exc:
-            log(f"worker {self.wid}: cannot write to the master: {exc.strerror}")
+            # EPIPE: the master is re-executing for a reload (or died); either way the pipe
+            # closes for this worker too and it leaves after its requests.
+            log(f"worker {self.wid}: cannot tell the master ({exc.strerror}): it is reloading or gone")
 
     def _announce_loyalty(self) -> None:
         fd, self.emperor_fd = self.emperor_fd, None  # once per worker, as uWSGI does
@@ -260,6 +269,7 @@ def run_worker(
     notify_fd: int,
     emperor_fd: int | None = None,
     board: Scoreboard | None = None,
+    place: int = 0,
 ) -> int:
     """Entry point in a freshly forked worker; never returns to the master's code.
 
@@ -268,7 +278,7 @@ def run_worker(
     try:
         if app is None:
             app = load_app(config)
-        worker = Worker(wid, app, listeners, config, master_fd, notify_fd, emperor_fd, board)
+        worker = Worker(wid, app, listeners, config, master_fd, notify_fd, emperor_fd, board, place)
     except Exception:
         log(f"worker {wid} failed to boot:\n" + traceback.format_exc().rstrip())
         return BOOT_ERROR

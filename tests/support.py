@@ -131,8 +131,11 @@ class Server:
 
     def worker_pids(self) -> set[int]:
         """Pids of the master's current children."""
-        out = subprocess.run(["pgrep", "-P", str(self.pid)], capture_output=True, text=True)
-        return {int(p) for p in out.stdout.split()}
+        try:
+            with open(f"/proc/{self.pid}/task/{self.pid}/children") as children:
+                return {int(p) for p in children.read().split()}
+        except FileNotFoundError:
+            return set()  # the master has exited
 
     def stop(self, grace: float = 15.0) -> None:
         """SIGTERM, then SIGKILL of the whole group; idempotent."""

@@ -337,8 +337,8 @@ def test_chain_reloads_replace_workers_one_at_a_time_without_a_failed_request(
     assert len(took) == CHAINS, f"chain {len(took) + 1} did not replace every worker:\n{server.log()[-3000:]}"
     assert no_failures(result), result
     assert watch.respawns >= 3 * CHAINS
-    # One at a time: never more than one worker missing while a chain runs.
-    assert watch.fewest >= 2, watch.fewest
+    # Each replacement starts beside the worker it replaces: never fewer than 3 processes.
+    assert watch.fewest >= 3, watch.fewest
 
 
 def test_max_requests_recycles_many_workers_under_load_without_a_failed_request(
@@ -353,11 +353,14 @@ def test_max_requests_recycles_many_workers_under_load_without_a_failed_request(
         result.requests,
         result.non_2xx,
         result.socket_errors,
-        f"respawns {respawns}, workers seen {len(result.pids)}",
+        f"respawns {respawns}, workers seen {len(result.pids)}, "
+        f"{result.requests / max(1, len(result.pids)):.0f} requests per worker",
     )
     assert no_failures(result), result
-    # A worker serves at most 120 requests, so this many must have served what wrk counted.
-    assert len(result.pids) >= math.ceil(result.requests / 120), (len(result.pids), result.requests)
+    # A worker asks for its replacement after 100..120 requests and serves on until the
+    # replacement accepts (a few milliseconds, some dozens of requests at this rate).
+    per_worker = result.requests / len(result.pids)
+    assert per_worker < 240, (len(result.pids), result.requests)
     assert respawns >= len(result.pids) - 2
 
 

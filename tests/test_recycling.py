@@ -52,7 +52,9 @@ def age(pid: int) -> float:
 
 def recycled_pids(log: str) -> list[int]:
     """Pids the master logged as recycling, in log order."""
-    return [int(pid) for pid in re.findall(r"\(pid (\d+)\) is recycling: spawning its replacement", log)]
+    return [
+        int(pid) for pid in re.findall(r"\(pid (\d+)\): asked by the worker; spawning its replacement", log)
+    ]
 
 
 @contextmanager
@@ -98,11 +100,12 @@ def test_max_requests_with_one_process_serves_every_request_and_retires_after_th
         answers = list(pool.map(lambda _: front.request("GET", "/"), range(60)))
     assert [status for status, _, _ in answers] == [200] * 60
     served_by = {int(body) for _, _, body in answers}
-    assert len(served_by) >= 8, f"only {len(served_by)} distinct workers served 60 requests"
+    # The old worker serves on until its replacement accepts, so a generation serves a few more.
+    assert len(served_by) >= 3, f"only {len(served_by)} distinct workers served 60 requests"
     # Every worker that asked for its replacement exits once that replacement accepts.
     wait_for(
         lambda: (
-            len(recycled_pids(server.log())) >= 8
+            len(recycled_pids(server.log())) >= 2
             and all(
                 f"(pid {pid}) recycled: exited with code 17" in server.log()
                 for pid in recycled_pids(server.log())
@@ -113,7 +116,7 @@ def test_max_requests_with_one_process_serves_every_request_and_retires_after_th
     )
     log = server.log()
     for pid in recycled_pids(log):
-        recycling = log.index(f"(pid {pid}) is recycling: spawning its replacement")
+        recycling = log.index(f"(pid {pid}): asked by the worker; spawning its replacement")
         retiring = log.index(f"accepts: retiring pid {pid}\n")
         recycled = log.index(f"(pid {pid}) recycled: exited with code 17")
         assert recycling < retiring < recycled, f"pid {pid}: out of order\n{log}"
@@ -137,7 +140,7 @@ def test_sighup_to_a_worker_replaces_only_that_worker(
     assert server.proc.poll() is None
     (replacement,) = now - {other}
     log = server.log()
-    assert f"(pid {victim}): asked by the master, recycling" in log, log
+    assert f"(pid {victim}): SIGHUP, recycling" in log, log
     assert f"(pid {replacement}) accepts: retiring pid {victim}" in log, log
     assert "SIGHUP: graceful reload" not in log, "the master reloaded although only a worker was signalled"
 
@@ -383,7 +386,7 @@ def test_touch_chain_reload_replaces_workers_one_at_a_time_with_the_new_code(
     log = server.log()
     asked = [
         (m.start(), int(m["wid"]), int(m["pid"]))
-        for m in re.finditer(r"worker (?P<wid>\d+) \(pid (?P<pid>\d+)\): chain reload, recycling", log)
+        for m in re.finditer(r"worker (?P<wid>\d+) \(pid (?P<pid>\d+)\): chain reload; spawning", log)
     ]
     assert {pid for _, _, pid in asked} == before and [wid for _, wid, _ in asked] == [1, 2, 3], log
     for (_, wid, pid), (next_asked, _, _) in zip(asked, asked[1:], strict=False):
@@ -592,10 +595,12 @@ def test_a_recycling_worker_with_a_stalled_peer_parked_is_still_replaced(
         status, _, body = front.request("GET", "/")
         assert (status, int(body)) == (200, pid)  # its one request: the worker recycles after it
         started = time.monotonic()
-        try:
-            status, _, body = front.request("GET", "/", timeout=4)
-        except TimeoutError:
-            raise AssertionError(f"no worker answered within 4 s:\n{server.log()}") from None
+        # The replacement accepts at once; the old worker finishes the parked connection (dropped
+        # at socket-timeout, 1 s) and leaves.
+        wait_for(
+            lambda: f"(pid {pid}) recycled: exited with code 17" in server.log(), 4, "the old worker to go"
+        )
         took = time.monotonic() - started
-    # At worst the parked connection is dropped at socket-timeout (1 s), then the replacement serves.
+        assert stalled.recv(16) == b"", "the stalled connection was closed"
+    status, _, body = front.request("GET", "/", timeout=4)
     assert status == 200 and int(body) != pid and took < 2.5, (status, body, took, server.log())
