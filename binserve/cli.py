@@ -121,8 +121,9 @@ def _give_up(config: Config, listeners: list[Listener], code: int) -> int:
     if RETIRING_ENV in os.environ:
         _abandon_reload(config, listeners)
     else:
-        # Nothing ever listened on these files: they go whatever vacuum says.
-        remove_files(listeners, None, vacuum=True)
+        # Nothing ever listened on these files, and the pidfile names a process about to exit:
+        # they go whatever vacuum says.
+        remove_files(listeners, config.pidfile, vacuum=True)
     return code
 
 

@@ -425,11 +425,13 @@ def test_app_that_fails_to_import_exits_at_once(
 @pytest.mark.parametrize("how", ["--module", "--wsgi-file"])
 def test_missing_callable_is_named(serve: Callable[..., Server], app: Path, how: str) -> None:
     target = app.stem if how == "--module" else str(app)
-    server = serve(how, target, "--callable", "nope", ready=False)
+    pidfile = app.parent / "binserve.pid"
+    server = serve(how, target, "--callable", "nope", "--pidfile", str(pidfile), ready=False)
     assert server.proc.wait(timeout=15) == 4
     kind = f"module {app.stem}" if how == "--module" else f"wsgi-file {app}"
     assert f"cannot load the app: {kind} has no callable 'nope'" in server.log()
     assert "Traceback" not in server.log()
+    assert not pidfile.exists(), "the pidfile of a server that never started is removed"
 
 
 # -- options --------------------------------------------------------------------------------------
