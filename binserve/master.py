@@ -83,6 +83,7 @@ class Master:
         # then it is the worker and the old process is *leaving* (SIGTERM: it finishes its requests).
         self.incoming: dict[int, int] = {}  # pid -> wid
         self.leaving: dict[int, int] = {}  # pid -> wid
+        self.leave_by: dict[int, float] = {}  # leaving pid -> SIGKILL past this (worker-reload-mercy)
         self.wanted: dict[int, str] = {}  # wid -> why: a replacement to start as soon as it can
         self.retry_at: dict[int, float] = {}  # wid -> no replacement before (after one failed to boot)
         self.missing: dict[int, tuple[float, int]] = {}  # wid -> (respawn at, place): its boot failed
@@ -333,6 +334,7 @@ class Master:
         if old is not None:
             del self.by_pid[old]
             self.leaving[old] = wid
+            self.leave_by[old] = time.monotonic() + self.config.worker_reload_mercy
             log(f"worker {wid} (pid {pid}) accepts: retiring pid {old}")
             kill_quietly(old, signal.SIGTERM)
         if wid == self.chain_wait:
@@ -419,6 +421,7 @@ class Master:
             place = self.place.pop(pid, 0)
             if pid in self.leaving:
                 wid = self.leaving.pop(pid)
+                self.leave_by.pop(pid, None)
                 log(f"worker {wid} (pid {pid}) recycled: {how}")
                 if wid in self.wanted:
                     self.replace(wid, self.wanted[wid])  # it was waiting for this place to free up
@@ -612,6 +615,11 @@ class Master:
                 log(f"worker (pid {pid}) still running past the deadline: SIGKILL")
                 kill_quietly(pid, signal.SIGKILL)
             self.deadline = now + 5
+        for pid, by in list(self.leave_by.items()):
+            if now >= by:
+                log(f"replaced worker (pid {pid}) still running past worker-reload-mercy: SIGKILL")
+                kill_quietly(pid, signal.SIGKILL)
+                self.leave_by[pid] = now + 5
         if self.retiring and now >= self.retire_deadline:
             for pid in self.retiring:
                 log(f"old worker (pid {pid}) still running past worker-reload-mercy: SIGKILL")
