@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from binserve.scoreboard import CURRENT_SIZE, Scoreboard
+from binserve.scoreboard import CURRENT_SIZE, Scoreboard, Slot
 
 T0 = 1_700_000_000.0
 
@@ -202,3 +202,86 @@ def test_a_forked_worker_s_writes_are_read_by_the_master() -> None:
     stats = board.read(2)
     assert stats.pid == pid and stats.requests == 1 and stats.tx == 5
     assert stats.busy and (stats.since, stats.current) == (T0 + 1, "GET /stuck")
+
+
+# -- places: a worker id's process and its replacement side by side ---------------------------------
+
+
+def _serve(slot: Slot, count: int, sent: int = 10) -> None:
+    for i in range(count):
+        slot.begin(T0 + i, "GET", f"/{i}")
+        slot.end(0.25, sent, False)
+
+
+def test_a_replacement_writes_its_own_place_and_the_worker_sums_both() -> None:
+    board = Scoreboard(2)
+    board.spawned(1, 101, 0, T0)
+    board.promote(1, 0)
+    _serve(board.slot(1, 0, 0), 3)
+    board.spawned(1, 202, 1, T0 + 60)
+    new = board.slot(1, 0, 1)
+    _serve(new, 2, sent=5)
+
+    # Until it is promoted, the replacement is not the worker: pid, delta and state are the old one's.
+    stats = board.read(1)
+    assert (stats.pid, stats.last_spawn, stats.requests, stats.delta_requests) == (101, T0, 5, 3)
+    assert (stats.tx, stats.running_time, stats.respawn_count) == (40, 1.25, 2)
+    new.begin(T0 + 70, "POST", "/in-the-new-place")
+    assert not board.read(1).busy, "the replacement's request showed as the old process's"
+
+    board.promote(1, 1)
+    stats = board.read(1)
+    assert (stats.pid, stats.last_spawn, stats.requests, stats.delta_requests) == (202, T0 + 60, 5, 2)
+    assert stats.busy and stats.current == "POST /in-the-new-place"
+    new.end(0.25, 5, True)
+    stats = board.read(1)
+    assert (stats.requests, stats.delta_requests, stats.exceptions, stats.tx) == (6, 3, 1, 45)
+
+    # Each place keeps its own process's figures.
+    old = board.read_place(1, 0)
+    assert (old.pid, old.requests, old.delta_requests, old.tx, old.exceptions) == (101, 3, 3, 30, 0)
+    place = board.read_place(1, 1)
+    assert (place.pid, place.requests, place.delta_requests, place.tx, place.exceptions) == (202, 3, 3, 15, 1)
+    assert board.read_cores(1) == place.cores and board.read_cores(1, 0) == old.cores
+    # Worker 2 shares nothing with worker 1's places.
+    assert (board.read(2).pid, board.read(2).requests) == (0, 0)
+
+
+def test_the_next_replacement_reuses_the_old_place_and_counts_from_its_spawn() -> None:
+    board = Scoreboard(1)
+    board.spawned(1, 101, 0)
+    _serve(board.slot(1, 0, 0), 4)
+    board.spawned(1, 202, 1)
+    board.promote(1, 1)
+    _serve(board.slot(1, 0, 1), 2)
+    # 101 has left; its place takes the next replacement, whose delta starts at its spawn.
+    board.spawned(1, 303, 0)
+    reused = board.slot(1, 0, 0)
+    assert board.read_place(1, 0).delta_requests == 0
+    _serve(reused, 1)
+    board.promote(1, 0)
+    stats = board.read(1)
+    assert (stats.pid, stats.requests, stats.delta_requests, stats.respawn_count) == (303, 7, 1, 3)
+    assert board.read_place(1, 0).requests == 5  # 101's four carried over in the place, and 303's one
+
+
+def test_bad_place_ids_are_refused() -> None:
+    board = Scoreboard(2, 2)
+    board.spawned(1, 101)
+    for place in (-1, 2):
+        with pytest.raises(IndexError):
+            board.slot(1, 0, place)
+        with pytest.raises(IndexError):
+            board.read_place(1, place)
+        with pytest.raises(IndexError):
+            board.spawned(1, 202, place)
+        with pytest.raises(IndexError):
+            board.promote(1, place)
+        with pytest.raises(IndexError):
+            board.harakiri(1, place)
+        with pytest.raises(IndexError):
+            board.read_cores(1, place)
+    with pytest.raises(IndexError):
+        board.read_place(3, 0)
+    # A refused promote changed nothing: the worker is still the one in place 0.
+    assert board.read(1).pid == 101

@@ -1,0 +1,394 @@
+"""Replacement beside the old worker, where it can go wrong: broken code, reloads, cut bodies, counts.
+
+A worker is replaced by spawning its replacement in the worker id's other scoreboard place; the
+old process serves on and gets SIGTERM only once the new one accepts. These tests run real
+binserve and nginx processes and check the edges: a replacement that cannot import the app
+(chain reload, lazy-apps respawn), a master reload while threads hold a request, a request
+body cut short (counted, never a harakiri), and request counts summed over places and
+processes. Waits poll a condition; the only timed wait watches for something that must not happen.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from binserve.protocol import encode_request
+
+from support import Nginx, Server, location, wait_for
+
+VERSION_APP = """
+import os
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+with open(os.path.join(HERE, "version.txt")) as source:
+    VERSION = source.read().strip()
+
+
+def application(environ, start_response):
+    body = f"{VERSION} {os.getpid()}".encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+"""
+
+# What a bad deploy leaves on disk: importing it raises SyntaxError.
+BROKEN_APP = """
+def application(environ, start_response:
+    return []
+"""
+
+PID_APP = """
+import os
+
+
+def application(environ, start_response):
+    body = str(os.getpid()).encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+"""
+
+
+def touch(path: Path, ahead: float) -> None:
+    """Set ``path``'s mtime ``ahead`` seconds in the future: a change whatever the timestamp granularity."""
+    later = time.time() + ahead
+    os.utime(path, (later, later))
+
+
+@contextmanager
+def answers_in_background(front: Nginx) -> Iterator[list[tuple[int, bytes]]]:
+    """A client thread sending GETs through nginx in a loop; yields the (status, body) it got so far."""
+    answers: list[tuple[int, bytes]] = []
+    done = threading.Event()
+
+    def loop() -> None:
+        while not done.is_set():
+            try:
+                status, _, body = front.request("GET", "/", timeout=10)
+            except OSError as exc:
+                status, body = -1, repr(exc).encode()  # a connection failure counts as a failed request
+            answers.append((status, body))
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield answers
+    finally:
+        done.set()
+        thread.join(15)
+
+
+def read_stats(path: Path) -> dict[str, Any]:
+    """One msgpack stats document, read as any client would: connect, read to EOF, decode."""
+    chunks = []
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(5)
+        sock.connect(str(path))
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return msgpack.unpackb(b"".join(chunks))
+
+
+def wait_stats_up(path: Path) -> None:
+    def up() -> bool:
+        try:
+            return bool(read_stats(path)["workers"])
+        except OSError:
+            return False
+
+    wait_for(up, 10, f"the stats server on {path}")
+
+
+# -- 1. a chain reload onto broken code --------------------------------------------------------------
+
+
+def test_chain_reload_onto_broken_code_stops_and_the_old_workers_serve_on(
+    serve: Callable[..., Server],
+    nginx: Callable[[str], Nginx],
+    app_file: Callable[[str], Path],
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "version.txt").write_text("v1")
+    app = app_file(VERSION_APP)
+    trigger = tmp_path / "chain.trigger"
+    trigger.write_text("")
+    server = serve(
+        "--wsgi-file", str(app), "--lazy-apps", "--processes", "3", "--touch-chain-reload", str(trigger)
+    )
+    front = nginx(location(server.socket))
+    wait_for(lambda: len(server.worker_pids()) == 3, 10, "three workers")
+    before = server.worker_pids()
+    assert front.request("GET", "/")[2].startswith(b"v1 ")
+
+    app.write_text(BROKEN_APP)
+    with answers_in_background(front) as answers:
+        touch(trigger, 5)
+        wait_for(lambda: "chain reload stopped" in server.log(), 5, "the chain reload to stop")
+        failed_at = time.monotonic()
+        # A few more requests after the failure, so the old workers are seen serving past it.
+        settled = len(answers)
+        wait_for(lambda: len(answers) >= settled + 10, 5, "requests after the failure")
+    log = server.log()
+    failure = re.search(
+        r"worker 1's replacement \(pid (\d+)\) failed to boot \(see above\); pid (\d+) goes on serving; "
+        r"next try in 10 s",
+        log,
+    )
+    assert failure, log
+    assert int(failure[1]) not in before and int(failure[2]) in before, (failure[0], before)
+    assert "chain reload stopped: a replacement did not start; 3 worker(s) keep their old process" in log, log
+    assert "SyntaxError" in log, "the boot failure's traceback is logged"
+    assert "chain reload: every worker replaced" not in log, log
+    assert server.proc.poll() is None, log
+    assert server.worker_pids() == before
+    assert answers and {status for status, _ in answers} == {200}, sorted({s for s, _ in answers})
+    versions = {body.split()[0] for _, body in answers}
+    pids = {int(body.split()[1]) for _, body in answers}
+    assert versions == {b"v1"} and pids <= before, (versions, pids, before)
+    # Only worker 1 was tried: the chain did not go on to workers 2 and 3.
+    assert log.count("chain reload; spawning its replacement") == 1, log
+
+    # Fixed code and a new touch: a new chain starts, but worker 1's retry waits out its pause.
+    (tmp_path / "version.txt").write_text("v2")
+    app.write_text(VERSION_APP)
+    with answers_in_background(front) as answers:
+        touch(trigger, 10)
+        wait_for(lambda: "chain reload: every worker replaced" in server.log(), 13, "the second chain reload")
+        took = time.monotonic() - failed_at
+    assert answers and {status for status, _ in answers} == {200}, sorted({s for s, _ in answers})
+    assert took >= 9, f"worker 1 was replaced {took:.1f} s after its failed boot, within the 10 s pause"
+    now = server.worker_pids()
+    assert len(now) == 3 and not now & before, (before, now)
+    bodies = [front.request("GET", "/")[2].split() for _ in range(10)]
+    assert {version for version, _ in bodies} == {b"v2"}, bodies
+    assert {int(pid) for _, pid in bodies} <= now
+
+
+# -- 2. a master reload while a thread holds a request ----------------------------------------------
+
+SLOW_APP = """
+import os
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def application(environ, start_response):
+    if environ["PATH_INFO"] == "/slow":
+        open(os.path.join(HERE, "in-flight"), "w").close()
+        time.sleep(1.5)
+    body = str(os.getpid()).encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+"""
+
+
+def test_master_reload_lets_a_thread_finish_its_request(
+    serve: Callable[..., Server],
+    nginx: Callable[[str], Nginx],
+    app_file: Callable[[str], Path],
+    tmp_path: Path,
+) -> None:
+    server = serve("--wsgi-file", str(app_file(SLOW_APP)), "--processes", "1", "--threads", "2")
+    front = nginx(location(server.socket))
+    (old,) = server.worker_pids()
+    with ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(front.request, "GET", "/slow")
+        wait_for(lambda: (tmp_path / "in-flight").exists(), 10, "the request to reach the app")
+        server.proc.send_signal(signal.SIGHUP)
+        status, _, body = slow.result(10)
+    assert (status, body) == (200, str(old).encode()), (status, body, server.log())
+    wait_for(
+        lambda: f"old worker (pid {old}) exited with code 0" in server.log(), 10, "the old worker to exit"
+    )
+    log = server.log()
+    assert "SIGHUP: graceful reload" in log, log
+    assert re.search(rf"\[pid: {old}\|worker: 1\|req: \d+\] \S+ GET /slow => 200 ", log), log
+    for cut in ("closed the connection", "past worker-reload-mercy", "SIGKILL", "a core thread failed"):
+        assert cut not in log, f"{cut!r} in the log:\n{log}"
+    assert "prematurely closed" not in front.error_log(), front.error_log()
+    assert server.proc.poll() is None
+    # The new image serves with a new worker.
+    status, _, body = front.request("GET", "/")
+    assert status == 200 and int(body) != old and int(body) in server.worker_pids()
+
+
+# -- 3. a body cut short ------------------------------------------------------------------------------
+
+READING_APP = """
+def application(environ, start_response):
+    data = environ["wsgi.input"].read()
+    body = str(len(data)).encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+"""
+
+
+def test_a_body_cut_short_is_counted_and_never_reaches_harakiri(
+    serve: Callable[..., Server], app_file: Callable[[str], Path], tmp_path: Path
+) -> None:
+    stats = tmp_path / "stats.sock"
+    server = serve(
+        "--wsgi-file",
+        str(app_file(READING_APP)),
+        "--processes",
+        "1",
+        "--harakiri",
+        "2",
+        "--stats",
+        str(stats),
+    )
+    wait_stats_up(stats)
+    (pid,) = server.worker_pids()
+    packet = encode_request(
+        {
+            "REQUEST_METHOD": "POST",
+            "REQUEST_URI": "/upload",
+            "PATH_INFO": "/upload",
+            "QUERY_STRING": "",
+            "SERVER_PROTOCOL": "HTTP/1.1",
+            "SERVER_NAME": "localhost",
+            "SERVER_PORT": "80",
+            "REMOTE_ADDR": "127.0.0.1",
+            "CONTENT_LENGTH": "100",
+        },
+        b"0123456789",
+    )
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(10)
+        sock.connect(str(server.socket))
+        sock.sendall(packet)
+        sock.shutdown(socket.SHUT_WR)  # the peer is gone after 10 of the 100 bytes
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.0 400 "), reply
+    sent = time.monotonic()
+    wait_for(lambda: read_stats(stats)["workers"][0]["requests"] == 1, 5, "the request to be counted")
+    # Past the harakiri limit (2 s) with a margin, the worker must never show as busy nor be killed.
+    while time.monotonic() - sent < 3.5:
+        (worker,) = read_stats(stats)["workers"]
+        assert (worker["pid"], worker["status"], worker["requests"]) == (pid, "idle", 1), worker
+        assert worker["harakiri_count"] == 0, worker
+        time.sleep(0.1)  # the stats are polled for the whole window: this paces the polling
+    log = server.log()
+    assert "HARAKIRI" not in log, log
+    assert server.worker_pids() == {pid}
+    assert re.search(r"bad uwsgi packet from unix:\S+ \(peer pid \d+\): .*; connection closed", log), log
+    assert re.search(rf"\[pid: {pid}\|worker: 1\|req: 1\] .* POST /upload => 400 ", log), log
+
+
+# -- 4. exact counts across replacements -------------------------------------------------------------
+
+
+def test_request_counts_stay_exact_across_replacements(
+    serve: Callable[..., Server],
+    nginx: Callable[[str], Nginx],
+    app_file: Callable[[str], Path],
+    tmp_path: Path,
+) -> None:
+    stats = tmp_path / "stats.sock"
+    server = serve(
+        "--wsgi-file",
+        str(app_file(PID_APP)),
+        "--processes",
+        "2",
+        "--max-requests",
+        "20",
+        "--min-worker-lifetime",
+        "0",
+        "--stats",
+        str(stats),
+    )
+    wait_stats_up(stats)
+    front = nginx(location(server.socket))
+    total = 300
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda _: front.request("GET", "/"), range(total)))
+    assert [status for status, _, _ in answers] == [200] * total
+    served_by = {int(body) for _, _, body in answers}
+    assert len(served_by) >= 6, f"only {len(served_by)} processes served {total} requests: few replacements"
+
+    last: dict[str, Any] = {}
+
+    def counted() -> bool:
+        last["doc"] = read_stats(stats)
+        return sum(worker["requests"] for worker in last["doc"]["workers"]) == total
+
+    try:
+        wait_for(counted, 5, f"the workers' requests to add up to {total}")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; the last stats document: {last.get('doc')}") from None
+
+    def served_per_pid() -> Counter[int]:
+        return Counter(int(pid) for pid in re.findall(r"^\[pid: (\d+)\|", server.log(), re.M))
+
+    # A request's log line is written just after its response: the last ones may lag nginx's answer.
+    wait_for(lambda: served_per_pid().total() == total, 5, f"{total} request log lines")
+
+    def settled() -> bool:
+        # Every process that served max-requests has been replaced and has exited.
+        log = server.log()
+        done = [pid for pid, n in served_per_pid().items() if n >= 20]
+        return all(f"(pid {pid}) recycled: exited with code 17" in log for pid in done) and (
+            len(server.worker_pids()) == 2
+        )
+
+    wait_for(settled, 10, "the replacements to finish")
+    doc = read_stats(stats)
+    assert sum(worker["requests"] for worker in doc["workers"]) == total, doc
+    assert {worker["pid"] for worker in doc["workers"]} == server.worker_pids(), doc
+    # Per worker id too: its figure is every process's requests under that id, as the log has them.
+    logged = Counter(int(wid) for wid in re.findall(r"^\[pid: \d+\|worker: (\d+)\|", server.log(), re.M))
+    assert {worker["id"]: worker["requests"] for worker in doc["workers"]} == dict(logged), (doc, logged)
+    assert len(re.findall(r"accepts: retiring pid \d+", server.log())) >= 4, server.log()
+
+
+# -- 5. a lazy-apps respawn onto broken code, after the server has served ---------------------------
+
+
+def test_lazy_apps_respawn_onto_broken_code_does_not_stop_the_server(
+    serve: Callable[..., Server],
+    nginx: Callable[[str], Nginx],
+    app_file: Callable[[str], Path],
+) -> None:
+    app = app_file(PID_APP)
+    server = serve("--wsgi-file", str(app), "--lazy-apps", "--processes", "2")
+    front = nginx(location(server.socket))
+    wait_for(lambda: len(server.worker_pids()) == 2, 10, "two workers")
+    status, _, body = front.request("GET", "/")
+    assert status == 200
+    victim = int(body)
+    (survivor,) = server.worker_pids() - {victim}
+
+    app.write_text(BROKEN_APP)
+    os.kill(victim, signal.SIGKILL)
+    # Either way the master reports the failed boot: going on (right) or stopping (wrong).
+    wait_for(
+        lambda: "failed to boot (see above)" in server.log() or "failed to boot;" in server.log(),
+        10,
+        "the respawn's failed boot",
+    )
+    log = server.log()
+    assert f"(pid {victim}) died: killed by signal 9 (SIGKILL); respawning" in log, log
+    respawned = re.search(r"spawned worker (\d+) \(pid (\d+)\)\n", log[log.index(f"(pid {victim}) died") :])
+    assert respawned, log
+    wid, pid = respawned[1], respawned[2]
+    assert f"worker {wid} (pid {pid}) failed to boot (see above); next try in 10 s" in log, log
+    assert "stopping instead of respawning" not in log and "graceful stop" not in log, log
+    assert server.proc.poll() is None, log
+    assert server.worker_pids() == {survivor}
+    answers = [front.request("GET", "/") for _ in range(10)]
+    assert [(status, int(body)) for status, _, body in answers] == [(200, survivor)] * 10
+    assert server.proc.poll() is None
