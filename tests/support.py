@@ -14,8 +14,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from binserve.protocol import PING, PONG
@@ -237,3 +239,32 @@ class Nginx:
             _stop_group(self.proc, 10)
         finally:
             self._log.close()
+
+
+def touch_ahead(path: Path, ahead: float = 5.0) -> None:
+    """Set ``path``'s mtime ``ahead`` seconds in the future: a change whatever the timestamp granularity."""
+    later = time.time() + ahead
+    os.utime(path, (later, later))
+
+
+@contextmanager
+def answers_in_background(front: Nginx, path: str = "/") -> Iterator[list[tuple[int, bytes]]]:
+    """A client thread sending GETs through nginx in a loop; yields the (status, body) it got so far."""
+    answers: list[tuple[int, bytes]] = []
+    done = threading.Event()
+
+    def loop() -> None:
+        while not done.is_set():
+            try:
+                status, _, body = front.request("GET", path, timeout=10)
+            except OSError as exc:
+                status, body = -1, repr(exc).encode()  # a connection failure counts as a failed request
+            answers.append((status, body))
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield answers
+    finally:
+        done.set()
+        thread.join(15)

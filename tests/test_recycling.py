@@ -15,16 +15,14 @@ import re
 import signal
 import socket
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
 
-from support import Nginx, Server, location, wait_for
+from support import Nginx, Server, answers_in_background, location, touch_ahead, wait_for
 
 PID_APP = """
 import os
@@ -55,28 +53,6 @@ def recycled_pids(log: str) -> list[int]:
     return [
         int(pid) for pid in re.findall(r"\(pid (\d+)\): asked by the worker; spawning its replacement", log)
     ]
-
-
-@contextmanager
-def requests_in_background(front: Nginx) -> Iterator[list[int]]:
-    """A client thread sending requests through nginx in a loop; yields the statuses it got so far."""
-    statuses: list[int] = []
-    done = threading.Event()
-
-    def loop() -> None:
-        while not done.is_set():
-            try:
-                statuses.append(front.request("GET", "/", timeout=10)[0])
-            except OSError:
-                statuses.append(-1)  # a connection failure counts as a failed request
-
-    thread = threading.Thread(target=loop, daemon=True)
-    thread.start()
-    try:
-        yield statuses
-    finally:
-        done.set()
-        thread.join(15)
 
 
 # -- the recycling protocol ----------------------------------------------------------------------
@@ -209,13 +185,14 @@ def test_max_worker_lifetime_replaces_every_worker_without_a_failed_request(
     front = nginx(location(server.socket))
     wait_for(lambda: len(server.worker_pids()) == 2, 10, "two workers")
     before = server.worker_pids()
-    with requests_in_background(front) as statuses:
+    with answers_in_background(front) as answers:
         wait_for(
             lambda: len(server.worker_pids()) == 2 and not server.worker_pids() & before,
             4.5,
             "both workers to be replaced",
         )
-    assert statuses and set(statuses) == {200}, f"{len(statuses)} requests: {sorted(set(statuses))}"
+    statuses = {status for status, _ in answers}
+    assert answers and statuses == {200}, f"{len(answers)} requests: {sorted(statuses)}"
     assert "lifetime reached" in server.log(), server.log()
     assert server.proc.poll() is None
 
@@ -336,12 +313,6 @@ def _imported_by(tmp_path: Path) -> set[int]:
     return {int(line) for line in path.read_text().split()} if path.exists() else set()
 
 
-def _touch(path: Path) -> None:
-    # Five seconds ahead so the mtime differs whatever the filesystem's timestamp granularity.
-    later = time.time() + 5
-    os.utime(path, (later, later))
-
-
 def test_touch_chain_reload_replaces_workers_one_at_a_time_with_the_new_code(
     serve: Callable[..., Server],
     nginx: Callable[[str], Nginx],
@@ -371,10 +342,11 @@ def test_touch_chain_reload_replaces_workers_one_at_a_time_with_the_new_code(
     assert "touch-chain-reload without lazy-apps" not in server.log()
 
     (tmp_path / "version.txt").write_text("v2")
-    with requests_in_background(front) as statuses:
-        _touch(trigger)
+    with answers_in_background(front) as answers:
+        touch_ahead(trigger)
         wait_for(lambda: "chain reload: every worker replaced" in server.log(), 10, "the chain reload")
-    assert statuses and set(statuses) == {200}, f"{len(statuses)} requests: {sorted(set(statuses))}"
+    statuses = {status for status, _ in answers}
+    assert answers and statuses == {200}, f"{len(answers)} requests: {sorted(statuses)}"
 
     now = server.worker_pids()
     assert len(now) == 3 and not now & before, (before, now)
@@ -412,7 +384,7 @@ def test_touch_chain_reload_without_lazy_apps_warns_and_keeps_the_masters_code(
     wait_for(lambda: len(server.worker_pids()) == 2, 10, "two workers")
     before = server.worker_pids()
     (tmp_path / "version.txt").write_text("v2")
-    _touch(trigger)
+    touch_ahead(trigger)
     wait_for(lambda: "chain reload: every worker replaced" in server.log(), 10, "the chain reload")
     wait_for(lambda: len(server.worker_pids()) == 2, 10, "two workers")
     assert not server.worker_pids() & before

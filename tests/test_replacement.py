@@ -14,12 +14,10 @@ import os
 import re
 import signal
 import socket
-import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +25,7 @@ import msgpack
 
 from binserve.protocol import encode_request
 
-from support import Nginx, Server, location, wait_for
+from support import Nginx, Server, answers_in_background, location, touch_ahead, wait_for
 
 VERSION_APP = """
 import os
@@ -58,35 +56,6 @@ def application(environ, start_response):
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]
 """
-
-
-def touch(path: Path, ahead: float) -> None:
-    """Set ``path``'s mtime ``ahead`` seconds in the future: a change whatever the timestamp granularity."""
-    later = time.time() + ahead
-    os.utime(path, (later, later))
-
-
-@contextmanager
-def answers_in_background(front: Nginx) -> Iterator[list[tuple[int, bytes]]]:
-    """A client thread sending GETs through nginx in a loop; yields the (status, body) it got so far."""
-    answers: list[tuple[int, bytes]] = []
-    done = threading.Event()
-
-    def loop() -> None:
-        while not done.is_set():
-            try:
-                status, _, body = front.request("GET", "/", timeout=10)
-            except OSError as exc:
-                status, body = -1, repr(exc).encode()  # a connection failure counts as a failed request
-            answers.append((status, body))
-
-    thread = threading.Thread(target=loop, daemon=True)
-    thread.start()
-    try:
-        yield answers
-    finally:
-        done.set()
-        thread.join(15)
 
 
 def read_stats(path: Path) -> dict[str, Any]:
@@ -133,7 +102,7 @@ def test_chain_reload_onto_broken_code_stops_and_the_old_workers_serve_on(
 
     app.write_text(BROKEN_APP)
     with answers_in_background(front) as answers:
-        touch(trigger, 5)
+        touch_ahead(trigger, 5)
         wait_for(lambda: "chain reload stopped" in server.log(), 5, "the chain reload to stop")
         failed_at = time.monotonic()
         # A few more requests after the failure, so the old workers are seen serving past it.
@@ -163,7 +132,7 @@ def test_chain_reload_onto_broken_code_stops_and_the_old_workers_serve_on(
     (tmp_path / "version.txt").write_text("v2")
     app.write_text(VERSION_APP)
     with answers_in_background(front) as answers:
-        touch(trigger, 10)
+        touch_ahead(trigger, 10)
         wait_for(lambda: "chain reload: every worker replaced" in server.log(), 13, "the second chain reload")
         took = time.monotonic() - failed_at
     assert answers and {status for status, _ in answers} == {200}, sorted({s for s, _ in answers})
