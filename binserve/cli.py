@@ -74,7 +74,11 @@ def _serve(config: Config) -> int:
     try:
         privileges.chown(created)
         for path in created:
-            for warning in nginx_access_warnings(path):
+            try:
+                warnings = nginx_access_warnings(path)
+            except OSError as exc:  # the check is advice: it must not stop a server that is bound
+                warnings = [f"cannot check whether nginx can reach {path}: {exc.strerror}"]
+            for warning in warnings:
                 log(warning)
         dropped = privileges.drop()
     except PrivilegeError as exc:
