@@ -337,16 +337,18 @@ class Core:
     def _serve(self, conn: Connection, head: Head, decoder: Decoder | None) -> None:
         """Run the app for one request (``decoder`` reads its body, None when it has none)."""
         slot = self.slot
-        start = time.time() if self.log_requests or slot is not None else 0.0
+        start = since = time.time() if self.log_requests or slot is not None else 0.0
         if decoder is None:
             wsgi_input: Any = EMPTY_INPUT
         elif self.post_buffering:
             wsgi_input = self._buffer_body(conn, decoder, head.content_length)
+            if slot is not None:
+                since = time.time()  # as uWSGI: a slow upload being buffered does not count toward harakiri
         else:
             wsgi_input = Input(conn, decoder, head.content_length)
         environ = build_environ(head, self.base_environ, wsgi_input)
         if slot is not None:
-            slot.begin(start, environ.get("REQUEST_METHOD", "-"), environ.get("REQUEST_URI", ""))
+            slot.begin(since, environ.get("REQUEST_METHOD", "-"), environ.get("REQUEST_URI", ""))
         exchange = Exchange(conn, environ)
         result = None
         failed = False
@@ -399,7 +401,8 @@ class Core:
 
     def _buffer_body(self, conn: Connection, decoder: Decoder, length: int) -> IO[bytes]:
         """post-buffering: the whole body, read before the app runs; in a temporary file when large."""
-        body: IO[bytes] = io.BytesIO() if length <= self.post_buffering else tempfile.TemporaryFile()
+        # As uWSGI: bodies of post-buffering bytes or more go to a file, smaller ones stay in memory.
+        body: IO[bytes] = io.BytesIO() if length < self.post_buffering else tempfile.TemporaryFile()
         reader = Input(conn, decoder, length)
         try:
             while chunk := reader.read(RECV_CHUNK):

@@ -492,8 +492,8 @@ _OPTIONS = [
         positive(to_int, 0),
         0,
         WORKER,
-        "read the whole body before calling the app, in memory up to this many bytes and in a "
-        "temporary file above (0: the app reads it from the socket)",
+        "read the whole body before calling the app: in memory when smaller than this many bytes, "
+        "else in a temporary file (0: the app reads it from the socket)",
         metavar="BYTES",
     ),
     Option(
