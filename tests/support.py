@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -268,3 +269,43 @@ def answers_in_background(front: Nginx, path: str = "/") -> Iterator[list[tuple[
     finally:
         done.set()
         thread.join(15)
+
+
+# Runs a command in a private mount namespace where the interpreter's tree is reachable by
+# other users: a 0755 tmpfs over the unreachable directory (pyenv under /root is 0700), with
+# the interpreter's tree bound back into it. Nothing outside the namespace changes.
+REACHABLE_NS = """
+set -e
+stage=$1 blocked=$2 keep=$3
+shift 3
+mount --bind "$blocked/$keep" "$stage"
+mount -t tmpfs -o mode=755 binserve-test "$blocked"
+mkdir "$blocked/$keep"
+mount --bind "$stage" "$blocked/$keep"
+exec "$@"
+"""
+
+
+def unreachable_ancestor(path: str) -> Path | None:
+    """The first directory on the way to ``path`` that others may not traverse."""
+    real = Path(os.path.realpath(path))
+    for parent in reversed(real.parents):
+        if not parent.stat().st_mode & stat.S_IXOTH:
+            return parent
+    return None
+
+
+def reachable_prefix(tmp_path: Path) -> list[str]:
+    """A command prefix under which an unprivileged user can run ``sys.executable`` ([] if it already can)."""
+    real = os.path.realpath(sys.executable)
+    blocked = unreachable_ancestor(real)
+    if blocked is None:
+        return []
+    stage = tmp_path / "stage"
+    stage.mkdir(exist_ok=True)
+    keep = Path(real).relative_to(blocked).parts[0]
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", REACHABLE_NS, "sh"] + [
+        str(stage),
+        str(blocked),
+        keep,
+    ]

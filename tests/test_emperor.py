@@ -16,7 +16,6 @@ import re
 import shutil
 import signal
 import socket
-import stat
 import subprocess
 import sys
 import tempfile
@@ -34,7 +33,7 @@ from binserve.config import load
 from binserve.emperor import STATE_NAME, Emperor, Wait, plan, scan
 from binserve.protocol import encode_request
 
-from support import Nginx, location, ping, wait_for
+from support import Nginx, location, ping, reachable_prefix, wait_for
 
 APP = """
 import os
@@ -676,29 +675,6 @@ def test_vassals_inherit_applies_a_template_to_every_vassal(
 # -- emperor-tyrant -----------------------------------------------------------------------------------
 TYRANT_USER = "binserve-t1"
 
-# Runs the emperor in a private mount namespace where the interpreter's tree is reachable by
-# the vassals' user: a 0755 tmpfs over the unreachable directory (pyenv under /root is 0700),
-# with the interpreter's tree bound back into it. Nothing outside the namespace changes.
-REACHABLE_NS = """
-set -e
-stage=$1 blocked=$2 keep=$3
-shift 3
-mount --bind "$blocked/$keep" "$stage"
-mount -t tmpfs -o mode=755 binserve-test "$blocked"
-mkdir "$blocked/$keep"
-mount --bind "$stage" "$blocked/$keep"
-exec "$@"
-"""
-
-
-def _unreachable_ancestor(path: str) -> Path | None:
-    """The first directory on the way to ``path`` that others may not traverse."""
-    real = Path(os.path.realpath(path))
-    for parent in reversed(real.parents):
-        if not parent.stat().st_mode & stat.S_IXOTH:
-            return parent
-    return None
-
 
 @pytest.fixture
 def tyrant_user() -> Iterator[pwd.struct_passwd]:
@@ -740,14 +716,7 @@ def test_emperor_tyrant_runs_each_vassal_as_its_files_owner_and_refuses_root(
     for path in (home, home / "app.py", user_ini):
         os.chown(path, uid, gid)
 
-    wrap: list[str] = []
-    blocked = _unreachable_ancestor(sys.executable)
-    if blocked is not None:
-        keep = Path(os.path.realpath(sys.executable)).relative_to(blocked).parts[0]
-        stage = tmp_path / "stage"
-        stage.mkdir()
-        wrap = ["unshare", "--mount", "--propagation", "private", "sh", "-c", REACHABLE_NS, "sh"]
-        wrap += [str(stage), str(blocked), keep]
+    wrap = reachable_prefix(tmp_path)  # the vassals' user must reach the interpreter
     emp = emperor(vassals, "--emperor-tyrant", wrap=wrap)
 
     emp.wait_serving("user", user_sock)

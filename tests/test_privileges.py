@@ -12,6 +12,7 @@ import grp
 import ipaddress
 import os
 import pwd
+import shlex
 import shutil
 import signal
 import socket
@@ -38,7 +39,7 @@ from binserve.protocol import encode_request
 from binserve.sockets import LOOPBACK, MAX_CACHED_PEERS, PeerFilter, SocketError, bind, permitted
 from binserve.tools.curl import build_vars, request
 
-from support import Nginx, Server, free_port, location, ping, wait_for
+from support import Nginx, Server, free_port, location, ping, reachable_prefix, wait_for
 
 USER, EXTRA_GROUP = "binserve-p1", "binserve-p1x"
 NGINX_USER = "www-data"
@@ -51,18 +52,6 @@ def application(environ, start_response):
     start_response("200 OK", [("Content-Type", "text/plain")])
     groups = ",".join(map(str, sorted(os.getgroups())))
     return [f"{os.getuid()} {os.getgid()} {groups}".encode()]
-"""
-
-# Makes the unreachable directory a 0755 tmpfs holding only the interpreter's tree, bound back.
-REACHABLE_NS = """
-set -e
-stage=$1 blocked=$2 keep=$3
-shift 3
-mount --bind "$blocked/$keep" "$stage"
-mount -t tmpfs -o mode=755 binserve-test "$blocked"
-mkdir "$blocked/$keep"
-mount --bind "$stage" "$blocked/$keep"
-exec "$@"
 """
 
 
@@ -121,15 +110,6 @@ def home(account: pwd.struct_passwd, open_dir: Path) -> Path:
     return open_dir
 
 
-def _unreachable_ancestor(path: str) -> Path | None:
-    """The first directory on the way to ``path`` that others may not traverse."""
-    real = Path(os.path.realpath(path))
-    for parent in reversed(real.parents):
-        if not parent.stat().st_mode & stat.S_IXOTH:
-            return parent
-    return None
-
-
 @pytest.fixture
 def reachable_interpreter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Servers started in this test run where an unprivileged user reaches the interpreter.
@@ -137,20 +117,12 @@ def reachable_interpreter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     support.Server runs ``sys.executable``: pointing it at a wrapper that enters the namespace
     is its one hook. Inside, binserve's own sys.executable is the real interpreter again.
     """
-    real = os.path.realpath(sys.executable)
-    blocked = _unreachable_ancestor(real)
-    if blocked is None:
+    prefix = reachable_prefix(tmp_path)
+    if not prefix:
         return
-    stage = tmp_path / "stage"
-    stage.mkdir()
-    script = tmp_path / "ns.sh"
-    script.write_text(REACHABLE_NS)
-    keep = Path(real).relative_to(blocked).parts[0]
     wrapper = tmp_path / "python-in-namespace"
-    wrapper.write_text(
-        "#!/bin/sh\nexec unshare --mount --propagation private "
-        f'sh {script} {stage} {blocked} {keep} {real} "$@"\n'
-    )
+    command = " ".join(shlex.quote(part) for part in [*prefix, os.path.realpath(sys.executable)])
+    wrapper.write_text(f'#!/bin/sh\nexec {command} "$@"\n')
     wrapper.chmod(0o755)
     monkeypatch.setattr(sys, "executable", str(wrapper))
 
