@@ -118,6 +118,12 @@ class Core:
         self.others: dict[int, Callable[[], None]] = {}
         self.parked: dict[int, Parked] = {}
         self.expiry: deque[Parked] = deque()  # one timeout for all: deadlines come in order
+        # Registered here, before the worker tells the master it accepts: then it really does.
+        # EPOLLEXCLUSIVE wakes one idle core per new connection instead of all of them
+        # (the thundering herd: every loser pays a wakeup and a failed accept).
+        for listener in worker.listeners:
+            self.poller.register(listener.fileno(), _IN | select.EPOLLEXCLUSIVE)
+            self.listening[listener.fileno()] = listener
 
     def watch(self, fd: int, handler: Callable[[], None]) -> None:
         """Call ``handler`` in the loop when ``fd`` is readable (signals, the master's pipe)."""
@@ -131,11 +137,6 @@ class Core:
     def run(self) -> None:
         """Serve until the worker stops accepting and no parked connection is left."""
         worker = self.worker
-        # EPOLLEXCLUSIVE wakes one idle core per new connection instead of all of them
-        # (the thundering herd: every loser pays a wakeup and a failed accept).
-        for listener in worker.listeners:
-            self.poller.register(listener.fileno(), _IN | select.EPOLLEXCLUSIVE)
-            self.listening[listener.fileno()] = listener
         listening, parked, others = self.listening, self.parked, self.others
         poll = self.poller.poll
         timeout = -1.0
