@@ -14,8 +14,10 @@ A worker runs one core in its main thread, or ``threads`` cores in threads of th
 from __future__ import annotations
 
 import _socket
+import errno
 import io
 import os
+import resource
 import select
 import socket
 import struct
@@ -118,6 +120,13 @@ class Core:
         self.others: dict[int, Callable[[], None]] = {}
         self.parked: dict[int, Parked] = {}
         self.expiry: deque[Parked] = deque()  # one timeout for all: deadlines come in order
+        # Parked connections hold descriptors: past this many the core stops accepting (new
+        # connections wait in the listen backlog) rather than run out of them.
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        fds = 1 << 20 if soft == resource.RLIM_INFINITY else soft
+        self.max_parked = max(16, (fds - 64) // config.threads)
+        self.paused = False  # listeners out of the epoll: too many parked, or out of descriptors
+        self.paused_until = 0.0
         # Registered here, before the worker tells the master it accepts: then it really does.
         # EPOLLEXCLUSIVE wakes one idle core per new connection instead of all of them
         # (the thundering herd: every loser pays a wakeup and a failed accept).
@@ -154,11 +163,33 @@ class Core:
             timeout = self._expire() if parked else -1.0
             if not worker.accepting:
                 if listening:
-                    for fd in listening:
-                        self.poller.unregister(fd)
+                    if not self.paused:
+                        for fd in listening:
+                            self.poller.unregister(fd)
                     listening.clear()
+                    self.paused = False
                 if not parked:
                     return
+            elif self.paused:
+                wait = self.paused_until - time.monotonic()
+                if wait <= 0 and len(parked) < self.max_parked:
+                    self._listen_again()
+                elif wait > 0:
+                    timeout = wait if timeout < 0 else min(timeout, wait)
+
+    def _pause(self, seconds: float, why: str) -> None:
+        """Take the listeners out of the epoll for ``seconds`` and until fewer are parked."""
+        if not self.paused:
+            log(f"worker {self.wid}: {why}; not accepting until some of them go")
+            for fd in self.listening:
+                self.poller.unregister(fd)
+            self.paused = True
+        self.paused_until = time.monotonic() + seconds
+
+    def _listen_again(self) -> None:
+        for fd in self.listening:
+            self.poller.register(fd, _IN | select.EPOLLEXCLUSIVE)
+        self.paused = False
 
     def _accept(self, listener: Listener) -> bool:
         """Take one connection from ``listener`` and serve or park it; False when none was queued."""
@@ -168,7 +199,14 @@ class Core:
         except (BlockingIOError, InterruptedError):
             return False  # another core took it
         except OSError as exc:
-            log(f"worker {self.wid}: accept on {listener.name} failed: {exc}")
+            if exc.errno in (errno.EMFILE, errno.ENFILE):
+                # Level-triggered epoll would report the listener again at once: pause instead
+                # of spinning and logging in a loop.
+                self._pause(
+                    1.0, f"out of file descriptors ({len(self.parked)} connections waiting for their packet)"
+                )
+            else:
+                log(f"worker {self.wid}: accept on {listener.name} failed: {exc}")
             return False
         if listener.allow is not None and not listener.allow(addr[0]):
             os.close(fd)
@@ -307,6 +345,8 @@ class Core:
         self.parked[fd] = parked
         self.expiry.append(parked)
         self.poller.register(fd, _IN)
+        if len(self.parked) >= self.max_parked:
+            self._pause(0.0, f"{len(self.parked)} connections are waiting for their packet")
 
     def _unpark(self, parked: Parked) -> None:
         fd = parked.conn.sock.fileno()

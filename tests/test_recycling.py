@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import resource
 import signal
 import socket
 import tempfile
@@ -538,6 +539,48 @@ def test_stalled_partial_packets_do_not_hold_the_only_worker(
         lambda: server.log().count("timeout waiting for the request") >= 20, 5, "20 timeout lines in the log"
     )
     assert server.log().count("timeout waiting for the request") == 20, server.log()
+
+
+def test_a_core_stops_accepting_rather_than_run_out_of_descriptors(
+    serve: Callable[..., Server], nginx: Callable[[str], Nginx], app_file: Callable[[str], Path]
+) -> None:
+    """With 128 descriptors a worker parks at most 64 stalled peers; the rest wait in the backlog."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (128, hard))  # inherited by the server only
+    try:
+        server = serve(
+            "--wsgi-file",
+            str(app_file(PID_APP)),
+            "--processes",
+            "1",
+            "--socket-timeout",
+            "2",
+            "--listen",
+            "256",
+        )
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    front = nginx(location(server.socket))
+    stalled = []
+    try:
+        for _ in range(150):
+            sock = socket.socket(socket.AF_UNIX)
+            sock.connect(str(server.socket))
+            sock.sendall(b"\x00\x10\x00")
+            stalled.append(sock)
+        wait_for(
+            lambda: "connections are waiting for their packet; not accepting" in server.log(), 5, "the pause"
+        )
+        # Behind the stalled peers in the backlog, nginx's request waits for them to time out.
+        status, _, _ = front.request("GET", "/", timeout=15)
+        assert status == 200
+    finally:
+        for sock in stalled:
+            sock.close()
+    log = server.log()
+    assert "Too many open files" not in log, log[-2000:]
+    assert log.count("not accepting until some of them go") <= 5, log[-2000:]
+    assert server.proc.poll() is None
 
 
 def test_a_recycling_worker_with_a_stalled_peer_parked_is_still_replaced(
