@@ -84,6 +84,7 @@ class Master:
         self.incoming: dict[int, int] = {}  # pid -> wid
         self.leaving: dict[int, int] = {}  # pid -> wid
         self.leave_by: dict[int, float] = {}  # leaving pid -> SIGKILL past this (worker-reload-mercy)
+        self.accept_by: dict[int, float] = {}  # incoming pid -> SIGKILL unless it accepts by then
         self.wanted: dict[int, str] = {}  # wid -> why: a replacement to start as soon as it can
         self.retry_at: dict[int, float] = {}  # wid -> no replacement before (after one failed to boot)
         self.missing: dict[int, tuple[float, int]] = {}  # wid -> (respawn at, place): its boot failed
@@ -240,6 +241,7 @@ class Master:
         self.born[pid] = time.monotonic()
         if replacing:
             self.incoming[pid] = wid
+            self.accept_by[pid] = time.monotonic() + self.config.worker_reload_mercy
             log(f"spawned worker {wid} (pid {pid}) to replace pid {self.workers[wid]}")
         else:
             self.board.promote(wid, place)
@@ -324,10 +326,12 @@ class Master:
     def on_accepting(self, pid: int) -> None:
         """A replacement accepts: it becomes the worker, and the old process may leave."""
         self.accepted = True
+        self.accept_by.pop(pid, None)
         wid = self.incoming.pop(pid, None)
         if wid is None:
             return
         old = self.workers.get(wid)
+        self.wanted.pop(wid, None)  # asked for while this one was starting: it is the new process
         self.board.promote(wid, self.place[pid])
         self.workers[wid] = pid
         self.by_pid[pid] = wid
@@ -416,6 +420,7 @@ class Master:
             how = describe_exit(status)
             code = os.waitstatus_to_exitcode(status)
             self.born.pop(pid, None)
+            self.accept_by.pop(pid, None)
             self.measured.pop(pid, None)
             self.harakiri_kills.pop(pid, None)
             place = self.place.pop(pid, 0)
@@ -453,11 +458,12 @@ class Master:
                 f"next try in {RETRY_AFTER:g} s"
             )
         self.retry_at[wid] = time.monotonic() + RETRY_AFTER
-        if wid not in self.workers:  # the worker it was to replace has left already
-            self.missing[wid] = (self.retry_at[wid], place)
-        if wid == self.chain_wait:
+        chained = wid == self.chain_wait
+        if chained:
             self.abort_chain("a replacement did not start")
-        else:
+        if wid not in self.workers:  # the worker it was to replace has left already: respawn later
+            self.missing[wid] = (self.retry_at[wid], place)
+        elif not chained:
             self.wanted.setdefault(wid, "trying again to replace it")
 
     def lost_worker(self, wid: int, pid: int, place: int, code: int, how: str) -> None:
@@ -480,9 +486,14 @@ class Master:
             # lazy-apps with broken code on disk: the other workers go on; no respawn storm.
             log(f"worker {wid} (pid {pid}) failed to boot (see above); next try in {RETRY_AFTER:g} s")
             self.missing[wid] = (time.monotonic() + RETRY_AFTER, place)
+            if wid == self.chain_wait:
+                self.abort_chain("a respawned worker did not start")
             return
         log(f"worker {wid} (pid {pid}) died: {how}; respawning")
         self.spawn(wid, place)
+        if wid == self.chain_wait:  # the respawn is a new process: this step of the chain is done
+            self.chain_wait = None
+            self.advance_chain()
 
     def check_harakiri(self) -> None:
         """Kill the workers whose request has run longer than harakiri seconds.
@@ -615,6 +626,11 @@ class Master:
                 log(f"worker (pid {pid}) still running past the deadline: SIGKILL")
                 kill_quietly(pid, signal.SIGKILL)
             self.deadline = now + 5
+        for pid, by in list(self.accept_by.items()):
+            if now >= by:
+                log(f"replacement (pid {pid}) did not accept within worker-reload-mercy: SIGKILL")
+                kill_quietly(pid, signal.SIGKILL)
+                self.accept_by[pid] = now + 5
         for pid, by in list(self.leave_by.items()):
             if now >= by:
                 log(f"replaced worker (pid {pid}) still running past worker-reload-mercy: SIGKILL")

@@ -361,3 +361,37 @@ def test_lazy_apps_respawn_onto_broken_code_does_not_stop_the_server(
     answers = [front.request("GET", "/") for _ in range(10)]
     assert [(status, int(body)) for status, _, body in answers] == [(200, survivor)] * 10
     assert server.proc.poll() is None
+
+
+HANGING_APP = """
+import os
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+if os.path.exists(os.path.join(HERE, "hang")):
+    time.sleep(60)  # an import that waits forever, say on a database
+
+
+def application(environ, start_response):
+    body = str(os.getpid()).encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+"""
+
+
+def test_a_replacement_that_never_accepts_is_killed_and_the_old_worker_serves_on(
+    serve: Callable[..., Server],
+    nginx: Callable[[str], Nginx],
+    app_file: Callable[[str], Path],
+    tmp_path: Path,
+) -> None:
+    app = app_file(HANGING_APP)
+    server = serve("--wsgi-file", str(app), "--lazy-apps", "--processes", "1", "--worker-reload-mercy", "2")
+    front = nginx(location(server.socket))
+    (old,) = server.worker_pids()
+    (tmp_path / "hang").write_text("")
+    os.kill(old, signal.SIGHUP)  # replace this worker: the replacement's import hangs
+    wait_for(lambda: "did not accept within worker-reload-mercy: SIGKILL" in server.log(), 6, "the deadline")
+    wait_for(lambda: "before accepting; next try in 10 s" in server.log(), 5, "the replacement to be reaped")
+    assert server.worker_pids() == {old}, server.log()
+    assert front.request("GET", "/")[2] == str(old).encode()
