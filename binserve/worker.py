@@ -5,7 +5,7 @@ cores in threads of their own while the main thread waits for signals. It watche
 from the master: EOF there means the master died, and the worker leaves with it.
 
 Leaving. SIGTERM/SIGINT: stop accepting, finish the requests in hand and the connections
-already queued, exit 0. SIGQUIT: exit at once. The master's pipe closing (it died, or a
+already queued, exit 0 (17 when it had asked to be recycled). SIGQUIT: exit at once. The master's pipe closing (it died, or a
 reload handed the sockets to a new image): finish the requests in hand, exit 0.
 Recycling (max-requests, reload-on-rss, SIGHUP): the worker tells the master and goes on
 serving; the master starts a replacement and sends the old worker SIGTERM once the new one
@@ -127,11 +127,12 @@ class Worker:
             cores = self._run_threads()
         if self.orphaned:
             return 0
-        if self.recycling:
-            return RECYCLED  # the replacement accepts already: the queue is its
+        # What is queued is served before leaving: on a stop nobody else may take it.
         for core in cores:
+            if self.config.threads > 1:
+                core.watch(self.wake_r, self._on_signals)  # SIGQUIT still works while draining
             core.drain_backlog()
-        return 0
+        return RECYCLED if self.recycling else 0
 
     def _slot(self, core: int) -> Slot | None:
         return self.board.slot(self.wid, core, self.place) if self.board else None
