@@ -5,12 +5,13 @@ cores in threads of their own while the main thread waits for signals. It watche
 from the master: EOF there means the master died, and the worker leaves with it.
 
 Leaving. SIGTERM/SIGINT: stop accepting, finish the requests in hand and the connections
-already queued, exit 0 (17 when it had asked to be recycled). SIGQUIT: exit at once. The master's pipe closing (it died, or a
-reload handed the sockets to a new image): finish the requests in hand, exit 0.
-Recycling (max-requests, reload-on-rss, SIGHUP): the worker tells the master and goes on
-serving; the master starts a replacement and sends the old worker SIGTERM once the new one
-accepts, so no worker id is ever without a process accepting for it. (The master replaces
-workers for max-worker-lifetime and chain reloads the same way, without asking them.)
+already queued, exit 0 (17 when it had asked to be recycled). SIGQUIT: exit at once. The
+master's pipe closing (it died, or a reload handed the sockets to a new image): finish the
+requests in hand, exit 0. Recycling (max-requests, SIGHUP): the worker tells the master and
+goes on serving; the master starts a replacement and sends the old worker SIGTERM once the
+new one accepts, so no worker id is ever without a process accepting for it. (The master
+replaces workers for max-worker-lifetime and chain reloads the same way, without asking
+them.) Over reload-on-rss the worker stops accepting at once and leaves without draining.
 """
 
 from __future__ import annotations
@@ -98,6 +99,7 @@ class Worker:
         self.accepting = True
         self.orphaned = False  # the master's pipe closed: finish and leave, without draining the queue
         self.recycling = ""  # why this worker asked to be replaced, once it has
+        self.over_memory = False  # over reload-on-rss: it stopped accepting at once
         self.lock = threading.Lock()
         self.wake_r = self.wake_w = -1
         self.stop_r = self.stop_w = -1  # closing stop_w wakes every core thread
@@ -127,6 +129,8 @@ class Worker:
             cores = self._run_threads()
         if self.orphaned:
             return 0
+        if self.over_memory:
+            return RECYCLED  # every request it served now would grow it further: the queue is others'
         # What is queued is served before leaving: on a stop nobody else may take it.
         for core in cores:
             if self.config.threads > 1:
@@ -201,8 +205,8 @@ class Worker:
     def recycle(self, why: str, now: bool = False) -> None:
         """Ask the master for a replacement; go on serving until it sends SIGTERM.
 
-        ``now``: stop accepting at once and leave after the requests in hand (over reload-on-rss,
-        every request served meanwhile would grow the process further).
+        ``now``: stop accepting at once and leave after the requests in hand, without draining
+        the queue (over reload-on-rss, every request served meanwhile would grow the process).
         """
         with self.lock:
             if self.recycling or not self.accepting:
@@ -211,6 +215,7 @@ class Worker:
         log(f"worker {self.wid} (pid {self.pid}): {why}, recycling")
         self._notify(NOTE_RECYCLING)
         if now:
+            self.over_memory = True
             self.stop_accepting()
 
     def after_request(self, n: int) -> None:
