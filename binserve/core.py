@@ -116,7 +116,6 @@ class Core:
         self.recv_size = self.buffer_size + 4 + 16384
         self.rbuf = bytearray(RECV_CHUNK)
         self.poller = select.epoll()
-        self.listening: dict[int, Listener] = {}
         self.others: dict[int, Callable[[], None]] = {}
         self.parked: dict[int, Parked] = {}
         self.expiry: deque[Parked] = deque()  # one timeout for all: deadlines come in order
@@ -128,11 +127,8 @@ class Core:
         self.paused = False  # listeners out of the epoll: too many parked, or out of descriptors
         self.paused_until = 0.0
         # Registered here, before the worker tells the master it accepts: then it really does.
-        # EPOLLEXCLUSIVE wakes one idle core per new connection instead of all of them
-        # (the thundering herd: every loser pays a wakeup and a failed accept).
-        for listener in worker.listeners:
-            self.poller.register(listener.fileno(), _IN | select.EPOLLEXCLUSIVE)
-            self.listening[listener.fileno()] = listener
+        self.listening = {listener.fileno(): listener for listener in worker.listeners}
+        self._listen(True)
 
     def watch(self, fd: int, handler: Callable[[], None]) -> None:
         """Call ``handler`` in the loop when ``fd`` is readable (signals, the master's pipe)."""
@@ -148,7 +144,7 @@ class Core:
         worker = self.worker
         listening, parked, others = self.listening, self.parked, self.others
         poll = self.poller.poll
-        timeout = -1.0
+        timeout = self._expire() if parked else -1.0
         while True:
             for fd, _ in poll(timeout):
                 found = listening.get(fd)
@@ -164,8 +160,7 @@ class Core:
             if not worker.accepting:
                 if listening:
                     if not self.paused:
-                        for fd in listening:
-                            self.poller.unregister(fd)
+                        self._listen(False)
                     listening.clear()
                     self.paused = False
                 if not parked:
@@ -173,7 +168,7 @@ class Core:
             elif self.paused:
                 wait = self.paused_until - time.monotonic()
                 if wait <= 0 and len(parked) < self.max_parked:
-                    self._listen_again()
+                    self._listen(True)
                 elif wait > 0:
                     timeout = wait if timeout < 0 else min(timeout, wait)
 
@@ -181,15 +176,19 @@ class Core:
         """Take the listeners out of the epoll for ``seconds`` and until fewer are parked."""
         if not self.paused:
             log(f"worker {self.wid}: {why}; not accepting until some of them go")
-            for fd in self.listening:
-                self.poller.unregister(fd)
-            self.paused = True
+            self._listen(False)
         self.paused_until = time.monotonic() + seconds
 
-    def _listen_again(self) -> None:
+    def _listen(self, on: bool) -> None:
+        """Put the listeners in this core's epoll, or take them out (``paused``)."""
         for fd in self.listening:
-            self.poller.register(fd, _IN | select.EPOLLEXCLUSIVE)
-        self.paused = False
+            if on:
+                # EPOLLEXCLUSIVE wakes one idle core per new connection instead of all of them
+                # (the thundering herd: every loser pays a wakeup and a failed accept).
+                self.poller.register(fd, _IN | select.EPOLLEXCLUSIVE)
+            else:
+                self.poller.unregister(fd)
+        self.paused = not on
 
     def _accept(self, listener: Listener) -> bool:
         """Take one connection from ``listener`` and serve or park it; False when none was queued."""
@@ -224,14 +223,8 @@ class Core:
             for _ in range(self.config.listen):
                 if not self._accept(listener):
                     break
-        while self.parked:
-            for fd, _ in self.poller.poll(self._expire()):
-                if fd in self.parked:
-                    self._resume(self.parked[fd])
-                elif fd in self.others:
-                    self.others[fd]()  # signals and the master's pipe are still answered
-            if self.parked:
-                self._expire()
+        if self.parked:
+            self.run()  # no longer accepting: it serves or drops what is parked, then returns
 
     def handle(self, sock: _socket.socket, addr: Any, listener: Listener) -> None:
         """Serve one freshly accepted connection, or park it until its packet is complete."""

@@ -83,8 +83,8 @@ class Master:
         # then it is the worker and the old process is *leaving* (SIGTERM: it finishes its requests).
         self.incoming: dict[int, int] = {}  # pid -> wid
         self.leaving: dict[int, int] = {}  # pid -> wid
-        self.leave_by: dict[int, float] = {}  # leaving pid -> SIGKILL past this (worker-reload-mercy)
-        self.accept_by: dict[int, float] = {}  # incoming pid -> SIGKILL unless it accepts by then
+        # Incoming and leaving pids -> (SIGKILL past this, what it failed to do): worker-reload-mercy.
+        self.kill_by: dict[int, tuple[float, str]] = {}
         self.wanted: dict[int, str] = {}  # wid -> why: a replacement to start as soon as it can
         self.retry_at: dict[int, float] = {}  # wid -> no replacement before (after one failed to boot)
         self.missing: dict[int, tuple[float, int]] = {}  # wid -> (respawn at, place): its boot failed
@@ -196,7 +196,7 @@ class Master:
             elif command == 2:
                 self.graceful_stop("emperor")
 
-    def spawn(self, wid: int, place: int = 0, replacing: bool = False) -> int:
+    def spawn(self, wid: int, place: int = 0, replacing: bool = False) -> None:
         """Fork a process for worker ``wid`` into ``place``; a replacement stays incoming until it accepts."""
         when = time.time()  # before the fork: the child may start a request before the parent runs on
         sys.stdout.flush()
@@ -241,14 +241,16 @@ class Master:
         self.born[pid] = time.monotonic()
         if replacing:
             self.incoming[pid] = wid
-            self.accept_by[pid] = time.monotonic() + self.config.worker_reload_mercy
+            self.kill_by[pid] = (
+                time.monotonic() + self.config.worker_reload_mercy,
+                "did not accept within worker-reload-mercy",
+            )
             log(f"spawned worker {wid} (pid {pid}) to replace pid {self.workers[wid]}")
         else:
             self.board.promote(wid, place)
             self.workers[wid] = pid
             self.by_pid[pid] = wid
             log(f"spawned worker {wid} (pid {pid})")
-        return pid
 
     # -- the loop --------------------------------------------------------------------------
     def run(self) -> int:
@@ -326,7 +328,7 @@ class Master:
     def on_accepting(self, pid: int) -> None:
         """A replacement accepts: it becomes the worker, and the old process may leave."""
         self.accepted = True
-        self.accept_by.pop(pid, None)
+        self.kill_by.pop(pid, None)
         wid = self.incoming.pop(pid, None)
         if wid is None:
             return
@@ -338,7 +340,10 @@ class Master:
         if old is not None:
             del self.by_pid[old]
             self.leaving[old] = wid
-            self.leave_by[old] = time.monotonic() + self.config.worker_reload_mercy
+            self.kill_by[old] = (
+                time.monotonic() + self.config.worker_reload_mercy,
+                "still running past worker-reload-mercy",
+            )
             log(f"worker {wid} (pid {pid}) accepts: retiring pid {old}")
             kill_quietly(old, signal.SIGTERM)
         if wid == self.chain_wait:
@@ -420,13 +425,12 @@ class Master:
             how = describe_exit(status)
             code = os.waitstatus_to_exitcode(status)
             self.born.pop(pid, None)
-            self.accept_by.pop(pid, None)
+            self.kill_by.pop(pid, None)
             self.measured.pop(pid, None)
             self.harakiri_kills.pop(pid, None)
             place = self.place.pop(pid, 0)
             if pid in self.leaving:
                 wid = self.leaving.pop(pid)
-                self.leave_by.pop(pid, None)
                 log(f"worker {wid} (pid {pid}) recycled: {how}")
                 if wid in self.wanted:
                     self.replace(wid, self.wanted[wid])  # it was waiting for this place to free up
@@ -626,16 +630,12 @@ class Master:
                 log(f"worker (pid {pid}) still running past the deadline: SIGKILL")
                 kill_quietly(pid, signal.SIGKILL)
             self.deadline = now + 5
-        for pid, by in list(self.accept_by.items()):
+        for pid, (by, what) in list(self.kill_by.items()):
             if now >= by:
-                log(f"replacement (pid {pid}) did not accept within worker-reload-mercy: SIGKILL")
+                role = "replacement" if pid in self.incoming else "replaced worker"
+                log(f"{role} (pid {pid}) {what}: SIGKILL")
                 kill_quietly(pid, signal.SIGKILL)
-                self.accept_by[pid] = now + 5
-        for pid, by in list(self.leave_by.items()):
-            if now >= by:
-                log(f"replaced worker (pid {pid}) still running past worker-reload-mercy: SIGKILL")
-                kill_quietly(pid, signal.SIGKILL)
-                self.leave_by[pid] = now + 5
+                self.kill_by[pid] = (now + 5, what)
         if self.retiring and now >= self.retire_deadline:
             for pid in self.retiring:
                 log(f"old worker (pid {pid}) still running past worker-reload-mercy: SIGKILL")
