@@ -1,0 +1,129 @@
+"""The one way binserve opens files a user may influence.
+
+Every file binserve writes (pidfile, log file, emperor state) and every file it reads (ini
+files, their includes and ``@(...)``, vassal files) may sit in a directory that a less
+privileged user can write. Such a user can plant a symlink or a hard link there, a FIFO that
+blocks ``open()``, or a file of unbounded size (``/dev/zero``, a sparse 4 GB file). So:
+
+* files we *replace* (pidfile, state) are written to a fresh temporary created with
+  ``O_EXCL | O_NOFOLLOW`` beside the target, then renamed over it: a planted link is
+  replaced, never followed, and a reader never sees half a file;
+* files we *append to* (logs) are opened with ``O_NOFOLLOW`` and must be a regular file with
+  a single link: a symlink or a hard link planted at the name is refused;
+* files we *read* are opened non-blocking (a FIFO cannot hang us), must be regular files, and
+  are read up to a bound.
+
+Every refusal is an ``OSError`` with a specific ``strerror``, so callers report it as they
+report any I/O error: ``pidfile /run/app.pid: is a symbolic link: refused``.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+# Large enough for any real configuration, small enough that reading one costs nothing.
+MAX_CONFIG_BYTES = 1 << 20
+
+
+class UnsafeFile(OSError):
+    """A file refused for what it is (a link, a FIFO, too large), not for an I/O error."""
+
+    def __init__(self, path: str, why: str) -> None:
+        super().__init__(errno.EPERM, why, path)
+
+
+def _refuse_link(path: str, exc: OSError) -> OSError:
+    # O_NOFOLLOW on a symlink fails with ELOOP; say what it means.
+    if exc.errno == errno.ELOOP:
+        return UnsafeFile(path, "is a symbolic link: refused (a link there could redirect the write)")
+    return exc
+
+
+def _describe(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "is a directory"
+    if stat.S_ISFIFO(mode):
+        return "is a FIFO, not a regular file"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "is a device, not a regular file"
+    if stat.S_ISSOCK(mode):
+        return "is a socket, not a regular file"
+    return "is not a regular file"
+
+
+def write_replace(path: str, data: bytes, mode: int = 0o644) -> None:
+    """Replace ``path`` with ``data`` atomically, never writing through a link planted there."""
+    directory, name = os.path.split(os.path.abspath(path))
+    for attempt in range(100):
+        tmp = os.path.join(directory, f".{name}.{os.getpid()}.{attempt}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+        except FileExistsError:
+            continue  # planted, or left by a crash: never reuse a name we did not create
+        break
+    else:
+        raise UnsafeFile(path, "no free temporary name beside it")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def open_append(path: str, mode: int = 0o640) -> int:
+    """A descriptor appending to ``path`` (created if missing): a regular file with one link, no symlink."""
+    # O_NONBLOCK: opening a FIFO for writing would otherwise wait for a reader forever.
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+    try:
+        fd = os.open(path, flags, mode)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:  # a FIFO nobody reads
+            raise UnsafeFile(path, "is a FIFO, not a regular file") from None
+        raise _refuse_link(path, exc) from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise UnsafeFile(path, _describe(info.st_mode))
+        if info.st_nlink != 1:
+            raise UnsafeFile(path, f"has {info.st_nlink} hard links: refused (a link could redirect it)")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_bounded(path: str, limit: int = MAX_CONFIG_BYTES, follow: bool = True) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes; ``follow=False`` refuses a symlink."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        raise _refuse_link(path, exc) from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise UnsafeFile(path, _describe(info.st_mode))
+        if info.st_size > limit:
+            raise UnsafeFile(path, f"is {info.st_size} bytes, over the limit of {limit}")
+        chunks = []
+        left = limit + 1  # a file growing while read must not slip past the bound
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 16))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        data = b"".join(chunks)
+        if len(data) > limit:
+            raise UnsafeFile(path, f"grew past the limit of {limit} bytes while read")
+        return data
+    finally:
+        os.close(fd)
