@@ -134,7 +134,7 @@ class PeerFilter:
             if self.explicit
             else "not a loopback or private-network address (uwsgi-allow-from can admit it)"
         )
-        self.refusals.note(peer, f"{who}: refused a connection from {peer} on {name}: {reason}")
+        self.refusals.note(peer, who, f"refused a connection from {peer} on {name}: {reason}")
 
 
 class _Refusals:
@@ -147,15 +147,15 @@ class _Refusals:
         self.lines = 0
         self.unlogged = 0
 
-    def note(self, peer: str, line: str) -> None:
-        """Log ``line`` for a refusal of ``peer``, or count it when that would flood the log."""
+    def note(self, peer: str, who: str, line: str) -> None:
+        """Log ``who: line`` for a refusal of ``peer``, or count it when that would flood the log."""
         now = self.clock()
         if now - self.since >= REFUSAL_WINDOW:
             # Reported with the next refusal rather than on a timer: a quiet server stays quiet.
             if self.unlogged:
                 log(
-                    f"refused {self.unlogged} more connection(s) in the {now - self.since:.0f} s before this "
-                    "without a line each (repeated addresses, or past "
+                    f"{who}: refused {self.unlogged} more connection(s) in the {now - self.since:.0f} s "
+                    "before this without a line each (repeated addresses, or past "
                     f"{REFUSAL_LINES} lines in {REFUSAL_WINDOW:.0f} s)"
                 )
             self.since, self.lines, self.unlogged = now, 0, 0
@@ -166,7 +166,7 @@ class _Refusals:
             self.logged.clear()
         self.logged.add(peer)
         self.lines += 1
-        log(line)
+        log(f"{who}: {line}")
 
 
 def _parse_network(entry: str) -> Network:

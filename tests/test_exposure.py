@@ -353,7 +353,9 @@ def test_refusals_are_logged_once_per_address_and_capped_per_window(
     peers.refused("worker 1", "198.51.100.200", "0.0.0.0:8000")
     summary, line = capfd.readouterr().err.splitlines()
     unlogged = 50 - 1 + 100 - (REFUSAL_LINES - 1)
-    assert f"refused {unlogged} more connection(s) in the {REFUSAL_WINDOW + 1:.0f} s before this" in summary
+    assert (
+        f"worker 1: refused {unlogged} more connection(s) in the {REFUSAL_WINDOW + 1:.0f} s before" in summary
+    )
     assert "refused a connection from 198.51.100.200" in line
     # A quiet window owes no summary, and an address already logged stays quiet.
     now[0] = 3 * REFUSAL_WINDOW
