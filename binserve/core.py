@@ -209,10 +209,7 @@ class Core:
             return False
         if listener.allow is not None and not listener.allow(addr[0]):
             os.close(fd)
-            log(
-                f"worker {self.wid}: refused a connection from {addr[0]} on {listener.name}: "
-                "not in uwsgi-allow-from"
-            )
+            listener.refused(f"worker {self.wid}", addr[0])
             return True
         self.handle(_socket.socket(listener.family, socket.SOCK_STREAM, 0, fd), addr, listener)
         return True

@@ -273,7 +273,10 @@ class Emperor:
         self.selector.register(self.wake_r, selectors.EVENT_READ, None)
         if self.config.emperor_stats:
             self.stats = StatsServer(
-                self.config.emperor_stats, self.config.stats_format, self.config.stats_http
+                self.config.emperor_stats,
+                self.config.stats_format,
+                self.config.stats_http,
+                self.config.uwsgi_allow_from,
             )
             self.selector.register(self.stats.sock, selectors.EVENT_READ, self.stats)
         self.watch = DirectoryWatch(self.patterns)

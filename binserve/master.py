@@ -129,7 +129,12 @@ class Master:
         if self.emperor_fd is not None:
             self.selector.register(self.emperor_fd, selectors.EVENT_READ)
         if self.config.stats:
-            self.stats = StatsServer(self.config.stats, self.config.stats_format, self.config.stats_http)
+            self.stats = StatsServer(
+                self.config.stats,
+                self.config.stats_format,
+                self.config.stats_http,
+                self.config.uwsgi_allow_from,
+            )
             self.selector.register(self.stats.fileno(), selectors.EVENT_READ)
         # Workers watch the read end: when the master dies, the write end closes and they leave.
         self.life_r, self.life_w = os.pipe2(os.O_CLOEXEC)

@@ -525,8 +525,10 @@ _OPTIONS = [
         to_network,
         [],
         MASTER,
-        "addresses or networks (CIDR) allowed to connect to TCP uwsgi sockets (repeatable; "
-        "default: loopback only)",
+        "the only addresses or networks (CIDR) that TCP uwsgi sockets and TCP stats servers answer "
+        "(repeatable; loopback too only if listed; default: loopback and private networks, i.e. "
+        "127.0.0.0/8, ::1, 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, 100.64.0.0/10, "
+        "169.254.0.0/16, fc00::/7, fe80::/10)",
         repeatable=True,
         metavar="ADDR",
     ),

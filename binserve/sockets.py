@@ -1,8 +1,8 @@
 """Listening sockets: binding, inheriting them across a reload, and removing them on exit.
 
-TCP uwsgi sockets answer only the peers in uwsgi-allow-from (loopback by default): the uwsgi
-protocol has no authentication, so whoever reaches the port can set any REMOTE_ADDR, HTTPS or
-SCRIPT_NAME the app will trust.
+TCP uwsgi sockets answer only local infrastructure by default (loopback and private networks),
+or exactly the peers in uwsgi-allow-from: the uwsgi protocol has no authentication, so whoever
+reaches the port can set any REMOTE_ADDR, HTTPS or SCRIPT_NAME the app will trust.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import ipaddress
 import os
 import socket
 import stat
+import time
 from collections.abc import Callable, Sequence
 
 from .log import log
@@ -20,8 +21,27 @@ from .wsgi import timeval
 INHERIT_ENV = "_BINSERVE_LISTEN_FDS"
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 LOOPBACK: tuple[Network, ...] = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+# What a container network, a VPC or a LAN hands out (RFC 1918, carrier-grade NAT, link-local,
+# unique-local IPv6): where nginx sits when it is not on the same host.
+PRIVATE: tuple[Network, ...] = tuple(
+    ipaddress.ip_network(network)
+    for network in (
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "100.64.0.0/10",
+        "169.254.0.0/16",
+        "fc00::/7",
+        "fe80::/10",
+    )
+)
+LOCAL = LOOPBACK + PRIVATE
 # Peers are unbounded (any IPv6 address can connect and be refused), the verdict cache is not.
 MAX_CACHED_PEERS = 4096
+# A flood of refused peers must not flood the log: each address is logged once, and at most
+# this many refusal lines per window per process; the others are counted in one summary line.
+REFUSAL_LINES = 10
+REFUSAL_WINDOW = 60.0
 
 
 class SocketError(Exception):
@@ -39,8 +59,9 @@ class Listener:
         self.name = spec if self.is_unix else "{}:{}".format(*sock.getsockname()[:2])
         # False for a socket inherited from the previous image on a reload: its file was set up then.
         self.bound_here = bound_here
-        # For TCP sockets: whether a peer address may send requests (uwsgi-allow-from).
+        # For TCP sockets: whether a peer address may send requests, and who logs a refusal.
         self.allow: Callable[[str], bool] | None = None
+        self.peers: PeerFilter | None = None
 
     def fileno(self) -> int:
         """The socket's descriptor."""
@@ -55,6 +76,16 @@ class Listener:
         if self.is_unix:
             _unlink(self.spec, "socket")
 
+    def filter_with(self, peers: PeerFilter) -> None:
+        """Answer only the peers ``peers`` allows (TCP sockets)."""
+        self.peers = peers
+        self.allow = peers.allows
+
+    def refused(self, who: str, peer: str) -> None:
+        """Log, within the rate limit, that ``who`` closed a connection from ``peer`` unanswered."""
+        if self.peers is not None:
+            self.peers.refused(who, peer, self.name)
+
 
 def _unlink(path: str, what: str) -> None:
     try:
@@ -68,26 +99,74 @@ def _unlink(path: str, what: str) -> None:
 
 
 class PeerFilter:
-    """uwsgi-allow-from: the peers TCP uwsgi sockets answer; loopback only when none is given."""
+    """Who TCP uwsgi sockets and stats servers answer: uwsgi-allow-from, or local infrastructure.
 
-    def __init__(self, entries: Sequence[str]) -> None:
+    Without a list, loopback and private-network peers; with one, exactly its networks (loopback
+    too only when listed), so a list can narrow the default as well as widen it.
+    """
+
+    def __init__(self, entries: Sequence[str], clock: Callable[[], float] = time.monotonic) -> None:
         self.explicit = bool(entries)
-        self.networks = tuple(_parse_network(entry) for entry in entries) or LOOPBACK
+        self.networks = tuple(_parse_network(entry) for entry in entries) or LOCAL
         self.verdicts = _Verdicts(self.networks)
         # The worker asks on every accepted connection: a dict lookup once a peer has been seen.
         self.allows: Callable[[str], bool] = self.verdicts.__getitem__
+        self.refusals = _Refusals(clock)
 
-    def check_exposure(self, spec: str, host: str) -> None:
-        """Refuse a socket bound to a non-loopback ``host`` when uwsgi-allow-from is not set."""
-        if self.explicit or permitted(host, LOOPBACK):
-            return
-        raise SocketError(
-            f"socket {spec}: refusing to listen on a non-loopback address without uwsgi-allow-from: "
-            "the uwsgi protocol has no authentication, so anyone who reaches this port can send "
-            "forged requests (any REMOTE_ADDR, HTTPS, SCRIPT_NAME, Host...) that the app trusts. "
-            "Set uwsgi-allow-from to nginx's address or network (e.g. uwsgi-allow-from = 10.0.0.5), "
-            "or bind to 127.0.0.1:PORT or a unix socket"
+    def describe(self) -> str:
+        """Who may connect, for the startup line."""
+        if self.explicit:
+            return "only the peers in uwsgi-allow-from: " + ", ".join(map(str, self.networks))
+        return (
+            "only loopback and private-network peers (" + ", ".join(map(str, LOCAL)) + ", and their "
+            "IPv4-mapped IPv6 forms); set uwsgi-allow-from to choose other peers"
         )
+
+    def announce(self, what: str, host: str) -> None:
+        """One startup line saying who may connect to ``what`` when it is bound beyond loopback."""
+        if not permitted(host, LOOPBACK):
+            log(f"{what} listens on {host}, beyond loopback, and answers {self.describe()}")
+
+    def refused(self, who: str, peer: str, name: str) -> None:
+        """Log that ``who`` closed a connection from ``peer`` on ``name`` unanswered (rate-limited)."""
+        reason = (
+            "not in uwsgi-allow-from"
+            if self.explicit
+            else "not a loopback or private-network address (uwsgi-allow-from can admit it)"
+        )
+        self.refusals.note(peer, who, f"refused a connection from {peer} on {name}: {reason}")
+
+
+class _Refusals:
+    """The refusal log of one process: one line per peer address, at most REFUSAL_LINES a window."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self.logged: set[str] = set()
+        self.since = clock()
+        self.lines = 0
+        self.unlogged = 0
+
+    def note(self, peer: str, who: str, line: str) -> None:
+        """Log ``who: line`` for a refusal of ``peer``, or count it when that would flood the log."""
+        now = self.clock()
+        if now - self.since >= REFUSAL_WINDOW:
+            # Reported with the next refusal rather than on a timer: a quiet server stays quiet.
+            if self.unlogged:
+                log(
+                    f"{who}: refused {self.unlogged} more connection(s) in the {now - self.since:.0f} s "
+                    "before this without a line each (repeated addresses, or past "
+                    f"{REFUSAL_LINES} lines in {REFUSAL_WINDOW:.0f} s)"
+                )
+            self.since, self.lines, self.unlogged = now, 0, 0
+        if peer in self.logged or self.lines >= REFUSAL_LINES:
+            self.unlogged += 1
+            return
+        if len(self.logged) >= MAX_CACHED_PEERS:
+            self.logged.clear()
+        self.logged.add(peer)
+        self.lines += 1
+        log(f"{who}: {line}")
 
 
 def _parse_network(entry: str) -> Network:
@@ -168,7 +247,7 @@ def bind(
     """Bind and listen on ``spec`` (a unix path or HOST:PORT).
 
     ``peers`` is given for uwsgi sockets: a TCP one then answers only those peers, and one on a
-    non-loopback address needs an explicit list. The stats server passes none.
+    non-loopback address says so in the log. The stats server passes none and filters on its own.
     """
     tcp = parse_tcp(spec)
     if tcp:
@@ -182,10 +261,6 @@ def bind(
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             set_timeouts(sock, timeout)
             sock.bind(tcp)
-            if peers is not None:
-                # Checked on the bound address, so a host name is judged by what it resolved to,
-                # and before listen, so no connection is ever queued on a refused socket.
-                peers.check_exposure(spec, sock.getsockname()[0])
         else:
             sock.bind(spec)
             if chmod is not None:
@@ -197,13 +272,12 @@ def bind(
         if exc.errno == errno.EADDRINUSE:
             reason += " (another server is listening there)"
         raise SocketError(f"socket {spec}: cannot bind: {reason}") from None
-    except SocketError:
-        sock.close()
-        raise
     sock.setblocking(False)
     listener = Listener(spec, sock)
     if tcp and peers is not None:
-        listener.allow = peers.allows
+        listener.filter_with(peers)
+        # Judged on the bound address, so a host name is judged by what it resolved to.
+        peers.announce(f"socket {spec}", sock.getsockname()[0])
     return listener
 
 
@@ -238,7 +312,7 @@ def open_all(
     """The listeners for ``specs``: inherited ones reused, the rest bound; stale inherited ones closed.
 
     ``peers`` (uwsgi-allow-from) applies to inherited TCP sockets too: a reload with a changed
-    list must filter by the new one, and refuse what a fresh start would refuse.
+    list must filter by the new one, and the new image says who may connect as a fresh start does.
     """
     previous = inherited()
     listeners: list[Listener] = []
@@ -248,8 +322,8 @@ def open_all(
             listeners.append(listener)  # before the checks below, so a refusal closes it with the others
             if not listener.bound_here and not listener.is_unix:
                 set_timeouts(listener.sock, timeout)  # the new image's socket-timeout, not the old one's
-                peers.check_exposure(spec, listener.sock.getsockname()[0])
-                listener.allow = peers.allows
+                peers.announce(f"socket {spec}", listener.sock.getsockname()[0])
+                listener.filter_with(peers)
     except SocketError:
         remove_files(listeners, None, vacuum=True)
         raise

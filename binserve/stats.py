@@ -13,7 +13,7 @@ import os
 import socket
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgpack
@@ -23,7 +23,7 @@ from . import __version__
 from .listenq import listen_queue
 from .log import log
 from .scoreboard import Scoreboard
-from .sockets import Listener, bind, remove_files
+from .sockets import Listener, PeerFilter, bind, remove_files
 
 VERSION = f"binserve {__version__}"
 STATS_TIMEOUT = 1.0  # accepted stats connections are non-blocking anyway; this only bounds TCP ones
@@ -32,7 +32,7 @@ STATS_TIMEOUT = 1.0  # accepted stats connections are non-blocking anyway; this 
 class StatsServer:
     """A listening socket that answers each connection with one document and closes it."""
 
-    def __init__(self, address: str, fmt: str, http: bool) -> None:
+    def __init__(self, address: str, fmt: str, http: bool, allow_from: Sequence[str]) -> None:
         self.address = address
         self.fmt = fmt
         self.http = http
@@ -41,6 +41,11 @@ class StatsServer:
         self.listener = bind(address, 16, None, STATS_TIMEOUT)
         self.sock = self.listener.sock
         log(f"stats server on {address} ({fmt}{', http' if http else ''})")
+        # The document shows in-flight URIs with their query strings, the cwd and the uid: it is
+        # for the same local infrastructure as the uwsgi sockets (uwsgi-allow-from or the default).
+        self.peers = None if self.listener.is_unix else PeerFilter(allow_from)
+        if self.peers is not None:
+            self.peers.announce(f"stats server {address}", self.sock.getsockname()[0])
 
     def fileno(self) -> int:
         """The listening socket's descriptor."""
@@ -49,11 +54,15 @@ class StatsServer:
     def answer(self, build: Callable[[], dict[str, Any]]) -> None:
         """Accept one reader and send it the document ``build`` makes now."""
         try:
-            conn, _ = self.sock.accept()
+            conn, addr = self.sock.accept()
         except BlockingIOError:
             return
         except OSError as exc:  # out of descriptors, an aborted connection: the loop goes on
             log(f"stats: accept on {self.address} failed: {exc}")
+            return
+        if self.peers is not None and not self.peers.allows(addr[0]):
+            conn.close()
+            self.peers.refused("stats", addr[0], self.address)
             return
         with conn:
             try:
