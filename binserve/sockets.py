@@ -15,6 +15,7 @@ import stat
 from collections.abc import Callable, Sequence
 
 from .log import log
+from .safefile import read_bounded
 from .wsgi import timeval
 
 INHERIT_ENV = "_BINSERVE_LISTEN_FDS"
@@ -259,10 +260,29 @@ def open_all(
 
 
 def remove_files(listeners: list[Listener], pidfile: str | None, vacuum: bool) -> None:
-    """Close ``listeners``; with ``vacuum``, also unlink their unix socket files and ``pidfile``."""
+    """Close ``listeners``; with ``vacuum``, also unlink their unix socket files and ``pidfile``.
+
+    ``pidfile`` is the one this process wrote: it is unlinked only while it still holds this pid.
+    """
     for listener in listeners:
         listener.close()
         if vacuum:
             listener.remove_file()
     if vacuum and pidfile:
-        _unlink(pidfile, "pidfile")
+        _remove_pidfile(pidfile)
+
+
+def _remove_pidfile(path: str) -> None:
+    # Another server given the same pidfile may have written its pid since: the file is its now.
+    pid = os.getpid()
+    try:
+        held = read_bounded(path, limit=64, follow=False)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        log(f"vacuum: pidfile {path} left alone: {exc.strerror}")
+        return
+    if held.strip() != str(pid).encode():
+        log(f"vacuum: pidfile {path} no longer holds pid {pid}: left alone")
+        return
+    _unlink(path, "pidfile")
