@@ -15,6 +15,7 @@ from .master import RETIRING_ENV, Master, abandon_reload
 from .privileges import PrivilegeError, Privileges, nginx_access_warnings
 from .safefile import write_replace
 from .sockets import Listener, PeerFilter, SocketError, inherited, open_all, parse_tcp, remove_files
+from .stats import open_stats
 
 USAGE_ERROR = 2
 APP_LOAD_ERROR = 4  # as gunicorn's: the app could not be imported; respawning would not help
@@ -55,11 +56,7 @@ def _serve(config: Config) -> int:
         log("no socket given: set socket (a unix path or HOST:PORT)")
         return USAGE_ERROR
     start_cwd = os.getcwd()
-    # Relative unix socket paths are relative to where binserve started, not to chdir.
-    specs = [
-        spec if os.path.isabs(spec) or parse_tcp(spec) else os.path.join(start_cwd, spec)
-        for spec in config.socket
-    ]
+    specs = [_absolute(spec, start_cwd) for spec in config.socket]
     try:
         # Names are resolved and the allow list parsed before anything is bound.
         privileges = Privileges.from_config(config)
@@ -68,10 +65,18 @@ def _serve(config: Config) -> int:
     except (PrivilegeError, SocketError) as exc:
         log(str(exc))
         return USAGE_ERROR
+    try:
+        # Bound as root with the uwsgi sockets: a stats path only root may write is fine, and a
+        # failure is one line before anything else has started.
+        stats = open_stats(_stats_address(config, specs, start_cwd))
+    except SocketError as exc:
+        log(str(exc))
+        return _give_up(config, listeners, USAGE_ERROR, None)
+    opened = [*listeners, stats] if stats else listeners  # what a failure from here on closes
     # Sockets inherited on a reload were given their owner, and checked, by the image that bound them.
     created = [listener.spec for listener in listeners if listener.is_unix and listener.bound_here]
     if config.pidfile and not _write_pidfile(config.pidfile):
-        return _give_up(config, listeners, USAGE_ERROR, None)  # what is there is not ours to remove
+        return _give_up(config, opened, USAGE_ERROR, None)  # what is there is not ours to remove
     try:
         privileges.chown(created)
         for path in created:
@@ -84,7 +89,7 @@ def _serve(config: Config) -> int:
         dropped = privileges.drop()
     except PrivilegeError as exc:
         log(str(exc))
-        return _give_up(config, listeners, USAGE_ERROR, config.pidfile)
+        return _give_up(config, opened, USAGE_ERROR, config.pidfile)
     if dropped:
         log(dropped)
     try:
@@ -94,11 +99,25 @@ def _serve(config: Config) -> int:
         app = None if config.lazy_apps else load_app(config)
     except AppLoadError as exc:
         log(f"cannot load the app: {exc}")
-        return _give_up(config, listeners, APP_LOAD_ERROR, config.pidfile)
+        return _give_up(config, opened, APP_LOAD_ERROR, config.pidfile)
     except Exception:
         log("cannot load the app, it raised:\n" + traceback.format_exc().rstrip())
-        return _give_up(config, listeners, APP_LOAD_ERROR, config.pidfile)
-    return Master(config, app, listeners, start_cwd).run()
+        return _give_up(config, opened, APP_LOAD_ERROR, config.pidfile)
+    return Master(config, app, listeners, start_cwd, stats).run()
+
+
+def _absolute(spec: str, start_cwd: str) -> str:
+    """Relative unix socket paths are relative to where binserve started, not to chdir."""
+    return spec if os.path.isabs(spec) or parse_tcp(spec) else os.path.join(start_cwd, spec)
+
+
+def _stats_address(config: Config, specs: list[str], start_cwd: str) -> str | None:
+    if not config.stats:
+        return None
+    address = _absolute(config.stats, start_cwd)
+    if address in specs:
+        raise SocketError(f"option 'stats': {config.stats} is also given as a socket")
+    return address
 
 
 def _write_pidfile(path: str) -> bool:

@@ -214,10 +214,10 @@ def set_timeouts(sock: socket.socket, timeout: float) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval(timeout))
 
 
-def inherited() -> dict[str, Listener]:
-    """Listening sockets handed over by the previous master image on a reload, by spec."""
+def inherited(env: str = INHERIT_ENV) -> dict[str, Listener]:
+    """Listening sockets handed over in ``env`` by the previous master image on a reload, by spec."""
     found = {}
-    for item in filter(None, os.environ.pop(INHERIT_ENV, "").split(",")):
+    for item in filter(None, os.environ.pop(env, "").split(",")):
         spec, _, fd = item.rpartition("=")
         sock = socket.socket(fileno=int(fd))
         os.set_inheritable(sock.fileno(), False)
@@ -226,11 +226,11 @@ def inherited() -> dict[str, Listener]:
     return found
 
 
-def hand_over(listeners: list[Listener]) -> None:
-    """Mark the sockets inheritable and describe them in the environment for the next image."""
+def hand_over(listeners: list[Listener], env: str = INHERIT_ENV) -> None:
+    """Mark the sockets inheritable and describe them in ``env`` for the next image."""
     for listener in listeners:
         os.set_inheritable(listener.fileno(), True)
-    os.environ[INHERIT_ENV] = ",".join(f"{lst.spec}={lst.fileno()}" for lst in listeners)
+    os.environ[env] = ",".join(f"{lst.spec}={lst.fileno()}" for lst in listeners)
 
 
 def open_all(

@@ -10,17 +10,20 @@ from __future__ import annotations
 import os
 import pwd
 import resource
+import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import msgpack
 import pytest
 
-from support import Server
+from support import Server, free_port, reachable_prefix, wait_for
 
 USER = "binserve-fs1"
 ROOTS = "root's file\n"
@@ -71,6 +74,23 @@ def roots_file(tmp_path: Path) -> Path:
     path.write_text(ROOTS)
     path.chmod(0o644)
     return path
+
+
+@pytest.fixture
+def reachable_interpreter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Servers started in this test run where the user reaches the interpreter (as in test_privileges).
+
+    The wrapper runs the virtualenv's python, not the interpreter it links to, so that the
+    code under test is this checkout's.
+    """
+    prefix = reachable_prefix(tmp_path)
+    if not prefix:
+        return
+    wrapper = tmp_path / "python-in-namespace"
+    command = " ".join(shlex.quote(part) for part in [*prefix, sys.executable])
+    wrapper.write_text(f'#!/bin/sh\nexec {command} "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(wrapper))
 
 
 def as_user(user: pwd.struct_passwd, action: Callable[[], object]) -> str:
@@ -203,3 +223,90 @@ def test_a_link_or_fifo_planted_at_the_log_is_refused_in_one_line(
     assert lines(server)[0].startswith(f"binserve: logto {logto}: {why}"), server.log()
     assert roots_file.read_text() == ROOTS
     assert not server.socket.exists()
+
+
+# -- the stats socket -----------------------------------------------------------------------------
+def stats_document(address: Path) -> dict[str, object]:
+    """One msgpack stats document read from a unix socket."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(5)
+        sock.connect(str(address))
+        data = b"".join(iter(lambda: sock.recv(65536), b""))
+    document: dict[str, object] = msgpack.unpackb(data)
+    return document
+
+
+@pytest.mark.parametrize("where", ["tcp", "unix"])
+def test_a_stats_address_in_use_is_one_line_and_leaves_no_socket_or_pidfile(
+    app: Path, tmp_path: Path, serve: Callable[..., Server], where: str
+) -> None:
+    pidfile = tmp_path / "app.pid"
+    holder = socket.socket(socket.AF_INET if where == "tcp" else socket.AF_UNIX)
+    address = f"127.0.0.1:{free_port()}" if where == "tcp" else str(tmp_path / "stats.sock")
+    with holder:
+        holder.bind(("127.0.0.1", int(address.rsplit(":", 1)[1])) if where == "tcp" else address)
+        holder.listen()
+        server = serve("--wsgi-file", str(app), "--stats", address, "--pidfile", str(pidfile), ready=False)
+        assert server.proc.wait(10) == 2
+    why = "Address already in use" if where == "tcp" else "another server is already listening there"
+    assert len(lines(server)) == 1, server.log()
+    assert f"option 'stats': socket {address}: " in lines(server)[0] and why in lines(server)[0]
+    assert not server.socket.exists() and not pidfile.exists()
+
+
+def test_stats_in_a_root_only_directory_answer_after_a_reload_as_the_uid_user(
+    account: pwd.struct_passwd,
+    user_dir: Path,
+    reachable_interpreter: None,
+    serve: Callable[..., Server],
+    tmp_path: Path,
+) -> None:
+    """Bound as root before the drop, handed over on SIGHUP: the unprivileged image never binds it."""
+    (user_dir / "app.py").write_text(APP)
+    stats = tmp_path / "stats.sock"  # tmp_path is root's, closed to the user
+    server = serve(
+        "--wsgi-file",
+        str(user_dir / "app.py"),
+        "--uid",
+        USER,
+        "--stats",
+        str(stats),
+        socket_path=user_dir / "app.sock",
+        cwd=user_dir,
+    )
+    before = stats_document(stats)
+    assert (before["pid"], before["uid"]) == (server.pid, account.pw_uid)
+    inode = os.stat(stats).st_ino
+    old = server.worker_pids()
+    os.kill(server.pid, signal.SIGHUP)
+
+    def replaced() -> bool:
+        assert server.proc.poll() is None, server.log()
+        return bool(server.worker_pids()) and not server.worker_pids() & old
+
+    wait_for(replaced, 20, "the new image's worker")
+    wait_for(lambda: server.log().count("master ready") == 2, 10, "the new image to be ready")
+    after = stats_document(stats)
+    assert (after["pid"], after["uid"]) == (server.pid, account.pw_uid)
+    assert after["uptime"] < before["uptime"] + 20 and os.stat(stats).st_ino == inode
+    assert "Traceback" not in server.log() and "the reload failed" not in server.log()
+    os.kill(server.pid, signal.SIGTERM)
+    assert server.proc.wait(10) == 0, server.log()
+
+
+def test_an_emperor_stats_address_in_use_is_one_line(tmp_path: Path) -> None:
+    vassals = tmp_path / "vassals"
+    vassals.mkdir()
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        address = f"127.0.0.1:{holder.getsockname()[1]}"
+        done = subprocess.run(
+            [sys.executable, "-m", "binserve", "--emperor", str(vassals), "--emperor-stats", address],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+    assert done.returncode == 2, done.stderr
+    assert len(done.stderr.splitlines()) == 1, done.stderr
+    assert f"option 'emperor-stats': socket {address}: cannot bind: Address already in use" in done.stderr
