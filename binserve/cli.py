@@ -14,7 +14,16 @@ from .log import log, redirect_to
 from .master import RETIRING_ENV, Master, abandon_reload
 from .privileges import PrivilegeError, Privileges, nginx_access_warnings
 from .safefile import write_replace
-from .sockets import Listener, PeerFilter, SocketError, inherited, open_all, parse_tcp, remove_files
+from .sockets import (
+    Listener,
+    PeerFilter,
+    SocketError,
+    inherited,
+    is_abstract,
+    open_all,
+    parse_tcp,
+    remove_files,
+)
 from .stats import open_stats
 
 USAGE_ERROR = 2
@@ -74,7 +83,9 @@ def _serve(config: Config) -> int:
         return _give_up(config, listeners, USAGE_ERROR, None)
     opened = [*listeners, stats] if stats else listeners  # what a failure from here on closes
     # Sockets inherited on a reload were given their owner, and checked, by the image that bound them.
-    created = [listener.spec for listener in listeners if listener.is_unix and listener.bound_here]
+    created = [lst.spec for lst in listeners if lst.is_unix and lst.bound_here and not lst.is_abstract]
+    if privileges.socket_owner and any(listener.is_abstract for listener in listeners):
+        log("chown-socket ignored for abstract sockets (@name): they have no file to give an owner")
     if config.pidfile and not _write_pidfile(config.pidfile):
         return _give_up(config, opened, USAGE_ERROR, None)  # what is there is not ours to remove
     try:
@@ -108,7 +119,9 @@ def _serve(config: Config) -> int:
 
 def _absolute(spec: str, start_cwd: str) -> str:
     """Relative unix socket paths are relative to where binserve started, not to chdir."""
-    return spec if os.path.isabs(spec) or parse_tcp(spec) else os.path.join(start_cwd, spec)
+    if os.path.isabs(spec) or parse_tcp(spec) or is_abstract(spec):
+        return spec
+    return os.path.join(start_cwd, spec)
 
 
 def _stats_address(config: Config, specs: list[str], start_cwd: str) -> str | None:

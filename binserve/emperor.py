@@ -33,7 +33,7 @@ from typing import Any
 from .config import Config, ConfigError, load
 from .log import log
 from .master import EMPEROR_FD_ENV, kill_quietly
-from .sockets import SocketError, parse_tcp
+from .sockets import SocketError, is_abstract, parse_tcp
 from .stats import VERSION, StatsServer, bind_stats
 from .worker import MSG_ACCEPTING, MSG_LOYAL, MSG_SPAWNED, wake_only
 
@@ -628,7 +628,7 @@ def _stats_address(path: str) -> str | None:
     except ConfigError:
         return None  # not a binserve file (a uWSGI vassal's, say): no address to offer
     address = config.stats
-    if address and not parse_tcp(address) and not os.path.isabs(address):
+    if address and not parse_tcp(address) and not os.path.isabs(address) and not is_abstract(address):
         address = os.path.join(os.path.dirname(path), address)
     return address
 

@@ -37,6 +37,7 @@ class Listener:
         self.sock = sock
         self.family = sock.family
         self.is_unix = sock.family == socket.AF_UNIX
+        self.is_abstract = self.is_unix and is_abstract(spec)
         self.name = spec if self.is_unix else "{}:{}".format(*sock.getsockname()[:2])
         # False for a socket inherited from the previous image on a reload: its file was set up then.
         self.bound_here = bound_here
@@ -52,8 +53,8 @@ class Listener:
         self.sock.close()
 
     def remove_file(self) -> None:
-        """Unlink a unix socket's file (vacuum)."""
-        if self.is_unix:
+        """Unlink a unix socket's file (vacuum); an abstract socket has none."""
+        if self.is_unix and not self.is_abstract:
             _unlink(self.spec, "socket")
 
 
@@ -135,21 +136,37 @@ class _Verdicts(dict[str, bool]):
 
 
 def parse_tcp(spec: str) -> tuple[str, int] | None:
-    """``(host, port)`` for a ``HOST:PORT`` socket spec, or None for a unix socket path."""
+    """``(host, port)`` for a ``HOST:PORT`` socket spec, or None for a unix socket path or ``@name``."""
     host, sep, port = spec.rpartition(":")
-    if not sep or not port.isdigit() or "/" in spec:
+    if not sep or not port.isdigit() or "/" in spec or is_abstract(spec):
         return None
     host = host.strip("[]") or "0.0.0.0"
     return host, int(port)
 
 
+def is_abstract(spec: str) -> bool:
+    """Whether ``spec`` is ``@name``: a unix socket in Linux's abstract namespace, with no file."""
+    return spec.startswith("@")
+
+
+def _unix_address(spec: str) -> str:
+    if not is_abstract(spec):
+        return spec
+    if len(spec) == 1:
+        raise SocketError("socket @: an abstract socket needs a name after the @")
+    return "\0" + spec[1:]
+
+
 def _clear_stale_unix(path: str) -> None:
+    # lstat: a symlink at the path is not ours to replace, even one to a stale socket.
     try:
-        mode = os.stat(path).st_mode
+        mode = os.lstat(path).st_mode
     except FileNotFoundError:
         return
     if not stat.S_ISSOCK(mode):
-        raise SocketError(f"socket {path}: the path exists and is not a socket")
+        raise SocketError(
+            f"socket {path}: {_describe(mode)} is there, not a socket: remove it or choose another path"
+        )
     probe = socket.socket(socket.AF_UNIX)
     try:
         probe.connect(path)
@@ -161,6 +178,16 @@ def _clear_stale_unix(path: str) -> None:
     finally:
         probe.close()
     raise SocketError(f"socket {path}: another server is already listening there")
+
+
+def _describe(mode: int) -> str:
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    if stat.S_ISREG(mode):
+        return "a regular file"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    return "a file of another kind"
 
 
 def bind(
@@ -176,7 +203,9 @@ def bind(
         family = socket.AF_INET6 if ":" in tcp[0] else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
     else:
-        _clear_stale_unix(spec)
+        address = _unix_address(spec)
+        if not is_abstract(spec):
+            _clear_stale_unix(spec)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         if tcp:
@@ -188,9 +217,7 @@ def bind(
                 # and before listen, so no connection is ever queued on a refused socket.
                 peers.check_exposure(spec, sock.getsockname()[0])
         else:
-            sock.bind(spec)
-            if chmod is not None:
-                os.chmod(spec, chmod)
+            _bind_unix(sock, address, chmod)
         sock.listen(backlog)
     except OSError as exc:
         sock.close()
@@ -206,6 +233,25 @@ def bind(
     if tcp and peers is not None:
         listener.allow = peers.allows
     return listener
+
+
+def _bind_unix(sock: socket.socket, address: str, chmod: int | None) -> None:
+    if chmod is None:
+        sock.bind(address)
+    elif address.startswith("\0"):
+        log(
+            f"socket @{address[1:]}: chmod-socket ignored: an abstract socket has no file and no "
+            "permissions (any process in this network namespace may connect)"
+        )
+        sock.bind(address)
+    else:
+        # The file is created with its mode: a chmod after bind would follow a symlink swapped
+        # in at the path meanwhile by whoever may write the directory.
+        umask = os.umask(0o777 & ~chmod)
+        try:
+            sock.bind(address)
+        finally:
+            os.umask(umask)
 
 
 def set_timeouts(sock: socket.socket, timeout: float) -> None:
@@ -241,6 +287,7 @@ def open_all(
     ``peers`` (uwsgi-allow-from) applies to inherited TCP sockets too: a reload with a changed
     list must filter by the new one, and refuse what a fresh start would refuse.
     """
+    _refuse_twice(specs)
     previous = inherited()
     listeners: list[Listener] = []
     try:
@@ -257,6 +304,15 @@ def open_all(
     finally:
         remove_files(list(previous.values()), None, vacuum=True)
     return listeners
+
+
+def _refuse_twice(specs: list[str]) -> None:
+    seen: set[object] = set()
+    for spec in specs:
+        key = parse_tcp(spec) or (spec if is_abstract(spec) else os.path.normpath(spec))
+        if key in seen:
+            raise SocketError(f"socket {spec} is given twice")
+        seen.add(key)
 
 
 def remove_files(listeners: list[Listener], pidfile: str | None, vacuum: bool) -> None:

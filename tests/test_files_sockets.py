@@ -23,7 +23,10 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from support import Server, free_port, reachable_prefix, wait_for
+from binserve.protocol import PING, PONG, encode_request
+from binserve.tools.curl import build_vars
+
+from support import Nginx, Server, free_port, location, reachable_prefix, wait_for
 
 USER = "binserve-fs1"
 ROOTS = "root's file\n"
@@ -310,3 +313,104 @@ def test_an_emperor_stats_address_in_use_is_one_line(tmp_path: Path) -> None:
     assert done.returncode == 2, done.stderr
     assert len(done.stderr.splitlines()) == 1, done.stderr
     assert f"option 'emperor-stats': socket {address}: cannot bind: Address already in use" in done.stderr
+
+
+# -- abstract sockets --------------------------------------------------------------------------------
+def abstract_name(tmp_path: Path) -> str:
+    """An abstract socket name no other test uses: the namespace is shared by the whole machine."""
+    return f"@binserve-test-{os.getpid()}-{tmp_path.name}"
+
+
+def abstract_ping(name: str) -> bool:
+    """Whether a uwsgi server answers a ping on the abstract socket ``@name``."""
+    try:
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(1)
+            sock.connect("\0" + name[1:])
+            sock.sendall(PING)
+            return sock.recv(4) == PONG
+    except OSError:
+        return False
+
+
+def abstract_get(name: str) -> bytes:
+    """The raw answer to a GET sent over the uwsgi protocol to the abstract socket ``@name``."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(10)
+        sock.connect("\0" + name[1:])
+        sock.sendall(encode_request(build_vars("/", "GET", [], b"", "localhost")))
+        return b"".join(iter(lambda: sock.recv(65536), b""))
+
+
+def test_an_abstract_socket_serves_and_makes_no_file_but_nginx_cannot_reach_it(
+    app: Path, tmp_path: Path, serve: Callable[..., Server], nginx: Callable[[str], Nginx]
+) -> None:
+    """nginx (1.22, and its source to date) takes ``unix:@name`` for a file name: no abstract sockets."""
+    name = abstract_name(tmp_path)
+    server = serve("--wsgi-file", str(app), "--chmod-socket", "666", socket_path=Path(name), ready=False)
+    wait_for(lambda: abstract_ping(name), 10, f"binserve on {name}")
+    answer = abstract_get(name)
+    assert answer.startswith(b"HTTP/1.1 200 OK") and answer.endswith(b"served"), answer
+    assert not list(tmp_path.glob("@*")) and not Path(name).exists()
+    warning = f"socket {name}: chmod-socket ignored: an abstract socket has no file and no permissions"
+    assert warning in server.log()
+    assert f"master ready: 1 workers on {name}" in server.log()
+    front = nginx(location(Path(name)))
+    assert front.request("GET", "/")[0] == 502
+    assert f"connect() to unix:{name} failed (2: No such file or directory)" in front.error_log()
+    os.kill(server.pid, signal.SIGTERM)
+    assert server.proc.wait(10) == 0
+    assert "vacuum" not in server.log() and not abstract_ping(name)
+
+
+def test_an_abstract_name_in_use_is_refused_and_the_first_server_keeps_it(
+    app: Path, tmp_path: Path, serve: Callable[..., Server]
+) -> None:
+    name = abstract_name(tmp_path)
+    first = serve("--wsgi-file", str(app), socket_path=Path(name), ready=False)
+    wait_for(lambda: abstract_ping(name), 10, f"binserve on {name}")
+    second = serve("--wsgi-file", str(app), socket_path=Path(name), ready=False)
+    assert second.proc.wait(10) == 2
+    assert f"socket {name}: cannot bind: Address already in use (another server" in second.log()
+    assert abstract_ping(name) and first.proc.poll() is None
+    assert not list(tmp_path.glob("@*"))
+
+
+# -- misleading socket errors -------------------------------------------------------------------------
+@pytest.mark.parametrize("second", ["same", "relative", "tcp"])
+def test_a_socket_given_twice_is_named_as_such(
+    app: Path, tmp_path: Path, serve: Callable[..., Server], second: str
+) -> None:
+    if second == "tcp":
+        address = f"127.0.0.1:{free_port()}"
+        args = ["--socket", address, "--socket", address]
+    else:
+        address = str(tmp_path / "app.sock")
+        args = ["--socket", address if second == "same" else "./app.sock"]
+    server = serve("--wsgi-file", str(app), *args, ready=False)
+    assert server.proc.wait(10) == 2
+    twice = f"{tmp_path}/./app.sock" if second == "relative" else address  # as written, made absolute
+    assert f"socket {twice} is given twice" in server.log(), server.log()
+    assert "already listening" not in server.log() and not server.socket.exists()
+
+
+@pytest.mark.parametrize("kind", ["regular file", "symlink to a stale socket"])
+def test_something_other_than_a_socket_at_the_path_is_named_and_left_alone(
+    app: Path, tmp_path: Path, serve: Callable[..., Server], kind: str
+) -> None:
+    path = tmp_path / "app.sock"
+    if kind == "regular file":
+        path.write_text("data\n")
+        what = "a regular file"
+    else:
+        stale = tmp_path / "stale.sock"
+        socket.socket(socket.AF_UNIX).bind(str(stale))  # closed at once: a socket file nobody listens on
+        path.symlink_to(stale)
+        what = "a symbolic link"
+    server = serve("--wsgi-file", str(app), ready=False)
+    assert server.proc.wait(10) == 2
+    assert f"socket {path}: {what} is there, not a socket: remove it or choose another path" in server.log()
+    if kind == "regular file":
+        assert path.read_text() == "data\n"
+    else:
+        assert path.is_symlink() and (tmp_path / "stale.sock").exists()
