@@ -26,7 +26,7 @@ import pytest
 from binserve.protocol import PING, PONG, encode_request
 from binserve.tools.curl import build_vars
 
-from support import Nginx, Server, free_port, location, reachable_prefix, wait_for
+from support import Nginx, Server, free_port, location, ping, reachable_prefix, wait_for
 
 USER = "binserve-fs1"
 ROOTS = "root's file\n"
@@ -279,6 +279,7 @@ def test_stats_in_a_root_only_directory_answer_after_a_reload_as_the_uid_user(
     )
     before = stats_document(stats)
     assert (before["pid"], before["uid"]) == (server.pid, account.pw_uid)
+    assert os.stat(stats).st_uid == 0, "bound by root, before the drop"
     inode = os.stat(stats).st_ino
     old = server.worker_pids()
     os.kill(server.pid, signal.SIGHUP)
@@ -358,6 +359,9 @@ def test_an_abstract_socket_serves_and_makes_no_file_but_nginx_cannot_reach_it(
     front = nginx(location(Path(name)))
     assert front.request("GET", "/")[0] == 502
     assert f"connect() to unix:{name} failed (2: No such file or directory)" in front.error_log()
+    os.kill(server.pid, signal.SIGHUP)  # handed over to the new image like any listener
+    wait_for(lambda: server.log().count("master ready") == 2, 10, "the reloaded image")
+    assert abstract_get(name).endswith(b"served") and "cannot bind" not in server.log()
     os.kill(server.pid, signal.SIGTERM)
     assert server.proc.wait(10) == 0
     assert "vacuum" not in server.log() and not abstract_ping(name)
@@ -414,3 +418,27 @@ def test_something_other_than_a_socket_at_the_path_is_named_and_left_alone(
         assert path.read_text() == "data\n"
     else:
         assert path.is_symlink() and (tmp_path / "stale.sock").exists()
+
+
+def test_a_link_planted_at_the_log_before_a_reload_leaves_logging_as_it_was(
+    account: pwd.struct_passwd,
+    user_dir: Path,
+    roots_file: Path,
+    reachable_interpreter: None,
+    serve: Callable[..., Server],
+) -> None:
+    """The re-executed image, unprivileged, keeps the log root opened; the reload goes on."""
+    (user_dir / "app.py").write_text(APP)
+    logto = user_dir / "app.log"
+    args = ["--wsgi-file", str(user_dir / "app.py"), "--uid", USER, "--logto", str(logto)]
+    server = serve(*args, socket_path=user_dir / "app.sock", cwd=user_dir)
+    assert as_user(account, lambda: os.rename(logto, user_dir / "moved.log")) == "ok"
+    assert as_user(account, lambda: os.symlink(roots_file, logto)) == "ok"
+    os.kill(server.pid, signal.SIGHUP)
+    moved = user_dir / "moved.log"
+    wait_for(lambda: moved.read_text().count("master ready") == 2, 20, "the reloaded image")
+    assert f"logto {logto}: is a symbolic link: refused" in moved.read_text()
+    assert "logging on as before the reload" in moved.read_text()
+    assert roots_file.read_text() == ROOTS and ping(user_dir / "app.sock")
+    os.kill(server.pid, signal.SIGTERM)
+    assert server.proc.wait(10) == 0
