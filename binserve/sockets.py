@@ -3,6 +3,9 @@
 TCP uwsgi sockets answer only the peers in uwsgi-allow-from (loopback by default): the uwsgi
 protocol has no authentication, so whoever reaches the port can set any REMOTE_ADDR, HTTPS or
 SCRIPT_NAME the app will trust.
+
+``@name`` is a unix socket in Linux's abstract namespace, as in uWSGI: no file, so nothing to
+clear, chmod, chown or vacuum; it goes away with the last descriptor on it.
 """
 
 from __future__ import annotations
@@ -193,7 +196,7 @@ def _describe(mode: int) -> str:
 def bind(
     spec: str, backlog: int, chmod: int | None, timeout: float, peers: PeerFilter | None = None
 ) -> Listener:
-    """Bind and listen on ``spec`` (a unix path or HOST:PORT).
+    """Bind and listen on ``spec`` (a unix path, ``@name`` in the abstract namespace, or HOST:PORT).
 
     ``peers`` is given for uwsgi sockets: a TCP one then answers only those peers, and one on a
     non-loopback address needs an explicit list. The stats server passes none.
