@@ -344,7 +344,11 @@ def abstract_get(name: str) -> bytes:
 
 
 def test_an_abstract_socket_serves_and_makes_no_file_but_nginx_cannot_reach_it(
-    app: Path, tmp_path: Path, serve: Callable[..., Server], nginx: Callable[[str], Nginx]
+    account: pwd.struct_passwd,
+    app: Path,
+    tmp_path: Path,
+    serve: Callable[..., Server],
+    nginx: Callable[[str], Nginx],
 ) -> None:
     """nginx (1.22, and its source to date) takes ``unix:@name`` for a file name: no abstract sockets."""
     name = abstract_name(tmp_path)
@@ -356,6 +360,7 @@ def test_an_abstract_socket_serves_and_makes_no_file_but_nginx_cannot_reach_it(
     warning = f"socket {name}: chmod-socket ignored: an abstract socket has no file and no permissions"
     assert warning in server.log()
     assert f"master ready: 1 workers on {name}" in server.log()
+    assert as_user(account, lambda: abstract_get(name)) == "ok", "no permissions: anyone may connect"
     front = nginx(location(Path(name)))
     assert front.request("GET", "/")[0] == 502
     assert f"connect() to unix:{name} failed (2: No such file or directory)" in front.error_log()
