@@ -23,6 +23,7 @@ from pathlib import Path
 import msgpack
 import pytest
 
+from binserve.privileges import Privileges
 from binserve.protocol import PING, PONG, encode_request
 from binserve.tools.curl import build_vars
 
@@ -447,3 +448,14 @@ def test_a_link_planted_at_the_log_before_a_reload_leaves_logging_as_it_was(
     assert roots_file.read_text() == ROOTS and ping(user_dir / "app.sock")
     os.kill(server.pid, signal.SIGTERM)
     assert server.proc.wait(10) == 0
+
+
+def test_chown_socket_never_gives_away_the_file_a_link_at_the_socket_path_points_to(
+    account: pwd.struct_passwd, roots_file: Path, tmp_path: Path
+) -> None:
+    """A link swapped in for the socket between bind and chown (planted at once here): root's file stays."""
+    link = tmp_path / "app.sock"
+    link.symlink_to(roots_file)
+    Privileges(socket_owner=(account.pw_uid, account.pw_gid)).chown([str(link)])
+    assert (roots_file.stat().st_uid, roots_file.stat().st_gid) == (0, 0)
+    assert os.lstat(link).st_uid == account.pw_uid
