@@ -459,3 +459,12 @@ def test_chown_socket_never_gives_away_the_file_a_link_at_the_socket_path_points
     Privileges(socket_owner=(account.pw_uid, account.pw_gid)).chown([str(link)])
     assert (roots_file.stat().st_uid, roots_file.stat().st_gid) == (0, 0)
     assert os.lstat(link).st_uid == account.pw_uid
+
+
+def test_a_stats_address_that_is_also_a_socket_is_one_line(
+    app: Path, tmp_path: Path, serve: Callable[..., Server]
+) -> None:
+    server = serve("--wsgi-file", str(app), "--stats", "app.sock", ready=False)
+    assert server.proc.wait(10) == 2
+    assert lines(server)[-1].endswith("option 'stats': app.sock is also given as a socket"), server.log()
+    assert len(lines(server)) == 1 and not server.socket.exists()
