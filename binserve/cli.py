@@ -13,7 +13,18 @@ from .emperor import Emperor, print_status
 from .log import log, redirect_to
 from .master import RETIRING_ENV, Master, abandon_reload
 from .privileges import PrivilegeError, Privileges, nginx_access_warnings
-from .sockets import Listener, PeerFilter, SocketError, inherited, open_all, parse_tcp, remove_files
+from .safefile import write_replace
+from .sockets import (
+    Listener,
+    PeerFilter,
+    SocketError,
+    inherited,
+    is_abstract,
+    open_all,
+    parse_tcp,
+    remove_files,
+)
+from .stats import open_stats
 
 USAGE_ERROR = 2
 APP_LOAD_ERROR = 4  # as gunicorn's: the app could not be imported; respawning would not help
@@ -40,9 +51,9 @@ def _serve(config: Config) -> int:
         try:
             redirect_to(config.logto)
         except OSError as exc:
-            # After a reload as the uid user, the file root opened may be closed to this user; stdout
-            # and stderr, inherited through exec, still point at it.
-            if not (isinstance(exc, PermissionError) and RETIRING_ENV in os.environ):
+            # After a reload as the uid user, the file root opened may be closed to this user, or
+            # replaced by a link (refused); stdout and stderr, inherited through exec, still point at it.
+            if RETIRING_ENV not in os.environ:
                 print(f"binserve: logto {config.logto}: {exc.strerror}", file=sys.stderr)
                 return USAGE_ERROR
             log(f"logto {config.logto}: {exc.strerror} as uid {os.getuid()}; logging on as before the reload")
@@ -54,11 +65,7 @@ def _serve(config: Config) -> int:
         log("no socket given: set socket (a unix path or HOST:PORT)")
         return USAGE_ERROR
     start_cwd = os.getcwd()
-    # Relative unix socket paths are relative to where binserve started, not to chdir.
-    specs = [
-        spec if os.path.isabs(spec) or parse_tcp(spec) else os.path.join(start_cwd, spec)
-        for spec in config.socket
-    ]
+    specs = [_absolute(spec, start_cwd) for spec in config.socket]
     try:
         # Names are resolved and the allow list parsed before anything is bound.
         privileges = Privileges.from_config(config)
@@ -67,10 +74,20 @@ def _serve(config: Config) -> int:
     except (PrivilegeError, SocketError) as exc:
         log(str(exc))
         return USAGE_ERROR
+    try:
+        # Bound as root with the uwsgi sockets: a stats path only root may write is fine, and a
+        # failure is one line before anything else has started.
+        stats = open_stats(_stats_address(config, specs, start_cwd))
+    except SocketError as exc:
+        log(str(exc))
+        return _give_up(config, listeners, USAGE_ERROR, None)
+    opened = [*listeners, stats] if stats else listeners  # what a failure from here on closes
     # Sockets inherited on a reload were given their owner, and checked, by the image that bound them.
-    created = [listener.spec for listener in listeners if listener.is_unix and listener.bound_here]
+    created = [lst.spec for lst in listeners if lst.is_unix and lst.bound_here and not lst.is_abstract]
+    if privileges.socket_owner and any(listener.is_abstract for listener in listeners):
+        log("chown-socket ignored for abstract sockets (@name): they have no file to give an owner")
     if config.pidfile and not _write_pidfile(config.pidfile):
-        return _give_up(config, listeners, USAGE_ERROR)
+        return _give_up(config, opened, USAGE_ERROR, None)  # what is there is not ours to remove
     try:
         privileges.chown(created)
         for path in created:
@@ -83,7 +100,7 @@ def _serve(config: Config) -> int:
         dropped = privileges.drop()
     except PrivilegeError as exc:
         log(str(exc))
-        return _give_up(config, listeners, USAGE_ERROR)
+        return _give_up(config, opened, USAGE_ERROR, config.pidfile)
     if dropped:
         log(dropped)
     try:
@@ -93,41 +110,58 @@ def _serve(config: Config) -> int:
         app = None if config.lazy_apps else load_app(config)
     except AppLoadError as exc:
         log(f"cannot load the app: {exc}")
-        return _give_up(config, listeners, APP_LOAD_ERROR)
+        return _give_up(config, opened, APP_LOAD_ERROR, config.pidfile)
     except Exception:
         log("cannot load the app, it raised:\n" + traceback.format_exc().rstrip())
-        return _give_up(config, listeners, APP_LOAD_ERROR)
-    return Master(config, app, listeners, start_cwd).run()
+        return _give_up(config, opened, APP_LOAD_ERROR, config.pidfile)
+    return Master(config, app, listeners, start_cwd, stats).run()
+
+
+def _absolute(spec: str, start_cwd: str) -> str:
+    """Relative unix socket paths are relative to where binserve started, not to chdir."""
+    if os.path.isabs(spec) or parse_tcp(spec) or is_abstract(spec):
+        return spec
+    return os.path.join(start_cwd, spec)
+
+
+def _stats_address(config: Config, specs: list[str], start_cwd: str) -> str | None:
+    if not config.stats:
+        return None
+    address = _absolute(config.stats, start_cwd)
+    if address in specs:
+        raise SocketError(f"option 'stats': {config.stats} is also given as a socket")
+    return address
 
 
 def _write_pidfile(path: str) -> bool:
     """Write the master's pid, before privileges are dropped (as uWSGI does: /run is root's).
 
-    A reload keeps the pid; the re-executed image, unprivileged by then, may be unable to
-    rewrite a file root created, and the file is still right.
+    The file is replaced, never written through: a link the uid user planted in a directory it
+    can write would otherwise make root write where the link points. A reload keeps the pid; the
+    re-executed image, unprivileged by then, may be unable to replace a file in root's directory,
+    and the file is still right.
     """
     try:
-        with open(path, "w") as handle:
-            handle.write(f"{os.getpid()}\n")
-    except PermissionError as exc:
-        if RETIRING_ENV in os.environ:
-            return True
-        log(f"pidfile {path}: {exc.strerror}")
-        return False
+        write_replace(path, f"{os.getpid()}\n".encode(), 0o644)
     except OSError as exc:
+        if isinstance(exc, PermissionError) and RETIRING_ENV in os.environ:
+            return True
         log(f"pidfile {path}: {exc.strerror}")
         return False
     return True
 
 
-def _give_up(config: Config, listeners: list[Listener], code: int) -> int:
-    """Startup failed with the sockets open: remove them, once the old workers are done on a reload."""
+def _give_up(config: Config, listeners: list[Listener], code: int, pidfile: str | None) -> int:
+    """Startup failed with the sockets open: remove them, once the old workers are done on a reload.
+
+    ``pidfile`` is the one this process wrote, None when it could not write it.
+    """
     if RETIRING_ENV in os.environ:
         _abandon_reload(config, listeners)
     else:
         # Nothing ever listened on these files, and the pidfile names a process about to exit:
         # they go whatever vacuum says.
-        remove_files(listeners, config.pidfile, vacuum=True)
+        remove_files(listeners, pidfile, vacuum=True)
     return code
 
 

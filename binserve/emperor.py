@@ -33,8 +33,8 @@ from typing import Any
 from .config import Config, ConfigError, load
 from .log import log
 from .master import EMPEROR_FD_ENV, kill_quietly
-from .sockets import parse_tcp
-from .stats import VERSION, StatsServer
+from .sockets import SocketError, is_abstract, parse_tcp
+from .stats import VERSION, StatsServer, bind_stats
 from .worker import MSG_ACCEPTING, MSG_LOYAL, MSG_SPAWNED, wake_only
 
 STATE_NAME = ".binserve-emperor.json"
@@ -45,6 +45,7 @@ CMD_STOP, CMD_RELOAD, CMD_GRACEFUL_STOP = b"\x00", b"\x01", b"\x02"
 
 HANDLED = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD)
 PR_SET_PDEATHSIG = 1
+USAGE_ERROR = 2  # as the command's: the emperor's own configuration cannot work
 
 
 @dataclass(frozen=True)
@@ -266,19 +267,21 @@ class Emperor:
 
     def run(self) -> int:
         """Run until SIGTERM/SIGINT and every vassal has stopped."""
+        if self.config.emperor_stats:
+            try:
+                listener = bind_stats(self.config.emperor_stats, "emperor-stats")
+            except SocketError as exc:
+                log(str(exc))
+                return USAGE_ERROR
+            self.stats = StatsServer(
+                listener, self.config.stats_format, self.config.stats_http, self.config.uwsgi_allow_from
+            )
+            self.selector.register(self.stats.sock, selectors.EVENT_READ, self.stats)
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
         for signum in HANDLED:
             signal.signal(signum, wake_only)
         self.selector.register(self.wake_r, selectors.EVENT_READ, None)
-        if self.config.emperor_stats:
-            self.stats = StatsServer(
-                self.config.emperor_stats,
-                self.config.stats_format,
-                self.config.stats_http,
-                self.config.uwsgi_allow_from,
-            )
-            self.selector.register(self.stats.sock, selectors.EVENT_READ, self.stats)
         self.watch = DirectoryWatch(self.patterns)
         if self.watch.fd is not None:
             self.selector.register(self.watch.fd, selectors.EVENT_READ, self.watch)
@@ -627,7 +630,7 @@ def _stats_address(path: str) -> str | None:
     except ConfigError:
         return None  # not a binserve file (a uWSGI vassal's, say): no address to offer
     address = config.stats
-    if address and not parse_tcp(address) and not os.path.isabs(address):
+    if address and not parse_tcp(address) and not os.path.isabs(address) and not is_abstract(address):
         address = os.path.join(os.path.dirname(path), address)
     return address
 

@@ -1,13 +1,16 @@
 """Log lines: one ``write`` to stderr each, so lines from the master and workers never interleave.
 
 ``logto`` makes stderr the log file (opened with O_APPEND), so every process appends whole
-lines to the same file without a lock.
+lines to the same file without a lock. The file is opened as safefile opens any file a user
+may influence: a symlink, a hard link or a FIFO planted at its name is refused.
 """
 
 from __future__ import annotations
 
 import os
 import time
+
+from .safefile import open_append
 
 
 def log(message: str) -> None:
@@ -32,7 +35,7 @@ def write_line(line: str) -> None:
 
 def redirect_to(path: str) -> None:
     """Point stdout and stderr (fds 1 and 2) at ``path``, appending, as uWSGI's logto does."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+    fd = open_append(path, 0o640)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     os.close(fd)

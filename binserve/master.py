@@ -32,7 +32,7 @@ from .config import Config
 from .log import log
 from .scoreboard import Scoreboard
 from .sockets import Listener, hand_over, remove_files
-from .stats import CpuMeter, Recent, StatsServer, instance_document
+from .stats import STATS_INHERIT_ENV, CpuMeter, Recent, StatsServer, instance_document
 from .worker import (
     BOOT_ERROR,
     MB,
@@ -65,10 +65,15 @@ def describe_exit(status: int) -> str:
 
 
 class Master:
-    """Supervises ``processes`` workers sharing ``listeners``."""
+    """Supervises ``processes`` workers sharing ``listeners``; answers stats on ``stats`` if given."""
 
     def __init__(
-        self, config: Config, app: Callable[..., Any] | None, listeners: list[Listener], start_cwd: str
+        self,
+        config: Config,
+        app: Callable[..., Any] | None,
+        listeners: list[Listener],
+        start_cwd: str,
+        stats: Listener | None = None,
     ) -> None:
         self.config = config
         self.app = app
@@ -98,7 +103,11 @@ class Master:
         self.pending = b""  # signal numbers read from the wakeup pipe, not yet handled
         self.emperor_fd = emperor_fd_from_env()
         self.board = Scoreboard(config.processes, config.threads)
-        self.stats: StatsServer | None = None
+        self.stats = (
+            StatsServer(stats, config.stats_format, config.stats_http, config.uwsgi_allow_from)
+            if stats
+            else None
+        )
         self.cpu = CpuMeter()
         self.harakiri_kills: dict[int, float] = {}  # pid -> when to SIGKILL it
         self.touched = {path: _mtime(path) for path in config.touch_reload}
@@ -128,13 +137,7 @@ class Master:
         self.selector.register(self.wake_r, selectors.EVENT_READ)
         if self.emperor_fd is not None:
             self.selector.register(self.emperor_fd, selectors.EVENT_READ)
-        if self.config.stats:
-            self.stats = StatsServer(
-                self.config.stats,
-                self.config.stats_format,
-                self.config.stats_http,
-                self.config.uwsgi_allow_from,
-            )
+        if self.stats is not None:
             self.selector.register(self.stats.fileno(), selectors.EVENT_READ)
         # Workers watch the read end: when the master dies, the write end closes and they leave.
         self.life_r, self.life_w = os.pipe2(os.O_CLOEXEC)
@@ -667,6 +670,7 @@ class Master:
         for signum in set(self.pending) - {signal.SIGCHLD}:
             signal.raise_signal(signum)
         hand_over(self.listeners)
+        hand_over([self.stats.listener] if self.stats else [], STATS_INHERIT_ENV)
         os.set_inheritable(self.life_w, True)
         # Workers of an earlier image still finishing are handed on too, so the next image
         # keeps their deadline and reaps them.

@@ -129,7 +129,9 @@ class Privileges:
             return
         for path in paths:
             try:
-                os.chown(path, *self.socket_owner)
+                # Not followed: whoever may write the directory could have put a link to another
+                # file at the path since bind, and root would give that file away.
+                os.chown(path, *self.socket_owner, follow_symlinks=False)
             except OSError as exc:
                 raise PrivilegeError(f"option 'chown-socket': cannot chown {path}: {exc.strerror}") from None
 

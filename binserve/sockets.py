@@ -3,6 +3,9 @@
 TCP uwsgi sockets answer only local infrastructure by default (loopback and private networks),
 or exactly the peers in uwsgi-allow-from: the uwsgi protocol has no authentication, so whoever
 reaches the port can set any REMOTE_ADDR, HTTPS or SCRIPT_NAME the app will trust.
+
+``@name`` is a unix socket in Linux's abstract namespace, as in uWSGI: no file, so nothing to
+clear, chmod, chown or vacuum; it goes away with the last descriptor on it.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from .log import log
+from .safefile import read_bounded
 from .wsgi import timeval
 
 INHERIT_ENV = "_BINSERVE_LISTEN_FDS"
@@ -56,6 +60,7 @@ class Listener:
         self.sock = sock
         self.family = sock.family
         self.is_unix = sock.family == socket.AF_UNIX
+        self.is_abstract = self.is_unix and is_abstract(spec)
         self.name = spec if self.is_unix else "{}:{}".format(*sock.getsockname()[:2])
         # False for a socket inherited from the previous image on a reload: its file was set up then.
         self.bound_here = bound_here
@@ -72,8 +77,8 @@ class Listener:
         self.sock.close()
 
     def remove_file(self) -> None:
-        """Unlink a unix socket's file (vacuum)."""
-        if self.is_unix:
+        """Unlink a unix socket's file (vacuum); an abstract socket has none."""
+        if self.is_unix and not self.is_abstract:
             _unlink(self.spec, "socket")
 
     def filter_with(self, peers: PeerFilter) -> None:
@@ -213,21 +218,37 @@ class _Verdicts(dict[str, bool]):
 
 
 def parse_tcp(spec: str) -> tuple[str, int] | None:
-    """``(host, port)`` for a ``HOST:PORT`` socket spec, or None for a unix socket path."""
+    """``(host, port)`` for a ``HOST:PORT`` socket spec, or None for a unix socket path or ``@name``."""
     host, sep, port = spec.rpartition(":")
-    if not sep or not port.isdigit() or "/" in spec:
+    if not sep or not port.isdigit() or "/" in spec or is_abstract(spec):
         return None
     host = host.strip("[]") or "0.0.0.0"
     return host, int(port)
 
 
+def is_abstract(spec: str) -> bool:
+    """Whether ``spec`` is ``@name``: a unix socket in Linux's abstract namespace, with no file."""
+    return spec.startswith("@")
+
+
+def _unix_address(spec: str) -> str:
+    if not is_abstract(spec):
+        return spec
+    if len(spec) == 1:
+        raise SocketError("socket @: an abstract socket needs a name after the @")
+    return "\0" + spec[1:]
+
+
 def _clear_stale_unix(path: str) -> None:
+    # lstat: a symlink at the path is not ours to replace, even one to a stale socket.
     try:
-        mode = os.stat(path).st_mode
+        mode = os.lstat(path).st_mode
     except FileNotFoundError:
         return
     if not stat.S_ISSOCK(mode):
-        raise SocketError(f"socket {path}: the path exists and is not a socket")
+        raise SocketError(
+            f"socket {path}: {_describe(mode)} is there, not a socket: remove it or choose another path"
+        )
     probe = socket.socket(socket.AF_UNIX)
     try:
         probe.connect(path)
@@ -241,10 +262,20 @@ def _clear_stale_unix(path: str) -> None:
     raise SocketError(f"socket {path}: another server is already listening there")
 
 
+def _describe(mode: int) -> str:
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    if stat.S_ISREG(mode):
+        return "a regular file"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    return "a file of another kind"
+
+
 def bind(
     spec: str, backlog: int, chmod: int | None, timeout: float, peers: PeerFilter | None = None
 ) -> Listener:
-    """Bind and listen on ``spec`` (a unix path or HOST:PORT).
+    """Bind and listen on ``spec`` (a unix path, ``@name`` in the abstract namespace, or HOST:PORT).
 
     ``peers`` is given for uwsgi sockets: a TCP one then answers only those peers, and one on a
     non-loopback address says so in the log. The stats server passes none and filters on its own.
@@ -254,7 +285,9 @@ def bind(
         family = socket.AF_INET6 if ":" in tcp[0] else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
     else:
-        _clear_stale_unix(spec)
+        address = _unix_address(spec)
+        if not is_abstract(spec):
+            _clear_stale_unix(spec)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         if tcp:
@@ -262,9 +295,7 @@ def bind(
             set_timeouts(sock, timeout)
             sock.bind(tcp)
         else:
-            sock.bind(spec)
-            if chmod is not None:
-                os.chmod(spec, chmod)
+            _bind_unix(sock, address, chmod)
         sock.listen(backlog)
     except OSError as exc:
         sock.close()
@@ -281,16 +312,35 @@ def bind(
     return listener
 
 
+def _bind_unix(sock: socket.socket, address: str, chmod: int | None) -> None:
+    if chmod is None:
+        sock.bind(address)
+    elif address.startswith("\0"):
+        log(
+            f"socket @{address[1:]}: chmod-socket ignored: an abstract socket has no file and no "
+            "permissions (any process in this network namespace may connect)"
+        )
+        sock.bind(address)
+    else:
+        # The file is created with its mode: a chmod after bind would follow a symlink swapped
+        # in at the path meanwhile by whoever may write the directory.
+        umask = os.umask(0o777 & ~chmod)
+        try:
+            sock.bind(address)
+        finally:
+            os.umask(umask)
+
+
 def set_timeouts(sock: socket.socket, timeout: float) -> None:
     """Give a TCP listener socket-timeout on reads and writes; accepted sockets inherit it."""
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval(timeout))
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval(timeout))
 
 
-def inherited() -> dict[str, Listener]:
-    """Listening sockets handed over by the previous master image on a reload, by spec."""
+def inherited(env: str = INHERIT_ENV) -> dict[str, Listener]:
+    """Listening sockets handed over in ``env`` by the previous master image on a reload, by spec."""
     found = {}
-    for item in filter(None, os.environ.pop(INHERIT_ENV, "").split(",")):
+    for item in filter(None, os.environ.pop(env, "").split(",")):
         spec, _, fd = item.rpartition("=")
         sock = socket.socket(fileno=int(fd))
         os.set_inheritable(sock.fileno(), False)
@@ -299,11 +349,11 @@ def inherited() -> dict[str, Listener]:
     return found
 
 
-def hand_over(listeners: list[Listener]) -> None:
-    """Mark the sockets inheritable and describe them in the environment for the next image."""
+def hand_over(listeners: list[Listener], env: str = INHERIT_ENV) -> None:
+    """Mark the sockets inheritable and describe them in ``env`` for the next image."""
     for listener in listeners:
         os.set_inheritable(listener.fileno(), True)
-    os.environ[INHERIT_ENV] = ",".join(f"{lst.spec}={lst.fileno()}" for lst in listeners)
+    os.environ[env] = ",".join(f"{lst.spec}={lst.fileno()}" for lst in listeners)
 
 
 def open_all(
@@ -314,6 +364,7 @@ def open_all(
     ``peers`` (uwsgi-allow-from) applies to inherited TCP sockets too: a reload with a changed
     list must filter by the new one, and the new image says who may connect as a fresh start does.
     """
+    _refuse_twice(specs)
     previous = inherited()
     listeners: list[Listener] = []
     try:
@@ -332,11 +383,39 @@ def open_all(
     return listeners
 
 
+def _refuse_twice(specs: list[str]) -> None:
+    seen: set[object] = set()
+    for spec in specs:
+        key = parse_tcp(spec) or (spec if is_abstract(spec) else os.path.normpath(spec))
+        if key in seen:
+            raise SocketError(f"socket {spec} is given twice")
+        seen.add(key)
+
+
 def remove_files(listeners: list[Listener], pidfile: str | None, vacuum: bool) -> None:
-    """Close ``listeners``; with ``vacuum``, also unlink their unix socket files and ``pidfile``."""
+    """Close ``listeners``; with ``vacuum``, also unlink their unix socket files and ``pidfile``.
+
+    ``pidfile`` is the one this process wrote: it is unlinked only while it still holds this pid.
+    """
     for listener in listeners:
         listener.close()
         if vacuum:
             listener.remove_file()
     if vacuum and pidfile:
-        _unlink(pidfile, "pidfile")
+        _remove_pidfile(pidfile)
+
+
+def _remove_pidfile(path: str) -> None:
+    # Another server given the same pidfile may have written its pid since: the file is its now.
+    pid = os.getpid()
+    try:
+        held = read_bounded(path, limit=64, follow=False)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        log(f"vacuum: pidfile {path} left alone: {exc.strerror}")
+        return
+    if held.strip() != str(pid).encode():
+        log(f"vacuum: pidfile {path} no longer holds pid {pid}: left alone")
+        return
+    _unlink(path, "pidfile")

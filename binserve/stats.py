@@ -23,29 +23,56 @@ from . import __version__
 from .listenq import listen_queue
 from .log import log
 from .scoreboard import Scoreboard
-from .sockets import Listener, PeerFilter, bind, remove_files
+from .sockets import Listener, PeerFilter, SocketError, bind, inherited, remove_files
 
 VERSION = f"binserve {__version__}"
 STATS_TIMEOUT = 1.0  # accepted stats connections are non-blocking anyway; this only bounds TCP ones
+STATS_BACKLOG = 16
+# The stats socket a reloading master hands to its next image, apart from the uwsgi sockets.
+STATS_INHERIT_ENV = "_BINSERVE_STATS_FD"
+
+
+def bind_stats(address: str, option: str = "stats") -> Listener:
+    """Bind the stats socket at ``address``; a failure names ``option``.
+
+    Bound as the uwsgi sockets are: a stale unix socket file is replaced, a live one or a file
+    that is not a socket is an error, never silently unlinked.
+    """
+    try:
+        return bind(address, STATS_BACKLOG, None, STATS_TIMEOUT)
+    except SocketError as exc:
+        raise SocketError(f"option '{option}': {exc}") from None
+
+
+def open_stats(address: str | None) -> Listener | None:
+    """A master's stats socket: the one the previous image handed over for ``address``, or bound now.
+
+    Bound with the uwsgi sockets, before privileges are dropped, and handed over on a reload:
+    the re-executed image, unprivileged by then, never has to bind it again.
+    """
+    previous = inherited(STATS_INHERIT_ENV)
+    listener = previous.pop(address, None) if address else None
+    remove_files(list(previous.values()), None, vacuum=True)  # stats no longer wanted there
+    if address and listener is None:
+        listener = bind_stats(address)
+    return listener
 
 
 class StatsServer:
     """A listening socket that answers each connection with one document and closes it."""
 
-    def __init__(self, address: str, fmt: str, http: bool, allow_from: Sequence[str]) -> None:
-        self.address = address
+    def __init__(self, listener: Listener, fmt: str, http: bool, allow_from: Sequence[str]) -> None:
+        self.address = listener.name
         self.fmt = fmt
         self.http = http
-        # Bound as the uwsgi sockets are: a stale unix socket file is replaced, a live one or a
-        # file that is not a socket is an error, never silently unlinked.
-        self.listener = bind(address, 16, None, STATS_TIMEOUT)
-        self.sock = self.listener.sock
-        log(f"stats server on {address} ({fmt}{', http' if http else ''})")
+        self.listener = listener
+        self.sock = listener.sock
+        log(f"stats server on {self.address} ({fmt}{', http' if http else ''})")
         # The document shows in-flight URIs with their query strings, the cwd and the uid: it is
         # for the same local infrastructure as the uwsgi sockets (uwsgi-allow-from or the default).
-        self.peers = None if self.listener.is_unix else PeerFilter(allow_from)
+        self.peers = None if listener.is_unix else PeerFilter(allow_from)
         if self.peers is not None:
-            self.peers.announce(f"stats server {address}", self.sock.getsockname()[0])
+            self.peers.announce(f"stats server {self.address}", self.sock.getsockname()[0])
 
     def fileno(self) -> int:
         """The listening socket's descriptor."""
