@@ -209,11 +209,16 @@ def _vassal_file(path: str, tyrant: bool) -> tuple[VassalFile | None, str]:
         return None, f"{path}: cannot read vassal file: {exc.strerror}"
     if tyrant and (info.st_uid == 0 or info.st_gid == 0):
         return None, f"[emperor-tyrant] invalid permissions for vassal {path}: owned by root"
+    # Whoever may write the directory could otherwise run another user's file as that user.
     if tyrant and stat.S_ISLNK(link.st_mode) and link.st_uid != info.st_uid:
-        # Whoever may write the directory could otherwise run another user's file as that user.
         return None, (
             f"[emperor-tyrant] vassal {path} is a symbolic link owned by uid {link.st_uid} to a file"
             f" owned by uid {info.st_uid}: refused"
+        )
+    if tyrant and info.st_nlink != 1:
+        return None, (
+            f"[emperor-tyrant] vassal {path} has {info.st_nlink} hard links: refused"
+            " (a hard link does not say who made it)"
         )
     return VassalFile(path, digest, info.st_uid, info.st_gid, info.st_mtime, os.path.realpath(path)), ""
 
@@ -318,14 +323,17 @@ class Emperor:
         self.watch = DirectoryWatch(self.patterns)
         if self.watch.fd is not None:
             self.selector.register(self.watch.fd, selectors.EVENT_READ, self.watch)
+        if self.config.emperor_tyrant:
+            for directory in self.patterns:
+                _warn_if_replaceable(directory)
         how = "inotify, and a scan" if self.watch.fd is not None else "a scan"
         log(f"emperor watching {', '.join(self.patterns)} ({how} every {self.scan_every:g} s)")
         while not (self.stopping and not self._alive()):
             self.step()
         for probe in list(self.probes.values()):
-            self._end_probe(probe, "the emperor is stopping")
+            self._end_probe(probe, "")
         for pid in self.unreaped:
-            os.waitpid(pid, 0)
+            _reaped(pid, 0)
         self._write_state()
         if self.stats is not None:
             self.stats.close()
@@ -509,7 +517,13 @@ class Emperor:
         if any(p.vassal is vassal for p in self.probes.values()):
             return
         read_end, write_end = os.pipe2(os.O_CLOEXEC)
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            os.close(read_end)
+            os.close(write_end)
+            log(f"vassal {os.path.basename(vassal.path)}: no stats address: cannot fork ({exc.strerror})")
+            return
         if pid == 0:
             os.close(read_end)
             _probe_child(vassal.path, write_end)
@@ -571,9 +585,7 @@ class Emperor:
                 kill_quietly(vassal.pid, fallback)
 
     def _reap(self) -> None:
-        for pid in list(self.unreaped):
-            if os.waitpid(pid, os.WNOHANG)[0]:
-                self.unreaped.discard(pid)
+        self.unreaped = {pid for pid in self.unreaped if not _reaped(pid, os.WNOHANG)}
         now = time.monotonic()
         for vassal in self.vassals.values():
             if vassal.proc is None or vassal.proc.poll() is None:
@@ -750,6 +762,28 @@ def private_directory(path: str) -> None:
         raise safefile.UnsafeFile(path, f"is writable by others (mode {info.st_mode & 0o7777:o}): refused")
 
 
+def _warn_if_replaceable(directory: str) -> None:
+    """Warn when users may replace each other's files in a tyrant's vassal directory.
+
+    Between a scan and the vassal reading its file, such a user could swap in a file of their
+    own, which the vassal would then run as the first file's owner.
+    """
+    try:
+        info = os.stat(directory)
+    except OSError:
+        return  # a glob, or a directory that comes later: nothing to say yet
+    if info.st_uid != 0:
+        why = f"owned by uid {info.st_uid}"
+    elif info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not info.st_mode & stat.S_ISVTX:
+        why = "writable by others without the sticky bit"
+    else:
+        return
+    log(
+        f"emperor: warning: {directory} is {why}: a user may replace another's vassal file between"
+        " the scan and its start; make it root's, and sticky (chmod 1777) if users drop files in it"
+    )
+
+
 def _interval(freq: float) -> float:
     """The seconds between scans: a nan or non-positive value would make the loop spin."""
     return freq if math.isfinite(freq) and freq > 0 else 0.5
@@ -773,6 +807,14 @@ def _probe_child(path: str, pipe: int) -> None:
         os.write(pipe, answer.encode(errors="replace")[:PROBE_OUTPUT])
     finally:
         os._exit(0)
+
+
+def _reaped(pid: int, options: int) -> bool:
+    """Wait for a child of ours; whether it is gone (reaped now or before)."""
+    try:
+        return os.waitpid(pid, options)[0] != 0
+    except ChildProcessError:
+        return True
 
 
 def _stats_address(path: str) -> str | None:

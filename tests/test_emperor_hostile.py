@@ -241,6 +241,19 @@ def test_a_state_directory_that_is_a_link_or_others_may_write_is_refused(tmp_pat
 
 
 # -- emperor-tyrant -----------------------------------------------------------------------------------
+def test_a_tyrant_warns_about_a_vassal_directory_where_users_may_replace_files(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    shared, sticky = tmp_path / "shared", tmp_path / "sticky"
+    for directory, mode in ((shared, 0o777), (sticky, 0o1777)):
+        directory.mkdir()
+        directory.chmod(mode)
+    emperor_module._warn_if_replaceable(str(shared))
+    emperor_module._warn_if_replaceable(str(sticky))
+    warnings = [line for line in capfd.readouterr().err.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and f"{shared} is writable by others without the sticky bit" in warnings[0]
+
+
 def tyrant_layout(base: Path, victim: pwd.struct_passwd, attacker: pwd.struct_passwd) -> tuple[Path, Path]:
     """A vassal directory the attacker may write (with the attacker's app.py in it), and the
     victim's directory with the victim's app.py."""
@@ -291,16 +304,23 @@ def test_tyrant_refuses_a_link_to_another_users_file_and_runs_vassals_in_their_f
     owned(vassals / "own.ini", victim)  # the victim's own link to the victim's file
     (vassals / "stolen.ini").symlink_to(home / "other.conf")
     owned(vassals / "stolen.ini", attacker)  # planted by the attacker
+    os.link(home / "other.conf", vassals / "hard.ini")  # as the attacker could where hard links are free
     emp = emperor(vassals, "--emperor-tyrant", "--emperor-freq", "0.1", wrap=reachable_prefix(tmp_path))
     emp.wait_serving("own", home / "own.sock")
     status, body = get(home / "own.sock")
     assert status == 200 and body.split()[:2] == ["victim", str(victim.pw_uid)], body
     refusal = emp.wait_log(r"^.*stolen\.ini is a symbolic link owned by uid.*$")
     assert f"uid {attacker.pw_uid} to a file owned by uid {victim.pw_uid}: refused" in refusal.group(0)
+    emp.wait_log(rf"^.*{re.escape(str(vassals / 'hard.ini'))} has 2 hard links: refused.*$")
     time.sleep(0.5)  # five more scans
     log = emp.log()
-    assert log.count("stolen.ini is a symbolic link") == 1, log
-    assert "spawned vassal stolen.ini" not in log and not (home / "other.sock").exists()
+    assert log.count("stolen.ini is a symbolic link") == 1 and log.count("hard.ini has 2 hard links") == 1, (
+        log
+    )
+    assert "spawned vassal stolen.ini" not in log and "spawned vassal hard.ini" not in log
+    assert not (home / "other.sock").exists()
+    # The attacker owns the directory: the emperor says what that allows, once.
+    assert log.count(f"warning: {vassals} is owned by uid {attacker.pw_uid}: a user may replace") == 1, log
 
 
 def test_tyrant_vassals_get_a_minimal_environment_without_the_emperors_secrets(
