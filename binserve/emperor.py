@@ -8,6 +8,12 @@ died without ever serving a request waits first, 1 s, 2 s, 4 s ... up to a cap. 
 changed when its mtime moved forward (``touch`` reloads, as uWSGI users expect) or when its
 content differs, which uWSGI misses when a deploy tool keeps an older mtime.
 
+Vassal files are their users' input. The scan reads them bounded and non-blocking; the emperor
+executes one (its includes, ``@(file)``, ``%(math)``, to learn its stats address) only in a
+forked child bounded in time and memory. A tyrant refuses links that could make it run another
+user's file as that user, gives vassals a minimal environment, and keeps its state file out of
+the directory its users write.
+
 Vassals speak uWSGI's emperor byte protocol over a socketpair named by ``UWSGI_EMPEROR_FD``
 (facts 4.3), so real uWSGI vassals run under this emperor and binserve vassals under uWSGI's.
 """
@@ -30,7 +36,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 from . import safefile
 from .config import Config, ConfigError, load
@@ -789,7 +795,7 @@ def _interval(freq: float) -> float:
     return freq if math.isfinite(freq) and freq > 0 else 0.5
 
 
-def _probe_child(path: str, pipe: int) -> None:
+def _probe_child(path: str, pipe: int) -> NoReturn:
     """In a forked child: write ``+ADDRESS`` or ``-WHY`` to ``pipe`` and exit, within the bounds."""
     try:
         signal.set_wakeup_fd(-1)  # the emperor's wakeup pipe is not ours to write

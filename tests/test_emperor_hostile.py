@@ -10,6 +10,7 @@ system users and remove them, and remove the state file they leave under /run.
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import re
@@ -216,6 +217,17 @@ def test_a_link_planted_at_the_state_file_or_its_temporary_is_never_written_thro
     wait_for(lambda: emp.state_of("b") == "running", 10, "b running in the state file")
     assert all(path.read_text() == "precious\n" for path in precious.values())
     assert not (vassal_dir / STATE_NAME).is_symlink()
+
+
+def test_an_explicit_state_file_is_kept_where_it_is_named_even_by_a_tyrant(
+    tmp_path: Path, vassal_dir: Path
+) -> None:
+    state = tmp_path / "state.json"
+    config = load(["--emperor", str(vassal_dir), "--emperor-tyrant", "--emperor-state", str(state)])
+    emperor_module.Emperor(config).step()
+    assert json.loads(state.read_text())["vassals"] == []
+    assert not os.path.exists(emperor_module.tyrant_state_path(str(vassal_dir)))
+    assert status_text(state).startswith(f"emperor pid {os.getpid()} watching {vassal_dir}")
 
 
 def test_a_state_directory_that_is_a_link_or_others_may_write_is_refused(tmp_path: Path) -> None:
