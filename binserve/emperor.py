@@ -187,32 +187,51 @@ def throttle(failures: int, base_ms: int, max_ms: int) -> float:
     return min(base_ms * 2 ** max(failures - 1, 0), max_ms) / 1000.0
 
 
-def scan(patterns: list[str], tyrant: bool) -> tuple[dict[str, VassalFile], list[str]]:
-    """The vassal files matching ``patterns`` (a directory means its *.ini), and problems found."""
+# What tells a file changed without reading it: a write moves its ctime, a swap its inode.
+FileKey = tuple[int, int, int, int, int]
+
+
+def scan(
+    patterns: list[str], tyrant: bool, digests: dict[str, tuple[FileKey, str]] | None = None
+) -> tuple[dict[str, VassalFile], list[str]]:
+    """The vassal files matching ``patterns`` (a directory means its *.ini), and problems found.
+
+    ``digests`` (kept by the caller between scans) spares reading a file that has not changed.
+    """
     found: dict[str, VassalFile] = {}
     problems = []
+    known = {} if digests is None else digests
+    seen = set()
     for pattern in patterns:
         paths = glob.glob(os.path.join(pattern, "*.ini")) if os.path.isdir(pattern) else glob.glob(pattern)
         for path in sorted(paths):
             path = os.path.abspath(path)
-            wanted, problem = _vassal_file(path, tyrant)
+            seen.add(path)
+            wanted, problem = _vassal_file(path, tyrant, known)
             if wanted is not None:
                 found[path] = wanted
             else:
                 problems.append(problem)
+    for gone in set(known) - seen:
+        del known[gone]
     return found, problems
 
 
-def _vassal_file(path: str, tyrant: bool) -> tuple[VassalFile | None, str]:
+def _vassal_file(
+    path: str, tyrant: bool, digests: dict[str, tuple[FileKey, str]]
+) -> tuple[VassalFile | None, str]:
     """One vassal file as the directory describes it, or why it is refused."""
     try:
         link = os.lstat(path)
         info = os.stat(path)
-        # Bounded, non-blocking, regular files only: a FIFO, a device or a sparse 4 GB file
-        # named *.ini must not hang the emperor or fill its memory.
-        digest = hashlib.sha256(safefile.read_bounded(path)).hexdigest()
+        key = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+        if path not in digests or digests[path][0] != key:
+            # Bounded, non-blocking, regular files only: a FIFO, a device or a sparse 4 GB file
+            # named *.ini must not hang the emperor or fill its memory.
+            digests[path] = (key, hashlib.sha256(safefile.read_bounded(path)).hexdigest())
     except OSError as exc:
         return None, f"{path}: cannot read vassal file: {exc.strerror}"
+    digest = digests[path][1]
     if tyrant and (info.st_uid == 0 or info.st_gid == 0):
         return None, f"[emperor-tyrant] invalid permissions for vassal {path}: owned by root"
     # Whoever may write the directory could otherwise run another user's file as that user.
@@ -312,6 +331,7 @@ class Emperor:
         self.stats: StatsServer | None = None
         self.watch: DirectoryWatch | None = None
         self.probes: dict[int, Probe] = {}  # by pipe
+        self.digests: dict[str, tuple[FileKey, str]] = {}  # what the scans read, by path
         self.unreaped: set[int] = set()  # probes that answered or were killed, not waited for yet
 
     def run(self) -> int:
@@ -434,7 +454,7 @@ class Emperor:
 
     # -- carrying out the plan -------------------------------------------------------------
     def _reconcile(self, now: float) -> None:
-        desired, problems = scan(self.patterns, self.config.emperor_tyrant)
+        desired, problems = scan(self.patterns, self.config.emperor_tyrant, self.digests)
         for problem in set(problems) - self.last_problems:
             log(problem)
         self.last_problems = set(problems)

@@ -188,6 +188,28 @@ def test_a_huge_vassal_file_is_refused_once_and_costs_no_cpu(
     assert emp.log().count(f"{huge}: cannot read vassal file") == 1, emp.log()
 
 
+def test_vassal_files_are_read_again_only_when_they_change(
+    tmp_path: Path, vassal_dir: Path, emperor: Callable[..., EmperorProcess]
+) -> None:
+    """Forty files just under the size bound, scanned ten times a second, cost (almost) nothing.
+
+    Root owns them, so a tyrant refuses each (once): they are read, never run.
+    """
+    padding = "; padding\n" * (emperor_module.safefile.MAX_CONFIG_BYTES // 10 - 1)
+    for i in range(40):
+        (vassal_dir / f"big{i}.ini").write_text(f"[uwsgi]\n{padding}")
+    emp = emperor(vassal_dir, "--emperor-tyrant", "--emperor-freq", "0.1")
+    emp.wait_log(r"invalid permissions for vassal .*big39\.ini")
+    before = cpu_seconds(emp.pid)
+    time.sleep(2)  # twenty scans
+    assert cpu_seconds(emp.pid) - before < 0.5
+    emp.check_running()
+    (vassal_dir / "big0.ini").unlink()
+    (vassal_dir / "late.ini").write_text("[uwsgi]\n")  # a new file is still read, and refused
+    emp.wait_log(r"invalid permissions for vassal .*late\.ini")
+    assert emp.log().count("big1.ini: owned by root") == 1
+
+
 def test_a_nan_scan_interval_does_not_make_the_emperor_spin(tmp_path: Path, vassal_dir: Path) -> None:
     """What a validator letting nan through would hand over still gives a waiting loop."""
     config = load(["--emperor", str(vassal_dir), "--emperor-state", str(tmp_path / "state.json")])
