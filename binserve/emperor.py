@@ -8,6 +8,12 @@ died without ever serving a request waits first, 1 s, 2 s, 4 s ... up to a cap. 
 changed when its mtime moved forward (``touch`` reloads, as uWSGI users expect) or when its
 content differs, which uWSGI misses when a deploy tool keeps an older mtime.
 
+Vassal files are their users' input. The scan reads them bounded and non-blocking; the emperor
+executes one (its includes, ``@(file)``, ``%(math)``, to learn its stats address) only in a
+forked child bounded in time and memory. A tyrant refuses links that could make it run another
+user's file as that user, gives vassals a minimal environment, and keeps its state file out of
+the directory its users write.
+
 Vassals speak uWSGI's emperor byte protocol over a socketpair named by ``UWSGI_EMPEROR_FD``
 (facts 4.3), so real uWSGI vassals run under this emperor and binserve vassals under uWSGI's.
 """
@@ -18,8 +24,10 @@ import ctypes
 import glob
 import hashlib
 import json
+import math
 import os
 import pwd
+import resource
 import selectors
 import signal
 import socket
@@ -28,8 +36,9 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
+from . import safefile
 from .config import Config, ConfigError, load
 from .log import log
 from .master import EMPEROR_FD_ENV, kill_quietly
@@ -38,10 +47,21 @@ from .stats import VERSION, StatsServer, bind_stats
 from .worker import MSG_ACCEPTING, MSG_LOYAL, MSG_SPAWNED, wake_only
 
 STATE_NAME = ".binserve-emperor.json"
+# A tyrant's vassal directories are writable by its users: its state lives where only root writes.
+RUN_DIR = "/run/binserve"
+# A state file lists every vassal in a few hundred bytes each: this bound is thousands of them.
+MAX_STATE_BYTES = 16 << 20
+# What a tyrant vassal gets from the emperor's environment; the rest (secrets included) stays.
+TYRANT_ENV = ("PATH", "LANG", "LC_ALL", "TZ")
 
 MSG_VOLUNTARY = 22  # a vassal asking to be stopped (uWSGI's die-on-idle)
 # Emperor -> vassal bytes.
 CMD_STOP, CMD_RELOAD, CMD_GRACEFUL_STOP = b"\x00", b"\x01", b"\x02"
+
+# A vassal file is executed (includes, @(file), %(math)) only in a child bounded by these.
+PROBE_SECONDS = 2.0
+PROBE_MEMORY = 256 << 20  # beyond the emperor's own address space, which the child starts with
+PROBE_OUTPUT = 4096
 
 HANDLED = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD)
 PR_SET_PDEATHSIG = 1
@@ -57,6 +77,7 @@ class VassalFile:
     uid: int
     gid: int
     mtime: float = 0.0
+    real: str = ""  # the file itself, the link resolved: its directory is the vassal's cwd
 
 
 @dataclass
@@ -81,6 +102,7 @@ class Vassal:
     stop_deadline: float = 0.0
     stats: str | None = None  # the vassal's stats address, when its file names one
     first_failure: float = 0.0  # epoch of the first of the failures in a row
+    unreadable: str = ""  # the digest whose stats address could not be read (logged once)
     last_attempt: float = 0.0  # epoch of the latest spawn attempt
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     pipe: socket.socket | None = field(default=None, repr=False)
@@ -117,6 +139,20 @@ class Wait:
 
 
 Action = Spawn | Reload | Stop | Wait
+
+
+@dataclass
+class Probe:
+    """A child reading a vassal file's stats address; it answers on ``pipe`` before ``deadline``."""
+
+    vassal: Vassal
+    digest: str
+    pid: int
+    pipe: int
+    deadline: float
+    output: bytes = b""
+
+
 LIVE = ("starting", "running", "reloading")
 
 
@@ -152,35 +188,65 @@ def throttle(failures: int, base_ms: int, max_ms: int) -> float:
     return min(base_ms * 2 ** max(failures - 1, 0), max_ms) / 1000.0
 
 
-def scan(patterns: list[str], tyrant: bool) -> tuple[dict[str, VassalFile], list[str]]:
-    """The vassal files matching ``patterns`` (a directory means its *.ini), and problems found."""
+# What tells a file changed without reading it: a write moves its ctime, a swap its inode.
+FileKey = tuple[int, int, int, int, int]
+
+
+def scan(
+    patterns: list[str], tyrant: bool, digests: dict[str, tuple[FileKey, str]] | None = None
+) -> tuple[dict[str, VassalFile], list[str]]:
+    """The vassal files matching ``patterns`` (a directory means its *.ini), and problems found.
+
+    ``digests`` (kept by the caller between scans) spares reading a file that has not changed.
+    """
     found: dict[str, VassalFile] = {}
     problems = []
+    known = {} if digests is None else digests
+    seen = set()
     for pattern in patterns:
         paths = glob.glob(os.path.join(pattern, "*.ini")) if os.path.isdir(pattern) else glob.glob(pattern)
         for path in sorted(paths):
             path = os.path.abspath(path)
-            try:
-                # O_NONBLOCK: a FIFO named *.ini must not hang the emperor in open().
-                fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-                try:
-                    info = os.fstat(fd)
-                    if not stat.S_ISREG(info.st_mode):
-                        what = "Is a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
-                        problems.append(f"{path}: cannot read vassal file: {what}")
-                        continue
-                    with os.fdopen(os.dup(fd), "rb") as handle:
-                        digest = hashlib.sha256(handle.read()).hexdigest()
-                finally:
-                    os.close(fd)
-            except OSError as exc:
-                problems.append(f"{path}: cannot read vassal file: {exc.strerror}")
-                continue
-            if tyrant and (info.st_uid == 0 or info.st_gid == 0):
-                problems.append(f"[emperor-tyrant] invalid permissions for vassal {path}: owned by root")
-                continue
-            found[path] = VassalFile(path, digest, info.st_uid, info.st_gid, info.st_mtime)
+            seen.add(path)
+            wanted, problem = _vassal_file(path, tyrant, known)
+            if wanted is not None:
+                found[path] = wanted
+            else:
+                problems.append(problem)
+    for gone in set(known) - seen:
+        del known[gone]
     return found, problems
+
+
+def _vassal_file(
+    path: str, tyrant: bool, digests: dict[str, tuple[FileKey, str]]
+) -> tuple[VassalFile | None, str]:
+    """One vassal file as the directory describes it, or why it is refused."""
+    try:
+        link = os.lstat(path)
+        info = os.stat(path)
+        key = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+        if path not in digests or digests[path][0] != key:
+            # Bounded, non-blocking, regular files only: a FIFO, a device or a sparse 4 GB file
+            # named *.ini must not hang the emperor or fill its memory.
+            digests[path] = (key, hashlib.sha256(safefile.read_bounded(path)).hexdigest())
+    except OSError as exc:
+        return None, f"{path}: cannot read vassal file: {exc.strerror}"
+    digest = digests[path][1]
+    if tyrant and (info.st_uid == 0 or info.st_gid == 0):
+        return None, f"[emperor-tyrant] invalid permissions for vassal {path}: owned by root"
+    # Whoever may write the directory could otherwise run another user's file as that user.
+    if tyrant and stat.S_ISLNK(link.st_mode) and link.st_uid != info.st_uid:
+        return None, (
+            f"[emperor-tyrant] vassal {path} is a symbolic link owned by uid {link.st_uid} to a file"
+            f" owned by uid {info.st_uid}: refused"
+        )
+    if tyrant and info.st_nlink != 1:
+        return None, (
+            f"[emperor-tyrant] vassal {path} has {info.st_nlink} hard links: refused"
+            " (a hard link does not say who made it)"
+        )
+    return VassalFile(path, digest, info.st_uid, info.st_gid, info.st_mtime, os.path.realpath(path)), ""
 
 
 # inotify events that can mean a vassal file appeared, changed or went (inotify(7)).
@@ -253,7 +319,8 @@ class Emperor:
         self.config = config
         self.patterns = [os.path.abspath(p) for p in config.emperor]
         first_dir = next((p for p in self.patterns if os.path.isdir(p)), os.getcwd())
-        self.state_path = config.emperor_state or os.path.join(first_dir, STATE_NAME)
+        self.state_path: str | None = config.emperor_state or _default_state(first_dir, config.emperor_tyrant)
+        self.scan_every = _interval(config.emperor_freq)
         self.vassals: dict[str, Vassal] = {}
         self.stopping = False
         self.deadline = 0.0
@@ -264,6 +331,9 @@ class Emperor:
         self.dirty = True
         self.stats: StatsServer | None = None
         self.watch: DirectoryWatch | None = None
+        self.probes: dict[int, Probe] = {}  # by pipe
+        self.digests: dict[str, tuple[FileKey, str]] = {}  # what the scans read, by path
+        self.unreaped: set[int] = set()  # probes that answered or were killed, not waited for yet
 
     def run(self) -> int:
         """Run until SIGTERM/SIGINT and every vassal has stopped."""
@@ -285,10 +355,17 @@ class Emperor:
         self.watch = DirectoryWatch(self.patterns)
         if self.watch.fd is not None:
             self.selector.register(self.watch.fd, selectors.EVENT_READ, self.watch)
+        if self.config.emperor_tyrant:
+            for directory in self.patterns:
+                _warn_if_replaceable(directory)
         how = "inotify, and a scan" if self.watch.fd is not None else "a scan"
-        log(f"emperor watching {', '.join(self.patterns)} ({how} every {self.config.emperor_freq:g} s)")
+        log(f"emperor watching {', '.join(self.patterns)} ({how} every {self.scan_every:g} s)")
         while not (self.stopping and not self._alive()):
             self.step()
+        for probe in list(self.probes.values()):
+            self._end_probe(probe, "")
+        for pid in self.unreaped:
+            _reaped(pid, 0)
         self._write_state()
         if self.stats is not None:
             self.stats.close()
@@ -303,6 +380,8 @@ class Emperor:
             timeout = min(max(0.0, self.deadline - now), 0.5)
         else:
             timeout = max(0.0, self.next_scan - now)
+        if self.probes:
+            timeout = min(timeout, max(0.0, min(p.deadline for p in self.probes.values()) - now))
         for key, _ in self.selector.select(timeout):
             if key.data is None:
                 for signum in os.read(self.wake_r, 256):
@@ -312,16 +391,20 @@ class Emperor:
             elif key.data is self.watch:
                 if self.watch.changed():
                     self.next_scan = 0.0  # something moved in a watched directory: look now
+            elif isinstance(key.data, Probe):
+                self._on_probe(key.data)
             else:
                 self._on_message(key.data)
         self._reap()
         now = time.monotonic()
+        for probe in [p for p in self.probes.values() if p.deadline <= now]:
+            self._end_probe(probe, f"took more than {PROBE_SECONDS:g} s")
         if self.stopping:
             self._escalate(now)
         else:
             self._overstayed(now)
         if not self.stopping and now >= self.next_scan:
-            self.next_scan = now + self.config.emperor_freq
+            self.next_scan = now + self.scan_every
             self._reconcile(now)
         if self.dirty:
             self._write_state()
@@ -377,7 +460,7 @@ class Emperor:
 
     # -- carrying out the plan -------------------------------------------------------------
     def _reconcile(self, now: float) -> None:
-        desired, problems = scan(self.patterns, self.config.emperor_tyrant)
+        desired, problems = scan(self.patterns, self.config.emperor_tyrant, self.digests)
         for problem in set(problems) - self.last_problems:
             log(problem)
         self.last_problems = set(problems)
@@ -417,16 +500,20 @@ class Emperor:
         vassal.digest, vassal.mtime = wanted.digest, wanted.mtime
         vassal.uid, vassal.gid = wanted.uid, wanted.gid
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        env = dict(os.environ, **{EMPEROR_FD_ENV: str(theirs.fileno())})
-        env.pop("NOTIFY_SOCKET", None)
         kwargs: dict[str, Any] = {}
         if self.config.emperor_tyrant:
             kwargs.update(user=wanted.uid, group=wanted.gid, extra_groups=[])
-            env["HOME"] = _home_of(wanted.uid)
+            env = _tyrant_environment(wanted.uid)
+        else:
+            env = dict(os.environ)
+            env.pop("NOTIFY_SOCKET", None)
+        env[EMPEROR_FD_ENV] = str(theirs.fileno())
         try:
             proc = subprocess.Popen(
                 self._command_line(wanted.path),
-                cwd=os.path.dirname(wanted.path),
+                # The file's own directory, not the link's: a link planted in the vassal directory
+                # must not make a relative wsgi-file load the planter's code.
+                cwd=os.path.dirname(wanted.real or wanted.path),
                 env=env,
                 stdin=subprocess.DEVNULL,
                 pass_fds=(theirs.fileno(),),
@@ -447,13 +534,63 @@ class Emperor:
         if vassal.born:
             vassal.respawns += 1
         vassal.proc, vassal.pid, vassal.pipe = proc, proc.pid, ours
-        # Reading a tyrant vassal's file here would expand its @(file) and $(ENV) as root.
-        vassal.stats = None if self.config.emperor_tyrant else _stats_address(wanted.path)
+        vassal.stats = None
+        # Reading a tyrant vassal's file would expand its @(file) and $(ENV) as root.
+        if not self.config.emperor_tyrant:
+            self._probe(vassal)
         vassal.state, vassal.born, vassal.accepting = "starting", time.time(), False
         vassal.loyal = False
         self.selector.register(ours, selectors.EVENT_READ, vassal)
         log(f"spawned vassal {os.path.basename(wanted.path)} (pid {proc.pid})")
         self.dirty = True
+
+    def _probe(self, vassal: Vassal) -> None:
+        """Read the vassal's stats address in a bounded child: its file may crash or block a reader."""
+        if any(p.vassal is vassal for p in self.probes.values()):
+            return
+        read_end, write_end = os.pipe2(os.O_CLOEXEC)
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            os.close(read_end)
+            os.close(write_end)
+            log(f"vassal {os.path.basename(vassal.path)}: no stats address: cannot fork ({exc.strerror})")
+            return
+        if pid == 0:
+            os.close(read_end)
+            _probe_child(vassal.path, write_end)
+        os.close(write_end)
+        os.set_blocking(read_end, False)
+        probe = Probe(vassal, vassal.digest, pid, read_end, time.monotonic() + PROBE_SECONDS)
+        self.probes[read_end] = probe
+        self.selector.register(read_end, selectors.EVENT_READ, probe)
+
+    def _on_probe(self, probe: Probe) -> None:
+        try:
+            data = os.read(probe.pipe, PROBE_OUTPUT + 1)
+        except BlockingIOError:
+            return
+        probe.output += data
+        if len(probe.output) > PROBE_OUTPUT:
+            self._end_probe(probe, "answered too much")
+        elif not data:
+            answer = probe.output.decode(errors="replace")
+            if answer[:1] == "+":
+                probe.vassal.stats = answer[1:] or None
+                self.dirty = True
+            self._end_probe(probe, answer[1:] if answer[:1] == "-" else "")
+
+    def _end_probe(self, probe: Probe, failure: str) -> None:
+        """Forget a probe, killed if still running; a failure is logged once per file content."""
+        del self.probes[probe.pipe]
+        self.selector.unregister(probe.pipe)
+        os.close(probe.pipe)
+        kill_quietly(probe.pid, signal.SIGKILL)
+        self.unreaped.add(probe.pid)
+        if failure and probe.vassal.unreadable != probe.digest:
+            probe.vassal.unreadable = probe.digest
+            name = os.path.basename(probe.vassal.path)
+            log(f"vassal {name}: no stats address: reading its file failed ({failure})")
 
     def _reload(self, vassal: Vassal) -> None:
         vassal.state, vassal.accepting = "reloading", False
@@ -480,6 +617,7 @@ class Emperor:
                 kill_quietly(vassal.pid, fallback)
 
     def _reap(self) -> None:
+        self.unreaped = {pid for pid in self.unreaped if not _reaped(pid, os.WNOHANG)}
         now = time.monotonic()
         for vassal in self.vassals.values():
             if vassal.proc is None or vassal.proc.poll() is None:
@@ -614,13 +752,101 @@ class Emperor:
     def _write_state(self) -> None:
         """Replace the state file atomically, so a reader never sees half of it."""
         self.dirty = False
-        tmp = f"{self.state_path}.{os.getpid()}.tmp"
+        if self.state_path is None:
+            return
+        data = json.dumps(self.snapshot(), indent=1).encode()
         try:
-            with open(tmp, "w") as handle:
-                json.dump(self.snapshot(), handle, indent=1)
-            os.replace(tmp, self.state_path)
+            safefile.write_replace(self.state_path, data, 0o644)
         except OSError as exc:
             log(f"emperor: cannot write its state to {self.state_path}: {exc.strerror}")
+
+
+def tyrant_state_path(directory: str) -> str:
+    """Where a tyrant emperor watching ``directory`` keeps its state: a root-only directory."""
+    key = hashlib.sha256(os.fsencode(os.path.realpath(directory))).hexdigest()[:16]
+    return os.path.join(RUN_DIR, f"emperor-{key}.json")
+
+
+def _default_state(directory: str, tyrant: bool) -> str | None:
+    """The state file's default path; None (and a log line) when there is no safe place for it."""
+    if not tyrant:
+        return os.path.join(directory, STATE_NAME)
+    try:
+        private_directory(RUN_DIR)
+    except OSError as exc:
+        log(f"emperor: no state file (--emperor-status will not see it): {RUN_DIR}: {exc.strerror}")
+        return None
+    return tyrant_state_path(directory)
+
+
+def private_directory(path: str) -> None:
+    """Make sure ``path`` is a directory only this user may write (created 0755 if missing)."""
+    try:
+        os.mkdir(path, 0o755)
+    except FileExistsError:
+        pass
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode):
+        raise safefile.UnsafeFile(path, "is not a directory: refused")
+    if info.st_uid != os.geteuid():
+        raise safefile.UnsafeFile(path, f"is owned by uid {info.st_uid}, not {os.geteuid()}: refused")
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise safefile.UnsafeFile(path, f"is writable by others (mode {info.st_mode & 0o7777:o}): refused")
+
+
+def _warn_if_replaceable(directory: str) -> None:
+    """Warn when users may replace each other's files in a tyrant's vassal directory.
+
+    Between a scan and the vassal reading its file, such a user could swap in a file of their
+    own, which the vassal would then run as the first file's owner.
+    """
+    try:
+        info = os.stat(directory)
+    except OSError:
+        return  # a glob, or a directory that comes later: nothing to say yet
+    if info.st_uid != 0:
+        why = f"owned by uid {info.st_uid}"
+    elif info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not info.st_mode & stat.S_ISVTX:
+        why = "writable by others without the sticky bit"
+    else:
+        return
+    log(
+        f"emperor: warning: {directory} is {why}: a user may replace another's vassal file between"
+        " the scan and its start; make it root's, and sticky (chmod 1777) if users drop files in it"
+    )
+
+
+def _interval(freq: float) -> float:
+    """The seconds between scans: a nan or non-positive value would make the loop spin."""
+    return freq if math.isfinite(freq) and freq > 0 else 0.5
+
+
+def _probe_child(path: str, pipe: int) -> NoReturn:
+    """In a forked child: write ``+ADDRESS`` or ``-WHY`` to ``pipe`` and exit, within the bounds."""
+    try:
+        signal.set_wakeup_fd(-1)  # the emperor's wakeup pipe is not ours to write
+        for signum in HANDLED:
+            signal.signal(signum, signal.SIG_DFL)
+        _die_with_parent()
+        signal.alarm(int(PROBE_SECONDS) + 1)  # in case the emperor is gone before it kills us
+        with open("/proc/self/statm") as statm:
+            size = int(statm.read().split()[0]) * resource.getpagesize()
+        resource.setrlimit(resource.RLIMIT_AS, (size + PROBE_MEMORY, size + PROBE_MEMORY))
+        answer = "+" + (_stats_address(path) or "")
+    except BaseException as exc:  # whatever the file does to the reader is only a failed read
+        answer = f"-{type(exc).__name__}: {exc}"
+    try:
+        os.write(pipe, answer.encode(errors="replace")[:PROBE_OUTPUT])
+    finally:
+        os._exit(0)
+
+
+def _reaped(pid: int, options: int) -> bool:
+    """Wait for a child of ours; whether it is gone (reaped now or before)."""
+    try:
+        return os.waitpid(pid, options)[0] != 0
+    except ChildProcessError:
+        return True
 
 
 def _stats_address(path: str) -> str | None:
@@ -635,6 +861,12 @@ def _stats_address(path: str) -> str | None:
     return address
 
 
+def _state_of(directory: str) -> str:
+    """The state file of the emperor watching ``directory``: a tyrant's first, as no user can forge it."""
+    tyrant = tyrant_state_path(directory)
+    return tyrant if os.path.exists(tyrant) else os.path.join(directory, STATE_NAME)
+
+
 def _pending_message(pipe: socket.socket) -> bool:
     """Whether a vassal's pipe holds a byte not read yet (or its end-of-file)."""
     try:
@@ -646,11 +878,16 @@ def _pending_message(pipe: socket.socket) -> bool:
     return True
 
 
-def _home_of(uid: int) -> str:
+def _tyrant_environment(uid: int) -> dict[str, str]:
+    """A tyrant vassal's environment: the locale and PATH, and who it is; none of root's secrets."""
+    env = {name: os.environ[name] for name in TYRANT_ENV if name in os.environ}
+    env.setdefault("PATH", os.defpath)
     try:
-        return pwd.getpwuid(uid).pw_dir
+        user = pwd.getpwuid(uid)
+        env.update(HOME=user.pw_dir, USER=user.pw_name, LOGNAME=user.pw_name)
     except KeyError:
-        return "/"
+        env["HOME"] = "/"
+    return env
 
 
 def _kill_group(pid: int) -> None:
@@ -663,10 +900,9 @@ def _kill_group(pid: int) -> None:
 
 def print_status(target: str) -> int:
     """``binserve --emperor-status DIR|FILE``: print the vassals' state; 1 if there is none."""
-    path = os.path.join(target, STATE_NAME) if os.path.isdir(target) else target
+    path = _state_of(target) if os.path.isdir(target) else target
     try:
-        with open(path) as handle:
-            state = json.load(handle)
+        state = json.loads(safefile.read_bounded(path, MAX_STATE_BYTES))
     except (OSError, ValueError) as exc:
         print(f"binserve: no emperor state in {path}: {exc}", file=sys.stderr)
         return 1

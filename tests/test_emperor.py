@@ -30,7 +30,7 @@ import psutil
 import pytest
 
 from binserve.config import load
-from binserve.emperor import STATE_NAME, Emperor, Wait, plan, scan
+from binserve.emperor import RUN_DIR, STATE_NAME, Emperor, Wait, plan, scan, tyrant_state_path
 from binserve.protocol import encode_request
 
 from support import Nginx, location, ping, reachable_prefix, wait_for
@@ -172,6 +172,8 @@ class EmperorProcess:
             start_new_session=True,
         )
         self.pid = self.proc.pid
+        tyrant = "--emperor-tyrant" in args
+        self.state_path = Path(tyrant_state_path(str(vassals)) if tyrant else vassals / STATE_NAME)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -179,7 +181,7 @@ class EmperorProcess:
     def state(self) -> dict[str, Any]:
         """The state file (written atomically by the emperor); {} before the first one."""
         try:
-            return json.loads((self.vassals / STATE_NAME).read_text())
+            return json.loads(self.state_path.read_text())
         except FileNotFoundError:
             return {}
 
@@ -250,6 +252,17 @@ class EmperorProcess:
             self.proc.wait(10)
         finally:
             self._log.close()
+            if self.state_path.parent == Path(RUN_DIR):
+                remove_run_state(self.state_path)
+
+
+def remove_run_state(path: Path) -> None:
+    """Remove a tyrant's state file, and the directory under /run the emperor made for it once empty."""
+    path.unlink(missing_ok=True)
+    try:
+        path.parent.rmdir()
+    except OSError:
+        pass  # another emperor's state is still there
 
 
 def leftovers(vassals: Path) -> str:
@@ -510,7 +523,7 @@ def test_bad_vassal_files_give_one_clear_line_each_and_never_stop_the_others(
         unknown: rf"{re.escape(str(unknown))}:\d+: unknown option 'procesess' \(did you mean 'processes'\?\)",
         bad_value: rf"{re.escape(str(bad_value))}:\d+: .*'processes'.*'many'",
         no_include: rf"{re.escape(str(no_include))}:\d+: .*include.*gone\.ini.*No such file",
-        directory: rf"{re.escape(str(directory))}: cannot read vassal file: Is a directory",
+        directory: rf"{re.escape(str(directory))}: cannot read vassal file: [Ii]s a directory",
         dangling: rf"{re.escape(str(dangling))}: cannot read vassal file: No such file or directory",
     }
     for pattern in expected.values():

@@ -84,6 +84,18 @@ def children(pid: int) -> set[int]:
     return {int(p) for p in out.split() if alive(int(p))}
 
 
+def vassals_of(pid: int) -> set[int]:
+    """The live children of ``pid`` that run a vassal file."""
+    found = set()
+    for child in children(pid):
+        try:
+            if "--ini" in cmdline(child):
+                found.add(child)
+        except OSError:
+            pass  # gone meanwhile
+    return found
+
+
 def alive(pid: int) -> bool:
     """Whether ``pid`` is running (a zombie counts as gone)."""
     try:
@@ -146,9 +158,12 @@ class Emperor:
         self.wait(lambda: text in self.log(), timeout, repr(text))
 
     def vassal_master(self, timeout: float = 15.0) -> int:
-        """The one vassal process (a child of the emperor) once it exists."""
-        self.wait(lambda: len(children(self.proc.pid)) == 1, timeout, "one vassal")
-        (pid,) = children(self.proc.pid)
+        """The one vassal process (a child of the emperor running ``--ini``) once it exists.
+
+        binserve's emperor also forks a short-lived child of its own to read a vassal's file.
+        """
+        self.wait(lambda: len(vassals_of(self.proc.pid)) == 1, timeout, "one vassal")
+        (pid,) = vassals_of(self.proc.pid)
         self.seen.add(pid)
         return pid
 

@@ -1,0 +1,385 @@
+"""The emperor against hostile vassal directories: what a user who can write there can do.
+
+Vassal files that crash, block or exhaust whatever parses them, a sparse file of gigabytes,
+links planted at the state file's names, links to another user's vassal file, secrets in the
+emperor's environment. The emperor and the other vassals must carry on, root must not write
+through a link, and a tyrant's vassal must not run another user's file nor see root's
+environment. Processes are real (the helpers of test_emperor); the tyrant tests create two
+system users and remove them, and remove the state file they leave under /run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+from test_emperor import STATE_NAME, EmperorProcess, get, status_row, status_text, write_vassal
+
+import binserve.emperor as emperor_module
+from binserve.config import load
+
+from support import ping, reachable_prefix, wait_for
+
+# Hostile files would otherwise make the unfixed emperor (and each hostile vassal) take the
+# host's memory: under this bound they fail with MemoryError instead.
+ADDRESS_SPACE = ["prlimit", f"--as={512 << 20}", "--"]
+VICTIM, ATTACKER = "binserve-h1", "binserve-h2"
+SECRET = "EMPEROR_TEST_SECRET"
+
+# Tells whose code it is (the file's directory), as whom it runs, and whether it sees the secret.
+APP = """
+import os
+
+WHO = os.path.basename(os.path.dirname(os.path.abspath(__file__)))
+
+
+def application(environ, start_response):
+    body = f"{WHO} {os.getuid()} {os.environ.get('EMPEROR_TEST_SECRET', '-')}".encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+"""
+
+
+# -- fixtures ------------------------------------------------------------------------------------------
+@pytest.fixture
+def emperor(tmp_path: Path) -> Iterator[Callable[..., EmperorProcess]]:
+    """Start an emperor: ``emperor(vassal_dir, *extra_args, wrap=[])``; always torn down."""
+    started: list[EmperorProcess] = []
+
+    def start(vassals: Path, *args: str, wrap: list[str] | None = None) -> EmperorProcess:
+        process = EmperorProcess(tmp_path, vassals, args, wrap or [])
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
+    for process in started:
+        wait_for(process.all_gone, 10, f"every vassal of {process.vassals} to be gone")
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> Path:
+    path = tmp_path / "app.py"
+    path.write_text(APP)
+    return path
+
+
+@pytest.fixture
+def vassal_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "vassals"
+    path.mkdir()
+    return path
+
+
+def _remove_users() -> None:
+    for name in (VICTIM, ATTACKER):
+        subprocess.run(["userdel", name], capture_output=True)
+
+
+@pytest.fixture
+def users() -> Iterator[tuple[pwd.struct_passwd, pwd.struct_passwd]]:
+    """Two system users, the victim and the attacker; removed afterwards."""
+    assert os.geteuid() == 0, "emperor-tyrant is tested as root (as CI runs)"
+    _remove_users()
+    for name in (VICTIM, ATTACKER):
+        subprocess.run(["useradd", "-M", "-r", name], check=True, capture_output=True)
+    try:
+        yield pwd.getpwnam(VICTIM), pwd.getpwnam(ATTACKER)
+    finally:
+        _remove_users()
+
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A 0755 directory of its own: tmp_path's parents are 0700, closed to the vassals' users."""
+    base = Path(tempfile.mkdtemp(prefix="binserve-hostile-"))
+    base.chmod(0o755)
+    try:
+        yield base
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def owned(path: Path, user: pwd.struct_passwd) -> Path:
+    os.lchown(path, user.pw_uid, user.pw_gid)
+    return path
+
+
+def cpu_seconds(pid: int) -> float:
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
+
+
+# -- vassal files the emperor must not execute in its own process ----------------------------------------
+def hostile_files(vassals: Path, tmp_path: Path) -> list[str]:
+    """Vassal files that crash, exhaust or block a reader in the same process; their names."""
+    sock = tmp_path / "hostile.sock"
+    head = f"[uwsgi]\nsocket = {sock}\n"
+    (vassals / "nul.ini").write_text(head + "env = A=@(/etc/hostname\x00x)\n")
+    (vassals / "bigint.ini").write_text(head + f"big = {'9' * 3000}\nenv = A=%(big * big)\n")
+    chain = tmp_path / "chain"
+    chain.mkdir()
+    for i in range(1200):
+        (chain / f"{i}.conf").write_text(f"[uwsgi]\ninclude = {i + 1}.conf\n")
+    (chain / "1200.conf").write_text("[uwsgi]\nprocesses = 1\n")
+    (vassals / "deep.ini").write_text(head + f"include = {chain / '0.conf'}\n")
+    (vassals / "zero.ini").write_text(head + "include = /dev/zero\n")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    (vassals / "fifo.ini").write_text(head + f"include = {fifo}\n")
+    return ["nul", "bigint", "deep", "zero", "fifo"]
+
+
+def test_hostile_vassal_files_leave_the_emperor_and_the_good_vassal_running(
+    tmp_path: Path, vassal_dir: Path, app: Path, emperor: Callable[..., EmperorProcess]
+) -> None:
+    """A NUL in @(), a number past int-to-str, 1,200 nested includes, /dev/zero and a FIFO."""
+    sock = tmp_path / "good.sock"
+    write_vassal(vassal_dir, "a-good", sock, app)
+    names = hostile_files(vassal_dir, tmp_path)
+    emp = emperor(vassal_dir, "--worker-reload-mercy", "1", wrap=ADDRESS_SPACE)
+    emp.wait_serving("a-good", sock)
+    master = emp.master("a-good")
+    for name in names:  # the FIFO's reader is killed past its deadline
+        emp.wait_log(rf"vassal {name}\.ini: no stats address", timeout=10)
+    # A failed vassal is respawned, and its file read again: the failure is not logged again.
+    wait_for(lambda: emp.log().count("spawned vassal nul.ini") >= 2, 10, "nul.ini respawned")
+    time.sleep(0.3)
+    emp.check_running()
+    assert ping(sock) and emp.master("a-good") == master, emp.log()
+    log = emp.log()
+    for name in names:
+        assert log.count(f"vassal {name}.ini: no stats address") == 1, log
+    started = time.monotonic()
+    emp.proc.send_signal(signal.SIGTERM)
+    assert emp.proc.wait(15) == 0, emp.log()
+    assert time.monotonic() - started < 12
+    assert "emperor stopped: every vassal has exited" in emp.log()
+
+
+def test_a_huge_vassal_file_is_refused_once_and_costs_no_cpu(
+    tmp_path: Path, vassal_dir: Path, app: Path, emperor: Callable[..., EmperorProcess]
+) -> None:
+    sock = tmp_path / "good.sock"
+    write_vassal(vassal_dir, "good", sock, app)
+    huge = vassal_dir / "huge.ini"
+    with open(huge, "wb") as handle:
+        handle.truncate(4 << 30)  # sparse: no disk, but 4 GB to whoever reads it whole
+    emp = emperor(vassal_dir, "--emperor-freq", "0.1", wrap=ADDRESS_SPACE)
+    emp.wait_serving("good", sock)
+    emp.wait_log(rf"{re.escape(str(huge))}: cannot read vassal file: is {4 << 30} bytes, over the limit")
+    before = cpu_seconds(emp.pid)
+    time.sleep(2)  # twenty scans
+    assert cpu_seconds(emp.pid) - before < 0.5
+    emp.check_running()
+    assert ping(sock)
+    assert emp.log().count(f"{huge}: cannot read vassal file") == 1, emp.log()
+
+
+def test_vassal_files_are_read_again_only_when_they_change(
+    tmp_path: Path, vassal_dir: Path, emperor: Callable[..., EmperorProcess]
+) -> None:
+    """Forty files just under the size bound, scanned ten times a second, cost (almost) nothing.
+
+    Root owns them, so a tyrant refuses each (once): they are read, never run.
+    """
+    padding = "; padding\n" * (emperor_module.safefile.MAX_CONFIG_BYTES // 10 - 1)
+    for i in range(40):
+        (vassal_dir / f"big{i}.ini").write_text(f"[uwsgi]\n{padding}")
+    emp = emperor(vassal_dir, "--emperor-tyrant", "--emperor-freq", "0.1")
+    emp.wait_log(r"invalid permissions for vassal .*big39\.ini")
+    before = cpu_seconds(emp.pid)
+    time.sleep(2)  # twenty scans
+    assert cpu_seconds(emp.pid) - before < 0.5
+    emp.check_running()
+    (vassal_dir / "big0.ini").unlink()
+    (vassal_dir / "late.ini").write_text("[uwsgi]\n")  # a new file is still read, and refused
+    emp.wait_log(r"invalid permissions for vassal .*late\.ini")
+    assert emp.log().count("big1.ini: owned by root") == 1
+
+
+def test_a_nan_scan_interval_does_not_make_the_emperor_spin(tmp_path: Path, vassal_dir: Path) -> None:
+    """What a validator letting nan through would hand over still gives a waiting loop."""
+    config = load(["--emperor", str(vassal_dir), "--emperor-state", str(tmp_path / "state.json")])
+    config.set("emperor-freq", float("nan"))
+    emp = emperor_module.Emperor(config)
+    started = time.monotonic()
+    for _ in range(3):  # the first scans at once; the next two wait for theirs
+        emp.step()
+    assert time.monotonic() - started >= 0.8
+
+
+# -- the state file ------------------------------------------------------------------------------------
+def test_a_link_planted_at_the_state_file_or_its_temporary_is_never_written_through(
+    tmp_path: Path, vassal_dir: Path, app: Path, emperor: Callable[..., EmperorProcess]
+) -> None:
+    precious = {name: tmp_path / name for name in ("at-state", "at-temporary")}
+    for path in precious.values():
+        path.write_text("precious\n")
+    (vassal_dir / STATE_NAME).symlink_to(precious["at-state"])
+    write_vassal(vassal_dir, "a", tmp_path / "a.sock", app)
+    emp = emperor(vassal_dir)
+    # The name the emperor used to open as root with a plain open(), its pid in it.
+    (vassal_dir / f"{STATE_NAME}.{emp.pid}.tmp").symlink_to(precious["at-temporary"])
+    emp.wait_serving("a", tmp_path / "a.sock")
+    write_vassal(vassal_dir, "b", tmp_path / "b.sock", app)  # one more state write, at least
+    emp.wait_serving("b", tmp_path / "b.sock")
+    wait_for(lambda: emp.state_of("b") == "running", 10, "b running in the state file")
+    assert all(path.read_text() == "precious\n" for path in precious.values())
+    assert not (vassal_dir / STATE_NAME).is_symlink()
+
+
+def test_an_explicit_state_file_is_kept_where_it_is_named_even_by_a_tyrant(
+    tmp_path: Path, vassal_dir: Path
+) -> None:
+    state = tmp_path / "state.json"
+    config = load(["--emperor", str(vassal_dir), "--emperor-tyrant", "--emperor-state", str(state)])
+    emperor_module.Emperor(config).step()
+    assert json.loads(state.read_text())["vassals"] == []
+    assert not os.path.exists(emperor_module.tyrant_state_path(str(vassal_dir)))
+    assert status_text(state).startswith(f"emperor pid {os.getpid()} watching {vassal_dir}")
+
+
+def test_a_state_directory_that_is_a_link_or_others_may_write_is_refused(tmp_path: Path) -> None:
+    private = emperor_module.private_directory
+    fresh = tmp_path / "fresh"
+    private(str(fresh))
+    assert fresh.is_dir() and fresh.stat().st_mode & 0o777 == 0o755
+    private(str(fresh))  # an existing, sound directory is fine
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    with pytest.raises(OSError, match="writable by others"):
+        private(str(shared))
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    os.chown(foreign, 65534, 65534)
+    with pytest.raises(OSError, match="owned by uid 65534"):
+        private(str(foreign))
+    link = tmp_path / "link"
+    link.symlink_to(fresh)
+    with pytest.raises(OSError, match="not a directory"):
+        private(str(link))
+
+
+# -- emperor-tyrant -----------------------------------------------------------------------------------
+def test_a_tyrant_warns_about_a_vassal_directory_where_users_may_replace_files(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    shared, sticky = tmp_path / "shared", tmp_path / "sticky"
+    for directory, mode in ((shared, 0o777), (sticky, 0o1777)):
+        directory.mkdir()
+        directory.chmod(mode)
+    emperor_module._warn_if_replaceable(str(shared))
+    emperor_module._warn_if_replaceable(str(sticky))
+    warnings = [line for line in capfd.readouterr().err.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and f"{shared} is writable by others without the sticky bit" in warnings[0]
+
+
+def tyrant_layout(base: Path, victim: pwd.struct_passwd, attacker: pwd.struct_passwd) -> tuple[Path, Path]:
+    """A vassal directory the attacker may write (with the attacker's app.py in it), and the
+    victim's directory with the victim's app.py."""
+    vassals, home = base / "vassals", base / "victim"
+    for directory, user in ((vassals, attacker), (home, victim)):
+        directory.mkdir()
+        (directory / "app.py").write_text(APP)
+        owned(directory, user)
+        owned(directory / "app.py", user)
+    return vassals, home
+
+
+def test_tyrant_state_stays_out_of_the_vassal_directory_and_status_finds_it(
+    users: tuple[pwd.struct_passwd, pwd.struct_passwd],
+    open_dir: Path,
+    tmp_path: Path,
+    emperor: Callable[..., EmperorProcess],
+) -> None:
+    victim, attacker = users
+    vassals, home = tyrant_layout(open_dir, victim, attacker)
+    sock = home / "v.sock"
+    owned(write_vassal(vassals, "v", sock, home / "app.py"), victim)
+    emp = emperor(vassals, "--emperor-tyrant", wrap=reachable_prefix(tmp_path))
+    emp.wait_serving("v", sock)
+    wait_for(lambda: emp.state_of("v") == "running", 10, "v running in the state file")
+    assert sorted(p.name for p in vassals.iterdir()) == ["app.py", "v.ini"]
+    run = os.lstat(emperor_module.RUN_DIR)
+    assert run.st_uid == 0 and run.st_mode & 0o7777 == 0o755
+    assert emp.state_path.stat().st_uid == 0 and emp.state_path.stat().st_mode & 0o022 == 0
+    assert "running" in status_row(status_text(vassals), "v.ini")
+
+
+def test_tyrant_refuses_a_link_to_another_users_file_and_runs_vassals_in_their_files_directory(
+    users: tuple[pwd.struct_passwd, pwd.struct_passwd],
+    open_dir: Path,
+    tmp_path: Path,
+    emperor: Callable[..., EmperorProcess],
+) -> None:
+    victim, attacker = users
+    vassals, home = tyrant_layout(open_dir, victim, attacker)
+    # Relative wsgi-file: found from the vassal's cwd. The attacker's app.py is in the vassal
+    # directory, the victim's beside the victim's files.
+    for name in ("own", "other"):
+        conf = home / f"{name}.conf"
+        conf.write_text(f"[uwsgi]\nsocket = {home / name}.sock\nwsgi-file = app.py\nprocesses = 1\n")
+        owned(conf, victim)
+    (vassals / "own.ini").symlink_to(home / "own.conf")
+    owned(vassals / "own.ini", victim)  # the victim's own link to the victim's file
+    (vassals / "stolen.ini").symlink_to(home / "other.conf")
+    owned(vassals / "stolen.ini", attacker)  # planted by the attacker
+    os.link(home / "other.conf", vassals / "hard.ini")  # as the attacker could where hard links are free
+    emp = emperor(vassals, "--emperor-tyrant", "--emperor-freq", "0.1", wrap=reachable_prefix(tmp_path))
+    emp.wait_serving("own", home / "own.sock")
+    status, body = get(home / "own.sock")
+    assert status == 200 and body.split()[:2] == ["victim", str(victim.pw_uid)], body
+    refusal = emp.wait_log(r"^.*stolen\.ini is a symbolic link owned by uid.*$")
+    assert f"uid {attacker.pw_uid} to a file owned by uid {victim.pw_uid}: refused" in refusal.group(0)
+    emp.wait_log(rf"^.*{re.escape(str(vassals / 'hard.ini'))} has 2 hard links: refused.*$")
+    time.sleep(0.5)  # five more scans
+    log = emp.log()
+    assert log.count("stolen.ini is a symbolic link") == 1 and log.count("hard.ini has 2 hard links") == 1, (
+        log
+    )
+    assert "spawned vassal stolen.ini" not in log and "spawned vassal hard.ini" not in log
+    assert not (home / "other.sock").exists()
+    # The attacker owns the directory: the emperor says what that allows, once.
+    assert log.count(f"warning: {vassals} is owned by uid {attacker.pw_uid}: a user may replace") == 1, log
+
+
+def test_tyrant_vassals_get_a_minimal_environment_without_the_emperors_secrets(
+    users: tuple[pwd.struct_passwd, pwd.struct_passwd],
+    open_dir: Path,
+    tmp_path: Path,
+    emperor: Callable[..., EmperorProcess],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    victim, attacker = users
+    vassals, home = tyrant_layout(open_dir, victim, attacker)
+    monkeypatch.setenv(SECRET, "hunter2")
+    monkeypatch.setenv("TZ", "UTC")
+    sock = home / "v.sock"
+    owned(write_vassal(vassals, "v", sock, home / "app.py"), victim)
+    emp = emperor(vassals, "--emperor-tyrant", wrap=reachable_prefix(tmp_path))
+    emp.wait_serving("v", sock)
+    status, body = get(sock)
+    assert status == 200 and body.split() == ["victim", str(victim.pw_uid), "-"], body
+    master = emp.master("v")
+    assert master is not None
+    environ = dict(
+        entry.split("=", 1) for entry in Path(f"/proc/{master}/environ").read_text().split("\0") if entry
+    )
+    assert SECRET not in environ
+    assert environ["USER"] == environ["LOGNAME"] == VICTIM and environ["TZ"] == "UTC"
+    assert environ["HOME"] == victim.pw_dir and "PATH" in environ and "UWSGI_EMPEROR_FD" in environ
+    assert set(environ) <= {"PATH", "LANG", "LC_ALL", "TZ", "HOME", "USER", "LOGNAME", "UWSGI_EMPEROR_FD"}
