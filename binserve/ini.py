@@ -37,10 +37,11 @@ Where binserve differs from uWSGI, on purpose (uWSGI silently keeps going in eac
 A file may be hostile (a vassal directory others can write), so each load is bounded, and each
 bound is an error naming the file and line: files are read only if regular and at most 1 MiB
 (``safefile.read_bounded``; a FIFO cannot block the read), a NUL byte is refused, includes nest
-at most ``MAX_DEPTH`` deep, one load reads at most ``MAX_READS`` files, ``MAX_LINES`` option
-lines and ``MAX_TEXT`` bytes of files and expanded values, a value is at most ``MAX_VALUE``
-characters, ``$()``/``@()``/``%()`` nest at most ``MAX_NESTING`` deep (references included), and
-``%()`` math stays within 64-bit integers, as uWSGI's C math does (where it would wrap around).
+at most ``MAX_DEPTH`` deep, names are at most ``MAX_NAME`` characters, one load reads at most
+``MAX_READS`` files, ``MAX_LINES`` option lines and ``MAX_TEXT`` bytes of files and expanded
+values, a value is at most ``MAX_VALUE`` characters, ``$()``/``@()``/``%()`` nest at most
+``MAX_NESTING`` deep (references included), and ``%()`` math stays within 64-bit integers, as
+uWSGI's C math does (where it would wrap around).
 """
 
 from __future__ import annotations
@@ -90,6 +91,7 @@ MAX_LINES = 10_000  # option lines in one load, counted again each time a file i
 MAX_TEXT = 16 << 20  # bytes read and characters expanded in one load
 MAX_VALUE = 64 << 10  # characters of one value
 MAX_NESTING = 32  # $(), @() and %() within one another, following references
+MAX_NAME = 256  # characters of an option or placeholder name: suggestions compare names pairwise
 
 
 class ConfigError(Exception):
@@ -317,6 +319,8 @@ def _section(path: str, content: str, wanted: str) -> list[tuple[int, str, str]]
         key, sep, value = text.partition("=")
         if not key.strip():
             raise ConfigError(f"{path}:{number}: line {text!r} has no option name")
+        if len(key.strip()) > MAX_NAME:
+            raise ConfigError(f"{path}:{number}: an option name longer than {MAX_NAME} characters")
         current.append((number, key.strip(), value.strip() if sep else ""))
     return next((found[name] for name in sections if name in found), None)
 
@@ -589,7 +593,7 @@ class _Loader:
             elif token in ("++", "--"):
                 result, operator = str(in_range(number(result or "0") + (1 if token == "++" else -1))), ""
             else:
-                value = token if _WHOLE.fullmatch(token) else self._value(token, line)
+                value = token if token.isdigit() else self._value(token, line)
                 if not operator:
                     result += value
                     if len(result) > MAX_VALUE:

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from binserve.config import ConfigError, load
-from binserve.ini import MAX_DEPTH, MAX_READS, MAX_TEXT, MAX_VALUE
+from binserve.ini import MAX_DEPTH, MAX_LINES, MAX_NAME, MAX_READS, MAX_TEXT, MAX_VALUE
 from binserve.options import OPTIONS, Number
 from binserve.protocol import encode_request
 
@@ -118,6 +118,18 @@ def test_total_bytes_read_are_bounded() -> None:
         rf"app\.ini:\d+: cannot include 'big\.ini': more than {MAX_TEXT} bytes of configuration in one load",
         message,
     ), message
+
+
+def test_option_lines_per_load_are_bounded() -> None:
+    write("many.ini", *[f"env = A{i}=x" for i in range(1000)])
+    write("app.ini", *["include = many.ini"] * 11)
+    message = error(["--ini", "app.ini"])
+    assert message == f"app.ini:11: cannot include 'many.ini': more than {MAX_LINES} option lines in one load"
+
+
+def test_a_long_option_name_is_an_error() -> None:
+    write("app.ini", "x" * 300 + " = 1")
+    assert error(["--ini", "app.ini"]) == f"app.ini:2: an option name longer than {MAX_NAME} characters"
 
 
 def test_reference_growth_is_bounded() -> None:
@@ -332,6 +344,22 @@ def test_process_exits_2_with_one_line(tmp_path: Path) -> None:
             [],
             {"BINSERVE_LISTEN": "3g"},
             "BINSERVE_LISTEN: option 'listen': expected a whole number in 1..65535, got '3g'",
+        ),
+    ]
+    Path("nul.ini").write_bytes(b"[uwsgi]\nchdir = @(a\\0b)\n".replace(b"\\0", b"\0"))
+    write("math.ini", "n = %(4000000000 * 4000000000)", "chdir = %(n)")
+    cases += [
+        (["--ini", "nul.ini"], {}, "nul.ini:2: the line contains a NUL byte"),
+        (["--ini", "math.ini"], {}, "math.ini:2: %(4000000000 * 4000000000) goes beyond 64-bit integers"),
+        (
+            ["--emperor-freq", "nan"],
+            {},
+            "--emperor-freq: option 'emperor-freq': expected a number of seconds in 0.01..3600, got 'nan'",
+        ),
+        (
+            ["--wsgi-file", "app.py"],
+            {},
+            "--wsgi-file: option 'wsgi-file' cannot be used with option 'module' (--module): give only one",
         ),
     ]
     for args, env, message in cases:
