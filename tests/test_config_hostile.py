@@ -280,13 +280,10 @@ def get(path: Path) -> bytes:
     return b"".join(chunks)
 
 
-def test_binserve_starts_and_serves_despite_binserve_home(tmp_path: Path) -> None:
-    server = Server(tmp_path, ["--module", "binserve.demo"], env={"BINSERVE_HOME": "/nowhere"})
-    try:
-        assert get(server.socket).startswith(b"HTTP/1.1 200")
-        assert "warning: ignoring BINSERVE_HOME: binserve has no option 'home'" in server.log()
-    finally:
-        server.stop()
+def test_binserve_starts_and_serves_despite_binserve_home(serve: Callable[..., Server]) -> None:
+    server = serve("--module", "binserve.demo", env={"BINSERVE_HOME": "/nowhere"})
+    assert get(server.socket).startswith(b"HTTP/1.1 200")
+    assert "warning: ignoring BINSERVE_HOME: binserve has no option 'home'" in server.log()
 
 
 # -- the app -----------------------------------------------------------------------------------------
@@ -297,16 +294,13 @@ def test_module_and_wsgi_file_together_are_a_config_error() -> None:
     )
 
 
-def test_a_directory_as_wsgi_file_says_so(tmp_path: Path) -> None:
+def test_a_directory_as_wsgi_file_says_so(serve: Callable[..., Server]) -> None:
     os.mkdir("app.py")
-    server = Server(tmp_path, ["--wsgi-file", "app.py"], ready=False)
-    try:
-        server.proc.wait(20)
-        assert server.proc.returncode == 4
-        assert "cannot load the app: wsgi-file app.py: is a directory" in server.log()
-        assert "Traceback" not in server.log()
-    finally:
-        server.stop()
+    server = serve("--wsgi-file", "app.py", ready=False)
+    server.proc.wait(20)
+    assert server.proc.returncode == 4
+    assert "cannot load the app: wsgi-file app.py: is a directory" in server.log()
+    assert "Traceback" not in server.log()
 
 
 def test_an_unreadable_wsgi_file_says_permission_denied() -> None:
