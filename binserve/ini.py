@@ -79,6 +79,7 @@ UWSGI_SYNTAX = frozenset(
 
 _MAGIC = re.compile(r"%(.?)")
 _OPEN = re.compile(r"[$@%]\(")
+_PARENTHESIS = re.compile(r"[()]")
 _REFERENCE = re.compile(r"%\(([^()]*)\)")
 _ARITHMETIC = ("+", "-", "*", "/")
 _FIRST_FILE_MAGIC = "PDSNECXOI"
@@ -325,17 +326,19 @@ def _section(path: str, content: str, wanted: str) -> list[tuple[int, str, str]]
     return next((found[name] for name in sections if name in found), None)
 
 
-def _closing(text: str, start: int) -> int:
-    """Index of the ``)`` that closes a ``(`` just before ``start``; -1 if there is none."""
-    depth = 0
-    for index in range(start, len(text)):
-        if text[index] == "(":
-            depth += 1
-        elif text[index] == ")":
-            if depth == 0:
-                return index
-            depth -= 1
-    return -1
+def _pairs(text: str) -> dict[int, int]:
+    """The index of each ``(`` in ``text`` to that of the ``)`` closing it; unclosed ones are absent.
+
+    Found in one pass, so nested ``$($(...))`` cost no rescanning per level.
+    """
+    pairs: dict[int, int] = {}
+    opened: list[int] = []
+    for match in _PARENTHESIS.finditer(text):
+        if match.group() == "(":
+            opened.append(match.start())
+        elif opened:
+            pairs[opened.pop()] = match.start()
+    return pairs
 
 
 def _calculate(operator: str, left: int, right: int, inner: str, line: Line) -> int:
@@ -507,30 +510,38 @@ class _Loader:
 
     def _expand(self, text: str, line: Line, references: bool = True) -> str:
         """``text`` with its ``$()``, ``@()`` and ``%()`` replaced, the innermost first."""
+        return self._expand_span(text, _pairs(text), 0, len(text), line, references)
+
+    def _expand_span(
+        self, text: str, pairs: dict[int, int], start: int, stop: int, line: Line, references: bool
+    ) -> str:
+        """``text[start:stop]`` expanded; ``pairs`` maps each ``(`` of ``text`` to its ``)``."""
         if self.nesting >= MAX_NESTING:
             raise ConfigError(f"{line.where}: '$(', '@(' and '%(' nested more than {MAX_NESTING} deep")
         self.nesting += 1
         try:
-            return self._expand_pieces(text, line, references)
+            return self._expand_pieces(text, pairs, start, stop, line, references)
         finally:
             self.nesting -= 1
 
-    def _expand_pieces(self, text: str, line: Line, references: bool) -> str:
+    def _expand_pieces(
+        self, text: str, pairs: dict[int, int], start: int, stop: int, line: Line, references: bool
+    ) -> str:
         pieces: list[str] = []
-        size, index = 0, 0
-        while match := _OPEN.search(text, index):
-            end = _closing(text, match.end())
+        size, index = 0, start
+        while match := _OPEN.search(text, index, stop):
+            end = pairs.get(match.end() - 1, -1)
             if end < 0:
-                raise ConfigError(f"{line.where}: '{match.group()}' is never closed in {text!r}")
-            inner = self._expand(text[match.end() : end], line, references)
+                raise ConfigError(f"{line.where}: '{match.group()}' is never closed in {text[start:stop]!r}")
+            inner = self._expand_span(text, pairs, match.end(), end, line, references)
             pieces += [text[index : match.start()], self._replace(match.group()[0], inner, line, references)]
             size += len(pieces[-2]) + len(pieces[-1])
             if size > MAX_VALUE:
                 raise _too_long(line.where, line.key)
             index = end + 1
-        if size + len(text) - index > MAX_VALUE:
+        if size + stop - index > MAX_VALUE:
             raise _too_long(line.where, line.key)
-        return "".join(pieces) + text[index:]
+        return "".join(pieces) + text[index:stop]
 
     def _replace(self, kind: str, inner: str, line: Line, references: bool) -> str:
         if kind == "$":

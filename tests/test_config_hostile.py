@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -151,6 +152,16 @@ def test_deeply_nested_expansions_are_an_error() -> None:
         error(["--ini", "app.ini"], {"HOME": "/"})
         == "app.ini:2: '$(', '@(' and '%(' nested more than 32 deep"
     )
+
+
+def test_nested_expansions_are_scanned_once() -> None:
+    # 31 levels of $(...) around 60,000 parentheses, on 75 lines: rescanning each level took seconds.
+    value = "$(A:-" * 31 + "x" + "(" * 30_000 + ")" * 30_000 + ")" * 31
+    write("part.ini", *[f"env = A{i}={value}" for i in range(15)])
+    write("app.ini", *["include = part.ini"] * 5)
+    started = time.monotonic()
+    assert len(load(["--ini", "app.ini"], {}).env) == 75
+    assert time.monotonic() - started < 5
 
 
 def test_a_long_chain_of_references_is_an_error() -> None:
