@@ -254,6 +254,11 @@ def test_every_number_option_shows_its_range_in_the_table() -> None:
         assert f"({opt.convert.span})" in opt.description, opt.name
 
 
+def test_every_number_default_is_within_its_range() -> None:
+    for opt in NUMERIC:
+        assert opt.convert(str(opt.default)) == opt.default, opt.name
+
+
 def test_sizes_keep_their_suffixes_and_counts_do_not_take_them() -> None:
     config = load(["--buffer-size", "32k", "--limit-post", "1024g", "--post-buffering", "1m"], {})
     assert (config.buffer_size, config.limit_post, config.post_buffering) == (32768, 1 << 40, 1 << 20)
