@@ -9,7 +9,11 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from . import safefile
 from .config import Config
+
+# An app's source; far above any real file, but no FIFO or device can be read endlessly.
+MAX_APP_BYTES = 64 << 20
 
 
 class AppLoadError(Exception):
@@ -36,8 +40,6 @@ def prepare_process(config: Config) -> None:
 
 def load_app(config: Config) -> Callable[..., Any]:
     """Import the app named by ``module`` or ``wsgi-file`` and return its callable."""
-    if config.module and config.wsgi_file:
-        raise AppLoadError("give either module or wsgi-file, not both")
     if config.module:
         name, _, attr = config.module.partition(":")
         attr = attr or config.callable
@@ -45,17 +47,21 @@ def load_app(config: Config) -> Callable[..., Any]:
         where = f"module {name}"
     elif config.wsgi_file:
         path = os.path.abspath(config.wsgi_file)
-        if not os.path.isfile(path):
-            raise AppLoadError(f"wsgi-file {config.wsgi_file}: no such file")
+        try:
+            # Read once, through the one safe reader: a FIFO cannot hang the master, and the
+            # reason a file is refused (missing, unreadable, a directory) is the one reported.
+            source = safefile.read_bounded(path, MAX_APP_BYTES)
+        except OSError as exc:
+            raise AppLoadError(f"wsgi-file {config.wsgi_file}: {exc.strerror}") from None
         # A stable module name derived from the path, as uWSGI's uwsgi_file_<path> does, so
         # pickling and logging see a real module registered in sys.modules.
         mod_name = "binserve_file_" + "".join(c if c.isalnum() else "_" for c in path)
         spec = importlib.util.spec_from_file_location(mod_name, path)
-        if spec is None or spec.loader is None:
+        if spec is None:
             raise AppLoadError(f"wsgi-file {config.wsgi_file}: not a Python file")
         module = importlib.util.module_from_spec(spec)
         sys.modules[mod_name] = module
-        spec.loader.exec_module(module)
+        exec(compile(source, path, "exec"), module.__dict__)
         attr = config.callable
         where = f"wsgi-file {config.wsgi_file}"
     else:

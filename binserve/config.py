@@ -11,12 +11,14 @@ names where it came from (``app.ini:4: ...``, ``--processes: ...``, ``BINSERVE_L
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 # ConfigError lives in ini.py, the lowest module that raises it; it is re-exported here.
-from .ini import ConfigError, read, split_placeholder, unknown_option
+from .ini import ConfigError, read, split_placeholder
 from .options import ALIASES, OPTIONS, Option, options_table, resolve
 
 __all__ = ["Config", "ConfigError", "load"]
@@ -71,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
         # argparse %-formats help texts; "%(NAME)" in a help text is meant literally.
         kwargs: dict[str, Any] = {
             "dest": opt.name,
-            "help": opt.help.replace("%", "%%"),
+            "help": opt.description.replace("%", "%%"),
             "metavar": opt.metavar,
         }
         if opt.flag:
@@ -82,7 +84,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _from_environment(environ: Mapping[str, str]) -> list[tuple[Option, str, str, str]]:
-    """``(option, name as written, raw value, where)`` for each ``BINSERVE_*`` variable."""
+    """``(option, name as written, raw value, where)`` for each ``BINSERVE_*`` variable naming an option.
+
+    Another ``BINSERVE_*`` variable is ignored with a warning: the environment is shared with
+    other programs, and a stray variable must not keep the server from starting.
+    """
     found = []
     for key, raw in environ.items():
         if key.startswith(ENV_PREFIX) and key != INI_ENV:
@@ -90,8 +96,27 @@ def _from_environment(environ: Mapping[str, str]) -> list[tuple[Option, str, str
             try:
                 found.append((resolve(name), name, raw, key))
             except KeyError:
-                raise unknown_option(name, key) from None
+                print(f"binserve: warning: ignoring {key}: {_not_an_option(name)}", file=sys.stderr)
     return found
+
+
+def _not_an_option(name: str) -> str:
+    close = difflib.get_close_matches(name, [*OPTIONS, *ALIASES], n=1, cutoff=0.75)
+    variable = f" (did you mean {_variable(close[0])}?)" if close else ""
+    return f"binserve has no option '{name}'{variable}"
+
+
+def _variable(name: str) -> str:
+    return ENV_PREFIX + name.upper().replace("-", "_")
+
+
+def _one_app(config: Config, origins: Mapping[str, str]) -> None:
+    """``module`` and ``wsgi-file`` both name the app: refused here, before any worker tries."""
+    if config.module and config.wsgi_file:
+        raise ConfigError(
+            f"{origins['wsgi-file']}: option 'wsgi-file' cannot be used with option 'module'"
+            f" ({origins['module']}): give only one"
+        )
 
 
 def load(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Config:
@@ -125,8 +150,12 @@ def load(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Confi
     config = Config()
     for spec in ini_specs:
         config.set("ini", spec)
+    origins: dict[str, str] = {}  # option -> where its value last came from
     for setting in settings:
         config.set(setting.name, _convert(OPTIONS[setting.name], setting.raw, setting.where, setting.key))
+        origins[setting.name] = setting.where
     for opt, name, raw, where in outside:
         config.set(opt.name, _convert(opt, raw, where, name))
+        origins[opt.name] = where
+    _one_app(config, origins)
     return config

@@ -33,6 +33,15 @@ Where binserve differs from uWSGI, on purpose (uWSGI silently keeps going in eac
 * an inherited template's values are defaults (uWSGI applies them last, so they override the
   vassal: unbit/uwsgi#517), and their ``$()``, ``@()`` and ``%()`` are expanded too.
 * text that ``$()``, ``@()`` or ``%()`` inserts is not scanned again for more syntax.
+
+A file may be hostile (a vassal directory others can write), so each load is bounded, and each
+bound is an error naming the file and line: files are read only if regular and at most 1 MiB
+(``safefile.read_bounded``; a FIFO cannot block the read), a NUL byte is refused, includes nest
+at most ``MAX_DEPTH`` deep, names are at most ``MAX_NAME`` characters, one load reads at most
+``MAX_READS`` files, ``MAX_LINES`` option lines and ``MAX_TEXT`` bytes of files and expanded
+values, a value is at most ``MAX_VALUE`` characters, ``$()``/``@()``/``%()`` nest at most
+``MAX_NESTING`` deep (references included), and ``%()`` math stays within 64-bit integers, as
+uWSGI's C math does (where it would wrap around).
 """
 
 from __future__ import annotations
@@ -49,6 +58,7 @@ from dataclasses import dataclass, replace
 from functools import cached_property
 from importlib import metadata
 
+from . import safefile
 from .options import ALIASES, OPTIONS, UWSGI_ONLY, Option, resolve
 
 SECTIONS = ("binserve", "uwsgi")
@@ -69,13 +79,28 @@ UWSGI_SYNTAX = frozenset(
 
 _MAGIC = re.compile(r"%(.?)")
 _OPEN = re.compile(r"[$@%]\(")
+_PARENTHESIS = re.compile(r"[()]")
 _REFERENCE = re.compile(r"%\(([^()]*)\)")
 _ARITHMETIC = ("+", "-", "*", "/")
 _FIRST_FILE_MAGIC = "PDSNECXOI"
+_WHOLE = re.compile(r"[+-]?[0-9]+", re.ASCII)
+_INT64 = range(-(1 << 63), 1 << 63)
+
+MAX_DEPTH = 32  # files including files
+MAX_READS = 1000  # files read in one load, @() included
+MAX_LINES = 10_000  # option lines in one load, counted again each time a file is included
+MAX_TEXT = 16 << 20  # bytes read and characters expanded in one load
+MAX_VALUE = 64 << 10  # characters of one value
+MAX_NESTING = 32  # $(), @() and %() within one another, following references
+MAX_NAME = 256  # characters of an option or placeholder name: suggestions compare names pairwise
 
 
 class ConfigError(Exception):
     """A bad option, value or file; the message says where (``app.ini:4: ...``)."""
+
+
+class _Exceeded(Exception):
+    """A bound of one load was reached; the caller says where."""
 
 
 @dataclass(frozen=True)
@@ -172,16 +197,12 @@ def _locate(spec: str, current: str = "") -> str:
     return f"{path}:{section}" if section else path
 
 
-def _reason(exc: OSError | UnicodeDecodeError) -> str:
+def _reason(exc: OSError | UnicodeDecodeError | _Exceeded) -> str:
     if isinstance(exc, UnicodeDecodeError):
         return f"not UTF-8 text ({exc.reason} at byte {exc.start})"
+    if isinstance(exc, _Exceeded):
+        return str(exc)
     return exc.strerror or str(exc)
-
-
-def _read_text(path: str) -> str:
-    # utf-8-sig: a byte-order mark from a Windows editor would otherwise hide the first [section].
-    with open(path, encoding="utf-8-sig") as handle:
-        return handle.read()
 
 
 def _process_magic() -> dict[str, str]:
@@ -245,7 +266,11 @@ def _file_magic(spec: str) -> dict[str, str]:
     return table
 
 
-def _magic(value: str, table: Mapping[str, str], where: str) -> str:
+def _too_long(where: str, key: str) -> ConfigError:
+    return ConfigError(f"{where}: the value of '{key}' is longer than {MAX_VALUE} characters")
+
+
+def _magic(value: str, table: Mapping[str, str], where: str, key: str) -> str:
     def one(match: re.Match[str]) -> str:
         char = match.group(1)
         if char == "(":
@@ -258,7 +283,19 @@ def _magic(value: str, table: Mapping[str, str], where: str) -> str:
             raise ConfigError(f"{where}: magic variable '%{char}' is not supported by binserve")
         raise ConfigError(f"{where}: unknown magic variable '%{char}' (write %% for a literal %)")
 
-    return _MAGIC.sub(one, value)
+    pieces: list[str] = []
+    size, index = 0, 0
+    # Piece by piece: a line of a thousand %p must fail before it is a thousand paths long.
+    for match in _MAGIC.finditer(value):
+        pieces += [value[index : match.start()], one(match)]
+        size += len(pieces[-2]) + len(pieces[-1])
+        if size > MAX_VALUE:
+            raise _too_long(where, key)
+        index = match.end()
+    pieces.append(value[index:])
+    if size + len(pieces[-1]) > MAX_VALUE:
+        raise _too_long(where, key)
+    return "".join(pieces)
 
 
 def _section(path: str, content: str, wanted: str) -> list[tuple[int, str, str]] | None:
@@ -267,6 +304,8 @@ def _section(path: str, content: str, wanted: str) -> list[tuple[int, str, str]]
     found: dict[str, list[tuple[int, str, str]]] = {}
     current: list[tuple[int, str, str]] | None = None
     for number, raw in enumerate(content.splitlines(), 1):
+        if "\0" in raw:  # no file name, path or environment value can hold one
+            raise ConfigError(f"{path}:{number}: the line contains a NUL byte")
         text = raw.strip()
         if not text or text[0] in ";#":
             continue
@@ -281,21 +320,34 @@ def _section(path: str, content: str, wanted: str) -> list[tuple[int, str, str]]
         key, sep, value = text.partition("=")
         if not key.strip():
             raise ConfigError(f"{path}:{number}: line {text!r} has no option name")
+        if len(key.strip()) > MAX_NAME:
+            raise ConfigError(f"{path}:{number}: an option name longer than {MAX_NAME} characters")
         current.append((number, key.strip(), value.strip() if sep else ""))
     return next((found[name] for name in sections if name in found), None)
 
 
-def _closing(text: str, start: int) -> int:
-    """Index of the ``)`` that closes a ``(`` just before ``start``; -1 if there is none."""
-    depth = 0
-    for index in range(start, len(text)):
-        if text[index] == "(":
-            depth += 1
-        elif text[index] == ")":
-            if depth == 0:
-                return index
-            depth -= 1
-    return -1
+def _pairs(text: str) -> dict[int, int]:
+    """The index of each ``(`` in ``text`` to that of the ``)`` closing it; unclosed ones are absent.
+
+    Found in one pass, so nested ``$($(...))`` cost no rescanning per level.
+    """
+    pairs: dict[int, int] = {}
+    opened: list[int] = []
+    for match in _PARENTHESIS.finditer(text):
+        if match.group() == "(":
+            opened.append(match.start())
+        elif opened:
+            pairs[opened.pop()] = match.start()
+    return pairs
+
+
+def _calculate(operator: str, left: int, right: int, inner: str, line: Line) -> int:
+    if operator != "/":
+        return {"+": left + right, "-": left - right, "*": left * right}[operator]
+    if right == 0:
+        raise ConfigError(f"{line.where}: %({inner}) divides by zero")
+    quotient = abs(left) // abs(right)  # C's division truncates toward zero
+    return quotient if (left < 0) == (right < 0) else -quotient
 
 
 class _Loader:
@@ -317,6 +369,10 @@ class _Loader:
         self.placeholders: dict[str, Line] = {}
         self.expanded: dict[Line, str] = {}
         self.resolving: list[str] = []  # %(names) being resolved: reference loops
+        self.reads = 0
+        self.lines = 0
+        self.text = 0  # bytes read plus characters expanded, against MAX_TEXT
+        self.nesting = 0  # _expand calls within one another
 
     @cached_property
     def common(self) -> dict[str, str]:
@@ -329,6 +385,21 @@ class _Loader:
         return {char: table[char.lower()] for char in _FIRST_FILE_MAGIC}
 
     # -- reading ----------------------------------------------------------------------------------
+    def _charge(self, size: int) -> None:
+        self.text += size
+        if self.text > MAX_TEXT:
+            raise _Exceeded(f"more than {MAX_TEXT} bytes of configuration in one load")
+
+    def _read_text(self, path: str) -> str:
+        """A file's text, within the bounds of one load."""
+        self.reads += 1
+        if self.reads > MAX_READS:
+            raise _Exceeded(f"more than {MAX_READS} files read in one load")
+        data = safefile.read_bounded(path)
+        self._charge(len(data))
+        # utf-8-sig: a byte-order mark from a Windows editor would otherwise hide the first [section].
+        return data.decode("utf-8-sig")
+
     def read(self, spec: str, where: str | None = None, verb: str = "") -> list[Line]:
         """The Lines of one file's section, its includes in place and its templates first.
 
@@ -341,9 +412,11 @@ class _Loader:
         if key in [(real, sect) for real, sect, _ in self.reading]:
             chain = [name for _, _, name in self.reading] + [spec]
             raise ConfigError(f"{where}: include loop: {' -> '.join(chain)}")
+        if len(self.reading) >= MAX_DEPTH:
+            raise ConfigError(f"{prefix}: files nested more than {MAX_DEPTH} deep")
         try:
-            text = _read_text(path)
-        except (OSError, UnicodeDecodeError) as exc:
+            text = self._read_text(path)
+        except (OSError, UnicodeDecodeError, _Exceeded) as exc:
             reason = _reason(exc)
             if where is None and isinstance(exc, OSError):
                 reason = f"cannot read ini file: {reason}"
@@ -352,6 +425,9 @@ class _Loader:
         if entries is None:
             names = " or ".join(f"[{s}]" for s in ((section,) if section else SECTIONS))
             raise ConfigError(f"{prefix}: no {names} section")
+        self.lines += len(entries)
+        if self.lines > MAX_LINES:
+            raise ConfigError(f"{prefix}: more than {MAX_LINES} option lines in one load")
         if self.first is None:  # no --ini: the upper-case variables name the first file read
             self.first = self._upper(spec)
         magic = {**self.common, **_file_magic(spec), **self.first}
@@ -359,7 +435,8 @@ class _Loader:
         templates: list[Line] = []
         own: list[Line] = []
         for number, name, value in entries:
-            line = Line(name, _magic(value, magic, f"{path}:{number}"), path, number)
+            line = Line(name, _magic(value, magic, f"{path}:{number}", name), path, number)
+            self._expense(len(line.value), line)
             if name in LOADERS:
                 # Files are read now, before any %(...) can be known: only $() and @() apply.
                 target = _locate(self._expand(line.value, line, references=False), path)
@@ -418,33 +495,59 @@ class _Loader:
             )
         return unknown_option(line.key, line.where)
 
+    def _expense(self, size: int, line: Line) -> None:
+        try:
+            self._charge(size)
+        except _Exceeded as exc:
+            raise ConfigError(f"{line.where}: {exc}") from None
+
     def _expanded(self, line: Line) -> str:
         if line not in self.expanded:
-            self.expanded[line] = self._expand(line.value, line)
+            value = self._expand(line.value, line)
+            self._expense(len(value), line)
+            self.expanded[line] = value
         return self.expanded[line]
 
     def _expand(self, text: str, line: Line, references: bool = True) -> str:
         """``text`` with its ``$()``, ``@()`` and ``%()`` replaced, the innermost first."""
+        return self._expand_span(text, _pairs(text), 0, len(text), line, references)
+
+    def _expand_span(
+        self, text: str, pairs: dict[int, int], start: int, stop: int, line: Line, references: bool
+    ) -> str:
+        """``text[start:stop]`` expanded; ``pairs`` maps each ``(`` of ``text`` to its ``)``."""
+        if self.nesting >= MAX_NESTING:
+            raise ConfigError(f"{line.where}: '$(', '@(' and '%(' nested more than {MAX_NESTING} deep")
+        self.nesting += 1
+        try:
+            return self._expand_pieces(text, pairs, start, stop, line, references)
+        finally:
+            self.nesting -= 1
+
+    def _expand_pieces(
+        self, text: str, pairs: dict[int, int], start: int, stop: int, line: Line, references: bool
+    ) -> str:
         pieces: list[str] = []
-        index = 0
-        while match := _OPEN.search(text, index):
-            end = _closing(text, match.end())
+        size, index = 0, start
+        while match := _OPEN.search(text, index, stop):
+            end = pairs.get(match.end() - 1, -1)
             if end < 0:
-                raise ConfigError(f"{line.where}: '{match.group()}' is never closed in {text!r}")
-            inner = self._expand(text[match.end() : end], line, references)
+                raise ConfigError(f"{line.where}: '{match.group()}' is never closed in {text[start:stop]!r}")
+            inner = self._expand_span(text, pairs, match.end(), end, line, references)
             pieces += [text[index : match.start()], self._replace(match.group()[0], inner, line, references)]
+            size += len(pieces[-2]) + len(pieces[-1])
+            if size > MAX_VALUE:
+                raise _too_long(line.where, line.key)
             index = end + 1
-        return "".join(pieces) + text[index:]
+        if size + stop - index > MAX_VALUE:
+            raise _too_long(line.where, line.key)
+        return "".join(pieces) + text[index:stop]
 
     def _replace(self, kind: str, inner: str, line: Line, references: bool) -> str:
         if kind == "$":
             return self._environment(inner, line)
         if kind == "@":
-            path = os.path.join(os.path.dirname(line.path), inner)
-            try:
-                return _read_text(path).strip()
-            except (OSError, UnicodeDecodeError) as exc:
-                raise ConfigError(f"{line.where}: cannot read @({inner}): {_reason(exc)}") from None
+            return self._file_value(inner, line)
         if not references:
             raise ConfigError(
                 f"{line.where}: '{line.key}' cannot use %({inner}): it is read before references"
@@ -453,6 +556,17 @@ class _Loader:
         if not tokens:
             raise ConfigError(f"{line.where}: empty reference %()")
         return self._value(tokens[0], line) if len(tokens) == 1 else self._math(inner, tokens, line)
+
+    def _file_value(self, inner: str, line: Line) -> str:
+        """What ``@(inner)`` stands for: the file's text, stripped."""
+        path = os.path.join(os.path.dirname(line.path), inner)
+        try:
+            text = self._read_text(path).strip()
+        except (OSError, UnicodeDecodeError, _Exceeded) as exc:
+            raise ConfigError(f"{line.where}: cannot read @({inner}): {_reason(exc)}") from None
+        if "\0" in text:
+            raise ConfigError(f"{line.where}: cannot read @({inner}): it contains a NUL byte")
+        return text
 
     def _environment(self, inner: str, line: Line) -> str:
         # uWSGI's forms: VAR:-default (unset or empty), VAR-default (unset only).
@@ -472,30 +586,32 @@ class _Loader:
         """uWSGI's placeholder math: a left-to-right pipeline; two values in a row are concatenated."""
 
         def number(text: str) -> int:
-            try:
-                return int(text.strip())
-            except ValueError:
-                raise ConfigError(f"{line.where}: %({inner}) needs whole numbers, got {text!r}") from None
+            word = text.strip()
+            if not _WHOLE.fullmatch(word):
+                raise ConfigError(f"{line.where}: %({inner}) needs whole numbers, got {text!r}")
+            # Twenty digits are past 64 bits already; longer ones would only cost time to convert.
+            return in_range(int(word) if len(word) <= 20 else 1 << 64)
+
+        def in_range(value: int) -> int:
+            if value not in _INT64:
+                raise ConfigError(f"{line.where}: %({inner}) goes beyond 64-bit integers")
+            return value
 
         result, operator = "", ""
         for token in tokens:
             if token in _ARITHMETIC:
                 operator = token  # stays in force for the following values, as in uWSGI
             elif token in ("++", "--"):
-                result, operator = str(number(result or "0") + (1 if token == "++" else -1)), ""
+                result, operator = str(in_range(number(result or "0") + (1 if token == "++" else -1))), ""
             else:
                 value = token if token.isdigit() else self._value(token, line)
                 if not operator:
                     result += value
+                    if len(result) > MAX_VALUE:
+                        raise _too_long(line.where, line.key)
                     continue
                 left, right = number(result or "0"), number(value)
-                if operator == "/" and right == 0:
-                    raise ConfigError(f"{line.where}: %({inner}) divides by zero")
-                if operator == "/":  # C's division truncates toward zero
-                    quotient = abs(left) // abs(right)
-                    result = str(quotient if (left < 0) == (right < 0) else -quotient)
-                else:
-                    result = str({"+": left + right, "-": left - right, "*": left * right}[operator])
+                result = str(in_range(_calculate(operator, left, right, inner, line)))
         return result
 
     def _value(self, name: str, line: Line) -> str:

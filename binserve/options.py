@@ -9,6 +9,8 @@ listed in ``UWSGI_ONLY`` so the error can say so by name instead of "unknown".
 from __future__ import annotations
 
 import ipaddress
+import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -29,35 +31,58 @@ def to_bool(text: str) -> bool:
     raise ValueError(f"expected a boolean (true/false, yes/no, 1/0), got {text!r}")
 
 
-def to_int(text: str) -> int:
-    """A whole number; a trailing k/m/g multiplies by 1024s, as uWSGI allows for sizes."""
-    word = text.strip().lower()
-    scale = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}.get(word[-1:], 1)
-    if scale != 1:
-        word = word[:-1]
-    try:
-        return int(word) * scale
-    except ValueError:
-        raise ValueError(f"expected a whole number, got {text!r}") from None
+# Plain ASCII numbers only: float() and int() would also take "nan", "inf", "1_0" and other scripts' digits.
+_WHOLE = re.compile(r"[+-]?[0-9]+", re.ASCII)
+_DECIMAL = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?", re.ASCII)
+_SIZES = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+DAY = 86400
+YEAR = 365 * DAY
 
 
-def to_seconds(text: str) -> float:
-    """A duration in seconds (fractions allowed)."""
-    try:
-        value = float(text.strip())
-    except ValueError:
-        raise ValueError(f"expected a number of seconds, got {text!r}") from None
-    if value < 0:
-        raise ValueError(f"expected a non-negative number of seconds, got {text!r}")
-    return value
+class Number:
+    """The one converter of numeric options: a finite number within ``low..high``, else one clear error.
 
+    ``whole`` numbers are integers; ``sizes`` take uWSGI's k/m/g suffixes (multiples of 1024);
+    ``unit`` names what is counted in the message (``a whole number of bytes in 0..1024g``).
+    """
 
-def to_timeout(text: str) -> float:
-    """A timeout in seconds, which must be positive: 0 would mean "wait forever" to the kernel."""
-    value = to_seconds(text)
-    if value <= 0:
-        raise ValueError(f"expected a positive number of seconds, got {text!r}")
-    return value
+    def __init__(
+        self, low: float, high: float, *, whole: bool = True, unit: str = "", sizes: bool = False
+    ) -> None:
+        self.low, self.high, self.whole, self.sizes = low, high, whole, sizes
+        kind = "a whole number" if whole else "a number"
+        self.expected = f"{kind} of {unit}" if unit else kind
+        self.__doc__ = f"{self.expected} in {self.span}"
+
+    @property
+    def span(self) -> str:
+        """The accepted range as written in messages and in the options table."""
+        return f"{self._show(self.low)}..{self._show(self.high)}"
+
+    def _show(self, value: float) -> str:
+        if self.sizes and value:
+            for suffix, scale in reversed(_SIZES.items()):
+                if value % scale == 0:
+                    return f"{int(value) // scale}{suffix}"
+        return str(int(value)) if float(value).is_integer() else str(value)
+
+    def __call__(self, text: str) -> Any:
+        value = self._parse(text.strip().lower())
+        if value is None or not self.low <= value <= self.high:
+            raise ValueError(f"expected {self.expected} in {self.span}, got {text!r}")
+        return value
+
+    def _parse(self, word: str) -> float | None:
+        scale = _SIZES.get(word[-1:], 1) if self.sizes else 1
+        if scale != 1:
+            word = word[:-1]
+        if self.whole:
+            # Twenty digits are beyond any range here; longer ones would only cost time to convert.
+            return int(word) * scale if _WHOLE.fullmatch(word) and len(word) <= 20 else None
+        if not _DECIMAL.fullmatch(word):
+            return None
+        value = float(word)
+        return value if math.isfinite(value) else None
 
 
 def to_stats_format(text: str) -> str:
@@ -71,13 +96,10 @@ def to_stats_format(text: str) -> str:
 def to_mode(text: str) -> int:
     """A unix permission mode in octal (``660``); a bare key means 666, as in uWSGI."""
     word = text.strip() or "666"
-    try:
-        mode = int(word, 8)
-    except ValueError:
-        raise ValueError(f"expected an octal mode such as 660, got {text!r}") from None
-    if not 0 <= mode <= 0o7777:
-        raise ValueError(f"mode {text!r} is out of range")
-    return mode
+    # Octal digits only: int(word, 8) would also take "0o660", "6_60" and other scripts' digits.
+    if not re.fullmatch(r"[0-7]{1,4}", word, re.ASCII):
+        raise ValueError(f"expected an octal mode such as 660 (0..7777), got {text!r}")
+    return int(word, 8)
 
 
 def to_env(text: str) -> str:
@@ -104,20 +126,6 @@ def to_str(text: str) -> str:
     return text.strip()
 
 
-def positive(convert: Callable[[str], int], low: int = 1, high: int | None = None) -> Callable[[str], int]:
-    """Wrap an integer converter with a range check."""
-
-    def check(text: str) -> int:
-        value = convert(text)
-        if value < low or (high is not None and value > high):
-            span = f"{low}..{high}" if high is not None else f">= {low}"
-            raise ValueError(f"expected a number in {span}, got {text!r}")
-        return value
-
-    check.__doc__ = convert.__doc__
-    return check
-
-
 @dataclass(frozen=True)
 class Option:
     """One option: its uWSGI-style name, how to read it, its default, who uses it, its help."""
@@ -130,6 +138,13 @@ class Option:
     repeatable: bool = False
     flag: bool = False
     metavar: str = "VALUE"
+
+    @property
+    def description(self) -> str:
+        """The help text, with the accepted range of a number."""
+        if isinstance(self.convert, Number):
+            return f"{self.help} ({self.convert.span})"
+        return self.help
 
     @property
     def attr(self) -> str:
@@ -191,10 +206,10 @@ _OPTIONS = [
         "chmod unix sockets to this octal mode (bare: 666)",
         metavar="MODE",
     ),
-    Option("listen", positive(to_int), 100, MASTER, "listen backlog of each socket", metavar="N"),
+    Option("listen", Number(1, 65535), 100, MASTER, "listen backlog of each socket", metavar="N"),
     Option(
         "buffer-size",
-        positive(to_int, 1, 65535),
+        Number(1, 65535, unit="bytes", sizes=True),
         65535,
         WORKER,
         "largest vars block accepted, in bytes (uWSGI's default is 4096; nginx sends up to 65535)",
@@ -202,7 +217,7 @@ _OPTIONS = [
     ),
     Option(
         "socket-timeout",
-        to_timeout,
+        Number(0.001, DAY, whole=False, unit="seconds"),
         4.0,
         WORKER,
         "seconds a read of the request or a write of the response may wait",
@@ -210,13 +225,13 @@ _OPTIONS = [
     ),
     Option(
         "limit-post",
-        positive(to_int, 0),
+        Number(0, 1 << 40, unit="bytes", sizes=True),
         0,
         WORKER,
         "refuse bodies larger than this many bytes with 413 (0: no limit)",
         metavar="BYTES",
     ),
-    Option("processes", positive(to_int), 1, MASTER, "number of worker processes", metavar="N"),
+    Option("processes", Number(1, 1024), 1, MASTER, "number of worker processes", metavar="N"),
     Option(
         "master",
         to_bool,
@@ -281,7 +296,7 @@ _OPTIONS = [
     ),
     Option(
         "worker-reload-mercy",
-        to_seconds,
+        Number(0, DAY, whole=False, unit="seconds"),
         60.0,
         MASTER,
         "seconds a worker may take to finish its request on reload or stop before it is killed",
@@ -323,7 +338,7 @@ _OPTIONS = [
     ),
     Option(
         "emperor-freq",
-        to_timeout,
+        Number(0.01, 3600, whole=False, unit="seconds"),
         0.5,
         EMPEROR,
         "seconds between scans of the vassal files; inotify wakes the emperor at once too (uWSGI: 3 s)",
@@ -331,7 +346,7 @@ _OPTIONS = [
     ),
     Option(
         "emperor-throttle",
-        positive(to_int),
+        Number(1, 3600 * 1000, unit="milliseconds"),
         1000,
         EMPEROR,
         "milliseconds to wait before respawning a vassal that died without serving; doubles each time",
@@ -339,7 +354,7 @@ _OPTIONS = [
     ),
     Option(
         "emperor-max-throttle",
-        positive(to_int),
+        Number(1, DAY * 1000, unit="milliseconds"),
         60000,
         EMPEROR,
         "the longest wait, in milliseconds, between respawns of a failing vassal",
@@ -388,7 +403,7 @@ _OPTIONS = [
     ),
     Option(
         "harakiri",
-        positive(to_int, 0),
+        Number(0, DAY, unit="seconds"),
         0,
         MASTER,
         "seconds a request may run before the master kills its worker (0: never); checked every second",
@@ -396,7 +411,7 @@ _OPTIONS = [
     ),
     Option(
         "harakiri-graceful-timeout",
-        to_seconds,
+        Number(0, DAY, whole=False, unit="seconds"),
         0.0,
         MASTER,
         "on harakiri, send SIGTERM first and SIGKILL only this many seconds later (0: SIGKILL at once)",
@@ -404,7 +419,7 @@ _OPTIONS = [
     ),
     Option(
         "max-requests",
-        positive(to_int, 0),
+        Number(0, 10**9),
         0,
         WORKER,
         "recycle a worker after this many requests (0: never); it finishes its request first",
@@ -412,7 +427,7 @@ _OPTIONS = [
     ),
     Option(
         "max-requests-delta",
-        positive(to_int, 0),
+        Number(0, 10**9),
         0,
         WORKER,
         "add a random 0..N to each worker's max-requests, so workers do not all recycle at once",
@@ -448,7 +463,7 @@ _OPTIONS = [
     ),
     Option(
         "min-worker-lifetime",
-        to_seconds,
+        Number(0, YEAR, whole=False, unit="seconds"),
         10.0,
         WORKER,
         "seconds a worker runs before max-requests or reload-on-rss may recycle it (as uWSGI: 10)",
@@ -456,7 +471,7 @@ _OPTIONS = [
     ),
     Option(
         "max-worker-lifetime",
-        to_seconds,
+        Number(0, YEAR, whole=False, unit="seconds"),
         0.0,
         MASTER,
         "recycle a worker after this many seconds (0: never); it finishes its request first",
@@ -464,7 +479,7 @@ _OPTIONS = [
     ),
     Option(
         "reload-on-rss",
-        positive(to_int, 0),
+        Number(0, 1 << 20, unit="MB"),
         0,
         WORKER,
         "recycle a worker whose resident memory exceeds this many MB, checked after each request (0: never)",
@@ -472,7 +487,7 @@ _OPTIONS = [
     ),
     Option(
         "evil-reload-on-rss",
-        positive(to_int, 0),
+        Number(0, 1 << 20, unit="MB"),
         0,
         MASTER,
         "the master SIGKILLs a worker whose resident memory exceeds this many MB, even mid-request; "
@@ -481,7 +496,7 @@ _OPTIONS = [
     ),
     Option(
         "threads",
-        positive(to_int, 1, 1024),
+        Number(1, 1024),
         1,
         WORKER,
         "threads serving requests in each worker (wsgi.multithread is true when above 1)",
@@ -489,7 +504,7 @@ _OPTIONS = [
     ),
     Option(
         "post-buffering",
-        positive(to_int, 0),
+        Number(0, 1 << 30, unit="bytes", sizes=True),
         0,
         WORKER,
         "read the whole body before calling the app: in memory when smaller than this many bytes, "
@@ -626,5 +641,5 @@ def options_table() -> str:
     for opt in _OPTIONS:
         default = "" if opt.default in (None, []) else str(opt.default)
         aliases = ", ".join(f"`{a}`" for a, target in ALIASES.items() if target == opt.name)
-        rows.append(f"| `{opt.name}` | {aliases} | {default} | {opt.scope} | {opt.help} |")
+        rows.append(f"| `{opt.name}` | {aliases} | {default} | {opt.scope} | {opt.description} |")
     return "\n".join(rows)

@@ -474,13 +474,13 @@ ERRORS = {
         {"app.ini": uwsgi("n = abc", "processes = %(n)")},
         (),
         {},
-        "app.ini:3: option 'processes': expected a whole number, got 'abc'",
+        "app.ini:3: option 'processes': expected a whole number in 1..1024, got 'abc'",
     ),
     "a problem in an included file names that file": (
         {"app.ini": uwsgi("include = b.ini"), "b.ini": uwsgi("listen = many")},
         (),
         {},
-        "b.ini:2: option 'listen': expected a whole number, got 'many'",
+        "b.ini:2: option 'listen': expected a whole number in 1..65535, got 'many'",
     ),
     "an unknown key in an inherited template names the template": (
         {"app.ini": uwsgi("inherit = tpl.ini"), "tpl.ini": uwsgi("# x", "listne = 2")},
@@ -511,7 +511,7 @@ ERRORS = {
         {"app.ini": uwsgi("include = conf"), "conf/x": ""},
         (),
         {},
-        "app.ini:2: cannot include 'conf': Is a directory",
+        "app.ini:2: cannot include 'conf': is a directory",
     ),
     "an included file without the section": (
         {"app.ini": uwsgi("include = b.ini"), "b.ini": "[other]\nlisten = 1\n"},
