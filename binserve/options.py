@@ -365,7 +365,8 @@ _OPTIONS = [
         to_str,
         None,
         EMPEROR,
-        "file where the emperor keeps its vassals' state (default: .binserve-emperor.json in the first DIR)",
+        "file where the emperor keeps its vassals' state (default: .binserve-emperor.json in the first DIR; "
+        "with emperor-tyrant, /run/binserve/emperor-HASH.json, out of the users' reach)",
         metavar="FILE",
     ),
     Option(
