@@ -11,7 +11,7 @@ from .app import AppLoadError, load_app, prepare_process
 from .config import Config, ConfigError, load
 from .emperor import Emperor, print_status
 from .log import log, redirect_to
-from .master import RETIRING_ENV, Master, abandon_reload
+from .master import PROBE_ENV, RETIRING_ENV, Master, abandon_reload
 from .privileges import PrivilegeError, Privileges, nginx_access_warnings
 from .sockets import Listener, PeerFilter, SocketError, inherited, open_all, parse_tcp, remove_files
 
@@ -25,7 +25,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     config: Config | None = None
     try:
         config = load(sys.argv[1:] if argv is None else argv)
-        code = _serve(config)
+        code = _probe(config) if PROBE_ENV in os.environ else _serve(config)
     except ConfigError as exc:
         print(f"binserve: {exc}", file=sys.stderr)
         code = USAGE_ERROR
@@ -98,6 +98,24 @@ def _serve(config: Config) -> int:
         log("cannot load the app, it raised:\n" + traceback.format_exc().rstrip())
         return _give_up(config, listeners, APP_LOAD_ERROR)
     return Master(config, app, listeners, start_cwd).run()
+
+
+def _probe(config: Config) -> int:
+    """Load what a reloaded image would load, as it would, and exit: binding and writing nothing.
+
+    The app is imported even with lazy-apps, where the new workers would fail on it one by one.
+    """
+    try:
+        Privileges.from_config(config).drop()
+        prepare_process(config)
+        load_app(config)
+    except (PrivilegeError, AppLoadError) as exc:
+        log(f"reload probe: {exc}")
+        return USAGE_ERROR if isinstance(exc, PrivilegeError) else APP_LOAD_ERROR
+    except Exception:
+        log("reload probe: the app raised:\n" + traceback.format_exc().rstrip())
+        return APP_LOAD_ERROR
+    return 0
 
 
 def _write_pidfile(path: str) -> bool:

@@ -30,12 +30,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import signals
 from .config import Config, ConfigError, load
 from .log import log
 from .master import EMPEROR_FD_ENV, kill_quietly
 from .sockets import parse_tcp
 from .stats import VERSION, StatsServer
-from .worker import MSG_ACCEPTING, MSG_LOYAL, MSG_SPAWNED, wake_only
+from .worker import MSG_ACCEPTING, MSG_LOYAL, MSG_SPAWNED
 
 STATE_NAME = ".binserve-emperor.json"
 
@@ -43,7 +44,6 @@ MSG_VOLUNTARY = 22  # a vassal asking to be stopped (uWSGI's die-on-idle)
 # Emperor -> vassal bytes.
 CMD_STOP, CMD_RELOAD, CMD_GRACEFUL_STOP = b"\x00", b"\x01", b"\x02"
 
-HANDLED = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD)
 PR_SET_PDEATHSIG = 1
 
 
@@ -267,9 +267,7 @@ class Emperor:
     def run(self) -> int:
         """Run until SIGTERM/SIGINT and every vassal has stopped."""
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
-        for signum in HANDLED:
-            signal.signal(signum, wake_only)
+        signals.install(signals.EMPEROR, self.wake_w)
         self.selector.register(self.wake_r, selectors.EVENT_READ, None)
         if self.config.emperor_stats:
             self.stats = StatsServer(
@@ -322,7 +320,9 @@ class Emperor:
 
     # -- signals and messages --------------------------------------------------------------
     def _on_signal(self, signum: int) -> None:
-        if signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT) and not self.stopping:
+        if not signals.has_effect(signals.EMPEROR, signum):
+            log(f"emperor: {signals.received(signals.EMPEROR, signum)}")
+        elif signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT) and not self.stopping:
             mercy = self.config.worker_reload_mercy
             log(f"emperor: {signal.Signals(signum).name}, stopping every vassal gracefully ({mercy:g} s)")
             self.stopping = True
