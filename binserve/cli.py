@@ -27,7 +27,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load(sys.argv[1:] if argv is None else argv)
         code = _probe(config) if PROBE_ENV in os.environ else _serve(config)
     except ConfigError as exc:
-        print(f"binserve: {exc}", file=sys.stderr)
+        who = "binserve reload probe" if PROBE_ENV in os.environ else "binserve"
+        print(f"{who}: {exc}", file=sys.stderr)
         code = USAGE_ERROR
     if RETIRING_ENV in os.environ:
         # A reloaded image that failed before taking the sockets over: the old workers are still serving.
