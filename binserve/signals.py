@@ -120,16 +120,16 @@ def install(table: Table, wake_w: int) -> None:
 
     Signals stay as blocked as they were: the caller unblocks once its loop can read them.
     """
-    global _installed, _forking_own
+    global _installed
     signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
     for signum, meaning in table.items():
         if meaning == IGNORED:
-            signal.signal(signum, _ignored_disposition(signum))
+            signal.signal(signum, _fresh(signum))
         elif meaning == DEFAULT:
             signal.signal(signum, signal.SIG_DFL)
         else:
             signal.signal(signum, wake_only)
-    _installed, _forking_own = table, False
+    _installed = table
 
 
 def fork_worker(table: Table) -> int:
@@ -152,20 +152,26 @@ def wake_only(signum: int, frame: object) -> None:
     """The handler of every caught signal: the wakeup fd already woke the loop."""
 
 
-def _ignored_disposition(signum: int) -> signal.Handlers:
-    # WINCH's default is to ignore it: SIG_DFL keeps it that way, and unlike SIG_IGN it does
-    # not pass on to the programs an app executes. PIPE is ignored as Python ignores it.
+def _fresh(signum: int) -> signal.Handlers:
+    """The disposition a fresh Python process has: the default, but PIPE ignored.
+
+    For WINCH the default is to ignore it, and unlike SIG_IGN it does not pass on to the
+    programs an app executes.
+    """
     return signal.SIG_IGN if signum == signal.SIGPIPE else signal.SIG_DFL
 
 
 def _reset_in_child() -> None:
     """In a child forked by the app: no wakeup pipe, default dispositions, nothing blocked."""
-    global _installed
-    if _forking_own or _installed is None:
+    global _installed, _forking_own
+    if _forking_own:
+        _forking_own = False  # this worker's own forks (a lazy app's import may fork) are the app's
+        return
+    if _installed is None:
         return
     signal.set_wakeup_fd(-1)
     for signum in _installed:
-        signal.signal(signum, signal.SIG_IGN if signum == signal.SIGPIPE else signal.SIG_DFL)
+        signal.signal(signum, _fresh(signum))
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
     _installed = None
 

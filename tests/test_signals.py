@@ -56,12 +56,20 @@ def sleep():
     time.sleep(60)
 
 
+def start():
+    child = CONTEXT.Process(target=sleep)
+    child.start()
+    CHILDREN.append(child)
+    return child
+
+
+if os.environ.get("FORK_AT_IMPORT"):
+    start()
+
+
 def application(environ, start_response):
     if environ["PATH_INFO"] == "/start":
-        child = CONTEXT.Process(target=sleep)
-        child.start()
-        CHILDREN.append(child)
-        body = f"{os.getpid()} {child.pid}"
+        body = f"{os.getpid()} {start().pid}"
     else:
         child = CHILDREN.pop()
         child.terminate()
@@ -199,11 +207,18 @@ def test_an_emperor_logs_signals_without_a_meaning_and_its_vassals_serve_on(
     assert "emperor stopped: every vassal has exited" in emperor.log()
 
 
+@pytest.mark.parametrize("when", ["in a request", "at a lazy app's import"])
 def test_a_process_the_app_forks_dies_of_sigterm_and_the_worker_serves_on(
-    serve: Callable[..., Server], app_file: Callable[[str], Path]
+    serve: Callable[..., Server], app_file: Callable[[str], Path], when: str
 ) -> None:
-    server = serve("--wsgi-file", str(app_file(FORKING_APP)))
-    worker, child = map(int, fetch(server.socket, "/start").split())
+    app = str(app_file(FORKING_APP))
+    if when == "in a request":
+        server = serve("--wsgi-file", app)
+        worker = int(fetch(server.socket, "/start").split()[0])
+    else:  # forked by the worker before it installs its own signal table
+        server = serve("--wsgi-file", app, "--lazy-apps", "--env", "FORK_AT_IMPORT=1")
+        wait_for(lambda: len(server.worker_pids()) == 1, 10, "the worker")
+        (worker,) = server.worker_pids()
     assert fetch(server.socket, "/terminate") == f"{worker} {-signal.SIGTERM}", server.log()
     assert server.worker_pids() == {worker}
     assert fetch(server.socket, "/start").split()[0] == str(worker)
