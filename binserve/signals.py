@@ -141,10 +141,13 @@ def fork_worker(table: Table) -> int:
     global _forking_own
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, caught(table))
     _forking_own = True
-    pid = os.fork()
-    if pid:
-        _forking_own = False
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    pid = -1  # stays so when fork fails
+    try:
+        pid = os.fork()
+    finally:
+        if pid:  # the parent, or a fork that failed: the master goes on as before
+            _forking_own = False
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     return pid
 
 
