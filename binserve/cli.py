@@ -7,6 +7,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 
+from . import signals
 from .app import AppLoadError, load_app, prepare_process
 from .config import Config, ConfigError, load
 from .emperor import Emperor, print_status
@@ -22,6 +23,7 @@ DEFAULT_MERCY = 60.0
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Load the options and the app, bind the sockets, run the master. Returns the exit code."""
+    signals.hold_without_meaning()
     config: Config | None = None
     try:
         config = load(sys.argv[1:] if argv is None else argv)

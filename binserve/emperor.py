@@ -268,6 +268,7 @@ class Emperor:
         """Run until SIGTERM/SIGINT and every vassal has stopped."""
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signals.install(signals.EMPEROR, self.wake_w)
+        signals.unblock(signals.EMPEROR)  # those that arrived during the start are logged now
         self.selector.register(self.wake_r, selectors.EVENT_READ, None)
         if self.config.emperor_stats:
             self.stats = StatsServer(

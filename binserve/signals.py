@@ -110,6 +110,12 @@ def block(table: Table) -> None:
     signal.pthread_sigmask(signal.SIG_BLOCK, caught(table))
 
 
+def hold_without_meaning() -> None:
+    """From the first line of a binserve process: a signal without a meaning waits, pending,
+    until the role's table is installed and logs it (the app's import may take seconds)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, [s for s, meaning in _COMMON.items() if meaning == NO_EFFECT])
+
+
 def unblock(table: Table) -> None:
     """Deliver every signal of ``table`` again, those held pending meanwhile first."""
     signal.pthread_sigmask(signal.SIG_UNBLOCK, list(table))

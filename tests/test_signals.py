@@ -43,6 +43,19 @@ def application(environ, start_response):
     return [body]
 """
 
+SLOW_IMPORT_APP = (
+    """
+import os
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+open(os.path.join(HERE, "importing"), "w").close()
+while not os.path.exists(os.path.join(HERE, "go-on")):
+    time.sleep(0.02)
+"""
+    + APP
+)
+
 FORKING_APP = """
 import multiprocessing
 import os
@@ -149,6 +162,21 @@ def test_a_master_logs_signals_without_a_meaning_and_serves_on(
     os.kill(server.pid, signal.SIGTERM)
     assert server.proc.wait(10) == 0, server.log()
     assert not server.socket.exists()
+
+
+def test_a_signal_without_a_meaning_during_the_first_start_is_logged_once_the_master_runs(
+    serve: Callable[..., Server], app_file: Callable[[str], Path], tmp_path: Path
+) -> None:
+    server = serve("--wsgi-file", str(app_file(SLOW_IMPORT_APP)), ready=False)
+    wait_for((tmp_path / "importing").exists, 15, "the app's import to start")
+    os.kill(server.pid, signal.SIGUSR1)
+    os.kill(server.pid, signal.SIGRTMIN)
+    (tmp_path / "go-on").touch()
+    server.wait_ready()
+    wait_for(lambda: "SIGRTMIN received: no effect" in server.log(), 10, "the held signals in the log")
+    assert "SIGUSR1 received: no effect" in server.log()
+    os.kill(server.pid, signal.SIGTERM)
+    assert server.proc.wait(10) == 0, server.log()
 
 
 def test_a_worker_logs_signals_without_a_meaning_and_serves_on(
