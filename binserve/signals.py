@@ -78,6 +78,7 @@ EMPEROR: Table = {
 
 _installed: Table | None = None  # the table this process installed, reset in forked children
 _forking_own = False  # a master forking its worker: the child installs its own table
+_held: set[int | signal.Signals] | None = None  # the forking thread's mask while the app forks
 
 
 def name(signum: int) -> str:
@@ -170,9 +171,24 @@ def _fresh(signum: int) -> signal.Handlers:
     return signal.SIG_IGN if signum == signal.SIGPIPE else signal.SIG_DFL
 
 
+def _hold_across_fork() -> None:
+    """Before the app forks: a signal sent to the child before its reset must wait for the reset
+    (else the inherited handler takes it, and it ends up in this process's wakeup pipe)."""
+    global _held
+    if _installed is not None and not _forking_own:
+        _held = signal.pthread_sigmask(signal.SIG_BLOCK, caught(_installed))
+
+
+def _release_in_parent() -> None:
+    global _held
+    if _held is not None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, _held)
+        _held = None
+
+
 def _reset_in_child() -> None:
     """In a child forked by the app: no wakeup pipe, default dispositions, nothing blocked."""
-    global _installed, _forking_own
+    global _installed, _forking_own, _held
     if _forking_own:
         _forking_own = False  # this worker's own forks (a lazy app's import may fork) are the app's
         return
@@ -181,8 +197,10 @@ def _reset_in_child() -> None:
     signal.set_wakeup_fd(-1)
     for signum in _installed:
         signal.signal(signum, _fresh(signum))
-    signal.pthread_sigmask(signal.SIG_SETMASK, [])
-    _installed = None
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])  # what was held meanwhile now takes its default action
+    _installed, _held = None, None
 
 
-os.register_at_fork(after_in_child=_reset_in_child)
+os.register_at_fork(
+    before=_hold_across_fork, after_in_parent=_release_in_parent, after_in_child=_reset_in_child
+)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -254,3 +256,32 @@ def test_a_process_the_app_forks_dies_of_sigterm_and_the_worker_serves_on(
     assert "recycl" not in server.log() and "exited" not in server.log()
     os.kill(server.pid, signal.SIGTERM)
     assert server.proc.wait(10) == 0, server.log()
+
+
+RACE = """
+import os, signal, time
+from binserve import signals
+
+wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+signals.install(signals.WORKER, wake_w)
+signals.unblock(signals.WORKER)
+for _ in range(20):
+    pid = os.fork()
+    if pid == 0:
+        time.sleep(5)
+        os._exit(0)
+    os.kill(pid, signal.SIGTERM)  # most often before the child has run a single instruction
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == -signal.SIGTERM, status
+try:
+    print("woken by", list(os.read(wake_r, 64)))
+except BlockingIOError:
+    print("the worker's wakeup pipe is empty")
+"""
+
+
+def test_a_sigterm_sent_right_after_the_app_forks_reaches_the_child_not_the_worker() -> None:
+    """The window between fork and the child's reset: the signal waits, then takes its default action."""
+    done = subprocess.run([sys.executable, "-c", RACE], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "the worker's wakeup pipe is empty"
