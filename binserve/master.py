@@ -2,8 +2,11 @@
 
 Signal handlers do nothing; ``signal.set_wakeup_fd`` turns each signal into a byte on a
 pipe that the loop reads (gunicorn crashed for years from work done inside a SIGCHLD
-handler). Signals: HUP graceful reload, TERM and INT graceful stop with a deadline, QUIT
-fast stop. A reload re-executes the master with the listening sockets inherited, so the
+handler). What each signal means is binserve/signals.py's MASTER table: HUP graceful
+reload, TERM and INT graceful stop with a deadline, QUIT fast stop; the others are logged
+or ignored. A reload first runs a probe of the new image (the same command line, loading the
+config and the app, binding nothing); if it fails the reload is refused and the workers
+serve on. Otherwise the master re-executes with the listening sockets inherited, so the
 new code is loaded fresh while the old workers finish their requests; connections that
 arrive meanwhile wait in the listen backlog.
 
