@@ -7,11 +7,12 @@ import sys
 import traceback
 from collections.abc import Sequence
 
+from . import signals
 from .app import AppLoadError, load_app, prepare_process
 from .config import Config, ConfigError, load
 from .emperor import Emperor, print_status
 from .log import log, redirect_to
-from .master import RETIRING_ENV, Master, abandon_reload
+from .master import PROBE_ENV, RETIRING_ENV, Master, abandon_reload
 from .privileges import PrivilegeError, Privileges, nginx_access_warnings
 from .safefile import write_replace
 from .sockets import (
@@ -33,12 +34,14 @@ DEFAULT_MERCY = 60.0
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Load the options and the app, bind the sockets, run the master. Returns the exit code."""
+    signals.hold_without_meaning()
     config: Config | None = None
     try:
         config = load(sys.argv[1:] if argv is None else argv)
-        code = _serve(config)
+        code = _probe(config) if PROBE_ENV in os.environ else _serve(config)
     except ConfigError as exc:
-        print(f"binserve: {exc}", file=sys.stderr)
+        who = "binserve reload probe" if PROBE_ENV in os.environ else "binserve"
+        print(f"{who}: {exc}", file=sys.stderr)
         code = USAGE_ERROR
     if RETIRING_ENV in os.environ:
         # A reloaded image that failed before taking the sockets over: the old workers are still serving.
@@ -131,6 +134,24 @@ def _stats_address(config: Config, specs: list[str], start_cwd: str) -> str | No
     if address in specs:
         raise SocketError(f"option 'stats': {config.stats} is also given as a socket")
     return address
+
+
+def _probe(config: Config) -> int:
+    """Load what a reloaded image would load, as it would, and exit: binding and writing nothing.
+
+    The app is imported even with lazy-apps, where the new workers would fail on it one by one.
+    """
+    try:
+        Privileges.from_config(config).drop()
+        prepare_process(config)
+        load_app(config)
+    except (PrivilegeError, AppLoadError) as exc:
+        log(f"reload probe: {exc}")
+        return USAGE_ERROR if isinstance(exc, PrivilegeError) else APP_LOAD_ERROR
+    except Exception:
+        log("reload probe: the app raised:\n" + traceback.format_exc().rstrip())
+        return APP_LOAD_ERROR
+    return 0
 
 
 def _write_pidfile(path: str) -> bool:

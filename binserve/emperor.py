@@ -38,13 +38,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
-from . import safefile
+from . import safefile, signals
 from .config import Config, ConfigError, load
 from .log import log
 from .master import EMPEROR_FD_ENV, kill_quietly
 from .sockets import SocketError, is_abstract, parse_tcp
 from .stats import VERSION, StatsServer, bind_stats
-from .worker import MSG_ACCEPTING, MSG_LOYAL, MSG_SPAWNED, wake_only
+from .worker import MSG_ACCEPTING, MSG_LOYAL, MSG_SPAWNED
 
 STATE_NAME = ".binserve-emperor.json"
 # A tyrant's vassal directories are writable by its users: its state lives where only root writes.
@@ -63,7 +63,6 @@ PROBE_SECONDS = 2.0
 PROBE_MEMORY = 256 << 20  # beyond the emperor's own address space, which the child starts with
 PROBE_OUTPUT = 4096
 
-HANDLED = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD)
 PR_SET_PDEATHSIG = 1
 USAGE_ERROR = 2  # as the command's: the emperor's own configuration cannot work
 
@@ -348,9 +347,8 @@ class Emperor:
             )
             self.selector.register(self.stats.sock, selectors.EVENT_READ, self.stats)
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
-        for signum in HANDLED:
-            signal.signal(signum, wake_only)
+        signals.install(signals.EMPEROR, self.wake_w)
+        signals.unblock(signals.EMPEROR)  # those that arrived during the start are logged now
         self.selector.register(self.wake_r, selectors.EVENT_READ, None)
         self.watch = DirectoryWatch(self.patterns)
         if self.watch.fd is not None:
@@ -411,7 +409,9 @@ class Emperor:
 
     # -- signals and messages --------------------------------------------------------------
     def _on_signal(self, signum: int) -> None:
-        if signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT) and not self.stopping:
+        if not signals.has_effect(signals.EMPEROR, signum):
+            log(f"emperor: {signals.received(signals.EMPEROR, signum)}")
+        elif signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT) and not self.stopping:
             mercy = self.config.worker_reload_mercy
             log(f"emperor: {signal.Signals(signum).name}, stopping every vassal gracefully ({mercy:g} s)")
             self.stopping = True
@@ -824,9 +824,7 @@ def _interval(freq: float) -> float:
 def _probe_child(path: str, pipe: int) -> NoReturn:
     """In a forked child: write ``+ADDRESS`` or ``-WHY`` to ``pipe`` and exit, within the bounds."""
     try:
-        signal.set_wakeup_fd(-1)  # the emperor's wakeup pipe is not ours to write
-        for signum in HANDLED:
-            signal.signal(signum, signal.SIG_DFL)
+        # The fork gave this child default signal dispositions and no wakeup pipe (signals.py).
         _die_with_parent()
         signal.alarm(int(PROBE_SECONDS) + 1)  # in case the emperor is gone before it kills us
         with open("/proc/self/statm") as statm:

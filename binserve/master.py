@@ -2,8 +2,11 @@
 
 Signal handlers do nothing; ``signal.set_wakeup_fd`` turns each signal into a byte on a
 pipe that the loop reads (gunicorn crashed for years from work done inside a SIGCHLD
-handler). Signals: HUP graceful reload, TERM and INT graceful stop with a deadline, QUIT
-fast stop. A reload re-executes the master with the listening sockets inherited, so the
+handler). What each signal means is binserve/signals.py's MASTER table: HUP graceful
+reload, TERM and INT graceful stop with a deadline, QUIT fast stop; the others are logged
+or ignored. A reload first runs a probe of the new image (the same command line, loading the
+config and the app, binding nothing); if it fails the reload is refused and the workers
+serve on. Otherwise the master re-executes with the listening sockets inherited, so the
 new code is loaded fresh while the old workers finish their requests; connections that
 arrive meanwhile wait in the listen backlog.
 
@@ -28,6 +31,7 @@ from typing import Any
 
 import psutil
 
+from . import signals
 from .config import Config
 from .log import log
 from .scoreboard import Scoreboard
@@ -42,14 +46,13 @@ from .worker import (
     NOTE_RECYCLING,
     NOTICE,
     run_worker,
-    wake_only,
 )
 
 RETIRING_ENV = "_BINSERVE_RETIRING"
+PROBE_ENV = "_BINSERVE_PROBE"  # the command line loads the config and the app, then exits
 EMPEROR_FD_ENV = "UWSGI_EMPEROR_FD"
 RUNNING, STOPPING, RELOADING = "running", "stopping", "reloading"
 RETRY_AFTER = 10.0  # seconds before trying again to start a worker whose boot failed
-HANDLED = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD)
 
 
 def describe_exit(status: int) -> str:
@@ -121,6 +124,8 @@ class Master:
         self.life_r = self.life_w = -1
         self.notify_r = self.notify_w = -1
         self.start_cwd = start_cwd  # where binserve started: the reload re-executes from there
+        self.probe: Probe | None = None  # the new image's check, while a reload waits for it
+        self.probe_again = False  # a reload was asked for while the probe ran
 
     # -- setup -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -129,11 +134,9 @@ class Master:
         The handled signals stay blocked until the handlers are in place: after a reload they
         were blocked before ``execv``, so one that arrived meanwhile is pending, not lost.
         """
-        signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
+        signals.block(signals.MASTER)
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
-        for signum in HANDLED:
-            signal.signal(signum, wake_only)
+        signals.install(signals.MASTER, self.wake_w)
         self.selector.register(self.wake_r, selectors.EVENT_READ)
         if self.emperor_fd is not None:
             self.selector.register(self.emperor_fd, selectors.EVENT_READ)
@@ -158,7 +161,7 @@ class Master:
             self.retiring_pipe = None
         for pid in self.retiring:
             kill_quietly(pid, signal.SIGTERM)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)
+        signals.unblock(signals.MASTER)
         names = ", ".join(lst.name for lst in self.listeners)
         log(f"master ready: {self.config.processes} workers on {names}")
         # As a uWSGI master does: "spawned" on the first boot only, "accepting" every time.
@@ -200,7 +203,7 @@ class Master:
             if command == 0:
                 self.handle_quit()
             elif command == 1:
-                self.handle_hup()
+                self.reload("the emperor")
             elif command == 2:
                 self.graceful_stop("emperor")
 
@@ -209,10 +212,7 @@ class Master:
         when = time.time()  # before the fork: the child may start a request before the parent runs on
         sys.stdout.flush()
         sys.stderr.flush()
-        # Blocked across fork so a signal meant for the new worker never reaches the master's
-        # handlers in it; the worker unblocks once its own handlers are installed.
-        mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
-        pid = os.fork()
+        pid = signals.fork_worker(signals.MASTER)  # the worker unblocks once its handlers are in place
         if pid == 0:
             code = 1
             try:
@@ -243,7 +243,6 @@ class Master:
                 traceback.print_exc()
             finally:
                 os._exit(code)
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         self.board.spawned(wid, pid, place, when)
         self.place[pid] = place
         self.born[pid] = time.monotonic()
@@ -287,10 +286,13 @@ class Master:
                 self.on_emperor()
         while self.pending:
             signum, self.pending = self.pending[0], self.pending[1:]
-            handler = getattr(self, f"handle_{signal.Signals(signum).name[3:].lower()}", None)
-            if handler:
-                handler()
+            if signals.has_effect(signals.MASTER, signum):
+                getattr(self, f"handle_{signals.name(signum)[3:].lower()}")()
+            else:
+                log(signals.received(signals.MASTER, signum))
         self.reap()
+        if self.state == RELOADING:
+            self.reexec()
         self.check_deadlines()
 
     def document(self) -> dict[str, Any]:
@@ -379,12 +381,39 @@ class Master:
         """Children changed state: reaped in ``reap`` after every step."""
 
     def handle_hup(self) -> None:
-        """Graceful reload: re-execute with the sockets inherited; old workers finish their requests."""
+        """Graceful reload: once a probe of the new image loads, re-execute with the sockets inherited."""
+        self.reload("SIGHUP")
+
+    def reload(self, why: str) -> None:
+        """Start the probe of the new image; the workers serve on meanwhile (SIGHUP, touch, emperor)."""
         if self.state != RUNNING:
             return
-        log("SIGHUP: graceful reload")
-        self.state = RELOADING
-        self.reexec()
+        if self.probe is not None:
+            # The running probe may have read the old files: a failure is checked again.
+            log(f"{why}: a reload is already being checked; it is checked again if that fails")
+            self.probe_again = True
+            return
+        self.probe = Probe(self.start_cwd, self.config.worker_reload_mercy)
+        log(f"{why}: graceful reload, checking that the new image loads (probe pid {self.probe.pid})")
+
+    def on_probe_exit(self, how: str, code: int) -> None:
+        """The probe is done: re-execute, or refuse the reload and serve on with the same workers."""
+        assert self.probe is not None
+        killed, self.probe = self.probe.killed, None
+        if self.state != RUNNING:
+            return
+        if code == 0 and not killed:
+            log("the new image loads: re-executing")
+            self.state = RELOADING  # once every exited child is reaped
+            return
+        again, self.probe_again = self.probe_again, False
+        if again:
+            self.reload("a reload asked for meanwhile")
+            return
+        mercy = self.config.worker_reload_mercy
+        reason = f"it did not load within worker-reload-mercy ({mercy:g} s)" if killed else f"probe {how}"
+        log(f"reload refused: the new image cannot start ({reason}, see above); the workers serve on")
+        self._tell_emperor(bytes((MSG_ACCEPTING,)))  # it keeps serving: the emperor's reload is over
 
     def handle_term(self) -> None:
         """Graceful stop: workers finish their request and the queued ones, then exit."""
@@ -397,6 +426,7 @@ class Master:
     def handle_quit(self) -> None:
         """Fast stop: kill the workers now."""
         log("SIGQUIT: fast stop, killing workers")
+        self.cancel_probe()
         for pid in self.children():
             kill_quietly(pid, signal.SIGKILL)
         self.state = STOPPING
@@ -408,10 +438,18 @@ class Master:
             return
         mercy = self.config.worker_reload_mercy
         log(f"{why}: graceful stop, workers have {mercy:g} s to finish")
+        self.cancel_probe()
         self.state = STOPPING
         self.deadline = time.monotonic() + mercy
         for pid in self.children():
             kill_quietly(pid, signal.SIGTERM)
+
+    def cancel_probe(self) -> None:
+        """A stop while a reload is being checked: the probe is of no use any more."""
+        if self.probe is not None:
+            kill_quietly(self.probe.pid, signal.SIGKILL)
+            os.waitpid(self.probe.pid, 0)  # at once: nothing of this master may outlive its stop
+            self.probe = None
 
     def serving(self) -> list[tuple[int, int]]:
         """(pid, wid) of every process of this image that may be in a request."""
@@ -432,6 +470,9 @@ class Master:
                 break
             how = describe_exit(status)
             code = os.waitstatus_to_exitcode(status)
+            if self.probe is not None and pid == self.probe.pid:
+                self.on_probe_exit(how, code)
+                continue
             self.born.pop(pid, None)
             self.kill_by.pop(pid, None)
             self.measured.pop(pid, None)
@@ -553,8 +594,8 @@ class Master:
         """touch-reload: a watched file whose mtime changed triggers a graceful reload."""
         for path, seen in self.touched.items():
             if _mtime(path) != seen:
-                log(f"{path} was touched: graceful reload")
-                self.handle_hup()
+                self.touched[path] = _mtime(path)  # a refused reload is tried again on the next touch
+                self.reload(f"{path} was touched")
                 return
 
     def check_chain_touched(self) -> None:
@@ -644,6 +685,10 @@ class Master:
                 log(f"{role} (pid {pid}) {what}: SIGKILL")
                 kill_quietly(pid, signal.SIGKILL)
                 self.kill_by[pid] = (now + 5, what)
+        if self.probe is not None and now >= self.probe.deadline and not self.probe.killed:
+            log(f"reload probe (pid {self.probe.pid}) still running past worker-reload-mercy: SIGKILL")
+            self.probe.killed = True
+            kill_quietly(self.probe.pid, signal.SIGKILL)
         if self.retiring and now >= self.retire_deadline:
             for pid in self.retiring:
                 log(f"old worker (pid {pid}) still running past worker-reload-mercy: SIGKILL")
@@ -660,7 +705,7 @@ class Master:
 
     def reexec(self) -> None:
         """Replace this process with a fresh binserve that inherits the sockets and the workers."""
-        signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
+        signals.block(signals.MASTER)
         # Signals already turned into bytes would die with the pipe on exec: make them pending
         # again (blocked, so they wait for the new image's handlers).
         try:
@@ -681,6 +726,31 @@ class Master:
         sys.stderr.flush()
         signal.set_wakeup_fd(-1)
         os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+
+
+class Probe:
+    """The new image, run up to loading its config and app, binding and writing nothing.
+
+    The same command line as the re-execution, from the same directory, as the same user:
+    what it cannot read or import, the new image could not either. Its stderr is the
+    master's log, where it says why it failed.
+    """
+
+    def __init__(self, cwd: str, mercy: float) -> None:
+        self.deadline = time.monotonic() + mercy
+        self.killed = False
+        argv = [sys.executable, *sys.orig_argv[1:]]
+        env = {**os.environ, PROBE_ENV: "1"}
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.pid = os.fork()  # the child gets the default signal dispositions back (signals.py)
+        if self.pid == 0:
+            try:
+                os.chdir(cwd)
+                os.execve(argv[0], argv, env)
+            except OSError as exc:
+                log(f"reload probe: cannot run {argv[0]}: {exc.strerror}")
+            os._exit(127)
 
 
 def abandon_reload(mercy: float) -> None:

@@ -32,6 +32,7 @@ from typing import Any
 
 import psutil
 
+from . import signals
 from .app import load_app
 from .config import Config
 from .core import Core
@@ -44,7 +45,6 @@ RECYCLED = 17  # exit code of a recycled worker (uWSGI's reload code)
 BOOT_ERROR = 3  # exit code of a worker that cannot start: the master stops instead of respawning
 
 STOPPING = (signal.SIGTERM, signal.SIGINT)
-HANDLED = (*STOPPING, signal.SIGHUP, signal.SIGQUIT)
 # Vassal -> emperor messages of uWSGI's emperor protocol (facts 4.3).
 MSG_SPAWNED, MSG_ACCEPTING, MSG_LOYAL = 1, 5, 17
 # Worker -> master messages on the notify pipe: (kind, pid), one atomic write each.
@@ -107,12 +107,9 @@ class Worker:
     def run(self) -> int:
         """Serve until told to stop; returns the exit code."""
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
-        for signum in HANDLED:
-            signal.signal(signum, wake_only)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        # The master blocked these across fork; the handlers above are now in place.
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, (*HANDLED, signal.SIGCHLD))
+        signals.install(signals.WORKER, self.wake_w)
+        # The master blocked its signals across fork; the worker's handlers are now in place.
+        signals.unblock(signals.WORKER)
         if self.config.threads == 1:
             core = Core(self, self._slot(0))
 
@@ -183,6 +180,8 @@ class Worker:
                 self.stop_accepting()
             elif signum == signal.SIGHUP:
                 self.recycle("SIGHUP")
+            elif not signals.has_effect(signals.WORKER, signum):
+                log(f"worker {self.wid} (pid {self.pid}): {signals.received(signals.WORKER, signum)}")
 
     def _on_master_gone(self) -> None:
         log(
@@ -260,10 +259,6 @@ def _run_core(core: Core, done_w: int) -> None:
         core.worker.stop_accepting()
     finally:
         os.write(done_w, b"x")
-
-
-def wake_only(signum: int, frame: object) -> None:
-    """The handler for every signal binserve handles: the wakeup fd already woke the loop."""
 
 
 def run_worker(

@@ -655,10 +655,11 @@ def test_sigterm_serves_the_connections_already_queued(
     assert calls(tmp_path)[1:] == [f"/queued{i}" for i in range(5)]
 
 
-def test_reload_into_an_app_that_no_longer_imports_stops_cleanly(
+def test_a_new_image_that_fails_after_its_probe_passed_stops_cleanly(
     serve: Callable[..., Server], app_file: Callable[[str], Path], tmp_path: Path
 ) -> None:
-    """A broken deploy plus SIGHUP: in-flight requests finish, then binserve exits 4 and cleans up."""
+    """The code changes between the probe and the re-execution (the one window the probe leaves):
+    in-flight requests finish, then binserve exits 4 and cleans up."""
     app = app_file(APP)
     pidfile = tmp_path / "master.pid"
     server = serve("--wsgi-file", str(app), "--processes", "2", "--pidfile", str(pidfile))
@@ -669,11 +670,14 @@ def test_reload_into_an_app_that_no_longer_imports_stops_cleanly(
             10,
             "the slow request to start",
         )
-        app.write_text(APP + "\nraise ImportError('broken deploy')\n")
+        # Broken for the re-executed image only (it is handed the old workers): the probe passes.
+        broken = "\nif '_BINSERVE_RETIRING' in os.environ:\n    raise ImportError('broken deploy')\n"
+        app.write_text(APP + broken)
         server.proc.send_signal(signal.SIGHUP)
         assert slow.result(15) == (200, SLOW_BODY)
     assert server.proc.wait(15) == 4
     log = server.log()
+    assert "the new image loads: re-executing" in log
     assert "broken deploy" in log and "the reload failed" in log
     assert not server.socket.exists() and not pidfile.exists()
 

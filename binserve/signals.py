@@ -1,0 +1,206 @@
+"""What every signal means to a master, a worker and an emperor: the one table per role.
+
+A caught signal's handler does nothing; ``signal.set_wakeup_fd`` turns it into a byte the
+role's loop reads, and the loop acts on it there. Every signal an operator may send either
+has a meaning, is logged with no other effect, or is one whose default is harmless: none
+ends a process without a log line. Only the fault signals (SEGV, BUS, FPE, ILL, ABRT, TRAP,
+SYS), which the kernel sends for a bug in the process itself, keep their default action;
+KILL and STOP cannot be caught.
+
+Giving a signal a meaning is one line in a table (and the role's handler for it).
+
+Processes the app forks (``multiprocessing``, a forked helper) must not keep any of this:
+they would write their signals into the worker's wakeup pipe and ignore SIGTERM. After
+every fork but a master's fork of its own worker, the child gets the defaults back.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Mapping
+
+NO_EFFECT = "no effect"  # caught and logged: its default action would end or stop the process
+IGNORED = "ignored"  # the kernel drops it (PIPE: failed writes are reported as errors instead)
+DEFAULT = "default action"  # left to the process (a worker's SIGCHLD belongs to the app)
+
+Table = Mapping[int, str]
+
+
+def _no_effect() -> dict[int, str]:
+    """Every catchable signal whose default terminates or stops the process, but faults and meanings."""
+    names = (
+        "SIGUSR1",
+        "SIGUSR2",
+        "SIGALRM",
+        "SIGVTALRM",
+        "SIGPROF",
+        "SIGIO",
+        "SIGTTIN",
+        "SIGTTOU",
+        "SIGTSTP",
+        "SIGXCPU",
+        "SIGXFSZ",
+        "SIGPWR",
+        "SIGSTKFLT",
+    )
+    found = {getattr(signal, name) for name in names if hasattr(signal, name)}
+    found.update(range(signal.SIGRTMIN, signal.SIGRTMAX + 1))
+    return dict.fromkeys(sorted(found), NO_EFFECT)
+
+
+_COMMON = {**_no_effect(), signal.SIGWINCH: IGNORED, signal.SIGPIPE: IGNORED}
+
+MASTER: Table = {
+    **_COMMON,
+    signal.SIGHUP: "graceful reload, once a probe of the new image loads the config and the app",
+    signal.SIGTERM: "graceful stop",
+    signal.SIGINT: "graceful stop",
+    signal.SIGQUIT: "fast stop: the workers are killed",
+    signal.SIGCHLD: "reap the workers that exited",
+}
+WORKER: Table = {
+    **_COMMON,
+    signal.SIGHUP: "recycle: a replacement is started, then this worker leaves",
+    signal.SIGTERM: "finish the requests in hand and the queued connections, then exit",
+    signal.SIGINT: "finish the requests in hand and the queued connections, then exit",
+    signal.SIGQUIT: "exit at once",
+    signal.SIGCHLD: DEFAULT,
+}
+EMPEROR: Table = {
+    **_COMMON,
+    signal.SIGHUP: "reload every vassal",
+    signal.SIGTERM: "stop every vassal gracefully, then exit",
+    signal.SIGINT: "stop every vassal gracefully, then exit",
+    signal.SIGQUIT: "stop every vassal gracefully, then exit",
+    signal.SIGCHLD: "reap the vassals that exited",
+}
+
+_installed: Table | None = None  # the table this process installed, reset in forked children
+_forking_own = False  # a master forking its worker: the child installs its own table
+_held: set[int | signal.Signals] | None = None  # the forking thread's mask while the app forks
+
+
+def name(signum: int) -> str:
+    """``SIGUSR1``, ``SIGRTMIN+3``: the name an operator would type."""
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        if signal.SIGRTMIN < signum < signal.SIGRTMAX:
+            return f"SIGRTMIN+{signum - signal.SIGRTMIN}"
+        return f"signal {signum}"
+
+
+def caught(table: Table) -> list[int]:
+    """The signals ``table`` gives a handler (the wakeup fd turns them into bytes)."""
+    return [signum for signum, meaning in table.items() if meaning not in (IGNORED, DEFAULT)]
+
+
+def has_effect(table: Table, signum: int) -> bool:
+    """Whether the loop acts on ``signum`` beyond logging it."""
+    return table.get(signum, NO_EFFECT) != NO_EFFECT
+
+
+def received(table: Table, signum: int) -> str:
+    """The log line for a signal: ``SIGUSR1 received: no effect``."""
+    return f"{name(signum)} received: {table.get(signum, NO_EFFECT)}"
+
+
+def block(table: Table) -> None:
+    """Hold the caught signals pending (across a fork, an exec, or until the handlers are in place)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, caught(table))
+
+
+def hold_without_meaning() -> None:
+    """From the first line of a binserve process: a signal without a meaning waits, pending,
+    until the role's table is installed and logs it (the app's import may take seconds)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, [s for s, meaning in _COMMON.items() if meaning == NO_EFFECT])
+
+
+def unblock(table: Table) -> None:
+    """Deliver every signal of ``table`` again, those held pending meanwhile first."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, list(table))
+
+
+def install(table: Table, wake_w: int) -> None:
+    """Give every signal of ``table`` its disposition; caught ones write their number on ``wake_w``.
+
+    Signals stay as blocked as they were: the caller unblocks once its loop can read them.
+    """
+    global _installed
+    signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+    for signum, meaning in table.items():
+        if meaning == IGNORED:
+            signal.signal(signum, _fresh(signum))
+        elif meaning == DEFAULT:
+            signal.signal(signum, signal.SIG_DFL)
+        else:
+            signal.signal(signum, wake_only)
+    _installed = table
+
+
+def fork_worker(table: Table) -> int:
+    """``os.fork`` for a master's own worker: its signals wait, blocked, for the worker's table.
+
+    Without the block, a signal meant for the new worker would reach the master's handlers
+    in it (and write into the master's wakeup pipe).
+    """
+    global _forking_own
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, caught(table))
+    _forking_own = True
+    pid = -1  # stays so when fork fails
+    try:
+        pid = os.fork()
+    finally:
+        if pid:  # the parent, or a fork that failed: the master goes on as before
+            _forking_own = False
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    return pid
+
+
+def wake_only(signum: int, frame: object) -> None:
+    """The handler of every caught signal: the wakeup fd already woke the loop."""
+
+
+def _fresh(signum: int) -> signal.Handlers:
+    """The disposition a fresh Python process has: the default, but PIPE ignored.
+
+    For WINCH the default is to ignore it, and unlike SIG_IGN it does not pass on to the
+    programs an app executes.
+    """
+    return signal.SIG_IGN if signum == signal.SIGPIPE else signal.SIG_DFL
+
+
+def _hold_across_fork() -> None:
+    """Before the app forks: a signal sent to the child before its reset must wait for the reset
+    (else the inherited handler takes it, and it ends up in this process's wakeup pipe)."""
+    global _held
+    if _installed is not None and not _forking_own:
+        _held = signal.pthread_sigmask(signal.SIG_BLOCK, caught(_installed))
+
+
+def _release_in_parent() -> None:
+    global _held
+    if _held is not None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, _held)
+        _held = None
+
+
+def _reset_in_child() -> None:
+    """In a child forked by the app: no wakeup pipe, default dispositions, nothing blocked."""
+    global _installed, _forking_own, _held
+    if _forking_own:
+        _forking_own = False  # this worker's own forks (a lazy app's import may fork) are the app's
+        return
+    if _installed is None:
+        return
+    signal.set_wakeup_fd(-1)
+    for signum in _installed:
+        signal.signal(signum, _fresh(signum))
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])  # what was held meanwhile now takes its default action
+    _installed, _held = None, None
+
+
+os.register_at_fork(
+    before=_hold_across_fork, after_in_parent=_release_in_parent, after_in_child=_reset_in_child
+)
