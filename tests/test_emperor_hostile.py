@@ -152,16 +152,18 @@ def test_hostile_vassal_files_leave_the_emperor_and_the_good_vassal_running(
     emp = emperor(vassal_dir, "--worker-reload-mercy", "1", wrap=ADDRESS_SPACE)
     emp.wait_serving("a-good", sock)
     master = emp.master("a-good")
-    for name in names:  # the FIFO's reader is killed past its deadline
-        emp.wait_log(rf"vassal {name}\.ini: no stats address", timeout=10)
-    # A failed vassal is respawned, and its file read again: the failure is not logged again.
+    # The emperor's bounded reader of each file either fails (no stats address, said once) or
+    # gets the ini reader's own error; each hostile vassal then fails in its own process alone.
+    for name in names:
+        emp.wait_log(rf"vassal {name}\.ini died", timeout=10)
     wait_for(lambda: emp.log().count("spawned vassal nul.ini") >= 2, 10, "nul.ini respawned")
     time.sleep(0.3)
     emp.check_running()
     assert ping(sock) and emp.master("a-good") == master, emp.log()
     log = emp.log()
+    assert "Traceback" not in log, log
     for name in names:
-        assert log.count(f"vassal {name}.ini: no stats address") == 1, log
+        assert log.count(f"vassal {name}.ini: no stats address") <= 1, log
     started = time.monotonic()
     emp.proc.send_signal(signal.SIGTERM)
     assert emp.proc.wait(15) == 0, emp.log()
