@@ -6,7 +6,9 @@ socket joins the core's epoll with a deadline of socket-timeout from accept, and
 goes on accepting. A peer that sends a few bytes and stalls therefore holds no thread: it
 is dropped at its deadline while everyone else is served. Once the head is complete the
 request is served to the end (body reads and response writes each bounded by
-socket-timeout).
+socket-timeout). What nginx still sends after the answer (the rest of a refused packet, a
+body the app did not read) is dropped in the loop too: the connection is half-closed and
+parked as *draining*, so a peer that holds it holds no thread either.
 
 A worker runs one core in its main thread, or ``threads`` cores in threads of their own.
 """

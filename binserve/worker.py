@@ -6,12 +6,14 @@ from the master: EOF there means the master died, and the worker leaves with it.
 
 Leaving. SIGTERM/SIGINT: stop accepting, finish the requests in hand and the connections
 already queued, exit 0 (17 when it had asked to be recycled). SIGQUIT: exit at once. The
-master's pipe closing (it died, or a reload handed the sockets to a new image): finish the
-requests in hand, exit 0. Recycling (max-requests, SIGHUP): the worker tells the master and
-goes on serving; the master starts a replacement and sends the old worker SIGTERM once the
-new one accepts, so no worker id is ever without a process accepting for it. (The master
-replaces workers for max-worker-lifetime and chain reloads the same way, without asking
-them.) Over reload-on-rss the worker stops accepting at once and leaves without draining.
+master's pipe closing (it died, or a reload handed the sockets to a new image): close the
+listeners, finish the requests in hand, exit 0; a watchdog thread ends the process after
+harakiri (else worker-reload-mercy) seconds if they are not done. Recycling (max-requests,
+SIGHUP): the worker tells the master and goes on serving; the master starts a replacement
+and sends the old worker SIGTERM once the new one accepts, so no worker id is ever without a
+process accepting for it. (The master replaces workers for max-worker-lifetime and chain
+reloads the same way, without asking them.) Over reload-on-rss the worker stops accepting at
+once and leaves without draining.
 """
 
 from __future__ import annotations
