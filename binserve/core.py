@@ -496,9 +496,8 @@ class Core:
                 f"({exc.strerror}); client probably gone"
             )
             exchange.code = exchange.code or 499
-        except (
-            BaseException
-        ):  # SystemExit and KeyboardInterrupt too: the app's to raise, not to end the worker
+        except BaseException:
+            # SystemExit and KeyboardInterrupt too: the app raised them, they must not end the worker.
             failed = True
             aborted = self._app_failed(exchange)
         finally:
