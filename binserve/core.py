@@ -50,7 +50,12 @@ from .wsgi import (
 if TYPE_CHECKING:
     from .worker import Worker
 
-_STATUS_TEXT = {400: "Bad Request", 413: "Content Too Large", 431: "Request Header Fields Too Large"}
+_STATUS_TEXT = {
+    400: "Bad Request",
+    408: "Request Timeout",
+    413: "Content Too Large",
+    431: "Request Header Fields Too Large",
+}
 # After refusing a bad packet, at most this much of what nginx still sends is read and dropped.
 DRAIN_LIMIT = 1 << 20
 _IN = select.EPOLLIN
@@ -358,10 +363,11 @@ class Core:
                 f"bad uwsgi packet from {_peer_of(sock, addr, listener)}: {printable(exc.message)}; "
                 "connection closed"
             )
-            if self._refuse(conn, exc.status_hint):
+            if self._answer(conn, exc.status_hint, "bad uwsgi request"):
                 drain = DRAIN_LIMIT
-        except TimeoutError as exc:
-            log(f"worker {self.wid}: {exc} from {_peer_of(sock, addr, listener)}; connection closed")
+        except BodyReadTimeout as exc:  # post-buffering's, before the app ran
+            log(f"worker {self.wid}: {exc}, from {_peer_of(sock, addr, listener)}; answered 408")
+            self._answer(conn, 408, "the request body stopped arriving")
         except (BrokenPipeError, ConnectionResetError) as exc:
             log(f"worker {self.wid}: nginx closed the connection early ({exc.strerror})")
         except OSError as exc:
@@ -410,6 +416,7 @@ class Core:
         now = time.monotonic()
         expiry, parked = self.expiry, self.parked
         wait = -1.0
+        closing = []  # closed after the log line: whoever sees the close finds it logged
         while expiry:
             first = expiry[0]
             if parked.get(first.conn.sock.fileno()) is not first:
@@ -422,13 +429,15 @@ class Core:
             self._unpark(first)
             if not first.drain:  # a drain running out of time is no fault worth a line
                 self._stalled(first, now)
-            first.conn.sock.close()
+            closing.append(first.conn.sock)
         if self.stalled:
             if not parked or now >= self.stalled_log_due:
                 self._log_stalled()
             else:
                 due = self.stalled_log_due - now
                 wait = due if wait < 0 else min(wait, due)
+        for sock in closing:
+            sock.close()
         return wait
 
     def _stalled(self, parked: Parked, now: float) -> None:
@@ -543,9 +552,6 @@ class Core:
         except ClientDisconnected as exc:
             body.close()
             raise RemoteProtocolError(str(exc)) from None
-        except BodyReadTimeout as exc:
-            body.close()
-            raise TimeoutError(str(exc)) from None
         except BaseException:
             body.close()
             raise
@@ -595,10 +601,10 @@ class Core:
             pass  # the peer is gone: the line above said what happened
         return False
 
-    def _refuse(self, conn: Connection, status: int) -> bool:
-        """Answer a bad packet with an error status; False when the peer is gone already."""
+    def _answer(self, conn: Connection, status: int, reason: str) -> bool:
+        """Answer a request refused before the app ran with an error status; False when the peer is gone."""
         try:
-            conn.sock.send(_error_response(status, "bad uwsgi request"), socket.MSG_DONTWAIT)
+            conn.sock.send(_error_response(status, reason), socket.MSG_DONTWAIT)
         except OSError:
             return False  # gone, or not reading at all: nothing left to answer or drain
         return True
