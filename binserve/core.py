@@ -6,7 +6,9 @@ socket joins the core's epoll with a deadline of socket-timeout from accept, and
 goes on accepting. A peer that sends a few bytes and stalls therefore holds no thread: it
 is dropped at its deadline while everyone else is served. Once the head is complete the
 request is served to the end (body reads and response writes each bounded by
-socket-timeout).
+socket-timeout). What nginx still sends after the answer (the rest of a refused packet, a
+body the app did not read) is dropped in the loop too: the connection is half-closed and
+parked as *draining*, so a peer that holds it holds no thread either.
 
 A worker runs one core in its main thread, or ``threads`` cores in threads of their own.
 """
@@ -28,7 +30,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Any
 
-from .log import log, write_line
+from .log import log, printable, write_line
 from .protocol import CLOSED, NEED_DATA, PONG, Decoder, Head, ProtocolError, RemoteProtocolError, decode_head
 from .protocol.modifiers import PING, VARS_MODIFIERS, describe
 from .scoreboard import Slot
@@ -48,10 +50,20 @@ from .wsgi import (
 if TYPE_CHECKING:
     from .worker import Worker
 
-_STATUS_TEXT = {400: "Bad Request", 413: "Content Too Large", 431: "Request Header Fields Too Large"}
+_STATUS_TEXT = {
+    400: "Bad Request",
+    408: "Request Timeout",
+    413: "Content Too Large",
+    431: "Request Header Fields Too Large",
+}
 # After refusing a bad packet, at most this much of what nginx still sends is read and dropped.
 DRAIN_LIMIT = 1 << 20
 _IN = select.EPOLLIN
+# Stalled connections closed within this many seconds of each other share one log line.
+STALLED_LOG_INTERVAL = 1.0
+# Stalled peers named in that line; the rest are counted.
+STALLED_NAMED = 3
+_ABORT = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends a TCP reset
 
 
 def _error_response(status: int, reason: str) -> bytes:
@@ -75,23 +87,36 @@ def _peer_of(conn: _socket.socket, addr: Any, listener: Listener) -> str:
 
 
 def request_line(environ: dict[str, Any]) -> str:
-    """``METHOD URI`` of a request, for log lines."""
-    return (
+    """``METHOD URI`` of a request, for log lines (control characters escaped)."""
+    return printable(
         f"{environ.get('REQUEST_METHOD', '-')} {environ.get('REQUEST_URI') or environ.get('PATH_INFO', '')}"
     )
 
 
 class Parked:
-    """A connection whose packet has not fully arrived, waiting in the core's epoll."""
+    """A connection waiting in the core's epoll: for the rest of its packet, or *draining*.
 
-    __slots__ = ("conn", "decoder", "addr", "listener", "deadline")
+    A draining connection has been answered and half-closed; what the peer still sends is
+    read and dropped as it arrives, up to ``drain`` more bytes.
+    """
 
-    def __init__(self, conn: Connection, decoder: Decoder, addr: Any, listener: Listener, deadline: float):
+    __slots__ = ("conn", "decoder", "addr", "listener", "deadline", "drain")
+
+    def __init__(
+        self,
+        conn: Connection,
+        decoder: Decoder | None,
+        addr: Any,
+        listener: Listener,
+        deadline: float,
+        drain: int,
+    ):
         self.conn = conn
         self.decoder = decoder
         self.addr = addr
         self.listener = listener
         self.deadline = deadline
+        self.drain = drain
 
 
 class Core:
@@ -119,6 +144,10 @@ class Core:
         self.others: dict[int, Callable[[], None]] = {}
         self.parked: dict[int, Parked] = {}
         self.expiry: deque[Parked] = deque()  # one timeout for all: deadlines come in order
+        self.stalled = 0  # stalled connections closed and not logged yet
+        self.stalled_peers: list[str] = []  # the first few of them
+        self.stalled_first = 0  # bytes of a packet the first one sent
+        self.stalled_log_due = 0.0
         # Parked connections hold descriptors: past this many the core stops accepting (new
         # connections wait in the listen backlog) rather than run out of them.
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
@@ -153,10 +182,10 @@ class Core:
                         self._accept(found)
                 elif fd in parked:
                     self._resume(parked[fd])
-                else:
+                elif fd in others:  # not a listener an orphaned worker closed meanwhile
                     others[fd]()
             # Expire first: dropping the last parked connection may be what lets a stopping core leave.
-            timeout = self._expire() if parked else -1.0
+            timeout = self._expire() if parked or self.stalled else -1.0
             if not worker.accepting:
                 if listening:
                     if not self.paused:
@@ -181,14 +210,30 @@ class Core:
 
     def _listen(self, on: bool) -> None:
         """Put the listeners in this core's epoll, or take them out (``paused``)."""
-        for fd in self.listening:
-            if on:
-                # EPOLLEXCLUSIVE wakes one idle core per new connection instead of all of them
-                # (the thundering herd: every loser pays a wakeup and a failed accept).
-                self.poller.register(fd, _IN | select.EPOLLEXCLUSIVE)
-            else:
+        # Under the worker's lock: an orphaned worker drops and closes them from another thread.
+        with self.worker.lock:
+            if on and not self.worker.accepting:
+                return
+            for fd in self.listening:
+                if on:
+                    # EPOLLEXCLUSIVE wakes one idle core per new connection instead of all of them
+                    # (the thundering herd: every loser pays a wakeup and a failed accept).
+                    self.poller.register(fd, _IN | select.EPOLLEXCLUSIVE)
+                else:
+                    self.poller.unregister(fd)
+            self.paused = not on
+
+    def drop_listeners(self) -> None:
+        """Take the listeners out of this core's epoll for good, from any thread, the worker's lock held.
+
+        The worker closes them next: they must leave the epoll first, since the sockets stay
+        open in other processes and an entry lives as long as its socket does.
+        """
+        if not self.paused:
+            for fd in self.listening:
                 self.poller.unregister(fd)
-        self.paused = not on
+        self.listening.clear()
+        self.paused = False
 
     def _accept(self, listener: Listener) -> bool:
         """Take one connection from ``listener`` and serve or park it; False when none was queued."""
@@ -240,6 +285,12 @@ class Core:
 
     def _resume(self, parked: Parked) -> None:
         """More bytes (or EOF) for a parked connection."""
+        if parked.drain:
+            parked.drain = self._discard(parked.conn.sock, parked.drain)
+            if not parked.drain:
+                self._unpark(parked)
+                parked.conn.sock.close()
+            return
         try:
             data: bytes | None = parked.conn.sock.recv(self.recv_size, socket.MSG_DONTWAIT)
         except BlockingIOError:
@@ -269,6 +320,7 @@ class Core:
         sock = conn.sock
         decoder = None if parked is None else parked.decoder
         keep = False
+        drain = 0  # bytes to drop after the answer; -1: none, the connection was aborted
         try:
             head: Any
             if decoder is None:
@@ -294,7 +346,8 @@ class Core:
                 return
             modifier1 = head.modifier1
             if modifier1 in VARS_MODIFIERS:
-                self._serve(conn, head, decoder)
+                if self._serve(conn, head, decoder):
+                    drain = -1
             elif modifier1 == PING:
                 sock.sendall(PONG)
             else:
@@ -303,10 +356,15 @@ class Core:
                     f"{_peer_of(sock, addr, listener)} --"
                 )
         except ProtocolError as exc:
-            log(f"bad uwsgi packet from {_peer_of(sock, addr, listener)}: {exc.message}; connection closed")
-            self._refuse(conn, exc.status_hint)
-        except TimeoutError as exc:
-            log(f"worker {self.wid}: {exc} from {_peer_of(sock, addr, listener)}; connection closed")
+            log(
+                f"bad uwsgi packet from {_peer_of(sock, addr, listener)}: {printable(exc.message)}; "
+                "connection closed"
+            )
+            if self._answer(conn, exc.status_hint, "bad uwsgi request"):
+                drain = DRAIN_LIMIT
+        except BodyReadTimeout as exc:  # post-buffering's, before the app ran
+            log(f"worker {self.wid}: {exc}, from {_peer_of(sock, addr, listener)}; answered 408")
+            self._answer(conn, 408, "the request body stopped arriving")
         except (BrokenPipeError, ConnectionResetError) as exc:
             log(f"worker {self.wid}: nginx closed the connection early ({exc.strerror})")
         except OSError as exc:
@@ -317,9 +375,10 @@ class Core:
             if not keep:
                 if parked is not None:
                     self._unpark(parked)
-                if decoder is not None and decoder.unreceived:
-                    self._drain(conn, decoder.unreceived)
-                sock.close()
+                if decoder is not None and not drain:
+                    drain = decoder.unreceived
+                if drain <= 0 or not self._drain(conn, drain, addr, listener):
+                    sock.close()
 
     @staticmethod
     def _feed(decoder: Decoder, data: bytes | None) -> Any:
@@ -329,8 +388,10 @@ class Core:
         decoder.receive_data(data)
         return decoder.next_event()
 
-    def _park(self, conn: Connection, decoder: Decoder, addr: Any, listener: Listener) -> None:
-        parked = Parked(conn, decoder, addr, listener, time.monotonic() + self.socket_timeout)
+    def _park(
+        self, conn: Connection, decoder: Decoder | None, addr: Any, listener: Listener, drain: int = 0
+    ) -> None:
+        parked = Parked(conn, decoder, addr, listener, time.monotonic() + self.socket_timeout, drain)
         fd = conn.sock.fileno()
         self.parked[fd] = parked
         self.expiry.append(parked)
@@ -344,29 +405,67 @@ class Core:
             self.poller.unregister(fd)
 
     def _expire(self) -> float:
-        """Drop parked connections past their deadline; seconds until the next one (-1: none)."""
+        """Drop parked connections past their deadline; seconds until the next one (-1: none).
+
+        Stalled connections are logged together, one line per STALLED_LOG_INTERVAL at most: a
+        client opening thousands of them must not write thousands of lines.
+        """
         now = time.monotonic()
         expiry, parked = self.expiry, self.parked
+        wait = -1.0
+        closing = []  # closed after the log line: whoever sees the close finds it logged
         while expiry:
             first = expiry[0]
             if parked.get(first.conn.sock.fileno()) is not first:
                 expiry.popleft()  # served or closed already
                 continue
             if first.deadline > now:
-                return first.deadline - now
+                wait = first.deadline - now
+                break
             expiry.popleft()
             self._unpark(first)
-            got = len(first.decoder.trailing_data)
-            peer = _peer_of(first.conn.sock, first.addr, first.listener)
-            log(
-                f"worker {self.wid}: timeout waiting for the request: {got} bytes of a packet arrived, "
-                f"then nothing for socket-timeout, from {peer}; connection closed"
-            )
-            first.conn.sock.close()
-        return -1.0
+            if not first.drain:  # a drain running out of time is no fault worth a line
+                self._stalled(first, now)
+            closing.append(first.conn.sock)
+        if self.stalled:
+            if not parked or now >= self.stalled_log_due:
+                self._log_stalled()
+            else:
+                due = self.stalled_log_due - now
+                wait = due if wait < 0 else min(wait, due)
+        for sock in closing:
+            sock.close()
+        return wait
 
-    def _serve(self, conn: Connection, head: Head, decoder: Decoder | None) -> None:
-        """Run the app for one request (``decoder`` reads its body, None when it has none)."""
+    def _stalled(self, parked: Parked, now: float) -> None:
+        if not self.stalled:
+            self.stalled_log_due = now + STALLED_LOG_INTERVAL
+            self.stalled_peers = []
+            self.stalled_first = len(parked.decoder.trailing_data) if parked.decoder else 0
+        self.stalled += 1
+        if len(self.stalled_peers) < STALLED_NAMED:
+            self.stalled_peers.append(_peer_of(parked.conn.sock, parked.addr, parked.listener))
+
+    def _log_stalled(self) -> None:
+        count, peers = self.stalled, self.stalled_peers
+        self.stalled = 0
+        if count == 1:
+            log(
+                f"worker {self.wid}: timeout waiting for the request: {self.stalled_first} bytes of a packet "
+                f"arrived, then nothing for socket-timeout, from {peers[0]}; connection closed"
+            )
+            return
+        more = f" and {count - len(peers)} more" if count > len(peers) else ""
+        log(
+            f"worker {self.wid}: closed {count} stalled connections at socket-timeout, their packets "
+            f"incomplete (from: {', '.join(peers)}{more})"
+        )
+
+    def _serve(self, conn: Connection, head: Head, decoder: Decoder | None) -> bool:
+        """Run the app for one request (``decoder`` reads its body, None when it has none).
+
+        True when the response was cut off and the connection aborted: nothing more to drain.
+        """
         slot = self.slot
         start = since = time.time() if self.log_requests or slot is not None else 0.0
         if decoder is None:
@@ -382,7 +481,7 @@ class Core:
             slot.begin(since, environ.get("REQUEST_METHOD", "-"), environ.get("REQUEST_URI", ""))
         exchange = Exchange(conn, environ)
         result = None
-        failed = False
+        failed = aborted = False
         cut_short = ""
         try:
             result = self.app(environ, exchange.start_response)
@@ -392,6 +491,8 @@ class Core:
             # counted and logged like any request, then reported as the bad packet it is.
             exchange.code = 400
             cut_short = str(exc)
+        except BodyReadTimeout as exc:
+            aborted = self._body_timed_out(exchange, exc)
         except WriteTimeout as exc:
             log(f"worker {self.wid}: {exc} during {request_line(environ)}; connection closed")
             exchange.code = exchange.code or 504
@@ -401,14 +502,15 @@ class Core:
                 f"({exc.strerror}); client probably gone"
             )
             exchange.code = exchange.code or 499
-        except Exception:
+        except BaseException:
+            # SystemExit and KeyboardInterrupt too: the app raised them, they must not end the worker.
             failed = True
-            self._app_failed(exchange)
+            aborted = self._app_failed(exchange)
         finally:
             if result is not None and hasattr(result, "close"):
                 try:
                     result.close()
-                except Exception:
+                except BaseException:
                     log(
                         f"worker {self.wid}: close() of the response of {request_line(environ)} raised:\n"
                         + traceback.format_exc().rstrip()
@@ -420,15 +522,21 @@ class Core:
             slot.end(time.time() - start, conn.sent, failed)
         if self.log_requests:
             ms = (time.time() - start) * 1000
+            what = (
+                f"{environ.get('REMOTE_ADDR', '-')} {environ.get('REQUEST_METHOD', '-')} "
+                f"{environ.get('REQUEST_URI') or environ.get('PATH_INFO', '')}"
+            )
+            if not what.isprintable():  # the common case pays this one test
+                what = printable(what)
             write_line(
-                f"[pid: {self.pid}|worker: {self.wid}|req: {n}] "
-                f"{environ.get('REMOTE_ADDR', '-')} {request_line(environ)} "
+                f"[pid: {self.pid}|worker: {self.wid}|req: {n}] {what} "
                 f"=> {exchange.code} {conn.sent} bytes in {ms:.2f} ms\n"
             )
         if self.worker.after_each:
             self.worker.after_request(n)
         if cut_short:
             raise RemoteProtocolError(cut_short)
+        return aborted
 
     def _buffer_body(self, conn: Connection, decoder: Decoder, length: int) -> IO[bytes]:
         """post-buffering: the whole body, read before the app runs; in a temporary file when large."""
@@ -441,59 +549,100 @@ class Core:
         except ClientDisconnected as exc:
             body.close()
             raise RemoteProtocolError(str(exc)) from None
-        except BodyReadTimeout as exc:
-            body.close()
-            raise TimeoutError(str(exc)) from None
         except BaseException:
             body.close()
             raise
         body.seek(0)
         return body
 
-    def _app_failed(self, exchange: Exchange) -> None:
+    def _app_failed(self, exchange: Exchange) -> bool:
+        """Log the app's exception and answer 500; True when the headers were out: connection aborted."""
         environ = exchange.environ
+        if exchange.head_sent:
+            log(
+                f"worker {self.wid}: the app raised during {request_line(environ)} after its headers were "
+                "sent; connection aborted so the client sees a cut-off response:\n"
+                + traceback.format_exc().rstrip()
+            )
+            exchange.code = exchange.code or 500
+            _abort(exchange.conn)
+            return True
         log(
             f"worker {self.wid}: the app raised during {request_line(environ)}:\n"
             + traceback.format_exc().rstrip()
         )
-        if exchange.head_sent:
-            log(f"worker {self.wid}: headers were already sent, closing the connection")
-            exchange.code = exchange.code or 500
-            return
         exchange.code = 500
         try:
             exchange.conn.send([exchange.server_error()])
         except OSError as exc:
             log(f"worker {self.wid}: could not send the 500 response: {exc}")
+        return False
 
-    def _refuse(self, conn: Connection, status: int) -> None:
-        """Answer a bad packet with an error status, then let nginx finish sending so it sees no reset."""
+    def _body_timed_out(self, exchange: Exchange, exc: BodyReadTimeout) -> bool:
+        """The request body stalled: a fault of the peer, not of the app. 408, or abort when too late."""
+        environ = exchange.environ
+        late = exchange.head_sent
+        log(
+            f"worker {self.wid}: {exc}, from {printable(environ.get('REMOTE_ADDR', '-'))} during "
+            f"{request_line(environ)}; "
+            + ("response cut off, connection aborted" if late else "answered 408")
+        )
+        if late:
+            exchange.code = exchange.code or 408
+            _abort(exchange.conn)
+            return True
+        exchange.code = 408
         try:
-            conn.sock.sendall(_error_response(status, "bad uwsgi request"))
+            exchange.conn.send([exchange.request_timeout()])
         except OSError:
-            return  # the peer is gone: nothing left to answer or drain
-        self._drain(conn, DRAIN_LIMIT)
+            pass  # the peer is gone: the line above said what happened
+        return False
 
-    def _drain(self, conn: Connection, limit: int) -> None:
-        """Half-close, then discard up to ``limit`` bytes until EOF, within one socket-timeout in all.
+    def _answer(self, conn: Connection, status: int, reason: str) -> bool:
+        """Answer a request refused before the app ran with an error status; False when the peer is gone."""
+        try:
+            conn.sock.send(_error_response(status, reason), socket.MSG_DONTWAIT)
+        except OSError:
+            return False  # gone, or not reading at all: nothing left to answer or drain
+        return True
 
-        One deadline for the whole drain, not one per read: a peer trickling a byte at a time
-        must not hold the worker.
+    def _drain(self, conn: Connection, limit: int, addr: Any, listener: Listener) -> bool:
+        """Half-close after the answer, then drop up to ``limit`` more bytes the peer sends, never waiting.
+
+        nginx must read the answer before the connection closes (a close with unread data is
+        a reset, and the answer would be lost): what has arrived is dropped now, the rest in
+        the loop, the connection parked as draining until EOF, the limit, or socket-timeout.
+        True when it is parked; the caller closes it otherwise.
         """
         sock = conn.sock
-        deadline = time.monotonic() + self.socket_timeout
         try:
             sock.shutdown(socket.SHUT_WR)
-            while limit > 0:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return
-                sock.settimeout(left)
-                n = sock.recv_into(self.rbuf, min(limit, len(self.rbuf)))
-                if not n:
-                    return
-                limit -= n
-        except (TimeoutError, BlockingIOError):
-            return  # past the deadline: closing now is the lesser harm
-        except OSError as exc:
-            log(f"worker {self.wid}: could not drain the connection: {exc}")
+        except OSError:
+            return False
+        left = self._discard(sock, limit)
+        if left:
+            self._park(conn, None, addr, listener, left)
+        return left > 0
+
+    def _discard(self, sock: _socket.socket, limit: int) -> int:
+        """Read and drop what has arrived, up to ``limit`` bytes; what is left to drop (0: done)."""
+        rbuf = self.rbuf
+        while limit > 0:
+            try:
+                n = sock.recv_into(rbuf, min(limit, len(rbuf)), socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return limit
+            except OSError:
+                return 0  # a reset: nothing more will come
+            if not n:
+                return 0
+            limit -= n
+        return 0
+
+
+def _abort(conn: Connection) -> None:
+    """Make the coming close() a reset: nginx then cuts the client's response off instead of ending it."""
+    try:
+        conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _ABORT)
+    except OSError:
+        pass  # the close still ends the response, as it did

@@ -19,6 +19,18 @@ def log(message: str) -> None:
     write_line(line)
 
 
+def printable(text: str) -> str:
+    """``text`` with control characters escaped (``\\xNN``): peer data cannot start a log line of its own."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else _escape(c) for c in text)
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
 def write_line(line: str) -> None:
     """Write an already formatted line to stderr in one call (bytes that do not encode are escaped)."""
     data = line.encode("utf-8", "backslashreplace")

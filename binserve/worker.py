@@ -6,12 +6,14 @@ from the master: EOF there means the master died, and the worker leaves with it.
 
 Leaving. SIGTERM/SIGINT: stop accepting, finish the requests in hand and the connections
 already queued, exit 0 (17 when it had asked to be recycled). SIGQUIT: exit at once. The
-master's pipe closing (it died, or a reload handed the sockets to a new image): finish the
-requests in hand, exit 0. Recycling (max-requests, SIGHUP): the worker tells the master and
-goes on serving; the master starts a replacement and sends the old worker SIGTERM once the
-new one accepts, so no worker id is ever without a process accepting for it. (The master
-replaces workers for max-worker-lifetime and chain reloads the same way, without asking
-them.) Over reload-on-rss the worker stops accepting at once and leaves without draining.
+master's pipe closing (it died, or a reload handed the sockets to a new image): close the
+listeners, finish the requests in hand, exit 0; a watchdog thread ends the process after
+harakiri (else worker-reload-mercy) seconds if they are not done. Recycling (max-requests,
+SIGHUP): the worker tells the master and goes on serving; the master starts a replacement
+and sends the old worker SIGTERM once the new one accepts, so no worker id is ever without a
+process accepting for it. (The master replaces workers for max-worker-lifetime and chain
+reloads the same way, without asking them.) Over reload-on-rss the worker stops accepting at
+once and leaves without draining.
 """
 
 from __future__ import annotations
@@ -102,7 +104,8 @@ class Worker:
         self.over_memory = False  # over reload-on-rss: it stopped accepting at once
         self.lock = threading.Lock()
         self.wake_r = self.wake_w = -1
-        self.stop_r = self.stop_w = -1  # closing stop_w wakes every core thread
+        self.stop_r = self.stop_w = -1  # closing stop_w wakes every core
+        self.cores: list[Core] = []
 
     def run(self) -> int:
         """Serve until told to stop; returns the exit code."""
@@ -110,18 +113,16 @@ class Worker:
         signals.install(signals.WORKER, self.wake_w)
         # The master blocked its signals across fork; the worker's handlers are now in place.
         signals.unblock(signals.WORKER)
+        self.stop_r, self.stop_w = os.pipe2(os.O_CLOEXEC)
         if self.config.threads == 1:
             core = Core(self, self._slot(0))
-
-            def master_gone() -> None:
-                core.unwatch(self.master_fd)  # EOF stays readable
-                self._on_master_gone()
-
+            self.cores = cores = [core]
             core.watch(self.wake_r, self._on_signals)
-            core.watch(self.master_fd, master_gone)
+            core.watch(self.stop_r, functools.partial(core.unwatch, self.stop_r))
+            # A thread of its own: the core may be busy with a request when the master dies.
+            threading.Thread(target=self._watch_master, name="master pipe", daemon=True).start()
             self._notify(NOTE_ACCEPTING)
             core.run()
-            cores = [core]
         else:
             cores = self._run_threads()
         if self.orphaned:
@@ -140,8 +141,13 @@ class Worker:
 
     def _run_threads(self) -> list[Core]:
         """``threads`` cores in threads; this thread handles signals until they are all done."""
-        self.stop_r, self.stop_w = os.pipe2(os.O_CLOEXEC)
-        cores = []
+        if self.wid == 1 and self.config.harakiri:
+            log(
+                f"worker 1: harakiri {self.config.harakiri} s with threads {self.config.threads}: harakiri "
+                "kills the whole worker, and with it the requests of its other threads; set "
+                "harakiri-graceful-timeout to let them finish first, or use processes instead of threads"
+            )
+        cores = self.cores
         for n in range(self.config.threads):
             core = Core(self, self._slot(n))
             # The stop pipe stays readable once closed: each core stops watching it after the wakeup.
@@ -183,13 +189,44 @@ class Worker:
             elif not signals.has_effect(signals.WORKER, signum):
                 log(f"worker {self.wid} (pid {self.pid}): {signals.received(signals.WORKER, signum)}")
 
+    def _watch_master(self) -> None:
+        poller = select.poll()
+        poller.register(self.master_fd, select.POLLIN)
+        while True:
+            poller.poll()
+            try:
+                if not os.read(self.master_fd, 64):  # the master never writes: only EOF matters
+                    break
+            except BlockingIOError:
+                continue
+        self._on_master_gone()
+
     def _on_master_gone(self) -> None:
+        """Close the listeners at once and leave within a bound, the requests in hand finished if they can.
+
+        The listeners are closed, not just left alone: a socket still open in a worker that no
+        longer accepts would take connections into its backlog, never to answer them, and
+        keep a new server from binding it. Nobody may enforce harakiri any more, so a watchdog
+        thread (no signal: the app may block or ignore them) ends the process in time.
+        """
+        bound = self.config.harakiri or self.config.worker_reload_mercy
         log(
-            f"worker {self.wid}: the master's pipe closed (a reload, or the master died): finishing the "
-            "requests in hand, then exiting"
+            f"worker {self.wid}: the master's pipe closed (a reload, or the master died): listeners closed, "
+            f"finishing the requests in hand within {bound} s, then exiting"
         )
         self.orphaned = True
         self.stop_accepting()
+        with self.lock:
+            for core in self.cores:
+                core.drop_listeners()
+            for listener in self.listeners:
+                listener.close()
+        threading.Thread(target=self._watchdog, args=(bound,), name="watchdog", daemon=True).start()
+
+    def _watchdog(self, seconds: float) -> None:
+        time.sleep(seconds)
+        log(f"worker {self.wid}: requests still running {seconds} s after the master's pipe closed; exiting")
+        os._exit(1)
 
     def stop_accepting(self) -> None:
         """Every core stops accepting; each returns once its requests in hand are done."""

@@ -46,6 +46,8 @@ _HOP_BY_HOP = frozenset(
 
 _ERROR_BODY = b"Internal Server Error"
 _ERROR_HEAD = " 500 Internal Server Error\r\nContent-Type: text/plain\r\nContent-Length: 21\r\n\r\n"
+_TIMEOUT_BODY = b"Request Timeout"
+_TIMEOUT_HEAD = " 408 Request Timeout\r\nContent-Type: text/plain\r\nContent-Length: 15\r\n\r\n"
 # What nginx's $server_protocol can be; anything else gets HTTP/1.0 rather than echoing bytes
 # a peer chose into the status line.
 _PROTOCOLS: dict[str | None, str] = {p: p for p in ("HTTP/1.0", "HTTP/1.1", "HTTP/2.0", "HTTP/3.0")}
@@ -508,6 +510,10 @@ class Exchange:
     def server_error(self) -> bytes:
         """A complete 500 response, for an app that failed before sending its headers."""
         return (self.protocol() + _ERROR_HEAD).encode("latin-1") + _ERROR_BODY
+
+    def request_timeout(self) -> bytes:
+        """A complete 408 response, for a request whose body stopped arriving before any answer."""
+        return (self.protocol() + _TIMEOUT_HEAD).encode("latin-1") + _TIMEOUT_BODY
 
     def render_head(self, length: int | None) -> bytes:
         """The status line and headers, adding Content-Length when it is known and the app gave none."""
