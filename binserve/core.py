@@ -30,6 +30,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Any
 
+from .listenq import listen_queue
 from .log import log, printable, write_line
 from .protocol import CLOSED, NEED_DATA, PONG, Decoder, Head, ProtocolError, RemoteProtocolError, decode_head
 from .protocol.modifiers import PING, VARS_MODIFIERS, describe
@@ -260,13 +261,24 @@ class Core:
         return True
 
     def drain_backlog(self) -> None:
-        """On a graceful stop, serve the connections already queued so none is dropped."""
+        """On a graceful stop, serve the connections queued at this moment so none is dropped.
+
+        Only those: later ones go to whoever accepts them. A worker leaving because its
+        replacement accepts would otherwise go on serving a steady stream from the backlog.
+        """
         for listener in self.worker.listeners:
-            for _ in range(self.config.listen):
+            for _ in range(self._queued(listener)):
                 if not self._accept(listener):
                     break
         if self.parked:
             self.run()  # no longer accepting: it serves or drops what is parked, then returns
+
+    def _queued(self, listener: Listener) -> int:
+        """How many connections wait in ``listener``'s accept queue (at most ``listen`` if unknown)."""
+        try:
+            return listen_queue(listener.sock)[0]
+        except (OSError, ValueError):
+            return self.config.listen
 
     def handle(self, sock: _socket.socket, addr: Any, listener: Listener) -> None:
         """Serve one freshly accepted connection, or park it until its packet is complete."""

@@ -148,6 +148,12 @@ class Master:
         self.notify_r, self.notify_w = os.pipe2(os.O_CLOEXEC)
         os.set_blocking(self.notify_r, False)
         self.selector.register(self.notify_r, selectors.EVENT_READ)
+        if self.config.harakiri and self.config.threads > 1:
+            log(
+                f"harakiri {self.config.harakiri} s with threads {self.config.threads}: harakiri kills the "
+                "whole worker, and with it the requests of its other threads; set "
+                "harakiri-graceful-timeout to let them finish first, or use processes instead of threads"
+            )
         if self.chain_touched and not self.config.lazy_apps:
             log(
                 "touch-chain-reload without lazy-apps: the new workers are forked from the master and run "

@@ -141,12 +141,6 @@ class Worker:
 
     def _run_threads(self) -> list[Core]:
         """``threads`` cores in threads; this thread handles signals until they are all done."""
-        if self.wid == 1 and self.config.harakiri:
-            log(
-                f"worker 1: harakiri {self.config.harakiri} s with threads {self.config.threads}: harakiri "
-                "kills the whole worker, and with it the requests of its other threads; set "
-                "harakiri-graceful-timeout to let them finish first, or use processes instead of threads"
-            )
         cores = self.cores
         for n in range(self.config.threads):
             core = Core(self, self._slot(n))
