@@ -7,7 +7,8 @@ blocks ``open()``, or a file of unbounded size (``/dev/zero``, a sparse 4 GB fil
 
 * files we *replace* (pidfile, state) are written to a fresh temporary created with
   ``O_EXCL | O_NOFOLLOW`` beside the target, then renamed over it: a planted link is
-  replaced, never followed, and a reader never sees half a file;
+  replaced, never followed, and a reader never sees half a file; where the directory is not
+  ours to write, only a regular file we own with a single link is rewritten in place;
 * files we *append to* (logs) are opened with ``O_NOFOLLOW`` and must be a regular file with
   a single link: a symlink or a hard link planted at the name is refused;
 * files we *read* are opened non-blocking (a FIFO cannot hang us), must be regular files, and
@@ -62,6 +63,11 @@ def write_replace(path: str, data: bytes, mode: int = 0o644) -> None:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
         except FileExistsError:
             continue  # planted, or left by a crash: never reuse a name we did not create
+        except PermissionError:
+            # A directory we may not write (a pidfile an admin created for us in /run): only a
+            # file of our own, with one link, is rewritten in place.
+            _rewrite_own(path, data)
+            return
         break
     else:
         raise UnsafeFile(path, "no free temporary name beside it")
@@ -75,6 +81,23 @@ def write_replace(path: str, data: bytes, mode: int = 0o644) -> None:
         except OSError:
             pass
         raise
+
+
+def _rewrite_own(path: str, data: bytes) -> None:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise _refuse_link(path, exc) from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise UnsafeFile(path, _describe(info.st_mode))
+        if info.st_nlink != 1 or info.st_uid != os.geteuid():
+            raise UnsafeFile(path, "its directory is not writable, and it is not our own file to rewrite")
+        os.ftruncate(fd, 0)
+        os.write(fd, data)
+    finally:
+        os.close(fd)
 
 
 def open_append(path: str, mode: int = 0o640) -> int:

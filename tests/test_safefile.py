@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import pwd
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -82,3 +84,34 @@ def test_read_bounded_without_follow_refuses_a_symlink(tmp_path: Path) -> None:
     assert read_bounded(str(tmp_path / "link.ini")) == b"[uwsgi]\n"
     with pytest.raises(UnsafeFile, match="symbolic link"):
         read_bounded(str(tmp_path / "link.ini"), follow=False)
+
+
+def test_write_replace_rewrites_our_own_file_in_a_directory_we_cannot_write() -> None:
+    """An unprivileged server whose pidfile an admin created for it in a root-only directory."""
+    nobody = pwd.getpwnam("nobody")
+    with tempfile.TemporaryDirectory() as name:  # under /tmp: tmp_path's parent is root's alone
+        os.chmod(name, 0o755)
+        _rewrite_as(nobody, Path(name))
+
+
+def _rewrite_as(nobody: pwd.struct_passwd, locked: Path) -> None:
+    own, theirs = locked / "own.pid", locked / "theirs.pid"
+    own.write_text("old\n")
+    theirs.write_text("root's\n")
+    os.chown(own, nobody.pw_uid, nobody.pw_gid)
+    pid = os.fork()
+    if pid == 0:  # the child becomes nobody and reports through its exit code
+        code = 1
+        try:
+            os.setgid(nobody.pw_gid)
+            os.setuid(nobody.pw_uid)
+            write_replace(str(own), b"42\n")
+            try:
+                write_replace(str(theirs), b"42\n")
+                code = 3
+            except PermissionError:
+                code = 0
+        finally:
+            os._exit(code)
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+    assert own.read_text() == "42\n" and theirs.read_text() == "root's\n"
