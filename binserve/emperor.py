@@ -24,7 +24,6 @@ import ctypes
 import glob
 import hashlib
 import json
-import math
 import os
 import pwd
 import resource
@@ -320,7 +319,6 @@ class Emperor:
         self.patterns = [os.path.abspath(p) for p in config.emperor]
         first_dir = next((p for p in self.patterns if os.path.isdir(p)), os.getcwd())
         self.state_path: str | None = config.emperor_state or _default_state(first_dir, config.emperor_tyrant)
-        self.scan_every = _interval(config.emperor_freq)
         self.vassals: dict[str, Vassal] = {}
         self.stopping = False
         self.deadline = 0.0
@@ -359,7 +357,7 @@ class Emperor:
             for directory in self.patterns:
                 _warn_if_replaceable(directory)
         how = "inotify, and a scan" if self.watch.fd is not None else "a scan"
-        log(f"emperor watching {', '.join(self.patterns)} ({how} every {self.scan_every:g} s)")
+        log(f"emperor watching {', '.join(self.patterns)} ({how} every {self.config.emperor_freq:g} s)")
         while not (self.stopping and not self._alive()):
             self.step()
         for probe in list(self.probes.values()):
@@ -404,7 +402,7 @@ class Emperor:
         else:
             self._overstayed(now)
         if not self.stopping and now >= self.next_scan:
-            self.next_scan = now + self.scan_every
+            self.next_scan = now + self.config.emperor_freq
             self._reconcile(now)
         if self.dirty:
             self._write_state()
@@ -814,11 +812,6 @@ def _warn_if_replaceable(directory: str) -> None:
         f"emperor: warning: {directory} is {why}: a user may replace another's vassal file between"
         " the scan and its start; make it root's, and sticky (chmod 1777) if users drop files in it"
     )
-
-
-def _interval(freq: float) -> float:
-    """The seconds between scans: a nan or non-positive value would make the loop spin."""
-    return freq if math.isfinite(freq) and freq > 0 else 0.5
 
 
 def _probe_child(path: str, pipe: int) -> NoReturn:

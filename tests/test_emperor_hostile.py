@@ -210,18 +210,6 @@ def test_vassal_files_are_read_again_only_when_they_change(
     assert emp.log().count("big1.ini: owned by root") == 1
 
 
-def test_a_nan_scan_interval_does_not_make_the_emperor_spin(tmp_path: Path, vassal_dir: Path) -> None:
-    """What a validator letting nan through would hand over still gives a waiting loop."""
-    config = load(["--emperor", str(vassal_dir), "--emperor-state", str(tmp_path / "state.json")])
-    config.set("emperor-freq", float("nan"))
-    emp = emperor_module.Emperor(config)
-    started = time.monotonic()
-    for _ in range(3):  # the first scans at once; the next two wait for theirs
-        emp.step()
-    assert time.monotonic() - started >= 0.8
-
-
-# -- the state file ------------------------------------------------------------------------------------
 def test_a_link_planted_at_the_state_file_or_its_temporary_is_never_written_through(
     tmp_path: Path, vassal_dir: Path, app: Path, emperor: Callable[..., EmperorProcess]
 ) -> None:
