@@ -20,6 +20,9 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+import msgpack
 
 from binserve.protocol import PING, PONG
 
@@ -309,3 +312,15 @@ def reachable_prefix(tmp_path: Path) -> list[str]:
         str(blocked),
         keep,
     ]
+
+
+def read_stats(path: Path) -> dict[str, Any]:
+    """One msgpack stats document, read as any client would: connect, read to EOF, decode."""
+    chunks = []
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(5)
+        sock.connect(str(path))
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    document: dict[str, Any] = msgpack.unpackb(b"".join(chunks))
+    return document

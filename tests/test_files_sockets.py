@@ -20,14 +20,13 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import msgpack
 import pytest
 
 from binserve.privileges import Privileges
 from binserve.protocol import PING, PONG, encode_request
 from binserve.tools.curl import build_vars
 
-from support import Nginx, Server, free_port, location, ping, reachable_prefix, wait_for
+from support import Nginx, Server, free_port, location, ping, reachable_prefix, read_stats, wait_for
 
 USER = "binserve-fs1"
 ROOTS = "root's file\n"
@@ -230,16 +229,6 @@ def test_a_link_or_fifo_planted_at_the_log_is_refused_in_one_line(
 
 
 # -- the stats socket -----------------------------------------------------------------------------
-def stats_document(address: Path) -> dict[str, object]:
-    """One msgpack stats document read from a unix socket."""
-    with socket.socket(socket.AF_UNIX) as sock:
-        sock.settimeout(5)
-        sock.connect(str(address))
-        data = b"".join(iter(lambda: sock.recv(65536), b""))
-    document: dict[str, object] = msgpack.unpackb(data)
-    return document
-
-
 @pytest.mark.parametrize("where", ["tcp", "unix"])
 def test_a_stats_address_in_use_is_one_line_and_leaves_no_socket_or_pidfile(
     app: Path, tmp_path: Path, serve: Callable[..., Server], where: str
@@ -278,7 +267,7 @@ def test_stats_in_a_root_only_directory_answer_after_a_reload_as_the_uid_user(
         socket_path=user_dir / "app.sock",
         cwd=user_dir,
     )
-    before = stats_document(stats)
+    before = read_stats(stats)
     assert (before["pid"], before["uid"]) == (server.pid, account.pw_uid)
     assert os.stat(stats).st_uid == 0, "bound by root, before the drop"
     inode = os.stat(stats).st_ino
@@ -291,7 +280,7 @@ def test_stats_in_a_root_only_directory_answer_after_a_reload_as_the_uid_user(
 
     wait_for(replaced, 20, "the new image's worker")
     wait_for(lambda: server.log().count("master ready") == 2, 10, "the new image to be ready")
-    after = stats_document(stats)
+    after = read_stats(stats)
     assert (after["pid"], after["uid"]) == (server.pid, account.pw_uid)
     assert after["uptime"] < before["uptime"] + 20 and os.stat(stats).st_ino == inode
     assert "Traceback" not in server.log() and "the reload failed" not in server.log()
