@@ -41,7 +41,7 @@ from . import safefile
 from .config import Config, ConfigError, load
 from .log import log
 from .master import EMPEROR_FD_ENV, kill_quietly
-from .sockets import SocketError, is_abstract, parse_tcp
+from .sockets import SocketError, absolute
 from .stats import VERSION, StatsServer, bind_stats
 from .worker import MSG_ACCEPTING, MSG_LOYAL, MSG_SPAWNED, wake_only
 
@@ -506,12 +506,13 @@ class Emperor:
             env = dict(os.environ)
             env.pop("NOTIFY_SOCKET", None)
         env[EMPEROR_FD_ENV] = str(theirs.fileno())
+        # The file's own directory, not the link's: a link planted in the vassal directory must
+        # not make a relative wsgi-file load the planter's code.
+        cwd = os.path.dirname(wanted.real or wanted.path)
         try:
             proc = subprocess.Popen(
                 self._command_line(wanted.path),
-                # The file's own directory, not the link's: a link planted in the vassal directory
-                # must not make a relative wsgi-file load the planter's code.
-                cwd=os.path.dirname(wanted.real or wanted.path),
+                cwd=cwd,
                 env=env,
                 stdin=subprocess.DEVNULL,
                 pass_fds=(theirs.fileno(),),
@@ -535,15 +536,18 @@ class Emperor:
         vassal.stats = None
         # Reading a tyrant vassal's file would expand its @(file) and $(ENV) as root.
         if not self.config.emperor_tyrant:
-            self._probe(vassal)
+            self._probe(vassal, cwd)
         vassal.state, vassal.born, vassal.accepting = "starting", time.time(), False
         vassal.loyal = False
         self.selector.register(ours, selectors.EVENT_READ, vassal)
         log(f"spawned vassal {os.path.basename(wanted.path)} (pid {proc.pid})")
         self.dirty = True
 
-    def _probe(self, vassal: Vassal) -> None:
-        """Read the vassal's stats address in a bounded child: its file may crash or block a reader."""
+    def _probe(self, vassal: Vassal, cwd: str) -> None:
+        """Read the vassal's stats address in a bounded child: its file may crash or block a reader.
+
+        A relative address is taken from ``cwd``, where the vassal starts.
+        """
         if any(p.vassal is vassal for p in self.probes.values()):
             return
         read_end, write_end = os.pipe2(os.O_CLOEXEC)
@@ -556,7 +560,7 @@ class Emperor:
             return
         if pid == 0:
             os.close(read_end)
-            _probe_child(vassal.path, write_end)
+            _probe_child(vassal.path, cwd, write_end)
         os.close(write_end)
         os.set_blocking(read_end, False)
         probe = Probe(vassal, vassal.digest, pid, read_end, time.monotonic() + PROBE_SECONDS)
@@ -814,7 +818,7 @@ def _warn_if_replaceable(directory: str) -> None:
     )
 
 
-def _probe_child(path: str, pipe: int) -> NoReturn:
+def _probe_child(path: str, cwd: str, pipe: int) -> NoReturn:
     """In a forked child: write ``+ADDRESS`` or ``-WHY`` to ``pipe`` and exit, within the bounds."""
     try:
         signal.set_wakeup_fd(-1)  # the emperor's wakeup pipe is not ours to write
@@ -825,7 +829,7 @@ def _probe_child(path: str, pipe: int) -> NoReturn:
         with open("/proc/self/statm") as statm:
             size = int(statm.read().split()[0]) * resource.getpagesize()
         resource.setrlimit(resource.RLIMIT_AS, (size + PROBE_MEMORY, size + PROBE_MEMORY))
-        answer = "+" + (_stats_address(path) or "")
+        answer = "+" + (_stats_address(path, cwd) or "")
     except BaseException as exc:  # whatever the file does to the reader is only a failed read
         answer = f"-{type(exc).__name__}: {exc}"
     try:
@@ -842,16 +846,13 @@ def _reaped(pid: int, options: int) -> bool:
         return True
 
 
-def _stats_address(path: str) -> str | None:
-    """The stats address a binserve vassal file names (relative ones from its directory), if any."""
+def _stats_address(path: str, cwd: str) -> str | None:
+    """The stats address a binserve vassal file names (relative ones from ``cwd``), if any."""
     try:
         config = load(["--ini", path], {})
     except ConfigError:
         return None  # not a binserve file (a uWSGI vassal's, say): no address to offer
-    address = config.stats
-    if address and not parse_tcp(address) and not os.path.isabs(address) and not is_abstract(address):
-        address = os.path.join(os.path.dirname(path), address)
-    return address
+    return absolute(config.stats, cwd) if config.stats else None
 
 
 def _state_of(directory: str) -> str:

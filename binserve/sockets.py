@@ -217,6 +217,13 @@ class _Verdicts(dict[str, bool]):
         return verdict
 
 
+def absolute(spec: str, base: str) -> str:
+    """``spec`` with a relative unix socket path taken from ``base``; TCP and ``@name`` as given."""
+    if os.path.isabs(spec) or parse_tcp(spec) or is_abstract(spec):
+        return spec
+    return os.path.join(base, spec)
+
+
 def parse_tcp(spec: str) -> tuple[str, int] | None:
     """``(host, port)`` for a ``HOST:PORT`` socket spec, or None for a unix socket path or ``@name``."""
     host, sep, port = spec.rpartition(":")

@@ -29,7 +29,7 @@ from test_emperor import STATE_NAME, EmperorProcess, get, status_row, status_tex
 import binserve.emperor as emperor_module
 from binserve.config import load
 
-from support import ping, reachable_prefix, wait_for
+from support import ping, reachable_prefix, read_stats, wait_for
 
 # Hostile files would otherwise make the unfixed emperor (and each hostile vassal) take the
 # host's memory: under this bound they fail with MemoryError instead.
@@ -210,6 +210,29 @@ def test_vassal_files_are_read_again_only_when_they_change(
     assert emp.log().count("big1.ini: owned by root") == 1
 
 
+def test_a_linked_vassals_relative_stats_address_is_taken_from_where_it_runs(
+    tmp_path: Path, vassal_dir: Path, app: Path, emperor: Callable[..., EmperorProcess]
+) -> None:
+    """The vassal runs in its file's real directory: the emperor reports the stats socket there."""
+    home = tmp_path / "home"
+    home.mkdir()
+    conf = write_vassal(home, "a", tmp_path / "a.sock", app, extra="stats = a.stats\n")
+    (vassal_dir / "a.ini").symlink_to(conf)
+    emperor_stats = tmp_path / "emperor.stats"
+    emp = emperor(vassal_dir, "--emperor-stats", str(emperor_stats))
+    emp.wait_serving("a", tmp_path / "a.sock")
+    wait_for((home / "a.stats").exists, 10, "the vassal's stats socket beside its real file")
+    addresses: list[str | None] = []
+
+    def probed() -> bool:
+        addresses[:] = [v["stats"] for v in read_stats(emperor_stats)["vassals"] if v["id"] == "a.ini"]
+        return addresses != [None]
+
+    wait_for(probed, 10, "a.ini's stats address in the emperor's stats")
+    assert addresses == [str(home / "a.stats")]
+
+
+# -- the state file ------------------------------------------------------------------------------------
 def test_a_link_planted_at_the_state_file_or_its_temporary_is_never_written_through(
     tmp_path: Path, vassal_dir: Path, app: Path, emperor: Callable[..., EmperorProcess]
 ) -> None:
