@@ -53,33 +53,9 @@ def application(environ, start_response):
 
 # -- fixtures ------------------------------------------------------------------------------------------
 @pytest.fixture
-def emperor(tmp_path: Path) -> Iterator[Callable[..., EmperorProcess]]:
-    """Start an emperor: ``emperor(vassal_dir, *extra_args, wrap=[])``; always torn down."""
-    started: list[EmperorProcess] = []
-
-    def start(vassals: Path, *args: str, wrap: list[str] | None = None) -> EmperorProcess:
-        process = EmperorProcess(tmp_path, vassals, args, wrap or [])
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        process.stop()
-    for process in started:
-        wait_for(process.all_gone, 10, f"every vassal of {process.vassals} to be gone")
-
-
-@pytest.fixture
 def app(tmp_path: Path) -> Path:
     path = tmp_path / "app.py"
     path.write_text(APP)
-    return path
-
-
-@pytest.fixture
-def vassal_dir(tmp_path: Path) -> Path:
-    path = tmp_path / "vassals"
-    path.mkdir()
     return path
 
 
