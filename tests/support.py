@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -324,3 +325,31 @@ def read_stats(path: Path) -> dict[str, Any]:
             chunks.append(chunk)
     document: dict[str, Any] = msgpack.unpackb(b"".join(chunks))
     return document
+
+
+def as_user(user: pwd.struct_passwd, action: Callable[[], object]) -> str:
+    """Run ``action`` in a forked child that became ``user`` with its groups (as nginx's workers do).
+
+    Returns what ``action`` returned as text ("ok" for None), or the exception it raised.
+    """
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        message = "the child did not finish"
+        try:
+            os.close(read_end)
+            os.initgroups(user.pw_name, user.pw_gid)
+            os.setgid(user.pw_gid)
+            os.setuid(user.pw_uid)
+            result = action()
+            message = "ok" if result is None else str(result)
+        except Exception as exc:
+            message = f"{type(exc).__name__}: {exc}"
+        finally:
+            os.write(write_end, message.encode())
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        answer = pipe.read().decode()
+    os.waitpid(pid, 0)
+    return answer
