@@ -19,6 +19,7 @@ from .sockets import (
     PeerFilter,
     SocketError,
     absolute,
+    address_key,
     inherited,
     open_all,
     remove_files,
@@ -121,7 +122,7 @@ def _stats_address(config: Config, specs: list[str], start_cwd: str) -> str | No
     if not config.stats:
         return None
     address = absolute(config.stats, start_cwd)
-    if address in specs:
+    if address_key(address) in map(address_key, specs):
         raise SocketError(f"option 'stats': {config.stats} is also given as a socket")
     return address
 

@@ -393,10 +393,15 @@ def open_all(
 def _refuse_twice(specs: list[str]) -> None:
     seen: set[object] = set()
     for spec in specs:
-        key = parse_tcp(spec) or (spec if is_abstract(spec) else os.path.normpath(spec))
+        key = address_key(spec)
         if key in seen:
             raise SocketError(f"socket {spec} is given twice")
         seen.add(key)
+
+
+def address_key(spec: str) -> object:
+    """What two specs naming one address share (``a.sock`` and ``./a.sock``, ``:80`` and ``0.0.0.0:80``)."""
+    return parse_tcp(spec) or (spec if is_abstract(spec) else os.path.normpath(spec))
 
 
 def remove_files(listeners: list[Listener], pidfile: str | None, vacuum: bool) -> None:

@@ -426,10 +426,11 @@ def test_chown_socket_never_gives_away_the_file_a_link_at_the_socket_path_points
     assert os.lstat(link).st_uid == account.pw_uid
 
 
+@pytest.mark.parametrize("stats", ["app.sock", "./app.sock"])
 def test_a_stats_address_that_is_also_a_socket_is_one_line(
-    app: Path, tmp_path: Path, serve: Callable[..., Server]
+    app: Path, tmp_path: Path, serve: Callable[..., Server], stats: str
 ) -> None:
-    server = serve("--wsgi-file", str(app), "--stats", "app.sock", ready=False)
+    server = serve("--wsgi-file", str(app), "--stats", stats, ready=False)
     assert server.proc.wait(10) == 2
-    assert lines(server)[-1].endswith("option 'stats': app.sock is also given as a socket"), server.log()
+    assert lines(server)[-1].endswith(f"option 'stats': {stats} is also given as a socket"), server.log()
     assert len(lines(server)) == 1 and not server.socket.exists()
