@@ -59,7 +59,7 @@ from functools import cached_property
 from importlib import metadata
 
 from . import safefile
-from .options import ALIASES, OPTIONS, UWSGI_ONLY, Option, resolve
+from .options import ALIASES, OPTIONS, UWSGI_ONLY, WHOLE, Option, resolve
 
 SECTIONS = ("binserve", "uwsgi")
 LOADERS = frozenset({"include", "ini", "inherit"})
@@ -83,7 +83,6 @@ _PARENTHESIS = re.compile(r"[()]")
 _REFERENCE = re.compile(r"%\(([^()]*)\)")
 _ARITHMETIC = ("+", "-", "*", "/")
 _FIRST_FILE_MAGIC = "PDSNECXOI"
-_WHOLE = re.compile(r"[+-]?[0-9]+", re.ASCII)
 _INT64 = range(-(1 << 63), 1 << 63)
 
 MAX_DEPTH = 32  # files including files
@@ -587,7 +586,7 @@ class _Loader:
 
         def number(text: str) -> int:
             word = text.strip()
-            if not _WHOLE.fullmatch(word):
+            if not WHOLE.fullmatch(word):
                 raise ConfigError(f"{line.where}: %({inner}) needs whole numbers, got {text!r}")
             # Twenty digits are past 64 bits already; longer ones would only cost time to convert.
             return in_range(int(word) if len(word) <= 20 else 1 << 64)
