@@ -178,9 +178,15 @@ def _option(name: str) -> Option | None:
         return None
 
 
-def _suggest(name: str, candidates: Iterable[str]) -> str:
+def closest(name: str, candidates: Iterable[str]) -> str | None:
+    """The candidate that ``name`` is most likely a misspelling of, if one is close enough."""
     close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.75)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+    return close[0] if close else None
+
+
+def _suggest(name: str, candidates: Iterable[str]) -> str:
+    close = closest(name, candidates)
+    return f" (did you mean '{close}'?)" if close else ""
 
 
 def _split(spec: str) -> tuple[str, str]:
@@ -486,11 +492,11 @@ class _Loader:
             if _option(other.key) is OPTIONS[PLACEHOLDER]
         }
         dangling = [name for name in referenced - defined if _option(name) is None]
-        close = difflib.get_close_matches(line.key, dangling, n=1, cutoff=0.75)
+        close = closest(line.key, dangling)
         if close:
             return ConfigError(
                 f"{line.where}: unknown option '{line.key}' (never referenced as %({line.key});"
-                f" is %({close[0]}) a misspelling?)"
+                f" is %({close}) a misspelling?)"
             )
         return unknown_option(line.key, line.where)
 
