@@ -353,3 +353,21 @@ def as_user(user: pwd.struct_passwd, action: Callable[[], object]) -> str:
         answer = pipe.read().decode()
     os.waitpid(pid, 0)
     return answer
+
+
+@contextmanager
+def system_users(*names: str) -> Iterator[list[pwd.struct_passwd]]:
+    """System users without a home, created for a test and removed afterwards (tests run as root)."""
+    assert os.geteuid() == 0, "users are created and switched to as root (as CI runs)"
+
+    def remove() -> None:
+        for name in names:
+            subprocess.run(["userdel", name], capture_output=True)
+
+    remove()  # left by an interrupted run
+    try:
+        for name in names:
+            subprocess.run(["useradd", "-M", "-r", name], check=True, capture_output=True)
+        yield [pwd.getpwnam(name) for name in names]
+    finally:
+        remove()

@@ -33,7 +33,7 @@ from binserve.config import load
 from binserve.emperor import RUN_DIR, STATE_NAME, Emperor, Wait, plan, scan, tyrant_state_path
 from binserve.protocol import encode_request
 
-from support import Nginx, location, ping, reachable_prefix, wait_for
+from support import Nginx, location, ping, reachable_prefix, system_users, wait_for
 
 APP = """
 import os
@@ -667,13 +667,8 @@ TYRANT_USER = "binserve-t1"
 
 @pytest.fixture
 def tyrant_user() -> Iterator[pwd.struct_passwd]:
-    assert os.geteuid() == 0, "emperor-tyrant is tested as root (as CI runs)"
-    subprocess.run(["userdel", TYRANT_USER], capture_output=True)
-    subprocess.run(["useradd", "-M", "-r", TYRANT_USER], check=True, capture_output=True)
-    try:
-        yield pwd.getpwnam(TYRANT_USER)
-    finally:
-        subprocess.run(["userdel", TYRANT_USER], capture_output=True)
+    with system_users(TYRANT_USER) as (user,):
+        yield user
 
 
 @pytest.fixture

@@ -16,7 +16,6 @@ import pwd
 import re
 import shutil
 import signal
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -29,7 +28,7 @@ from test_emperor import STATE_NAME, EmperorProcess, get, status_row, status_tex
 import binserve.emperor as emperor_module
 from binserve.config import load
 
-from support import ping, reachable_prefix, read_stats, wait_for
+from support import ping, reachable_prefix, read_stats, system_users, wait_for
 
 # Hostile files would otherwise make the unfixed emperor (and each hostile vassal) take the
 # host's memory: under this bound they fail with MemoryError instead.
@@ -59,22 +58,11 @@ def app(tmp_path: Path) -> Path:
     return path
 
 
-def _remove_users() -> None:
-    for name in (VICTIM, ATTACKER):
-        subprocess.run(["userdel", name], capture_output=True)
-
-
 @pytest.fixture
 def users() -> Iterator[tuple[pwd.struct_passwd, pwd.struct_passwd]]:
     """Two system users, the victim and the attacker; removed afterwards."""
-    assert os.geteuid() == 0, "emperor-tyrant is tested as root (as CI runs)"
-    _remove_users()
-    for name in (VICTIM, ATTACKER):
-        subprocess.run(["useradd", "-M", "-r", name], check=True, capture_output=True)
-    try:
-        yield pwd.getpwnam(VICTIM), pwd.getpwnam(ATTACKER)
-    finally:
-        _remove_users()
+    with system_users(VICTIM, ATTACKER) as (victim, attacker):
+        yield victim, attacker
 
 
 @pytest.fixture

@@ -26,7 +26,18 @@ from binserve.privileges import Privileges
 from binserve.protocol import PING, PONG, encode_request
 from binserve.tools.curl import build_vars
 
-from support import Nginx, Server, as_user, free_port, location, ping, reachable_prefix, read_stats, wait_for
+from support import (
+    Nginx,
+    Server,
+    as_user,
+    free_port,
+    location,
+    ping,
+    reachable_prefix,
+    read_stats,
+    system_users,
+    wait_for,
+)
 
 USER = "binserve-fs1"
 ROOTS = "root's file\n"
@@ -41,13 +52,8 @@ def application(environ, start_response):
 @pytest.fixture
 def account() -> Iterator[pwd.struct_passwd]:
     """A system user, removed afterwards."""
-    assert os.geteuid() == 0, "file safety is tested as root (as CI runs)"
-    subprocess.run(["userdel", USER], capture_output=True)
-    subprocess.run(["useradd", "-M", "-r", USER], check=True, capture_output=True)
-    try:
-        yield pwd.getpwnam(USER)
-    finally:
-        subprocess.run(["userdel", USER], capture_output=True)
+    with system_users(USER) as (user,):
+        yield user
 
 
 @pytest.fixture
