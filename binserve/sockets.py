@@ -25,7 +25,7 @@ from .wsgi import timeval
 INHERIT_ENV = "_BINSERVE_LISTEN_FDS"
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 LOOPBACK: tuple[Network, ...] = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
-# What a container network, a VPC or a LAN hands out (RFC 1918, carrier-grade NAT, link-local,
+# What a container network, a VPC or a LAN hands out (private IPv4 ranges, carrier-grade NAT, link-local,
 # unique-local IPv6): where nginx sits when it is not on the same host.
 PRIVATE: tuple[Network, ...] = tuple(
     ipaddress.ip_network(network)
