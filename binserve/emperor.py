@@ -580,7 +580,8 @@ class Emperor:
             if answer[:1] == "+":
                 probe.vassal.stats = answer[1:] or None
                 self.dirty = True
-            self._end_probe(probe, answer[1:] if answer[:1] == "-" else "")
+            # Nothing written: the reader was killed (a signal, its alarm) before it could answer.
+            self._end_probe(probe, "" if answer[:1] == "+" else answer[1:] or "it exited without answering")
 
     def _end_probe(self, probe: Probe, failure: str) -> None:
         """Forget a probe, killed if still running; a failure is logged once per file content."""

@@ -14,6 +14,7 @@ import json
 import os
 import pwd
 import re
+import selectors
 import shutil
 import signal
 import tempfile
@@ -196,6 +197,29 @@ def test_a_linked_vassals_relative_stats_address_is_taken_from_where_it_runs(
 
     wait_for(probed, 10, "a.ini's stats address in the emperor's stats")
     assert addresses == [str(home / "a.stats")]
+
+
+def test_a_stats_reader_that_dies_without_answering_is_logged(
+    tmp_path: Path, vassal_dir: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A reader killed before it wrote (by a signal, its alarm) is a failure, not "no address"."""
+    config = load(["--emperor", str(vassal_dir), "--emperor-state", str(tmp_path / "state.json")])
+    emp = emperor_module.Emperor(config)
+    vassal = emperor_module.Vassal(str(vassal_dir / "a.ini"), digest="d")
+    read_end, write_end = os.pipe2(os.O_NONBLOCK)
+    pid = os.fork()
+    if pid == 0:
+        os.kill(os.getpid(), signal.SIGKILL)
+    os.close(write_end)
+    probe = emperor_module.Probe(vassal, "d", pid, read_end, time.monotonic() + 10)
+    emp.probes[read_end] = probe
+    emp.selector.register(read_end, selectors.EVENT_READ, probe)
+    wait_for(lambda: emp._on_probe(probe) or read_end not in emp.probes, 5, "the reader's end of file")
+    assert "vassal a.ini: no stats address: reading its file failed (it exited without answering)" in (
+        capfd.readouterr().err
+    )
+    assert vassal.stats is None
+    wait_for(lambda: emp._reap() or not emp.unreaped, 5, "the reader reaped")
 
 
 # -- the state file ------------------------------------------------------------------------------------
