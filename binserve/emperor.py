@@ -775,26 +775,11 @@ def _default_state(directory: str, tyrant: bool) -> str | None:
     if not tyrant:
         return os.path.join(directory, STATE_NAME)
     try:
-        private_directory(RUN_DIR)
+        safefile.private_directory(RUN_DIR)
     except OSError as exc:
         log(f"emperor: no state file (--emperor-status will not see it): {RUN_DIR}: {exc.strerror}")
         return None
     return tyrant_state_path(directory)
-
-
-def private_directory(path: str) -> None:
-    """Make sure ``path`` is a directory only this user may write (created 0755 if missing)."""
-    try:
-        os.mkdir(path, 0o755)
-    except FileExistsError:
-        pass
-    info = os.lstat(path)
-    if not stat.S_ISDIR(info.st_mode):
-        raise safefile.UnsafeFile(path, "is not a directory: refused")
-    if info.st_uid != os.geteuid():
-        raise safefile.UnsafeFile(path, f"is owned by uid {info.st_uid}, not {os.geteuid()}: refused")
-    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise safefile.UnsafeFile(path, f"is writable by others (mode {info.st_mode & 0o7777:o}): refused")
 
 
 def _warn_if_replaceable(directory: str) -> None:

@@ -27,6 +27,7 @@ import pytest
 from test_emperor import STATE_NAME, EmperorProcess, get, status_row, status_text, write_vassal
 
 import binserve.emperor as emperor_module
+from binserve import safefile
 from binserve.config import load
 
 from support import ping, reachable_prefix, read_stats, system_users, wait_for
@@ -254,7 +255,7 @@ def test_an_explicit_state_file_is_kept_where_it_is_named_even_by_a_tyrant(
 
 
 def test_a_state_directory_that_is_a_link_or_others_may_write_is_refused(tmp_path: Path) -> None:
-    private = emperor_module.private_directory
+    private = safefile.private_directory
     fresh = tmp_path / "fresh"
     private(str(fresh))
     assert fresh.is_dir() and fresh.stat().st_mode & 0o777 == 0o755
