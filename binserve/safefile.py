@@ -43,16 +43,24 @@ def _refuse_link(path: str, exc: OSError) -> OSError:
     return exc
 
 
+def kind(mode: int) -> str:
+    """What a file of ``mode`` is, in words for a message: ``a FIFO``, ``a symbolic link`` ..."""
+    kinds = (
+        (stat.S_ISREG, "a regular file"),
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISLNK, "a symbolic link"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a device"),
+        (stat.S_ISBLK, "a device"),
+        (stat.S_ISSOCK, "a socket"),
+    )
+    return next((words for test, words in kinds if test(mode)), "a file of another kind")
+
+
 def _describe(mode: int) -> str:
     if stat.S_ISDIR(mode):
         return "is a directory"
-    if stat.S_ISFIFO(mode):
-        return "is a FIFO, not a regular file"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "is a device, not a regular file"
-    if stat.S_ISSOCK(mode):
-        return "is a socket, not a regular file"
-    return "is not a regular file"
+    return f"is {kind(mode)}, not a regular file"
 
 
 def write_replace(path: str, data: bytes, mode: int = 0o644) -> None:

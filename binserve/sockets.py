@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from .log import log
-from .safefile import read_bounded
+from .safefile import kind, read_bounded
 from .wsgi import timeval
 
 INHERIT_ENV = "_BINSERVE_LISTEN_FDS"
@@ -254,7 +254,7 @@ def _clear_stale_unix(path: str) -> None:
         return
     if not stat.S_ISSOCK(mode):
         raise SocketError(
-            f"socket {path}: {_describe(mode)} is there, not a socket: remove it or choose another path"
+            f"socket {path}: {kind(mode)} is there, not a socket: remove it or choose another path"
         )
     probe = socket.socket(socket.AF_UNIX)
     try:
@@ -267,16 +267,6 @@ def _clear_stale_unix(path: str) -> None:
     finally:
         probe.close()
     raise SocketError(f"socket {path}: another server is already listening there")
-
-
-def _describe(mode: int) -> str:
-    if stat.S_ISLNK(mode):
-        return "a symbolic link"
-    if stat.S_ISREG(mode):
-        return "a regular file"
-    if stat.S_ISDIR(mode):
-        return "a directory"
-    return "a file of another kind"
 
 
 def bind(

@@ -14,6 +14,7 @@ import shlex
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -375,7 +376,7 @@ def test_a_socket_given_twice_is_named_as_such(
     assert "already listening" not in server.log() and not server.socket.exists()
 
 
-@pytest.mark.parametrize("kind", ["regular file", "symlink to a stale socket"])
+@pytest.mark.parametrize("kind", ["regular file", "FIFO", "symlink to a stale socket"])
 def test_something_other_than_a_socket_at_the_path_is_named_and_left_alone(
     app: Path, tmp_path: Path, serve: Callable[..., Server], kind: str
 ) -> None:
@@ -383,6 +384,9 @@ def test_something_other_than_a_socket_at_the_path_is_named_and_left_alone(
     if kind == "regular file":
         path.write_text("data\n")
         what = "a regular file"
+    elif kind == "FIFO":
+        os.mkfifo(path)
+        what = "a FIFO"
     else:
         stale = tmp_path / "stale.sock"
         socket.socket(socket.AF_UNIX).bind(str(stale))  # closed at once: a socket file nobody listens on
@@ -393,6 +397,8 @@ def test_something_other_than_a_socket_at_the_path_is_named_and_left_alone(
     assert f"socket {path}: {what} is there, not a socket: remove it or choose another path" in server.log()
     if kind == "regular file":
         assert path.read_text() == "data\n"
+    elif kind == "FIFO":
+        assert stat.S_ISFIFO(path.lstat().st_mode)
     else:
         assert path.is_symlink() and (tmp_path / "stale.sock").exists()
 
