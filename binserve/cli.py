@@ -19,10 +19,10 @@ from .sockets import (
     Listener,
     PeerFilter,
     SocketError,
+    absolute,
+    address_key,
     inherited,
-    is_abstract,
     open_all,
-    parse_tcp,
     remove_files,
 )
 from .stats import open_stats
@@ -68,7 +68,8 @@ def _serve(config: Config) -> int:
         log("no socket given: set socket (a unix path or HOST:PORT)")
         return USAGE_ERROR
     start_cwd = os.getcwd()
-    specs = [_absolute(spec, start_cwd) for spec in config.socket]
+    # Relative unix socket paths are relative to where binserve started, not to chdir.
+    specs = [absolute(spec, start_cwd) for spec in config.socket]
     try:
         # Names are resolved and the allow list parsed before anything is bound.
         privileges = Privileges.from_config(config)
@@ -120,18 +121,11 @@ def _serve(config: Config) -> int:
     return Master(config, app, listeners, start_cwd, stats).run()
 
 
-def _absolute(spec: str, start_cwd: str) -> str:
-    """Relative unix socket paths are relative to where binserve started, not to chdir."""
-    if os.path.isabs(spec) or parse_tcp(spec) or is_abstract(spec):
-        return spec
-    return os.path.join(start_cwd, spec)
-
-
 def _stats_address(config: Config, specs: list[str], start_cwd: str) -> str | None:
     if not config.stats:
         return None
-    address = _absolute(config.stats, start_cwd)
-    if address in specs:
+    address = absolute(config.stats, start_cwd)
+    if address_key(address) in map(address_key, specs):
         raise SocketError(f"option 'stats': {config.stats} is also given as a socket")
     return address
 

@@ -11,14 +11,13 @@ names where it came from (``app.ini:4: ...``, ``--processes: ...``, ``BINSERVE_L
 from __future__ import annotations
 
 import argparse
-import difflib
 import os
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 # ConfigError lives in ini.py, the lowest module that raises it; it is re-exported here.
-from .ini import ConfigError, read, split_placeholder
+from .ini import ConfigError, closest, read, split_placeholder
 from .options import ALIASES, OPTIONS, Option, options_table, resolve
 
 __all__ = ["Config", "ConfigError", "load"]
@@ -101,8 +100,8 @@ def _from_environment(environ: Mapping[str, str]) -> list[tuple[Option, str, str
 
 
 def _not_an_option(name: str) -> str:
-    close = difflib.get_close_matches(name, [*OPTIONS, *ALIASES], n=1, cutoff=0.75)
-    variable = f" (did you mean {_variable(close[0])}?)" if close else ""
+    close = closest(name, [*OPTIONS, *ALIASES])
+    variable = f" (did you mean {_variable(close)}?)" if close else ""
     return f"binserve has no option '{name}'{variable}"
 
 

@@ -24,7 +24,6 @@ import ctypes
 import glob
 import hashlib
 import json
-import math
 import os
 import pwd
 import resource
@@ -42,7 +41,7 @@ from . import safefile, signals
 from .config import Config, ConfigError, load
 from .log import log
 from .master import EMPEROR_FD_ENV, kill_quietly
-from .sockets import SocketError, is_abstract, parse_tcp
+from .sockets import SocketError, absolute
 from .stats import VERSION, StatsServer, bind_stats
 from .worker import MSG_ACCEPTING, MSG_LOYAL, MSG_SPAWNED
 
@@ -319,7 +318,6 @@ class Emperor:
         self.patterns = [os.path.abspath(p) for p in config.emperor]
         first_dir = next((p for p in self.patterns if os.path.isdir(p)), os.getcwd())
         self.state_path: str | None = config.emperor_state or _default_state(first_dir, config.emperor_tyrant)
-        self.scan_every = _interval(config.emperor_freq)
         self.vassals: dict[str, Vassal] = {}
         self.stopping = False
         self.deadline = 0.0
@@ -357,7 +355,7 @@ class Emperor:
             for directory in self.patterns:
                 _warn_if_replaceable(directory)
         how = "inotify, and a scan" if self.watch.fd is not None else "a scan"
-        log(f"emperor watching {', '.join(self.patterns)} ({how} every {self.scan_every:g} s)")
+        log(f"emperor watching {', '.join(self.patterns)} ({how} every {self.config.emperor_freq:g} s)")
         while not (self.stopping and not self._alive()):
             self.step()
         for probe in list(self.probes.values()):
@@ -402,7 +400,7 @@ class Emperor:
         else:
             self._overstayed(now)
         if not self.stopping and now >= self.next_scan:
-            self.next_scan = now + self.scan_every
+            self.next_scan = now + self.config.emperor_freq
             self._reconcile(now)
         if self.dirty:
             self._write_state()
@@ -508,12 +506,13 @@ class Emperor:
             env = dict(os.environ)
             env.pop("NOTIFY_SOCKET", None)
         env[EMPEROR_FD_ENV] = str(theirs.fileno())
+        # The file's own directory, not the link's: a link planted in the vassal directory must
+        # not make a relative wsgi-file load the planter's code.
+        cwd = os.path.dirname(wanted.real or wanted.path)
         try:
             proc = subprocess.Popen(
                 self._command_line(wanted.path),
-                # The file's own directory, not the link's: a link planted in the vassal directory
-                # must not make a relative wsgi-file load the planter's code.
-                cwd=os.path.dirname(wanted.real or wanted.path),
+                cwd=cwd,
                 env=env,
                 stdin=subprocess.DEVNULL,
                 pass_fds=(theirs.fileno(),),
@@ -537,15 +536,18 @@ class Emperor:
         vassal.stats = None
         # Reading a tyrant vassal's file would expand its @(file) and $(ENV) as root.
         if not self.config.emperor_tyrant:
-            self._probe(vassal)
+            self._probe(vassal, cwd)
         vassal.state, vassal.born, vassal.accepting = "starting", time.time(), False
         vassal.loyal = False
         self.selector.register(ours, selectors.EVENT_READ, vassal)
         log(f"spawned vassal {os.path.basename(wanted.path)} (pid {proc.pid})")
         self.dirty = True
 
-    def _probe(self, vassal: Vassal) -> None:
-        """Read the vassal's stats address in a bounded child: its file may crash or block a reader."""
+    def _probe(self, vassal: Vassal, cwd: str) -> None:
+        """Read the vassal's stats address in a bounded child: its file may crash or block a reader.
+
+        A relative address is taken from ``cwd``, where the vassal starts.
+        """
         if any(p.vassal is vassal for p in self.probes.values()):
             return
         read_end, write_end = os.pipe2(os.O_CLOEXEC)
@@ -558,7 +560,7 @@ class Emperor:
             return
         if pid == 0:
             os.close(read_end)
-            _probe_child(vassal.path, write_end)
+            _probe_child(vassal.path, cwd, write_end)
         os.close(write_end)
         os.set_blocking(read_end, False)
         probe = Probe(vassal, vassal.digest, pid, read_end, time.monotonic() + PROBE_SECONDS)
@@ -578,7 +580,8 @@ class Emperor:
             if answer[:1] == "+":
                 probe.vassal.stats = answer[1:] or None
                 self.dirty = True
-            self._end_probe(probe, answer[1:] if answer[:1] == "-" else "")
+            # Nothing written: the reader was killed (a signal, its alarm) before it could answer.
+            self._end_probe(probe, "" if answer[:1] == "+" else answer[1:] or "it exited without answering")
 
     def _end_probe(self, probe: Probe, failure: str) -> None:
         """Forget a probe, killed if still running; a failure is logged once per file content."""
@@ -772,26 +775,11 @@ def _default_state(directory: str, tyrant: bool) -> str | None:
     if not tyrant:
         return os.path.join(directory, STATE_NAME)
     try:
-        private_directory(RUN_DIR)
+        safefile.private_directory(RUN_DIR)
     except OSError as exc:
         log(f"emperor: no state file (--emperor-status will not see it): {RUN_DIR}: {exc.strerror}")
         return None
     return tyrant_state_path(directory)
-
-
-def private_directory(path: str) -> None:
-    """Make sure ``path`` is a directory only this user may write (created 0755 if missing)."""
-    try:
-        os.mkdir(path, 0o755)
-    except FileExistsError:
-        pass
-    info = os.lstat(path)
-    if not stat.S_ISDIR(info.st_mode):
-        raise safefile.UnsafeFile(path, "is not a directory: refused")
-    if info.st_uid != os.geteuid():
-        raise safefile.UnsafeFile(path, f"is owned by uid {info.st_uid}, not {os.geteuid()}: refused")
-    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise safefile.UnsafeFile(path, f"is writable by others (mode {info.st_mode & 0o7777:o}): refused")
 
 
 def _warn_if_replaceable(directory: str) -> None:
@@ -816,12 +804,7 @@ def _warn_if_replaceable(directory: str) -> None:
     )
 
 
-def _interval(freq: float) -> float:
-    """The seconds between scans: a nan or non-positive value would make the loop spin."""
-    return freq if math.isfinite(freq) and freq > 0 else 0.5
-
-
-def _probe_child(path: str, pipe: int) -> NoReturn:
+def _probe_child(path: str, cwd: str, pipe: int) -> NoReturn:
     """In a forked child: write ``+ADDRESS`` or ``-WHY`` to ``pipe`` and exit, within the bounds."""
     try:
         # The fork gave this child default signal dispositions and no wakeup pipe (signals.py).
@@ -830,7 +813,7 @@ def _probe_child(path: str, pipe: int) -> NoReturn:
         with open("/proc/self/statm") as statm:
             size = int(statm.read().split()[0]) * resource.getpagesize()
         resource.setrlimit(resource.RLIMIT_AS, (size + PROBE_MEMORY, size + PROBE_MEMORY))
-        answer = "+" + (_stats_address(path) or "")
+        answer = "+" + (_stats_address(path, cwd) or "")
     except BaseException as exc:  # whatever the file does to the reader is only a failed read
         answer = f"-{type(exc).__name__}: {exc}"
     try:
@@ -847,16 +830,13 @@ def _reaped(pid: int, options: int) -> bool:
         return True
 
 
-def _stats_address(path: str) -> str | None:
-    """The stats address a binserve vassal file names (relative ones from its directory), if any."""
+def _stats_address(path: str, cwd: str) -> str | None:
+    """The stats address a binserve vassal file names (relative ones from ``cwd``), if any."""
     try:
         config = load(["--ini", path], {})
     except ConfigError:
         return None  # not a binserve file (a uWSGI vassal's, say): no address to offer
-    address = config.stats
-    if address and not parse_tcp(address) and not os.path.isabs(address) and not is_abstract(address):
-        address = os.path.join(os.path.dirname(path), address)
-    return address
+    return absolute(config.stats, cwd) if config.stats else None
 
 
 def _state_of(directory: str) -> str:

@@ -59,7 +59,7 @@ from functools import cached_property
 from importlib import metadata
 
 from . import safefile
-from .options import ALIASES, OPTIONS, UWSGI_ONLY, Option, resolve
+from .options import ALIASES, OPTIONS, UWSGI_ONLY, WHOLE, Option, resolve
 
 SECTIONS = ("binserve", "uwsgi")
 LOADERS = frozenset({"include", "ini", "inherit"})
@@ -83,7 +83,6 @@ _PARENTHESIS = re.compile(r"[()]")
 _REFERENCE = re.compile(r"%\(([^()]*)\)")
 _ARITHMETIC = ("+", "-", "*", "/")
 _FIRST_FILE_MAGIC = "PDSNECXOI"
-_WHOLE = re.compile(r"[+-]?[0-9]+", re.ASCII)
 _INT64 = range(-(1 << 63), 1 << 63)
 
 MAX_DEPTH = 32  # files including files
@@ -179,9 +178,15 @@ def _option(name: str) -> Option | None:
         return None
 
 
-def _suggest(name: str, candidates: Iterable[str]) -> str:
+def closest(name: str, candidates: Iterable[str]) -> str | None:
+    """The candidate that ``name`` is most likely a misspelling of, if one is close enough."""
     close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.75)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+    return close[0] if close else None
+
+
+def _suggest(name: str, candidates: Iterable[str]) -> str:
+    close = closest(name, candidates)
+    return f" (did you mean '{close}'?)" if close else ""
 
 
 def _split(spec: str) -> tuple[str, str]:
@@ -487,11 +492,11 @@ class _Loader:
             if _option(other.key) is OPTIONS[PLACEHOLDER]
         }
         dangling = [name for name in referenced - defined if _option(name) is None]
-        close = difflib.get_close_matches(line.key, dangling, n=1, cutoff=0.75)
+        close = closest(line.key, dangling)
         if close:
             return ConfigError(
                 f"{line.where}: unknown option '{line.key}' (never referenced as %({line.key});"
-                f" is %({close[0]}) a misspelling?)"
+                f" is %({close}) a misspelling?)"
             )
         return unknown_option(line.key, line.where)
 
@@ -587,7 +592,7 @@ class _Loader:
 
         def number(text: str) -> int:
             word = text.strip()
-            if not _WHOLE.fullmatch(word):
+            if not WHOLE.fullmatch(word):
                 raise ConfigError(f"{line.where}: %({inner}) needs whole numbers, got {text!r}")
             # Twenty digits are past 64 bits already; longer ones would only cost time to convert.
             return in_range(int(word) if len(word) <= 20 else 1 << 64)

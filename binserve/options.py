@@ -32,7 +32,7 @@ def to_bool(text: str) -> bool:
 
 
 # Plain ASCII numbers only: float() and int() would also take "nan", "inf", "1_0" and other scripts' digits.
-_WHOLE = re.compile(r"[+-]?[0-9]+", re.ASCII)
+WHOLE = re.compile(r"[+-]?[0-9]+", re.ASCII)
 _DECIMAL = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?", re.ASCII)
 _SIZES = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 DAY = 86400
@@ -78,7 +78,7 @@ class Number:
             word = word[:-1]
         if self.whole:
             # Twenty digits are beyond any range here; longer ones would only cost time to convert.
-            return int(word) * scale if _WHOLE.fullmatch(word) and len(word) <= 20 else None
+            return int(word) * scale if WHOLE.fullmatch(word) and len(word) <= 20 else None
         if not _DECIMAL.fullmatch(word):
             return None
         value = float(word)

@@ -12,7 +12,9 @@ blocks ``open()``, or a file of unbounded size (``/dev/zero``, a sparse 4 GB fil
 * files we *append to* (logs) are opened with ``O_NOFOLLOW`` and must be a regular file with
   a single link: a symlink or a hard link planted at the name is refused;
 * files we *read* are opened non-blocking (a FIFO cannot hang us), must be regular files, and
-  are read up to a bound.
+  are read up to a bound;
+* a directory we keep files in apart from the users (a tyrant's state) must be a real
+  directory that only we may write.
 
 Every refusal is an ``OSError`` with a specific ``strerror``, so callers report it as they
 report any I/O error: ``pidfile /run/app.pid: is a symbolic link: refused``.
@@ -42,16 +44,24 @@ def _refuse_link(path: str, exc: OSError) -> OSError:
     return exc
 
 
+def kind(mode: int) -> str:
+    """What a file of ``mode`` is, in words for a message: ``a FIFO``, ``a symbolic link`` ..."""
+    kinds = (
+        (stat.S_ISREG, "a regular file"),
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISLNK, "a symbolic link"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a device"),
+        (stat.S_ISBLK, "a device"),
+        (stat.S_ISSOCK, "a socket"),
+    )
+    return next((words for test, words in kinds if test(mode)), "a file of another kind")
+
+
 def _describe(mode: int) -> str:
     if stat.S_ISDIR(mode):
         return "is a directory"
-    if stat.S_ISFIFO(mode):
-        return "is a FIFO, not a regular file"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "is a device, not a regular file"
-    if stat.S_ISSOCK(mode):
-        return "is a socket, not a regular file"
-    return "is not a regular file"
+    return f"is {kind(mode)}, not a regular file"
 
 
 def write_replace(path: str, data: bytes, mode: int = 0o644) -> None:
@@ -150,3 +160,18 @@ def read_bounded(path: str, limit: int = MAX_CONFIG_BYTES, follow: bool = True) 
         return data
     finally:
         os.close(fd)
+
+
+def private_directory(path: str) -> None:
+    """Make sure ``path`` is a directory only this user may write (created 0755 if missing)."""
+    try:
+        os.mkdir(path, 0o755)
+    except FileExistsError:
+        pass
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode):
+        raise UnsafeFile(path, "is not a directory: refused")
+    if info.st_uid != os.geteuid():
+        raise UnsafeFile(path, f"is owned by uid {info.st_uid}, not {os.geteuid()}: refused")
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise UnsafeFile(path, f"is writable by others (mode {info.st_mode & 0o7777:o}): refused")

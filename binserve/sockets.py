@@ -19,13 +19,13 @@ import time
 from collections.abc import Callable, Sequence
 
 from .log import log
-from .safefile import read_bounded
+from .safefile import kind, read_bounded
 from .wsgi import timeval
 
 INHERIT_ENV = "_BINSERVE_LISTEN_FDS"
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 LOOPBACK: tuple[Network, ...] = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
-# What a container network, a VPC or a LAN hands out (RFC 1918, carrier-grade NAT, link-local,
+# What a container network, a VPC or a LAN hands out (private IPv4 ranges, carrier-grade NAT, link-local,
 # unique-local IPv6): where nginx sits when it is not on the same host.
 PRIVATE: tuple[Network, ...] = tuple(
     ipaddress.ip_network(network)
@@ -217,6 +217,13 @@ class _Verdicts(dict[str, bool]):
         return verdict
 
 
+def absolute(spec: str, base: str) -> str:
+    """``spec`` with a relative unix socket path taken from ``base``; TCP and ``@name`` as given."""
+    if os.path.isabs(spec) or parse_tcp(spec) or is_abstract(spec):
+        return spec
+    return os.path.join(base, spec)
+
+
 def parse_tcp(spec: str) -> tuple[str, int] | None:
     """``(host, port)`` for a ``HOST:PORT`` socket spec, or None for a unix socket path or ``@name``."""
     host, sep, port = spec.rpartition(":")
@@ -247,7 +254,7 @@ def _clear_stale_unix(path: str) -> None:
         return
     if not stat.S_ISSOCK(mode):
         raise SocketError(
-            f"socket {path}: {_describe(mode)} is there, not a socket: remove it or choose another path"
+            f"socket {path}: {kind(mode)} is there, not a socket: remove it or choose another path"
         )
     probe = socket.socket(socket.AF_UNIX)
     try:
@@ -260,16 +267,6 @@ def _clear_stale_unix(path: str) -> None:
     finally:
         probe.close()
     raise SocketError(f"socket {path}: another server is already listening there")
-
-
-def _describe(mode: int) -> str:
-    if stat.S_ISLNK(mode):
-        return "a symbolic link"
-    if stat.S_ISREG(mode):
-        return "a regular file"
-    if stat.S_ISDIR(mode):
-        return "a directory"
-    return "a file of another kind"
 
 
 def bind(
@@ -386,10 +383,15 @@ def open_all(
 def _refuse_twice(specs: list[str]) -> None:
     seen: set[object] = set()
     for spec in specs:
-        key = parse_tcp(spec) or (spec if is_abstract(spec) else os.path.normpath(spec))
+        key = address_key(spec)
         if key in seen:
             raise SocketError(f"socket {spec} is given twice")
         seen.add(key)
+
+
+def address_key(spec: str) -> object:
+    """What two specs naming one address share (``a.sock`` and ``./a.sock``, ``:80`` and ``0.0.0.0:80``)."""
+    return parse_tcp(spec) or (spec if is_abstract(spec) else os.path.normpath(spec))
 
 
 def remove_files(listeners: list[Listener], pidfile: str | None, vacuum: bool) -> None:

@@ -5,11 +5,14 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from support import Nginx, Server
+from support import Nginx, Server, wait_for
+
+if TYPE_CHECKING:
+    from test_emperor import EmperorProcess
 
 pytest_plugins = ["fault_report"]
 
@@ -58,3 +61,30 @@ def app_file(tmp_path: Path) -> Callable[[str], Path]:
         return path
 
     return write
+
+
+@pytest.fixture
+def emperor(tmp_path: Path) -> Iterator[Callable[..., EmperorProcess]]:
+    """Start an emperor: ``emperor(vassal_dir, *extra_args, wrap=[])``; always torn down."""
+    from test_emperor import EmperorProcess  # the emperor tests' helper, imported only by them
+
+    started: list[EmperorProcess] = []
+
+    def start(vassals: Path, *args: str, wrap: list[str] | None = None) -> EmperorProcess:
+        process = EmperorProcess(tmp_path, vassals, args, wrap or [])
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
+    for process in started:
+        wait_for(process.all_gone, 10, f"every vassal of {process.vassals} to be gone")
+
+
+@pytest.fixture
+def vassal_dir(tmp_path: Path) -> Path:
+    """An empty directory of vassal files."""
+    path = tmp_path / "vassals"
+    path.mkdir()
+    return path

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -20,6 +21,9 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+import msgpack
 
 from binserve.protocol import PING, PONG
 
@@ -309,3 +313,61 @@ def reachable_prefix(tmp_path: Path) -> list[str]:
         str(blocked),
         keep,
     ]
+
+
+def read_stats(path: Path) -> dict[str, Any]:
+    """One msgpack stats document, read as any client would: connect, read to EOF, decode."""
+    chunks = []
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(5)
+        sock.connect(str(path))
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    document: dict[str, Any] = msgpack.unpackb(b"".join(chunks))
+    return document
+
+
+def as_user(user: pwd.struct_passwd, action: Callable[[], object]) -> str:
+    """Run ``action`` in a forked child that became ``user`` with its groups (as nginx's workers do).
+
+    Returns what ``action`` returned as text ("ok" for None), or the exception it raised.
+    """
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        message = "the child did not finish"
+        try:
+            os.close(read_end)
+            os.initgroups(user.pw_name, user.pw_gid)
+            os.setgid(user.pw_gid)
+            os.setuid(user.pw_uid)
+            result = action()
+            message = "ok" if result is None else str(result)
+        except Exception as exc:
+            message = f"{type(exc).__name__}: {exc}"
+        finally:
+            os.write(write_end, message.encode())
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        answer = pipe.read().decode()
+    os.waitpid(pid, 0)
+    return answer
+
+
+@contextmanager
+def system_users(*names: str) -> Iterator[list[pwd.struct_passwd]]:
+    """System users without a home, created for a test and removed afterwards (tests run as root)."""
+    assert os.geteuid() == 0, "users are created and switched to as root (as CI runs)"
+
+    def remove() -> None:
+        for name in names:
+            subprocess.run(["userdel", name], capture_output=True)
+
+    remove()  # left by an interrupted run
+    try:
+        for name in names:
+            subprocess.run(["useradd", "-M", "-r", name], check=True, capture_output=True)
+        yield [pwd.getpwnam(name) for name in names]
+    finally:
+        remove()

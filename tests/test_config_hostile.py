@@ -219,6 +219,7 @@ ABSURD = [
     ("listen", "3g", "a whole number in 1..65535"),
     ("processes", "1g", "a whole number in 1..1024"),
     ("emperor-freq", "nan", "a number of seconds in 0.01..3600"),
+    ("emperor-freq", "0", "a number of seconds in 0.01..3600"),  # the scan loop would spin
     ("worker-reload-mercy", "nan", "a number of seconds in 0..86400"),
     ("worker-reload-mercy", "-1", "a number of seconds in 0..86400"),
     ("harakiri", "1.5", "a whole number of seconds in 0..86400"),

@@ -33,7 +33,7 @@ from binserve.config import load
 from binserve.emperor import RUN_DIR, STATE_NAME, Emperor, Wait, plan, scan, tyrant_state_path
 from binserve.protocol import encode_request
 
-from support import Nginx, location, ping, reachable_prefix, wait_for
+from support import Nginx, location, ping, reachable_prefix, system_users, wait_for
 
 APP = """
 import os
@@ -272,33 +272,9 @@ def leftovers(vassals: Path) -> str:
 
 
 @pytest.fixture
-def emperor(tmp_path: Path) -> Iterator[Callable[..., EmperorProcess]]:
-    """Start an emperor: ``emperor(vassal_dir, *extra_args, wrap=[])``; always torn down."""
-    started: list[EmperorProcess] = []
-
-    def start(vassals: Path, *args: str, wrap: list[str] | None = None) -> EmperorProcess:
-        process = EmperorProcess(tmp_path, vassals, args, wrap or [])
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        process.stop()
-    for process in started:
-        wait_for(process.all_gone, 10, f"every vassal of {process.vassals} to be gone")
-
-
-@pytest.fixture
 def app(tmp_path: Path) -> Path:
     path = tmp_path / "app.py"
     path.write_text(APP)
-    return path
-
-
-@pytest.fixture
-def vassal_dir(tmp_path: Path) -> Path:
-    path = tmp_path / "vassals"
-    path.mkdir()
     return path
 
 
@@ -691,13 +667,8 @@ TYRANT_USER = "binserve-t1"
 
 @pytest.fixture
 def tyrant_user() -> Iterator[pwd.struct_passwd]:
-    assert os.geteuid() == 0, "emperor-tyrant is tested as root (as CI runs)"
-    subprocess.run(["userdel", TYRANT_USER], capture_output=True)
-    subprocess.run(["useradd", "-M", "-r", TYRANT_USER], check=True, capture_output=True)
-    try:
-        yield pwd.getpwnam(TYRANT_USER)
-    finally:
-        subprocess.run(["userdel", TYRANT_USER], capture_output=True)
+    with system_users(TYRANT_USER) as (user,):
+        yield user
 
 
 @pytest.fixture

@@ -14,20 +14,31 @@ import shlex
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import msgpack
 import pytest
 
 from binserve.privileges import Privileges
 from binserve.protocol import PING, PONG, encode_request
 from binserve.tools.curl import build_vars
 
-from support import Nginx, Server, free_port, location, ping, reachable_prefix, wait_for
+from support import (
+    Nginx,
+    Server,
+    as_user,
+    free_port,
+    location,
+    ping,
+    reachable_prefix,
+    read_stats,
+    system_users,
+    wait_for,
+)
 
 USER = "binserve-fs1"
 ROOTS = "root's file\n"
@@ -42,13 +53,8 @@ def application(environ, start_response):
 @pytest.fixture
 def account() -> Iterator[pwd.struct_passwd]:
     """A system user, removed afterwards."""
-    assert os.geteuid() == 0, "file safety is tested as root (as CI runs)"
-    subprocess.run(["userdel", USER], capture_output=True)
-    subprocess.run(["useradd", "-M", "-r", USER], check=True, capture_output=True)
-    try:
-        yield pwd.getpwnam(USER)
-    finally:
-        subprocess.run(["userdel", USER], capture_output=True)
+    with system_users(USER) as (user,):
+        yield user
 
 
 @pytest.fixture
@@ -95,31 +101,6 @@ def reachable_interpreter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     wrapper.write_text(f'#!/bin/sh\nexec {command} "$@"\n')
     wrapper.chmod(0o755)
     monkeypatch.setattr(sys, "executable", str(wrapper))
-
-
-def as_user(user: pwd.struct_passwd, action: Callable[[], object]) -> str:
-    """Run ``action`` in a forked child that became ``user``; returns "ok" or the exception as text."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        message = "the child did not finish"
-        try:
-            os.close(read_end)
-            os.setgid(user.pw_gid)
-            os.setgroups([])
-            os.setuid(user.pw_uid)
-            action()
-            message = "ok"
-        except Exception as exc:
-            message = f"{type(exc).__name__}: {exc}"
-        finally:
-            os.write(write_end, message.encode())
-            os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as pipe:
-        answer = pipe.read().decode()
-    os.waitpid(pid, 0)
-    return answer
 
 
 def plant(user: pwd.struct_passwd, kind: str, target: Path, name: Path) -> None:
@@ -230,16 +211,6 @@ def test_a_link_or_fifo_planted_at_the_log_is_refused_in_one_line(
 
 
 # -- the stats socket -----------------------------------------------------------------------------
-def stats_document(address: Path) -> dict[str, object]:
-    """One msgpack stats document read from a unix socket."""
-    with socket.socket(socket.AF_UNIX) as sock:
-        sock.settimeout(5)
-        sock.connect(str(address))
-        data = b"".join(iter(lambda: sock.recv(65536), b""))
-    document: dict[str, object] = msgpack.unpackb(data)
-    return document
-
-
 @pytest.mark.parametrize("where", ["tcp", "unix"])
 def test_a_stats_address_in_use_is_one_line_and_leaves_no_socket_or_pidfile(
     app: Path, tmp_path: Path, serve: Callable[..., Server], where: str
@@ -278,7 +249,7 @@ def test_stats_in_a_root_only_directory_answer_after_a_reload_as_the_uid_user(
         socket_path=user_dir / "app.sock",
         cwd=user_dir,
     )
-    before = stats_document(stats)
+    before = read_stats(stats)
     assert (before["pid"], before["uid"]) == (server.pid, account.pw_uid)
     assert os.stat(stats).st_uid == 0, "bound by root, before the drop"
     inode = os.stat(stats).st_ino
@@ -291,7 +262,7 @@ def test_stats_in_a_root_only_directory_answer_after_a_reload_as_the_uid_user(
 
     wait_for(replaced, 20, "the new image's worker")
     wait_for(lambda: server.log().count("master ready") == 2, 10, "the new image to be ready")
-    after = stats_document(stats)
+    after = read_stats(stats)
     assert (after["pid"], after["uid"]) == (server.pid, account.pw_uid)
     assert after["uptime"] < before["uptime"] + 20 and os.stat(stats).st_ino == inode
     assert "Traceback" not in server.log() and "the reload failed" not in server.log()
@@ -361,7 +332,8 @@ def test_an_abstract_socket_serves_and_makes_no_file_but_nginx_cannot_reach_it(
     warning = f"socket {name}: chmod-socket ignored: an abstract socket has no file and no permissions"
     assert warning in server.log()
     assert f"master ready: 1 workers on {name}" in server.log()
-    assert as_user(account, lambda: abstract_get(name)) == "ok", "no permissions: anyone may connect"
+    # No permissions: anyone may connect.
+    assert as_user(account, lambda: abstract_get(name).decode()).endswith("served")
     front = nginx(location(Path(name)))
     assert front.request("GET", "/")[0] == 502
     assert f"connect() to unix:{name} failed (2: No such file or directory)" in front.error_log()
@@ -404,7 +376,7 @@ def test_a_socket_given_twice_is_named_as_such(
     assert "already listening" not in server.log() and not server.socket.exists()
 
 
-@pytest.mark.parametrize("kind", ["regular file", "symlink to a stale socket"])
+@pytest.mark.parametrize("kind", ["regular file", "FIFO", "symlink to a stale socket"])
 def test_something_other_than_a_socket_at_the_path_is_named_and_left_alone(
     app: Path, tmp_path: Path, serve: Callable[..., Server], kind: str
 ) -> None:
@@ -412,6 +384,9 @@ def test_something_other_than_a_socket_at_the_path_is_named_and_left_alone(
     if kind == "regular file":
         path.write_text("data\n")
         what = "a regular file"
+    elif kind == "FIFO":
+        os.mkfifo(path)
+        what = "a FIFO"
     else:
         stale = tmp_path / "stale.sock"
         socket.socket(socket.AF_UNIX).bind(str(stale))  # closed at once: a socket file nobody listens on
@@ -422,6 +397,8 @@ def test_something_other_than_a_socket_at_the_path_is_named_and_left_alone(
     assert f"socket {path}: {what} is there, not a socket: remove it or choose another path" in server.log()
     if kind == "regular file":
         assert path.read_text() == "data\n"
+    elif kind == "FIFO":
+        assert stat.S_ISFIFO(path.lstat().st_mode)
     else:
         assert path.is_symlink() and (tmp_path / "stale.sock").exists()
 
@@ -461,10 +438,11 @@ def test_chown_socket_never_gives_away_the_file_a_link_at_the_socket_path_points
     assert os.lstat(link).st_uid == account.pw_uid
 
 
+@pytest.mark.parametrize("stats", ["app.sock", "./app.sock"])
 def test_a_stats_address_that_is_also_a_socket_is_one_line(
-    app: Path, tmp_path: Path, serve: Callable[..., Server]
+    app: Path, tmp_path: Path, serve: Callable[..., Server], stats: str
 ) -> None:
-    server = serve("--wsgi-file", str(app), "--stats", "app.sock", ready=False)
+    server = serve("--wsgi-file", str(app), "--stats", stats, ready=False)
     assert server.proc.wait(10) == 2
-    assert lines(server)[-1].endswith("option 'stats': app.sock is also given as a socket"), server.log()
+    assert lines(server)[-1].endswith(f"option 'stats': {stats} is also given as a socket"), server.log()
     assert len(lines(server)) == 1 and not server.socket.exists()

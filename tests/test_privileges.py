@@ -39,7 +39,7 @@ from binserve.protocol import encode_request
 from binserve.sockets import LOOPBACK, MAX_CACHED_PEERS, PeerFilter, SocketError, bind, permitted
 from binserve.tools.curl import build_vars, request
 
-from support import Nginx, Server, free_port, location, ping, reachable_prefix, wait_for
+from support import Nginx, Server, as_user, free_port, location, ping, reachable_prefix, wait_for
 
 USER, EXTRA_GROUP = "binserve-p1", "binserve-p1x"
 NGINX_USER = "www-data"
@@ -125,31 +125,6 @@ def reachable_interpreter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     wrapper.write_text(f'#!/bin/sh\nexec {command} "$@"\n')
     wrapper.chmod(0o755)
     monkeypatch.setattr(sys, "executable", str(wrapper))
-
-
-def as_user(user: pwd.struct_passwd, action: Callable[[], object]) -> str:
-    """Run ``action`` in a forked child that became ``user`` with its groups (as nginx's workers
-    do); returns what it returned, or the exception it raised, as text."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        message = "the child did not finish"
-        try:
-            os.close(read_end)
-            os.initgroups(user.pw_name, user.pw_gid)
-            os.setgid(user.pw_gid)
-            os.setuid(user.pw_uid)
-            message = str(action())
-        except Exception as exc:
-            message = f"{type(exc).__name__}: {exc}"
-        finally:
-            os.write(write_end, message.encode())
-            os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as pipe:
-        answer = pipe.read().decode()
-    os.waitpid(pid, 0)
-    return answer
 
 
 def connects(path: Path) -> str:
@@ -270,7 +245,7 @@ def test_sighup_reload_after_the_drop_serves_as_the_same_user(
 
 def test_drop_is_a_no_op_for_the_current_user_and_an_error_for_another(account: pwd.struct_passwd) -> None:
     same = Privileges(uid=account.pw_uid, gid=account.pw_gid, user=USER)
-    assert as_user(account, same.drop) == "None"
+    assert as_user(account, same.drop) == "ok"  # drop returned None
     answer = as_user(account, Privileges(uid=0, gid=0, user="root").drop)
     assert answer.startswith("PrivilegeError: cannot switch to uid 0 (root) and gid 0 (root): "), answer
     assert f"runs as uid {account.pw_uid} ({USER})" in answer and "only root may change user" in answer

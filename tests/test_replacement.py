@@ -21,11 +21,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import msgpack
-
 from binserve.protocol import encode_request
 
-from support import Nginx, Server, answers_in_background, location, touch_ahead, wait_for
+from support import Nginx, Server, answers_in_background, location, read_stats, touch_ahead, wait_for
 
 VERSION_APP = """
 import os
@@ -56,17 +54,6 @@ def application(environ, start_response):
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]
 """
-
-
-def read_stats(path: Path) -> dict[str, Any]:
-    """One msgpack stats document, read as any client would: connect, read to EOF, decode."""
-    chunks = []
-    with socket.socket(socket.AF_UNIX) as sock:
-        sock.settimeout(5)
-        sock.connect(str(path))
-        while chunk := sock.recv(65536):
-            chunks.append(chunk)
-    return msgpack.unpackb(b"".join(chunks))
 
 
 def wait_stats_up(path: Path) -> None:
