@@ -10,6 +10,9 @@ blocks ``open()``, or a file of unbounded size (``/dev/zero``, a sparse 4 GB fil
   replaced, never followed, and a reader never sees half a file;
 * files we *append to* (logs) are opened with ``O_NOFOLLOW`` and must be a regular file with
   a single link: a symlink or a hard link planted at the name is refused;
+* the directories above a file we write are walked one by one, following a symbolic link only
+  if root or this user owns it: a link that the app's user puts in place of a directory above
+  ``/home/app/logs/app.log`` cannot make root create or append to a file elsewhere;
 * files we *read* are opened non-blocking (a FIFO cannot hang us), must be regular files, and
   are read up to a bound.
 
@@ -25,6 +28,8 @@ import stat
 
 # Large enough for any real configuration, small enough that reading one costs nothing.
 MAX_CONFIG_BYTES = 1 << 20
+# As the kernel's own limit on links followed in one lookup: a loop of links ends in an error.
+MAX_LINK_HOPS = 40
 
 
 class UnsafeFile(OSError):
@@ -53,25 +58,84 @@ def _describe(mode: int) -> str:
     return "is not a regular file"
 
 
+def open_parent(path: str) -> tuple[int, str]:
+    """An ``O_PATH`` descriptor of the directory holding ``path``, and the name in it.
+
+    Links on the way are followed only when owned by root or by this user: nobody else can make
+    the walk end in another directory (``/var/run``, root's link, still leads to ``/run``).
+    """
+    directory, name = os.path.split(os.path.abspath(path))
+    fd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        parts = directory.split("/")
+        hops = 0
+        while parts:
+            part = parts.pop(0)
+            if part in ("", "."):
+                continue
+            step = os.open(part, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            info = os.fstat(step)
+            if stat.S_ISDIR(info.st_mode):
+                os.close(fd)
+                fd = step
+                continue
+            try:
+                where = os.path.join(os.readlink(f"/proc/self/fd/{fd}"), part)
+                target = _trusted_link(path, where, info, step, hops)
+            finally:
+                os.close(step)
+            hops += 1
+            parts[:0] = target.split("/")
+            if target.startswith("/"):
+                os.close(fd)
+                fd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, name
+
+
+def _trusted_link(path: str, where: str, info: os.stat_result, link: int, hops: int) -> str:
+    """Where the link ``where``, open as ``link`` (with ``info``), points, if it may be followed."""
+    if not stat.S_ISLNK(info.st_mode):
+        raise NotADirectoryError(errno.ENOTDIR, f"{where} is not a directory", path)
+    if info.st_uid not in (0, os.geteuid()):
+        raise UnsafeFile(
+            path,
+            f"{where}: is a symbolic link owned by uid {info.st_uid}: refused (it could redirect the file)",
+        )
+    if hops >= MAX_LINK_HOPS:
+        raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), path)
+    return os.readlink("", dir_fd=link)
+
+
 def write_replace(path: str, data: bytes, mode: int = 0o644) -> None:
     """Replace ``path`` with ``data`` atomically, never writing through a link planted there."""
-    directory, name = os.path.split(os.path.abspath(path))
+    directory, name = open_parent(path)
+    try:
+        _replace_in(directory, name, data, mode)
+    finally:
+        os.close(directory)
+
+
+def _replace_in(directory: int, name: str, data: bytes, mode: int) -> None:
     for attempt in range(100):
-        tmp = os.path.join(directory, f".{name}.{os.getpid()}.{attempt}.tmp")
+        tmp = f".{name}.{os.getpid()}.{attempt}.tmp"
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            fd = os.open(tmp, flags, mode, dir_fd=directory)
         except FileExistsError:
             continue  # planted, or left by a crash: never reuse a name we did not create
         break
     else:
-        raise UnsafeFile(path, "no free temporary name beside it")
+        raise UnsafeFile(name, "no free temporary name beside it")
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
-        os.replace(tmp, path)
+        os.replace(tmp, name, src_dir_fd=directory, dst_dir_fd=directory)
     except BaseException:
         try:
-            os.unlink(tmp)
+            os.unlink(tmp, dir_fd=directory)
         except OSError:
             pass
         raise
@@ -81,12 +145,15 @@ def open_append(path: str, mode: int = 0o640) -> int:
     """A descriptor appending to ``path`` (created if missing): a regular file with one link, no symlink."""
     # O_NONBLOCK: opening a FIFO for writing would otherwise wait for a reader forever.
     flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+    directory, name = open_parent(path)
     try:
-        fd = os.open(path, flags, mode)
+        fd = os.open(name, flags, mode, dir_fd=directory)
     except OSError as exc:
         if exc.errno == errno.ENXIO:  # a FIFO nobody reads
             raise UnsafeFile(path, "is a FIFO, not a regular file") from None
         raise _refuse_link(path, exc) from None
+    finally:
+        os.close(directory)
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):

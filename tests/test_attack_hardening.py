@@ -1,0 +1,93 @@
+"""Attacks on the promises in the README's "Security notes", run on real processes as root.
+
+Each test plays a hostile tenant (the unprivileged user a server drops to), a careless
+operator or a hostile peer, and asserts that the promise holds.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from binserve.safefile import open_append, write_replace
+
+USER = "binserve-a1"
+
+APP = """
+def application(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"ok"]
+"""
+
+
+@pytest.fixture
+def tenant() -> Iterator[pwd.struct_passwd]:
+    """An unprivileged system user, removed afterwards."""
+    assert os.geteuid() == 0, "these attacks need root to be the victim"
+    subprocess.run(["userdel", USER], capture_output=True)
+    subprocess.run(["useradd", "-M", "-r", USER], check=True, capture_output=True)
+    try:
+        yield pwd.getpwnam(USER)
+    finally:
+        subprocess.run(["userdel", USER], capture_output=True)
+
+
+def _plant_link(account: pwd.struct_passwd, target: Path, at: Path) -> None:
+    """A symbolic link owned by the tenant, as if the tenant had made it."""
+    at.symlink_to(target)
+    os.chown(at, account.pw_uid, account.pw_gid, follow_symlinks=False)
+
+
+def _binserve(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """binserve with a one-shot app that fails to load: it runs the whole start-up, then exits."""
+    return subprocess.run(
+        [sys.executable, "-m", "binserve", *args], cwd=cwd, capture_output=True, text=True, timeout=20
+    )
+
+
+def _tenant_home(tmp_path: Path, account: pwd.struct_passwd) -> tuple[Path, Path]:
+    """A directory the tenant owns, and one only root may write, both reachable by the tenant."""
+    os.chmod(tmp_path, 0o755)
+    home = tmp_path / "home"
+    home.mkdir()
+    os.chown(home, account.pw_uid, account.pw_gid)
+    guarded = tmp_path / "guarded"
+    guarded.mkdir(mode=0o755)
+    return home, guarded
+
+
+def test_logto_and_pidfile_refuse_a_tenant_link_in_a_directory_above_them(
+    tmp_path: Path, tenant: pwd.struct_passwd
+) -> None:
+    # The operator logs under the app user's home; the user swaps the logs directory for a link
+    # to a directory only root may write: root must not create (or append to) files there.
+    home, guarded = _tenant_home(tmp_path, tenant)
+    _plant_link(tenant, guarded, home / "logs")
+    (tmp_path / "app.py").write_text(APP)
+    for option, name in (("--logto", "app.log"), ("--pidfile", "app.pid")):
+        result = _binserve(
+            "--socket", str(tmp_path / "app.sock"), "--wsgi-file", str(tmp_path / "app.py"),
+            option, str(home / "logs" / name), "--uid", USER, "--gid", USER, cwd=tmp_path,
+        )  # fmt: skip
+        assert list(guarded.iterdir()) == [], f"{option}: root wrote through the tenant's link"
+        assert result.returncode == 2, result.stderr
+        assert f"{home / 'logs'}: is a symbolic link owned by uid {tenant.pw_uid}" in result.stderr
+
+
+def test_links_owned_by_root_on_the_way_are_still_followed(tmp_path: Path) -> None:
+    # /var/run -> /run is root's: a pidfile under it must keep working.
+    real = tmp_path / "run"
+    real.mkdir()
+    (tmp_path / "var-run").symlink_to(real)
+    write_replace(str(tmp_path / "var-run" / "app.pid"), b"1\n")
+    os.close(open_append(str(tmp_path / "var-run" / "app.log")))
+    assert sorted(p.name for p in real.iterdir()) == ["app.log", "app.pid"]
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    with pytest.raises(OSError, match="Too many levels"):
+        write_replace(str(tmp_path / "loop" / "app.pid"), b"1\n")
