@@ -225,6 +225,7 @@ def _vassal_file(
     try:
         link = os.lstat(path)
         info = os.stat(path)
+        real = os.path.realpath(path)
         key = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
         if path not in digests or digests[path][0] != key:
             # Bounded, non-blocking, regular files only: a FIFO, a device or a sparse 4 GB file
@@ -233,6 +234,10 @@ def _vassal_file(
     except OSError as exc:
         return None, f"{path}: cannot read vassal file: {exc.strerror}"
     digest = digests[path][1]
+    # Two lookups of one name: a user swapping their own file for a link to another's in between
+    # must not have the scan take the other's file (and owner) for theirs.
+    if not stat.S_ISLNK(link.st_mode) and (info.st_dev, info.st_ino) != (link.st_dev, link.st_ino):
+        return None, f"{path}: changed while scanned: left for the next scan"
     if tyrant and (info.st_uid == 0 or info.st_gid == 0):
         return None, f"[emperor-tyrant] invalid permissions for vassal {path}: owned by root"
     # Whoever may write the directory could otherwise run another user's file as that user.
@@ -246,7 +251,7 @@ def _vassal_file(
             f"[emperor-tyrant] vassal {path} has {info.st_nlink} hard links: refused"
             " (a hard link does not say who made it)"
         )
-    return VassalFile(path, digest, info.st_uid, info.st_gid, info.st_mtime, os.path.realpath(path)), ""
+    return VassalFile(path, digest, info.st_uid, info.st_gid, info.st_mtime, real), ""
 
 
 # inotify events that can mean a vassal file appeared, changed or went (inotify(7)).

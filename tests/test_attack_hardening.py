@@ -6,18 +6,25 @@ operator or a hostile peer, and asserts that the promise holds.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import pwd
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from binserve.emperor import scan
 from binserve.safefile import open_append, write_replace
 
 USER = "binserve-a1"
+RENAME_EXCHANGE = 2  # renameat2(2)
 
 APP = """
 def application(environ, start_response):
@@ -49,6 +56,13 @@ def _binserve(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "binserve", *args], cwd=cwd, capture_output=True, text=True, timeout=20
     )
+
+
+def _sticky_directory() -> Path:
+    """A root-owned mode 1777 directory, as the README advises for a tyrant's vassals."""
+    directory = Path(tempfile.mkdtemp(prefix="binserve-a1-"))
+    directory.chmod(0o1777)
+    return directory
 
 
 def _tenant_home(tmp_path: Path, account: pwd.struct_passwd) -> tuple[Path, Path]:
@@ -91,3 +105,36 @@ def test_links_owned_by_root_on_the_way_are_still_followed(tmp_path: Path) -> No
     (tmp_path / "loop").symlink_to(tmp_path / "loop")
     with pytest.raises(OSError, match="Too many levels"):
         write_replace(str(tmp_path / "loop" / "app.pid"), b"1\n")
+
+
+def test_a_tyrant_scan_never_takes_a_flipping_file_for_another_users(
+    tmp_path: Path, tenant: pwd.struct_passwd
+) -> None:
+    # In a sticky vassal directory the tenant may still swap its own two names, a regular file
+    # and a link to the victim's file, as fast as it likes (renameat2 RENAME_EXCHANGE).
+    victim_uid = pwd.getpwnam("nobody").pw_uid
+    vassals = _sticky_directory()
+    victim = vassals / "victim.ini"
+    victim.write_text("[uwsgi]\n")
+    os.chown(victim, victim_uid, victim_uid)
+    mine, other = vassals / "mine.ini", vassals / "other.ini"
+    mine.write_text("[uwsgi]\n")
+    os.chown(mine, tenant.pw_uid, tenant.pw_gid)
+    _plant_link(tenant, victim, other)
+    flipper = os.fork()
+    if flipper == 0:  # pragma: no cover - the attacker
+        os.setgid(tenant.pw_gid)
+        os.setuid(tenant.pw_uid)
+        libc = ctypes.CDLL(None, use_errno=True)
+        while True:
+            libc.renameat2(-100, bytes(mine), -100, bytes(other), RENAME_EXCHANGE)
+    try:
+        owners, deadline = set(), time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            found, _ = scan([str(vassals)], True, {})
+            owners |= {found[str(name)].uid for name in (mine, other) if str(name) in found}
+    finally:
+        os.kill(flipper, signal.SIGKILL)
+        os.waitpid(flipper, 0)
+        shutil.rmtree(vassals)
+    assert owners == {tenant.pw_uid}
