@@ -912,6 +912,18 @@ def print_status(target: str) -> int:
         print(f"binserve: no emperor state in {path}: {exc}", file=sys.stderr)
         return 1
     try:
+        lines = _status_lines(state)
+    except (LookupError, TypeError, ValueError, OverflowError) as exc:
+        # Whoever may write the watched directory may have written this file, not an emperor.
+        print(f"binserve: {path} is not an emperor state: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    print("\n".join(lines))
+    return 0
+
+
+def _status_lines(state: Any) -> list[str]:
+    """The status table of a state document; raises on a document no emperor wrote."""
+    try:
         os.kill(state["pid"], 0)
         alive = ""
     except ProcessLookupError:
@@ -920,16 +932,18 @@ def print_status(target: str) -> int:
         )
     except PermissionError:
         alive = ""
-    print(f"emperor pid {state['pid']} watching {', '.join(state['emperor'])}{alive}")
-    print(f"{'VASSAL':<24} {'PID':>7} {'STATE':<10} {'RESPAWNS':>8} {'LOYAL':<5} NOTE")
+    lines = [
+        f"emperor pid {state['pid']} watching {', '.join(state['emperor'])}{alive}",
+        f"{'VASSAL':<24} {'PID':>7} {'STATE':<10} {'RESPAWNS':>8} {'LOYAL':<5} NOTE",
+    ]
     for vassal in state["vassals"]:
         note = ""
         if vassal["state"] == "waiting":
             left = max(0.0, vassal["throttled_until"] - time.time())
             note = f"throttled for {left:.1f} s more: {vassal['why']}"
         pid = vassal["pid"] if vassal["pid"] is not None else "-"
-        print(
+        lines.append(
             f"{vassal['id']:<24} {pid:>7} {vassal['state']:<10} {vassal['respawns']:>8} "
             f"{'yes' if vassal['loyal'] else 'no':<5} {note}".rstrip()
         )
-    return 0
+    return lines

@@ -138,3 +138,15 @@ def test_a_tyrant_scan_never_takes_a_flipping_file_for_another_users(
         os.waitpid(flipper, 0)
         shutil.rmtree(vassals)
     assert owners == {tenant.pw_uid}
+
+
+@pytest.mark.parametrize(
+    "planted",
+    ['{"pid": "x"}', "[]", '{"pid": 1, "emperor": ["d"], "vassals": [{"id": 1}]}', '{"pid": 1e400}'],
+)
+def test_emperor_status_names_a_planted_state_file_in_one_line(tmp_path: Path, planted: str) -> None:
+    # The default state file sits in the vassal directory: whoever may write it may write this.
+    (tmp_path / ".binserve-emperor.json").write_text(planted)
+    result = _binserve("--emperor-status", str(tmp_path), cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and "is not an emperor state" in result.stderr, result.stderr
