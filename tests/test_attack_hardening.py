@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from binserve.emperor import scan
+from binserve.privileges import PrivilegeError, Privileges
 from binserve.safefile import open_append, write_replace
 
 USER = "binserve-a1"
@@ -150,3 +151,17 @@ def test_emperor_status_names_a_planted_state_file_in_one_line(tmp_path: Path, p
     result = _binserve("--emperor-status", str(tmp_path), cwd=tmp_path)
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1 and "is not an emperor state" in result.stderr, result.stderr
+
+
+def test_chown_socket_never_follows_a_tenant_link_above_the_socket(
+    tmp_path: Path, tenant: pwd.struct_passwd
+) -> None:
+    # Between bind and chown the tenant swaps its run directory for a link to a directory holding
+    # another service's socket of the same name (done at once here): that file must stay root's.
+    home, guarded = _tenant_home(tmp_path, tenant)
+    theirs = guarded / "app.sock"
+    theirs.write_text("")
+    _plant_link(tenant, guarded, home / "run")
+    with pytest.raises(PrivilegeError, match="symbolic link owned by uid"):
+        Privileges(socket_owner=(tenant.pw_uid, tenant.pw_gid)).chown([str(home / "run" / "app.sock")])
+    assert (theirs.stat().st_uid, theirs.stat().st_gid) == (0, 0)
