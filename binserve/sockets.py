@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from .log import log
-from .safefile import read_bounded
+from .safefile import open_parent, read_bounded
 from .wsgi import timeval
 
 INHERIT_ENV = "_BINSERVE_LISTEN_FDS"
@@ -94,7 +94,12 @@ class Listener:
 
 def _unlink(path: str, what: str) -> None:
     try:
-        os.unlink(path)
+        # Root vacuums too (a start that failed after bind): not through someone else's link above.
+        directory, name = open_parent(path)
+        try:
+            os.unlink(name, dir_fd=directory)
+        finally:
+            os.close(directory)
     except FileNotFoundError:
         pass
     except OSError as exc:

@@ -11,6 +11,7 @@ import os
 import pwd
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -23,6 +24,7 @@ import pytest
 from binserve.emperor import scan
 from binserve.privileges import PrivilegeError, Privileges
 from binserve.safefile import open_append, write_replace
+from binserve.sockets import Listener, remove_files
 
 USER = "binserve-a1"
 RENAME_EXCHANGE = 2  # renameat2(2)
@@ -165,3 +167,16 @@ def test_chown_socket_never_follows_a_tenant_link_above_the_socket(
     with pytest.raises(PrivilegeError, match="symbolic link owned by uid"):
         Privileges(socket_owner=(tenant.pw_uid, tenant.pw_gid)).chown([str(home / "run" / "app.sock")])
     assert (theirs.stat().st_uid, theirs.stat().st_gid) == (0, 0)
+
+
+def test_vacuum_as_root_never_follows_a_tenant_link_above_the_socket(
+    tmp_path: Path, tenant: pwd.struct_passwd
+) -> None:
+    # A start that fails after bind vacuums as root: a run directory swapped for a link must
+    # not make root delete another file of the socket's name.
+    home, guarded = _tenant_home(tmp_path, tenant)
+    theirs = guarded / "app.sock"
+    theirs.write_text("")
+    _plant_link(tenant, guarded, home / "run")
+    remove_files([Listener(str(home / "run" / "app.sock"), socket.socket(socket.AF_UNIX))], None, vacuum=True)
+    assert theirs.exists()
