@@ -245,6 +245,13 @@ def _unix_address(spec: str) -> str:
 
 
 def _clear_stale_unix(path: str) -> None:
+    try:
+        # Bound as root: not in a directory that someone else's link above the path leads to.
+        os.close(open_parent(path)[0])
+    except FileNotFoundError:
+        pass  # bind names the missing directory
+    except OSError as exc:
+        raise SocketError(f"socket {path}: {exc.strerror}") from None
     # lstat: a symlink at the path is not ours to replace, even one to a stale socket.
     try:
         mode = os.lstat(path).st_mode

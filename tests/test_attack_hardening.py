@@ -180,3 +180,15 @@ def test_vacuum_as_root_never_follows_a_tenant_link_above_the_socket(
     _plant_link(tenant, guarded, home / "run")
     remove_files([Listener(str(home / "run" / "app.sock"), socket.socket(socket.AF_UNIX))], None, vacuum=True)
     assert theirs.exists()
+
+
+def test_a_socket_path_through_a_tenant_link_is_refused_before_bind(
+    tmp_path: Path, tenant: pwd.struct_passwd
+) -> None:
+    home, guarded = _tenant_home(tmp_path, tenant)
+    _plant_link(tenant, guarded, home / "run")
+    (tmp_path / "app.py").write_text(APP)
+    result = _binserve("--socket", str(home / "run" / "app.sock"), "--wsgi-file", "app.py", cwd=tmp_path)
+    assert result.returncode == 2
+    assert f"{home / 'run'}: is a symbolic link owned by uid {tenant.pw_uid}" in result.stderr
+    assert list(guarded.iterdir()) == []
