@@ -65,48 +65,56 @@ def open_parent(path: str) -> tuple[int, str]:
     the walk end in another directory (``/var/run``, root's link, still leads to ``/run``).
     """
     directory, name = os.path.split(os.path.abspath(path))
-    fd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    parts = directory.split("/")
+    fd, walked, hops = _root(), "/", 0
     try:
-        parts = directory.split("/")
-        hops = 0
         while parts:
             part = parts.pop(0)
             if part in ("", "."):
                 continue
+            where = os.path.normpath(os.path.join(walked, part))
             step = os.open(part, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
-            info = os.fstat(step)
-            if stat.S_ISDIR(info.st_mode):
+            target = _follow(path, where, step, hops)
+            if target is None:  # a directory: step is where we are now
                 os.close(fd)
-                fd = step
+                fd, walked = step, where
                 continue
-            try:
-                where = os.path.join(os.readlink(f"/proc/self/fd/{fd}"), part)
-                target = _trusted_link(path, where, info, step, hops)
-            finally:
-                os.close(step)
             hops += 1
             parts[:0] = target.split("/")
             if target.startswith("/"):
                 os.close(fd)
-                fd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+                fd, walked = _root(), "/"
     except BaseException:
         os.close(fd)
         raise
     return fd, name
 
 
-def _trusted_link(path: str, where: str, info: os.stat_result, link: int, hops: int) -> str:
-    """Where the link ``where``, open as ``link`` (with ``info``), points, if it may be followed."""
-    if not stat.S_ISLNK(info.st_mode):
-        raise NotADirectoryError(errno.ENOTDIR, f"{where} is not a directory", path)
-    if info.st_uid not in (0, os.geteuid()):
-        raise UnsafeFile(
-            path,
-            f"{where}: is a symbolic link owned by uid {info.st_uid}: refused (it could redirect the file)",
-        )
-    if hops >= MAX_LINK_HOPS:
-        raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), path)
-    return os.readlink("", dir_fd=link)
+def _root() -> int:
+    return os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+
+
+def _follow(path: str, where: str, step: int, hops: int) -> str | None:
+    """None if ``step`` (open at ``where``) is a directory; else the link's target, if it may be followed.
+
+    ``step`` is closed unless it is a directory.
+    """
+    info = os.fstat(step)
+    if stat.S_ISDIR(info.st_mode):
+        return None
+    try:
+        if not stat.S_ISLNK(info.st_mode):
+            raise NotADirectoryError(errno.ENOTDIR, f"{where} is not a directory", path)
+        if info.st_uid not in (0, os.geteuid()):
+            owner = f"owned by uid {info.st_uid}"
+            raise UnsafeFile(
+                path, f"{where}: is a symbolic link {owner}: refused (it could redirect the file)"
+            )
+        if hops >= MAX_LINK_HOPS:
+            raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), path)
+        return os.readlink("", dir_fd=step)
+    finally:
+        os.close(step)
 
 
 def write_replace(path: str, data: bytes, mode: int = 0o644) -> None:
