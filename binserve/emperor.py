@@ -190,6 +190,8 @@ def throttle(failures: int, base_ms: int, max_ms: int) -> float:
 
 # What tells a file changed without reading it: a write moves its ctime, a swap its inode.
 FileKey = tuple[int, int, int, int, int]
+# An editor saving a file may replace it between two lookups once; a user flipping it does so always.
+LOOKUP_TRIES = 3
 
 
 def scan(
@@ -218,14 +220,23 @@ def scan(
     return found, problems
 
 
+def _lookup(path: str) -> tuple[os.stat_result, os.stat_result, str]:
+    """``lstat``, ``stat`` and ``realpath`` of ``path`` that agree, tried again if the name changed."""
+    for _ in range(LOOKUP_TRIES):
+        link, info, real = os.lstat(path), os.stat(path), os.path.realpath(path)
+        # A user swapping their own file for a link to another's between the lookups must not
+        # have the scan take the other's file (and owner) for theirs.
+        if stat.S_ISLNK(link.st_mode) or (info.st_dev, info.st_ino) == (link.st_dev, link.st_ino):
+            return link, info, real
+    raise safefile.UnsafeFile(path, "changed at each look: left for the next scan")
+
+
 def _vassal_file(
     path: str, tyrant: bool, digests: dict[str, tuple[FileKey, str]]
 ) -> tuple[VassalFile | None, str]:
     """One vassal file as the directory describes it, or why it is refused."""
     try:
-        link = os.lstat(path)
-        info = os.stat(path)
-        real = os.path.realpath(path)
+        link, info, real = _lookup(path)
         key = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
         if path not in digests or digests[path][0] != key:
             # Bounded, non-blocking, regular files only: a FIFO, a device or a sparse 4 GB file
@@ -234,10 +245,6 @@ def _vassal_file(
     except OSError as exc:
         return None, f"{path}: cannot read vassal file: {exc.strerror}"
     digest = digests[path][1]
-    # Two lookups of one name: a user swapping their own file for a link to another's in between
-    # must not have the scan take the other's file (and owner) for theirs.
-    if not stat.S_ISLNK(link.st_mode) and (info.st_dev, info.st_ino) != (link.st_dev, link.st_ino):
-        return None, f"{path}: changed while scanned: left for the next scan"
     if tyrant and (info.st_uid == 0 or info.st_gid == 0):
         return None, f"[emperor-tyrant] invalid permissions for vassal {path}: owned by root"
     # Whoever may write the directory could otherwise run another user's file as that user.
