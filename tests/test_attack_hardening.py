@@ -55,7 +55,7 @@ def _plant_link(account: pwd.struct_passwd, target: Path, at: Path) -> None:
 
 
 def _binserve(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    """binserve with a one-shot app that fails to load: it runs the whole start-up, then exits."""
+    """binserve run to its exit: each run here is expected to stop at startup."""
     return subprocess.run(
         [sys.executable, "-m", "binserve", *args], cwd=cwd, capture_output=True, text=True, timeout=20
     )
