@@ -188,6 +188,8 @@ def throttle(failures: int, base_ms: int, max_ms: int) -> float:
 
 # What tells a file changed without reading it: a write moves its ctime, a swap its inode.
 FileKey = tuple[int, int, int, int, int]
+# An editor saving a file may replace it between two lookups once; a user flipping it does so always.
+LOOKUP_TRIES = 3
 
 
 def scan(
@@ -216,13 +218,23 @@ def scan(
     return found, problems
 
 
+def _lookup(path: str) -> tuple[os.stat_result, os.stat_result, str]:
+    """``lstat``, ``stat`` and ``realpath`` of ``path`` that agree, tried again if the name changed."""
+    for _ in range(LOOKUP_TRIES):
+        link, info, real = os.lstat(path), os.stat(path), os.path.realpath(path)
+        # A user swapping their own file for a link to another's between the lookups must not
+        # have the scan take the other's file (and owner) for theirs.
+        if stat.S_ISLNK(link.st_mode) or (info.st_dev, info.st_ino) == (link.st_dev, link.st_ino):
+            return link, info, real
+    raise safefile.UnsafeFile(path, "changed at each look: left for the next scan")
+
+
 def _vassal_file(
     path: str, tyrant: bool, digests: dict[str, tuple[FileKey, str]]
 ) -> tuple[VassalFile | None, str]:
     """One vassal file as the directory describes it, or why it is refused."""
     try:
-        link = os.lstat(path)
-        info = os.stat(path)
+        link, info, real = _lookup(path)
         key = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
         if path not in digests or digests[path][0] != key:
             # Bounded, non-blocking, regular files only: a FIFO, a device or a sparse 4 GB file
@@ -244,7 +256,7 @@ def _vassal_file(
             f"[emperor-tyrant] vassal {path} has {info.st_nlink} hard links: refused"
             " (a hard link does not say who made it)"
         )
-    return VassalFile(path, digest, info.st_uid, info.st_gid, info.st_mtime, os.path.realpath(path)), ""
+    return VassalFile(path, digest, info.st_uid, info.st_gid, info.st_mtime, real), ""
 
 
 # inotify events that can mean a vassal file appeared, changed or went (inotify(7)).
@@ -885,6 +897,18 @@ def print_status(target: str) -> int:
         print(f"binserve: no emperor state in {path}: {exc}", file=sys.stderr)
         return 1
     try:
+        lines = _status_lines(state)
+    except (LookupError, TypeError, ValueError, OverflowError) as exc:
+        # Whoever may write the watched directory may have written this file, not an emperor.
+        print(f"binserve: {path} is not an emperor state: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    print("\n".join(lines))
+    return 0
+
+
+def _status_lines(state: Any) -> list[str]:
+    """The status table of a state document; raises on a document no emperor wrote."""
+    try:
         os.kill(state["pid"], 0)
         alive = ""
     except ProcessLookupError:
@@ -893,16 +917,18 @@ def print_status(target: str) -> int:
         )
     except PermissionError:
         alive = ""
-    print(f"emperor pid {state['pid']} watching {', '.join(state['emperor'])}{alive}")
-    print(f"{'VASSAL':<24} {'PID':>7} {'STATE':<10} {'RESPAWNS':>8} {'LOYAL':<5} NOTE")
+    lines = [
+        f"emperor pid {state['pid']} watching {', '.join(state['emperor'])}{alive}",
+        f"{'VASSAL':<24} {'PID':>7} {'STATE':<10} {'RESPAWNS':>8} {'LOYAL':<5} NOTE",
+    ]
     for vassal in state["vassals"]:
         note = ""
         if vassal["state"] == "waiting":
             left = max(0.0, vassal["throttled_until"] - time.time())
             note = f"throttled for {left:.1f} s more: {vassal['why']}"
         pid = vassal["pid"] if vassal["pid"] is not None else "-"
-        print(
+        lines.append(
             f"{vassal['id']:<24} {pid:>7} {vassal['state']:<10} {vassal['respawns']:>8} "
             f"{'yes' if vassal['loyal'] else 'no':<5} {note}".rstrip()
         )
-    return 0
+    return lines

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .config import Config
+from .safefile import open_parent
 
 # The users distributions run nginx's workers as: Debian and Ubuntu, Fedora/RHEL/Alpine, Arch.
 NGINX_USERS = ("www-data", "nginx", "http")
@@ -129,9 +130,14 @@ class Privileges:
             return
         for path in paths:
             try:
-                # Not followed: whoever may write the directory could have put a link to another
-                # file at the path since bind, and root would give that file away.
-                os.chown(path, *self.socket_owner, follow_symlinks=False)
+                # Neither the file nor a directory above it through someone else's link: whoever
+                # may write there could have put a link since bind, and root would give away
+                # another file of that name.
+                directory, name = open_parent(path)
+                try:
+                    os.chown(name, *self.socket_owner, dir_fd=directory, follow_symlinks=False)
+                finally:
+                    os.close(directory)
             except OSError as exc:
                 raise PrivilegeError(f"option 'chown-socket': cannot chown {path}: {exc.strerror}") from None
 

@@ -11,6 +11,9 @@ blocks ``open()``, or a file of unbounded size (``/dev/zero``, a sparse 4 GB fil
   ours to write, only a regular file we own with a single link is rewritten in place;
 * files we *append to* (logs) are opened with ``O_NOFOLLOW`` and must be a regular file with
   a single link: a symlink or a hard link planted at the name is refused;
+* the directories above a file we write are walked one by one, following a symbolic link only
+  if root or this user owns it: a link that the app's user puts in place of a directory above
+  ``/home/app/logs/app.log`` cannot make root create or append to a file elsewhere;
 * files we *read* are opened non-blocking (a FIFO cannot hang us), must be regular files, and
   are read up to a bound;
 * a directory we keep files in apart from the users (a tyrant's state) must be a real
@@ -28,6 +31,8 @@ import stat
 
 # Large enough for any real configuration, small enough that reading one costs nothing.
 MAX_CONFIG_BYTES = 1 << 20
+# As the kernel's own limit on links followed in one lookup: a loop of links ends in an error.
+MAX_LINK_HOPS = 40
 
 
 class UnsafeFile(OSError):
@@ -64,46 +69,113 @@ def _describe(mode: int) -> str:
     return f"is {kind(mode)}, not a regular file"
 
 
+def open_parent(path: str) -> tuple[int, str]:
+    """An ``O_PATH`` descriptor of the directory holding ``path``, and the name in it.
+
+    Links on the way are followed only when owned by root or by this user: nobody else can make
+    the walk end in another directory (``/var/run``, root's link, still leads to ``/run``).
+    """
+    directory, name = os.path.split(os.path.abspath(path))
+    parts = directory.split("/")
+    fd, walked, hops = _root(), "/", 0
+    try:
+        while parts:
+            part = parts.pop(0)
+            if part in ("", "."):
+                continue
+            where = os.path.normpath(os.path.join(walked, part))
+            step = os.open(part, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            target = _follow(path, where, step, hops)
+            if target is None:  # a directory: step is where we are now
+                os.close(fd)
+                fd, walked = step, where
+                continue
+            hops += 1
+            parts[:0] = target.split("/")
+            if target.startswith("/"):
+                os.close(fd)
+                fd, walked = _root(), "/"
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, name
+
+
+def _root() -> int:
+    return os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+
+
+def _follow(path: str, where: str, step: int, hops: int) -> str | None:
+    """None if ``step`` (open at ``where``) is a directory; else the link's target, if it may be followed.
+
+    ``step`` is closed unless it is a directory.
+    """
+    info = os.fstat(step)
+    if stat.S_ISDIR(info.st_mode):
+        return None
+    try:
+        if not stat.S_ISLNK(info.st_mode):
+            raise NotADirectoryError(errno.ENOTDIR, f"{where} is not a directory", path)
+        if info.st_uid not in (0, os.geteuid()):
+            owner = f"owned by uid {info.st_uid}"
+            raise UnsafeFile(
+                path, f"{where}: is a symbolic link {owner}: refused (it could redirect the file)"
+            )
+        if hops >= MAX_LINK_HOPS:
+            raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), path)
+        return os.readlink("", dir_fd=step)
+    finally:
+        os.close(step)
+
+
 def write_replace(path: str, data: bytes, mode: int = 0o644) -> None:
     """Replace ``path`` with ``data`` atomically, never writing through a link planted there."""
-    directory, name = os.path.split(os.path.abspath(path))
+    directory, name = open_parent(path)
+    try:
+        _replace_in(directory, name, data, mode)
+    finally:
+        os.close(directory)
+
+
+def _replace_in(directory: int, name: str, data: bytes, mode: int) -> None:
     for attempt in range(100):
-        tmp = os.path.join(directory, f".{name}.{os.getpid()}.{attempt}.tmp")
+        tmp = f".{name}.{os.getpid()}.{attempt}.tmp"
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            fd = os.open(tmp, flags, mode, dir_fd=directory)
         except FileExistsError:
             continue  # planted, or left by a crash: never reuse a name we did not create
         except PermissionError:
             # A directory we may not write (a pidfile an admin created for us in /run): only a
             # file of our own, with one link, is rewritten in place.
-            _rewrite_own(path, data)
+            _rewrite_own(directory, name, data)
             return
         break
     else:
-        raise UnsafeFile(path, "no free temporary name beside it")
+        raise UnsafeFile(name, "no free temporary name beside it")
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
-        os.replace(tmp, path)
+        os.replace(tmp, name, src_dir_fd=directory, dst_dir_fd=directory)
     except BaseException:
         try:
-            os.unlink(tmp)
+            os.unlink(tmp, dir_fd=directory)
         except OSError:
             pass
         raise
 
 
-def _rewrite_own(path: str, data: bytes) -> None:
+def _rewrite_own(directory: int, name: str, data: bytes) -> None:
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(name, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=directory)
     except OSError as exc:
-        raise _refuse_link(path, exc) from None
+        raise _refuse_link(name, exc) from None
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise UnsafeFile(path, _describe(info.st_mode))
+            raise UnsafeFile(name, _describe(info.st_mode))
         if info.st_nlink != 1 or info.st_uid != os.geteuid():
-            raise UnsafeFile(path, "its directory is not writable, and it is not our own file to rewrite")
+            raise UnsafeFile(name, "its directory is not writable, and it is not our own file to rewrite")
         os.ftruncate(fd, 0)
         os.write(fd, data)
     finally:
@@ -114,12 +186,15 @@ def open_append(path: str, mode: int = 0o640) -> int:
     """A descriptor appending to ``path`` (created if missing): a regular file with one link, no symlink."""
     # O_NONBLOCK: opening a FIFO for writing would otherwise wait for a reader forever.
     flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+    directory, name = open_parent(path)
     try:
-        fd = os.open(path, flags, mode)
+        fd = os.open(name, flags, mode, dir_fd=directory)
     except OSError as exc:
         if exc.errno == errno.ENXIO:  # a FIFO nobody reads
             raise UnsafeFile(path, "is a FIFO, not a regular file") from None
         raise _refuse_link(path, exc) from None
+    finally:
+        os.close(directory)
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):

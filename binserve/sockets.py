@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from .log import log
-from .safefile import kind, read_bounded
+from .safefile import kind, open_parent, read_bounded
 from .wsgi import timeval
 
 INHERIT_ENV = "_BINSERVE_LISTEN_FDS"
@@ -94,7 +94,12 @@ class Listener:
 
 def _unlink(path: str, what: str) -> None:
     try:
-        os.unlink(path)
+        # Root vacuums too (a start that failed after bind): not through someone else's link above.
+        directory, name = open_parent(path)
+        try:
+            os.unlink(name, dir_fd=directory)
+        finally:
+            os.close(directory)
     except FileNotFoundError:
         pass
     except OSError as exc:
@@ -247,6 +252,13 @@ def _unix_address(spec: str) -> str:
 
 
 def _clear_stale_unix(path: str) -> None:
+    try:
+        # Bound as root: not in a directory that someone else's link above the path leads to.
+        os.close(open_parent(path)[0])
+    except FileNotFoundError:
+        pass  # bind names the missing directory
+    except OSError as exc:
+        raise SocketError(f"socket {path}: {exc.strerror}") from None
     # lstat: a symlink at the path is not ours to replace, even one to a stale socket.
     try:
         mode = os.lstat(path).st_mode
