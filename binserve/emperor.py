@@ -39,7 +39,7 @@ from typing import Any, NoReturn
 
 from . import safefile, signals
 from .config import Config, ConfigError, load
-from .log import log
+from .log import log, printable
 from .master import EMPEROR_FD_ENV, kill_quietly
 from .sockets import SocketError, absolute
 from .stats import VERSION, StatsServer, bind_stats
@@ -208,6 +208,10 @@ def scan(
         for path in sorted(paths):
             path = os.path.abspath(path)
             seen.add(path)
+            if not path.isprintable():
+                # Its name goes into every log line about it: it could forge lines of its own.
+                problems.append(f"{printable(path)}: vassal file refused: its name has control characters")
+                continue
             wanted, problem = _vassal_file(path, tyrant, known)
             if wanted is not None:
                 found[path] = wanted

@@ -385,3 +385,19 @@ def test_tyrant_vassals_get_a_minimal_environment_without_the_emperors_secrets(
     assert environ["USER"] == environ["LOGNAME"] == VICTIM and environ["TZ"] == "UTC"
     assert environ["HOME"] == victim.pw_dir and "PATH" in environ and "UWSGI_EMPEROR_FD" in environ
     assert set(environ) <= {"PATH", "LANG", "LC_ALL", "TZ", "HOME", "USER", "LOGNAME", "UWSGI_EMPEROR_FD"}
+
+
+def test_a_vassal_file_whose_name_could_forge_log_lines_is_refused(
+    tmp_path: Path, vassal_dir: Path, app: Path, emperor: Callable[..., EmperorProcess]
+) -> None:
+    sock = tmp_path / "good.sock"
+    write_vassal(vassal_dir, "good", sock, app)
+    forged = "x\n2026-01-01 00:00:00 [binserve pid 1] vassal y.ini is now loyal\n"
+    body = f"[uwsgi]\nsocket = {tmp_path / 'forged.sock'}\nwsgi-file = {app}\n"
+    (vassal_dir / f"{forged}.ini").write_text(body)
+    emp = emperor(vassal_dir)
+    emp.wait_serving("good", sock)
+    emp.wait_log(r"vassal file refused: its name has control characters")
+    log = emp.log()
+    assert "\n2026-01-01 00:00:00 [binserve pid 1]" not in log, log
+    assert "spawned vassal x" not in log and not (tmp_path / "forged.sock").exists(), log
