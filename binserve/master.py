@@ -599,8 +599,9 @@ class Master:
     def check_touched(self) -> None:
         """touch-reload: a watched file whose mtime changed triggers a graceful reload."""
         for path, seen in self.touched.items():
-            if _mtime(path) != seen:
-                self.touched[path] = _mtime(path)  # a refused reload is tried again on the next touch
+            mtime = _mtime(path)
+            if mtime != seen:
+                self.touched[path] = mtime  # a refused reload is tried again on the next touch
                 self.reload(f"{path} was touched")
                 return
 
