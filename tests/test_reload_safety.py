@@ -11,18 +11,15 @@ from __future__ import annotations
 
 import os
 import pwd
-import shlex
 import signal
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 from test_emperor import EmperorProcess, get, write_vassal
 from test_privileges import USER, account, home, open_dir  # noqa: F401
 
-from support import Server, ping, reachable_prefix, touch_ahead, wait_for
+from support import Server, ping, touch_ahead, wait_for
 
 APP = """
 import os
@@ -41,20 +38,6 @@ def application(environ, start_response):
     return [body]
 """
 BROKEN = "\nraise ImportError('broken deploy')\n"
-
-
-@pytest.fixture
-def venv_interpreter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Servers started in this test run this checkout's virtualenv where an unprivileged user
-    reaches it (the interpreter's own path, unresolved: the venv is what imports this code)."""
-    prefix = reachable_prefix(tmp_path)
-    if not prefix:
-        return
-    wrapper = tmp_path / "python-in-namespace"
-    command = " ".join(shlex.quote(part) for part in [*prefix, sys.executable])
-    wrapper.write_text(f'#!/bin/sh\nexec {command} "$@"\n')
-    wrapper.chmod(0o755)
-    monkeypatch.setattr(sys, "executable", str(wrapper))
 
 
 def version(app: Path, text: str) -> None:
