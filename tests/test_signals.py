@@ -289,3 +289,43 @@ def test_a_sigterm_sent_right_after_the_app_forks_reaches_the_child_not_the_work
     done = subprocess.run([sys.executable, "-c", RACE], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "the worker's wakeup pipe is empty"
+
+
+HELPER_AT_IMPORT_APP = (
+    """
+import os
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+with open(os.path.join(HERE, "helper.pid"), "w") as out:
+    out.write(str(helper.pid))
+"""
+    + APP
+)
+
+
+def test_a_process_the_app_starts_at_import_gets_every_signal(
+    serve: Callable[..., Server], app_file: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """Signals held for the master while the app is imported are not held in what the app starts."""
+    server = serve("--wsgi-file", str(app_file(HELPER_AT_IMPORT_APP)))
+    helper = int((tmp_path / "helper.pid").read_text())
+    try:
+        os.kill(helper, signal.SIGUSR1)
+        wait_for(lambda: not _running(helper), 5, "the helper to die of SIGUSR1")
+    finally:
+        if _running(helper):
+            os.kill(helper, signal.SIGKILL)
+    os.kill(server.pid, signal.SIGTERM)
+    assert server.proc.wait(10) == 0, server.log()
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting for its parent counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
