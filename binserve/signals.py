@@ -120,10 +120,13 @@ def hold_without_meaning() -> None:
     meanwhile, and a caught one takes its default action again in them.
     """
     global _early
+    # After a reload, the previous image held the master's signals across the exec: caught too.
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    table = {**_COMMON, **{signum: MASTER[signum] for signum in caught(MASTER) if signum in held}}
     read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    install(_COMMON, write_end)
+    install(table, write_end)
     _early = read_end, write_end
-    unblock(_COMMON)  # after a reload the previous image held them across the exec
+    unblock(table)
 
 
 def unblock(table: Table) -> None:

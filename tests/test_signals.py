@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from test_emperor import EmperorProcess, get, write_vassal
+from test_emperor import EmperorProcess, alive, get, write_vassal
 
 from binserve import signals
 from binserve.protocol import encode_request
@@ -299,33 +299,34 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-with open(os.path.join(HERE, "helper.pid"), "w") as out:
+with open(os.path.join(HERE, f"helper-of-{os.getpid()}"), "w") as out:
     out.write(str(helper.pid))
 """
     + APP
 )
 
 
-def test_a_process_the_app_starts_at_import_gets_every_signal(
-    serve: Callable[..., Server], app_file: Callable[[str], Path], tmp_path: Path
+@pytest.mark.parametrize(
+    ("when", "signum"), [("first start", signal.SIGUSR1), ("after a reload", signal.SIGTERM)]
+)
+def test_a_process_the_app_starts_at_import_gets_its_signals(
+    serve: Callable[..., Server], app_file: Callable[[str], Path], tmp_path: Path, when: str, signum: int
 ) -> None:
-    """Signals held for the master while the app is imported are not held in what the app starts."""
+    """Signals held for the master while the app is imported (those without a meaning; after a
+    reload the master's own too) are not held in the processes the app starts meanwhile."""
     server = serve("--wsgi-file", str(app_file(HELPER_AT_IMPORT_APP)))
-    helper = int((tmp_path / "helper.pid").read_text())
+    pid_file = tmp_path / f"helper-of-{server.pid}"  # the master keeps its pid across a reload
+    first = int(pid_file.read_text())
     try:
-        os.kill(helper, signal.SIGUSR1)
-        wait_for(lambda: not _running(helper), 5, "the helper to die of SIGUSR1")
+        if when == "after a reload":
+            os.kill(server.pid, signal.SIGHUP)
+            wait_for(lambda: pid_file.read_text() not in ("", str(first)), 15, "the new image's helper")
+        helper = int(pid_file.read_text())
+        os.kill(helper, signum)
+        wait_for(lambda: not alive(helper), 5, f"the helper to die of {signals.name(signum)}")
     finally:
-        if _running(helper):
-            os.kill(helper, signal.SIGKILL)
+        for path in tmp_path.glob("helper-of-*"):
+            if alive(int(path.read_text())):
+                os.kill(int(path.read_text()), signal.SIGKILL)
     os.kill(server.pid, signal.SIGTERM)
     assert server.proc.wait(10) == 0, server.log()
-
-
-def _running(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie waiting for its parent counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
