@@ -19,6 +19,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
+from test_emperor import alive
 from test_faults import connect, get, read_all, request_packet
 
 from binserve.protocol import encode_request
@@ -83,15 +84,6 @@ def midstream():
 @pytest.fixture
 def app(app_file: Callable[[str], Path]) -> Path:
     return app_file(APP)
-
-
-def alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie waiting for its reaper counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def workers(server: Server, count: int) -> set[int]:
