@@ -131,8 +131,9 @@ class Master:
     def start(self) -> None:
         """Install the wakeup pipe and signal handlers, spawn the workers, retire the old ones.
 
-        The handled signals stay blocked until the handlers are in place: after a reload they
-        were blocked before ``execv``, so one that arrived meanwhile is pending, not lost.
+        The handled signals stay blocked until the handlers are in place; those that arrived
+        since the first line (after a reload: since the previous image blocked them before
+        ``execv``) wait in the start's pipe, and ``signals.install`` passes them on.
         """
         signals.block(signals.MASTER)
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
