@@ -751,9 +751,14 @@ class Probe:
         env = {**os.environ, PROBE_ENV: "1"}
         sys.stdout.flush()
         sys.stderr.flush()
+        master = os.getpid()
         self.pid = os.fork()  # the child gets the default signal dispositions back (signals.py)
         if self.pid == 0:
             try:
+                # A dead master no longer kills a probe past its mercy: the kernel does then.
+                signals.die_with_parent(signal.SIGKILL)
+                if os.getppid() != master:
+                    os._exit(127)  # the master died before the line above
                 os.chdir(cwd)
                 os.execve(argv[0], argv, env)
             except OSError as exc:

@@ -16,6 +16,7 @@ every fork but a master's fork of its own worker, the child gets the defaults ba
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 from collections.abc import Mapping
@@ -25,6 +26,7 @@ IGNORED = "ignored"  # the kernel drops it (PIPE: failed writes are reported as 
 DEFAULT = "default action"  # left to the process (a worker's SIGCHLD belongs to the app)
 
 Table = Mapping[int, str]
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def _no_effect() -> dict[int, str]:
@@ -182,6 +184,14 @@ def fork_worker(table: Table) -> int:
             _forking_own = False
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     return pid
+
+
+def die_with_parent(signum: int) -> None:
+    """In a forked child: the kernel sends it ``signum`` once its parent dies (Linux's prctl).
+
+    Kept across exec, lost when the child changes its user.
+    """
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signum)
 
 
 def wake_only(signum: int, frame: object) -> None:

@@ -16,7 +16,7 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from test_emperor import EmperorProcess, get, write_vassal
+from test_emperor import EmperorProcess, alive, get, write_vassal
 from test_privileges import USER, account, home, open_dir  # noqa: F401
 
 from support import Server, ping, touch_ahead, wait_for
@@ -179,6 +179,19 @@ def test_sigterm_while_the_probe_runs_stops_cleanly(serve: Callable[..., Server]
     assert not server.socket.exists()
     out = subprocess.run(["pgrep", "-g", str(server.pid)], capture_output=True, text=True)
     assert out.stdout == "", f"left behind: {out.stdout} (probe {probe})"
+
+
+def test_a_probe_dies_with_its_master(serve: Callable[..., Server], tmp_path: Path) -> None:
+    """Killed, the master can no longer bound the probe: the probe goes with it."""
+    app = tmp_path / "app.py"
+    version(app, "v1")
+    server, _ = start(serve, app)
+    (tmp_path / "hang").touch()
+    os.kill(server.pid, signal.SIGHUP)
+    wait_for((tmp_path / "hanging").exists, 10, "the probe to hang in the app's import")
+    probe = int(server.log().split("probe pid ")[1].split(")")[0])
+    os.kill(server.pid, signal.SIGKILL)
+    wait_for(lambda: not alive(probe), 5, "the probe to die with its master")
 
 
 def test_an_emperor_reload_of_a_broken_vassal_is_refused(tmp_path: Path) -> None:
