@@ -201,7 +201,7 @@ class Worker:
         bound = self.config.harakiri or self.config.worker_reload_mercy
         log(
             f"worker {self.wid}: the master's pipe closed (a reload, or the master died): listeners closed, "
-            f"finishing the requests in hand within {bound} s, then exiting"
+            f"finishing the requests in hand within {bound:g} s, then exiting"
         )
         self.orphaned = True
         self.stop_accepting()
@@ -214,7 +214,10 @@ class Worker:
 
     def _watchdog(self, seconds: float) -> None:
         time.sleep(seconds)
-        log(f"worker {self.wid}: requests still running {seconds} s after the master's pipe closed; exiting")
+        log(
+            f"worker {self.wid}: requests still running {seconds:g} s after the master's pipe closed; "
+            "exiting"
+        )
         os._exit(1)
 
     def stop_accepting(self) -> None:
