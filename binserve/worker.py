@@ -215,8 +215,7 @@ class Worker:
     def _watchdog(self, seconds: float) -> None:
         time.sleep(seconds)
         log(
-            f"worker {self.wid}: requests still running {seconds:g} s after the master's pipe closed; "
-            "exiting"
+            f"worker {self.wid}: requests still running {seconds:g} s after the master's pipe closed; exiting"
         )
         os._exit(1)
 
