@@ -62,7 +62,6 @@ PROBE_SECONDS = 2.0
 PROBE_MEMORY = 256 << 20  # beyond the emperor's own address space, which the child starts with
 PROBE_OUTPUT = 4096
 
-PR_SET_PDEATHSIG = 1
 USAGE_ERROR = 2  # as the command's: the emperor's own configuration cannot work
 
 
@@ -322,8 +321,7 @@ def _die_with_parent() -> None:
     uWSGI sends SIGKILL; SIGTERM lets a binserve master stop its workers within its mercy and
     remove its socket, where a killed master would leave a busy worker running behind it.
     """
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    signals.die_with_parent(signal.SIGTERM)
 
 
 class Emperor:

@@ -131,8 +131,9 @@ class Master:
     def start(self) -> None:
         """Install the wakeup pipe and signal handlers, spawn the workers, retire the old ones.
 
-        The handled signals stay blocked until the handlers are in place: after a reload they
-        were blocked before ``execv``, so one that arrived meanwhile is pending, not lost.
+        The handled signals stay blocked until the handlers are in place; those that arrived
+        since the first line (after a reload: since the previous image blocked them before
+        ``execv``) wait in the start's pipe, and ``signals.install`` passes them on.
         """
         signals.block(signals.MASTER)
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -599,8 +600,9 @@ class Master:
     def check_touched(self) -> None:
         """touch-reload: a watched file whose mtime changed triggers a graceful reload."""
         for path, seen in self.touched.items():
-            if _mtime(path) != seen:
-                self.touched[path] = _mtime(path)  # a refused reload is tried again on the next touch
+            mtime = _mtime(path)
+            if mtime != seen:
+                self.touched[path] = mtime  # a refused reload is tried again on the next touch
                 self.reload(f"{path} was touched")
                 return
 
@@ -749,9 +751,14 @@ class Probe:
         env = {**os.environ, PROBE_ENV: "1"}
         sys.stdout.flush()
         sys.stderr.flush()
+        master = os.getpid()
         self.pid = os.fork()  # the child gets the default signal dispositions back (signals.py)
         if self.pid == 0:
             try:
+                # A dead master no longer kills a probe past its mercy: the kernel does then.
+                signals.die_with_parent(signal.SIGKILL)
+                if os.getppid() != master:
+                    os._exit(127)  # the master died before the line above
                 os.chdir(cwd)
                 os.execve(argv[0], argv, env)
             except OSError as exc:

@@ -16,6 +16,7 @@ every fork but a master's fork of its own worker, the child gets the defaults ba
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 from collections.abc import Mapping
@@ -25,6 +26,7 @@ IGNORED = "ignored"  # the kernel drops it (PIPE: failed writes are reported as 
 DEFAULT = "default action"  # left to the process (a worker's SIGCHLD belongs to the app)
 
 Table = Mapping[int, str]
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def _no_effect() -> dict[int, str]:
@@ -79,6 +81,7 @@ EMPEROR: Table = {
 _installed: Table | None = None  # the table this process installed, reset in forked children
 _forking_own = False  # a master forking its worker: the child installs its own table
 _held: set[int | signal.Signals] | None = None  # the forking thread's mask while the app forks
+_early: tuple[int, int] | None = None  # the start's wakeup pipe, until a role's table takes it over
 
 
 def name(signum: int) -> str:
@@ -112,9 +115,20 @@ def block(table: Table) -> None:
 
 
 def hold_without_meaning() -> None:
-    """From the first line of a binserve process: a signal without a meaning waits, pending,
-    until the role's table is installed and logs it (the app's import may take seconds)."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, [s for s, meaning in _COMMON.items() if meaning == NO_EFFECT])
+    """From the first line of a binserve process: a signal without a meaning waits, caught into a
+    pipe, until the role's table is installed and logs it (the app's import may take seconds).
+
+    Caught, not blocked: a blocked signal would stay blocked in every process the app starts
+    meanwhile, and a caught one takes its default action again in them.
+    """
+    global _early
+    # After a reload, the previous image held the master's signals across the exec: caught too.
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    table = {**_COMMON, **{signum: MASTER[signum] for signum in caught(MASTER) if signum in held}}
+    read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    install(table, write_end)
+    _early = read_end, write_end
+    unblock(table)
 
 
 def unblock(table: Table) -> None:
@@ -137,6 +151,20 @@ def install(table: Table, wake_w: int) -> None:
         else:
             signal.signal(signum, wake_only)
     _installed = table
+    if _early is not None:
+        _pass_on(wake_w)
+
+
+def _pass_on(wake_w: int) -> None:
+    """What was caught before the role's table: into its wakeup pipe, for its loop to act on."""
+    global _early
+    assert _early is not None
+    read_end, write_end = _early
+    _early = None
+    os.close(write_end)
+    with open(read_end, "rb", buffering=0) as pipe:
+        while data := pipe.read(4096):
+            os.write(wake_w, data)
 
 
 def fork_worker(table: Table) -> int:
@@ -156,6 +184,14 @@ def fork_worker(table: Table) -> int:
             _forking_own = False
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     return pid
+
+
+def die_with_parent(signum: int) -> None:
+    """In a forked child: the kernel sends it ``signum`` once its parent dies (Linux's prctl).
+
+    Kept across exec, lost when the child changes its user.
+    """
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signum)
 
 
 def wake_only(signum: int, frame: object) -> None:
@@ -188,7 +224,11 @@ def _release_in_parent() -> None:
 
 def _reset_in_child() -> None:
     """In a child forked by the app: no wakeup pipe, default dispositions, nothing blocked."""
-    global _installed, _forking_own, _held
+    global _installed, _forking_own, _held, _early
+    if _early is not None:
+        os.close(_early[0])
+        os.close(_early[1])
+        _early = None
     if _forking_own:
         _forking_own = False  # this worker's own forks (a lazy app's import may fork) are the app's
         return

@@ -119,8 +119,7 @@ class Worker:
             self.cores = cores = [core]
             core.watch(self.wake_r, self._on_signals)
             core.watch(self.stop_r, functools.partial(core.unwatch, self.stop_r))
-            # A thread of its own: the core may be busy with a request when the master dies.
-            threading.Thread(target=self._watch_master, name="master pipe", daemon=True).start()
+            self._watch_master()
             self._notify(NOTE_ACCEPTING)
             core.run()
         else:
@@ -147,6 +146,7 @@ class Worker:
             # The stop pipe stays readable once closed: each core stops watching it after the wakeup.
             core.watch(self.stop_r, functools.partial(core.unwatch, self.stop_r))
             cores.append(core)
+        self._watch_master()
         done_r, done_w = os.pipe2(os.O_CLOEXEC)
         threads = [
             threading.Thread(target=_run_core, args=(core, done_w), name=f"core {n}", daemon=True)
@@ -156,16 +156,13 @@ class Worker:
             thread.start()
         self._notify(NOTE_ACCEPTING)
         poller = select.poll()
-        for fd in (self.wake_r, self.master_fd, done_r):
+        for fd in (self.wake_r, done_r):
             poller.register(fd, select.POLLIN)
         finished = 0
         while finished < len(threads):
             for fd, _ in poller.poll():
                 if fd == self.wake_r:
                     self._on_signals()
-                elif fd == self.master_fd:
-                    poller.unregister(fd)  # EOF stays readable; the cores finish what they hold
-                    self._on_master_gone()
                 else:
                     finished += len(os.read(done_r, 64))
         for thread in threads:
@@ -184,15 +181,13 @@ class Worker:
                 log(f"worker {self.wid} (pid {self.pid}): {signals.received(signals.WORKER, signum)}")
 
     def _watch_master(self) -> None:
-        poller = select.poll()
-        poller.register(self.master_fd, select.POLLIN)
-        while True:
-            poller.poll()
-            try:
-                if not os.read(self.master_fd, 64):  # the master never writes: only EOF matters
-                    break
-            except BlockingIOError:
-                continue
+        """Watch the master's pipe from a thread of its own: every core may be busy with a request
+        when the master dies. Started once the cores exist, which its wakeup takes out of accepting."""
+        threading.Thread(target=self._await_master_gone, name="master pipe", daemon=True).start()
+
+    def _await_master_gone(self) -> None:
+        while os.read(self.master_fd, 64):  # blocks until EOF: the master never writes on it
+            pass
         self._on_master_gone()
 
     def _on_master_gone(self) -> None:
@@ -206,7 +201,7 @@ class Worker:
         bound = self.config.harakiri or self.config.worker_reload_mercy
         log(
             f"worker {self.wid}: the master's pipe closed (a reload, or the master died): listeners closed, "
-            f"finishing the requests in hand within {bound} s, then exiting"
+            f"finishing the requests in hand within {bound:g} s, then exiting"
         )
         self.orphaned = True
         self.stop_accepting()
@@ -219,7 +214,9 @@ class Worker:
 
     def _watchdog(self, seconds: float) -> None:
         time.sleep(seconds)
-        log(f"worker {self.wid}: requests still running {seconds} s after the master's pipe closed; exiting")
+        log(
+            f"worker {self.wid}: requests still running {seconds:g} s after the master's pipe closed; exiting"
+        )
         os._exit(1)
 
     def stop_accepting(self) -> None:

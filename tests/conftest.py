@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import shlex
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from support import Nginx, Server, wait_for
+from support import Nginx, Server, reachable_prefix, wait_for
 
 if TYPE_CHECKING:
     from test_emperor import EmperorProcess
@@ -88,3 +90,17 @@ def vassal_dir(tmp_path: Path) -> Path:
     path = tmp_path / "vassals"
     path.mkdir()
     return path
+
+
+@pytest.fixture
+def venv_interpreter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Servers started in this test run this checkout's virtualenv where an unprivileged user
+    reaches it (the interpreter's own path, unresolved: the venv is what imports this code)."""
+    prefix = reachable_prefix(tmp_path)
+    if not prefix:
+        return
+    wrapper = tmp_path / "python-in-namespace"
+    command = " ".join(shlex.quote(part) for part in [*prefix, sys.executable])
+    wrapper.write_text(f'#!/bin/sh\nexec {command} "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(wrapper))

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import pwd
 import resource
-import shlex
 import shutil
 import signal
 import socket
@@ -34,7 +33,6 @@ from support import (
     free_port,
     location,
     ping,
-    reachable_prefix,
     read_stats,
     system_users,
     wait_for,
@@ -84,23 +82,6 @@ def roots_file(tmp_path: Path) -> Path:
     path.write_text(ROOTS)
     path.chmod(0o644)
     return path
-
-
-@pytest.fixture
-def reachable_interpreter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Servers started in this test run where the user reaches the interpreter (as in test_privileges).
-
-    The wrapper runs the virtualenv's python, not the interpreter it links to, so that the
-    code under test is this checkout's.
-    """
-    prefix = reachable_prefix(tmp_path)
-    if not prefix:
-        return
-    wrapper = tmp_path / "python-in-namespace"
-    command = " ".join(shlex.quote(part) for part in [*prefix, sys.executable])
-    wrapper.write_text(f'#!/bin/sh\nexec {command} "$@"\n')
-    wrapper.chmod(0o755)
-    monkeypatch.setattr(sys, "executable", str(wrapper))
 
 
 def plant(user: pwd.struct_passwd, kind: str, target: Path, name: Path) -> None:
@@ -232,7 +213,7 @@ def test_a_stats_address_in_use_is_one_line_and_leaves_no_socket_or_pidfile(
 def test_stats_in_a_root_only_directory_answer_after_a_reload_as_the_uid_user(
     account: pwd.struct_passwd,
     user_dir: Path,
-    reachable_interpreter: None,
+    venv_interpreter: None,
     serve: Callable[..., Server],
     tmp_path: Path,
 ) -> None:
@@ -407,7 +388,7 @@ def test_a_link_planted_at_the_log_before_a_reload_leaves_logging_as_it_was(
     account: pwd.struct_passwd,
     user_dir: Path,
     roots_file: Path,
-    reachable_interpreter: None,
+    venv_interpreter: None,
     serve: Callable[..., Server],
 ) -> None:
     """The re-executed image, unprivileged, keeps the log root opened; the reload goes on."""

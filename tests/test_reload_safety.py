@@ -11,18 +11,15 @@ from __future__ import annotations
 
 import os
 import pwd
-import shlex
 import signal
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-from test_emperor import EmperorProcess, get, write_vassal
+from test_emperor import EmperorProcess, alive, get, write_vassal
 from test_privileges import USER, account, home, open_dir  # noqa: F401
 
-from support import Server, ping, reachable_prefix, touch_ahead, wait_for
+from support import Server, ping, touch_ahead, wait_for
 
 APP = """
 import os
@@ -41,20 +38,6 @@ def application(environ, start_response):
     return [body]
 """
 BROKEN = "\nraise ImportError('broken deploy')\n"
-
-
-@pytest.fixture
-def venv_interpreter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Servers started in this test run this checkout's virtualenv where an unprivileged user
-    reaches it (the interpreter's own path, unresolved: the venv is what imports this code)."""
-    prefix = reachable_prefix(tmp_path)
-    if not prefix:
-        return
-    wrapper = tmp_path / "python-in-namespace"
-    command = " ".join(shlex.quote(part) for part in [*prefix, sys.executable])
-    wrapper.write_text(f'#!/bin/sh\nexec {command} "$@"\n')
-    wrapper.chmod(0o755)
-    monkeypatch.setattr(sys, "executable", str(wrapper))
 
 
 def version(app: Path, text: str) -> None:
@@ -196,6 +179,19 @@ def test_sigterm_while_the_probe_runs_stops_cleanly(serve: Callable[..., Server]
     assert not server.socket.exists()
     out = subprocess.run(["pgrep", "-g", str(server.pid)], capture_output=True, text=True)
     assert out.stdout == "", f"left behind: {out.stdout} (probe {probe})"
+
+
+def test_a_probe_dies_with_its_master(serve: Callable[..., Server], tmp_path: Path) -> None:
+    """Killed, the master can no longer bound the probe: the probe goes with it."""
+    app = tmp_path / "app.py"
+    version(app, "v1")
+    server, _ = start(serve, app)
+    (tmp_path / "hang").touch()
+    os.kill(server.pid, signal.SIGHUP)
+    wait_for((tmp_path / "hanging").exists, 10, "the probe to hang in the app's import")
+    probe = int(server.log().split("probe pid ")[1].split(")")[0])
+    os.kill(server.pid, signal.SIGKILL)
+    wait_for(lambda: not alive(probe), 5, "the probe to die with its master")
 
 
 def test_an_emperor_reload_of_a_broken_vassal_is_refused(tmp_path: Path) -> None:

@@ -19,6 +19,8 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
+from test_emperor import alive
+from test_faults import connect, get, read_all, request_packet
 
 from binserve.protocol import encode_request
 
@@ -84,53 +86,6 @@ def app(app_file: Callable[[str], Path]) -> Path:
     return app_file(APP)
 
 
-def connect(path: Path, timeout: float = 10.0) -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX)
-    sock.settimeout(timeout)
-    sock.connect(str(path))
-    return sock
-
-
-def read_all(sock: socket.socket) -> bytes:
-    chunks = []
-    while data := sock.recv(65536):
-        chunks.append(data)
-    return b"".join(chunks)
-
-
-def packet(path: str, body: bytes = b"", **extra: str) -> bytes:
-    pairs = {
-        "REQUEST_METHOD": "GET",
-        "REQUEST_URI": path,
-        "PATH_INFO": path,
-        "QUERY_STRING": "",
-        "SERVER_PROTOCOL": "HTTP/1.1",
-        "REMOTE_ADDR": "127.0.0.1",
-        "SERVER_NAME": "localhost",
-        "SERVER_PORT": "80",
-    }
-    pairs.update(extra)
-    return encode_request(pairs, body)
-
-
-def get(path: Path, url: str, timeout: float = 10.0) -> tuple[int, bytes]:
-    """A GET over the uwsgi protocol: status and body."""
-    with connect(path, timeout) as sock:
-        sock.sendall(packet(url))
-        raw = read_all(sock)
-    head, _, body = raw.partition(b"\r\n\r\n")
-    return int(head.split(b" ", 2)[1]), body
-
-
-def alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie waiting for its reaper counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 def workers(server: Server, count: int) -> set[int]:
     wait_for(lambda: len(server.worker_pids()) == count, 10, f"{count} workers")
     return server.worker_pids()
@@ -157,7 +112,7 @@ def test_orphaned_busy_worker_closes_its_listeners_and_exits_within_the_bound(
     server = serve("--wsgi-file", str(app), *options, env={"SLOW_MARK": str(mark)})
     (pid,) = workers(server, 1)
     with connect(server.socket) as slow:
-        slow.sendall(packet("/slow"))
+        slow.sendall(request_packet("/slow"))
         wait_for(mark.exists, 10, "the slow request to start")
         os.kill(server.pid, signal.SIGKILL)
         killed = time.monotonic()
@@ -184,7 +139,7 @@ BAD = encode_request({"PATH_INFO": "/", "CONTENT_LENGTH": "12x"})
 
 @pytest.mark.parametrize(
     "held",
-    [BAD, packet("/", REQUEST_METHOD="POST", CONTENT_LENGTH="100000")],
+    [BAD, request_packet("/", REQUEST_METHOD="POST", CONTENT_LENGTH="100000")],
     ids=["bad-packet", "content-length-without-body"],
 )
 def test_peers_holding_connections_do_not_block_the_workers(
@@ -321,7 +276,8 @@ def test_body_read_timeout_is_one_line_and_no_exception(
     pids = workers(server, 1)
     with connect(server.socket) as sock:
         sock.sendall(
-            packet(url, REQUEST_METHOD="POST", CONTENT_LENGTH="1000", REMOTE_ADDR="192.0.2.7") + b"x" * 10
+            request_packet(url, REQUEST_METHOD="POST", CONTENT_LENGTH="1000", REMOTE_ADDR="192.0.2.7")
+            + b"x" * 10
         )
         raw = read_all(sock)
     assert raw.startswith(answer), raw
@@ -346,7 +302,9 @@ def test_control_characters_from_the_peer_cannot_forge_log_lines(
     workers(server, 1)
     forged = "/x\r\n2026-01-01 fake line\x00"
     with connect(server.socket) as sock:
-        sock.sendall(packet("/", REQUEST_URI=forged, REMOTE_ADDR="10.0.0.1\nfake", REQUEST_METHOD="GET\rX"))
+        sock.sendall(
+            request_packet("/", REQUEST_URI=forged, REMOTE_ADDR="10.0.0.1\nfake", REQUEST_METHOD="GET\rX")
+        )
         read_all(sock)
     with connect(server.socket) as sock:  # a bad packet whose reason quotes peer bytes
         sock.sendall(encode_request({"CONTENT_LENGTH": "1\n2026-01-01 fake reason"}))
