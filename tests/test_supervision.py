@@ -64,10 +64,11 @@ def test_max_requests_recycles_workers_without_a_failed_request(
     with ThreadPoolExecutor(4) as pool:
         answers = list(pool.map(lambda _: front.request("GET", "/"), range(200)))
     assert [status for status, _, _ in answers] == [200] * 200
-    # A recycling worker serves on until its replacement accepts: a generation may serve a few
-    # more than max-requests, so fewer than 200 / 15 generations are certain.
+    # A recycling worker serves on until its replacement accepts, and its own replacement waits
+    # until the process before it has left: how many more than max-requests a generation serves
+    # depends on the machine's speed. Both worker ids must have been replaced at least once.
     pids = {body for _, _, body in answers}
-    assert len(pids) >= 6, f"only {len(pids)} distinct workers served 200 requests"
+    assert len(pids) >= 4, f"only {len(pids)} distinct workers served 200 requests"
     wait_for(
         lambda: server.log().count(") recycled: exited with code 17") >= 4, 10, "recycled workers to exit"
     )
