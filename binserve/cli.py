@@ -86,6 +86,7 @@ def _serve(config: Config) -> int:
         log(str(exc))
         return _give_up(config, listeners, USAGE_ERROR, None)
     opened = [*listeners, stats] if stats else listeners  # what a failure from here on closes
+    signals.listening([listener.fileno() for listener in opened])
     # Sockets inherited on a reload were given their owner, and checked, by the image that bound them.
     created = [lst.spec for lst in listeners if lst.is_unix and lst.bound_here and not lst.is_abstract]
     if privileges.socket_owner and any(listener.is_abstract for listener in listeners):

@@ -33,7 +33,7 @@ import psutil
 
 from . import signals
 from .config import Config
-from .log import log
+from .log import log, printable
 from .scoreboard import Scoreboard
 from .sockets import Listener, hand_over, remove_files
 from .stats import STATS_INHERIT_ENV, CpuMeter, Recent, StatsServer, instance_document
@@ -575,7 +575,7 @@ class Master:
                 continue
             since = time.strftime("%H:%M:%S", time.localtime(slot.since))
             log(
-                f"HARAKIRI worker {wid} (pid {pid}): {slot.current} running since {since} "
+                f"HARAKIRI worker {wid} (pid {pid}): {printable(slot.current)} running since {since} "
                 f"({now - slot.since:.1f} s > harakiri {limit} s)"
             )
             self.board.harakiri(wid, self.place[pid])

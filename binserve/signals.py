@@ -79,6 +79,7 @@ EMPEROR: Table = {
 _installed: Table | None = None  # the table this process installed, reset in forked children
 _forking_own = False  # a master forking its worker: the child installs its own table
 _held: set[int | signal.Signals] | None = None  # the forking thread's mask while the app forks
+_listening: list[int] = []  # the listening sockets: no process the app forks may hold them
 
 
 def name(signum: int) -> str:
@@ -113,8 +114,13 @@ def block(table: Table) -> None:
 
 def hold_without_meaning() -> None:
     """From the first line of a binserve process: a signal without a meaning waits, pending,
-    until the role's table is installed and logs it (the app's import may take seconds)."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, [s for s, meaning in _COMMON.items() if meaning == NO_EFFECT])
+    until the role's table is installed and logs it (the app's import may take seconds).
+
+    SIGHUP waits too: its default would end the process without a word, its sockets left
+    behind; once the master runs, it reloads.
+    """
+    held = [s for s, meaning in _COMMON.items() if meaning == NO_EFFECT]
+    signal.pthread_sigmask(signal.SIG_BLOCK, [*held, signal.SIGHUP])
 
 
 def unblock(table: Table) -> None:
@@ -137,6 +143,15 @@ def install(table: Table, wake_w: int) -> None:
         else:
             signal.signal(signum, wake_only)
     _installed = table
+
+
+def listening(fds: list[int]) -> None:
+    """Name the listening sockets, which processes the app forks must not keep open.
+
+    A helper holding one would keep it accepting into a backlog nobody reads once the
+    workers are gone (the master killed), and keep a new server from binding it.
+    """
+    _listening[:] = fds
 
 
 def fork_worker(table: Table) -> int:
@@ -192,6 +207,7 @@ def _reset_in_child() -> None:
     if _forking_own:
         _forking_own = False  # this worker's own forks (a lazy app's import may fork) are the app's
         return
+    _release_listeners()
     if _installed is None:
         return
     signal.set_wakeup_fd(-1)
@@ -199,6 +215,17 @@ def _reset_in_child() -> None:
         signal.signal(signum, _fresh(signum))
     signal.pthread_sigmask(signal.SIG_SETMASK, [])  # what was held meanwhile now takes its default action
     _installed, _held = None, None
+
+
+def _release_listeners() -> None:
+    """In a child the app forked: /dev/null takes the listeners' descriptors (the app's socket
+    objects may still close them: the numbers must stay this process's own)."""
+    if not _listening:
+        return
+    null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    for fd in _listening:
+        os.dup2(null, fd, inheritable=False)
+    os.close(null)
 
 
 os.register_at_fork(

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
 from test_emperor import get
+from test_faults import exchange, request_packet
 
 from support import Server, wait_for
 
@@ -54,3 +56,98 @@ def test_a_lazy_app_that_exits_at_import_is_a_boot_failure_not_a_respawn_storm(
     assert server.proc.wait(10) == 3, server.log()
     assert server.log().count("spawned worker") <= 2, server.log()
     assert not server.socket.exists()
+
+
+SLOW = """
+import os, time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+open(os.path.join(HERE, "importing"), "w").close()
+time.sleep(2)
+
+
+def application(environ, start_response):
+    start_response("200 OK", [("Content-Length", "2")])
+    return [b"ok"]
+"""
+
+
+def test_sighup_while_the_app_is_imported_at_startup_does_not_kill_the_master(
+    serve: Callable[..., Server], tmp_path: Path
+) -> None:
+    """SIGHUP has a meaning: sent while the master still imports the app, it must not end it silently."""
+    app = tmp_path / "app.py"
+    app.write_text(SLOW)
+    server = serve("--wsgi-file", str(app), ready=False)
+    wait_for((tmp_path / "importing").exists, 10, "the import to start")
+    os.kill(server.pid, signal.SIGHUP)
+    server.wait_ready()
+    assert get(server.socket)[0] == 200
+    os.kill(server.pid, signal.SIGTERM)
+    assert server.proc.wait(10) == 0, server.log()
+
+
+HELPER = """
+import os, time
+
+if os.fork() == 0:  # a helper process the app starts at import, and forgets
+    time.sleep(30)
+    os._exit(0)
+
+
+def application(environ, start_response):
+    start_response("200 OK", [("Content-Length", "2")])
+    return [b"ok"]
+"""
+
+
+def test_after_the_master_is_killed_no_helper_of_the_app_keeps_the_socket_listening(
+    serve: Callable[..., Server], tmp_path: Path
+) -> None:
+    """Orphaned workers close the listeners, so connections are refused: no helper of the app holds them."""
+    app = tmp_path / "app.py"
+    app.write_text(HELPER)
+    server = serve("--wsgi-file", str(app), "--processes", "2")
+    os.kill(server.pid, signal.SIGKILL)
+    server.proc.wait(5)
+
+    def refused() -> bool:
+        probe = socket.socket(socket.AF_UNIX)
+        probe.settimeout(0.5)
+        try:
+            probe.connect(str(server.socket))
+            probe.sendall(b"\x00\x00\x00\x00")  # a ping: queued, it would wait for an answer forever
+            return probe.recv(4) == b""
+        except (ConnectionRefusedError, ConnectionResetError, FileNotFoundError):
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            probe.close()
+
+    wait_for(refused, 5, "connections to be refused")
+
+
+HANG = """
+import time
+
+
+def application(environ, start_response):
+    time.sleep(3)
+    start_response("200 OK", [("Content-Length", "2")])
+    return [b"ok"]
+"""
+
+
+def test_a_harakiri_line_escapes_the_control_characters_of_the_request_uri(
+    serve: Callable[..., Server], tmp_path: Path
+) -> None:
+    """The master names the killed request: a URI with CR LF must not start a forged log line there."""
+    app = tmp_path / "app.py"
+    app.write_text(HANG)
+    server = serve("--wsgi-file", str(app), "--harakiri", "1")
+    forged = "/x\r\n2026-01-01 00:00:00 [binserve pid 1] FORGED"
+    exchange(server.socket, request_packet(forged, REQUEST_URI=forged), timeout=10)
+    wait_for(lambda: "HARAKIRI" in server.log(), 10, "the harakiri line")
+    assert "\n2026-01-01" not in server.log(), server.log()
+    assert "/x\\x0d\\x0a2026-01-01" in server.log(), server.log()
