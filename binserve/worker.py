@@ -309,7 +309,7 @@ def run_worker(
     """
     try:
         if app is None:
-            app = load_app(config)
+            app = _import_watched(config, wid, master_fd)
         worker = Worker(wid, app, listeners, config, master_fd, notify_fd, emperor_fd, board, place)
     except Exception:
         log(f"worker {wid} failed to boot:\n" + traceback.format_exc().rstrip())
@@ -319,3 +319,27 @@ def run_worker(
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
+
+
+def _import_watched(config: Config, wid: int, master_fd: int) -> Callable[..., Any]:
+    """lazy-apps: import the app while a thread watches the master's pipe.
+
+    An import may hang; if the master dies meanwhile, nobody would ever stop this worker,
+    and the listening sockets it inherited would take connections nobody answers. It holds
+    no request yet: it leaves at once.
+    """
+    imported = threading.Event()
+
+    def watch() -> None:
+        poller = select.poll()
+        poller.register(master_fd, select.POLLIN)
+        while not imported.is_set():
+            if poller.poll(100) and not imported.is_set():
+                log(f"worker {wid}: the master's pipe closed while the app was being imported; exiting")
+                os._exit(0)
+
+    threading.Thread(target=watch, name="master pipe (import)", daemon=True).start()
+    try:
+        return load_app(config)
+    finally:
+        imported.set()

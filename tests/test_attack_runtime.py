@@ -151,3 +151,51 @@ def test_a_harakiri_line_escapes_the_control_characters_of_the_request_uri(
     wait_for(lambda: "HARAKIRI" in server.log(), 10, "the harakiri line")
     assert "\n2026-01-01" not in server.log(), server.log()
     assert "/x\\x0d\\x0a2026-01-01" in server.log(), server.log()
+
+
+def test_a_lazy_worker_still_importing_when_the_master_is_killed_leaves_and_frees_the_socket(
+    serve: Callable[..., Server], tmp_path: Path
+) -> None:
+    """An orphaned worker leaves within a bound, also one whose lazy import hangs."""
+    app = tmp_path / "app.py"
+    app.write_text(SLOW.replace("time.sleep(2)", "time.sleep(60)"))
+    server = serve("--wsgi-file", str(app), "--lazy-apps", "--worker-reload-mercy", "2", ready=False)
+    wait_for((tmp_path / "importing").exists, 10, "a worker's import to start")
+    wait_for(lambda: len(server.worker_pids()) == 1, 10, "the worker")
+    (worker,) = server.worker_pids()
+    os.kill(server.pid, signal.SIGKILL)
+    server.proc.wait(5)
+    wait_for(lambda: not Path(f"/proc/{worker}").exists() or "Z" in _state(worker), 5, "the worker to leave")
+
+
+def _state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().split(") ")[1].split()[0]
+
+
+READ_LATE = """
+def application(environ, start_response):
+    write = start_response("200 OK", [("Content-Type", "text/plain")])
+    write(b"reading")
+    return [environ["wsgi.input"].read()]
+"""
+
+
+def test_a_body_cut_short_after_the_headers_gets_no_second_response(
+    serve: Callable[..., Server], tmp_path: Path
+) -> None:
+    """The peer ends its body early once the app's headers are out: the 400 must not follow the 200."""
+    app = tmp_path / "app.py"
+    app.write_text(READ_LATE)
+    server = serve("--wsgi-file", str(app))
+    packet = request_packet("/", b"0123456789", CONTENT_LENGTH="100")
+    with socket.socket(socket.AF_UNIX) as peer:
+        peer.settimeout(10)
+        peer.connect(str(server.socket))
+        peer.sendall(packet)
+        peer.shutdown(socket.SHUT_WR)
+        raw = b""
+        while data := peer.recv(65536):
+            raw += data
+    assert raw.startswith(b"HTTP/1.1 200 OK"), raw
+    assert b"HTTP/1.0 400" not in raw, raw
+    wait_for(lambda: "response cut off, connection aborted" in server.log(), 5, "the line naming the cut")
