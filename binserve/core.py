@@ -547,6 +547,14 @@ class Core:
         if self.worker.after_each:
             self.worker.after_request(n)
         if cut_short:
+            if exchange.head_sent:  # a 400 now would follow the app's own response: cut that off instead
+                peer = printable(environ.get("REMOTE_ADDR", "-"))
+                log(
+                    f"worker {self.wid}: {printable(cut_short)}, from {peer} during {request_line(environ)}; "
+                    "response cut off, connection aborted"
+                )
+                _abort(conn)
+                return True
             raise RemoteProtocolError(cut_short)
         return aborted
 
