@@ -79,6 +79,7 @@ EMPEROR: Table = {
 _installed: Table | None = None  # the table this process installed, reset in forked children
 _forking_own = False  # a master forking its worker: the child installs its own table
 _held: set[int | signal.Signals] | None = None  # the forking thread's mask while the app forks
+_starting: list[int] = []  # held from the first line until the role's table is in place
 _listening: list[int] = []  # the listening sockets: no process the app forks may hold them
 
 
@@ -119,8 +120,8 @@ def hold_without_meaning() -> None:
     SIGHUP waits too: its default would end the process without a word, its sockets left
     behind; once the master runs, it reloads.
     """
-    held = [s for s, meaning in _COMMON.items() if meaning == NO_EFFECT]
-    signal.pthread_sigmask(signal.SIG_BLOCK, [*held, signal.SIGHUP])
+    _starting[:] = [*(s for s, meaning in _COMMON.items() if meaning == NO_EFFECT), signal.SIGHUP]
+    signal.pthread_sigmask(signal.SIG_BLOCK, _starting)
 
 
 def unblock(table: Table) -> None:
@@ -208,7 +209,8 @@ def _reset_in_child() -> None:
         _forking_own = False  # this worker's own forks (a lazy app's import may fork) are the app's
         return
     _release_listeners()
-    if _installed is None:
+    if _installed is None:  # forked while binserve starts (the app's import): what it holds is its own
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _starting)
         return
     signal.set_wakeup_fd(-1)
     for signum in _installed:

@@ -8,6 +8,7 @@ import socket
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from test_emperor import get
 from test_faults import exchange, request_packet
 
@@ -199,3 +200,52 @@ def test_a_body_cut_short_after_the_headers_gets_no_second_response(
     assert raw.startswith(b"HTTP/1.1 200 OK"), raw
     assert b"HTTP/1.0 400" not in raw, raw
     wait_for(lambda: "response cut off, connection aborted" in server.log(), 5, "the line naming the cut")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="SIGTERM before the master runs takes its default action: no log line, sockets left behind",
+)
+def test_sigterm_while_the_app_is_imported_at_startup_is_logged_and_cleans_up(
+    serve: Callable[..., Server], tmp_path: Path
+) -> None:
+    app = tmp_path / "app.py"
+    app.write_text(SLOW)
+    server = serve("--wsgi-file", str(app), ready=False)
+    wait_for((tmp_path / "importing").exists, 10, "the import to start")
+    os.kill(server.pid, signal.SIGTERM)
+    server.proc.wait(10)
+    assert "SIGTERM" in server.log(), server.log()
+    assert not server.socket.exists()
+
+
+HELPER_PID = """
+import os, time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+if os.fork() == 0:
+    with open(os.path.join(HERE, "helper.tmp"), "w") as out:
+        out.write(str(os.getpid()))
+    os.rename(os.path.join(HERE, "helper.tmp"), os.path.join(HERE, "helper"))
+    time.sleep(30)
+    os._exit(0)
+
+
+def application(environ, start_response):
+    start_response("200 OK", [("Content-Length", "2")])
+    return [b"ok"]
+"""
+
+
+def test_a_helper_the_app_forks_at_import_blocks_no_signal(
+    serve: Callable[..., Server], tmp_path: Path
+) -> None:
+    """Signals binserve holds while it starts are not held in a helper the app forks meanwhile."""
+    app = tmp_path / "app.py"
+    app.write_text(HELPER_PID)
+    serve("--wsgi-file", str(app))
+    helper = tmp_path / "helper"
+    wait_for(helper.exists, 10, "the helper")
+    status = Path(f"/proc/{helper.read_text()}/status").read_text()
+    blocked = next(line for line in status.splitlines() if line.startswith("SigBlk:"))
+    assert int(blocked.split()[1], 16) == 0, blocked
