@@ -111,6 +111,8 @@ class Worker:
         """Serve until told to stop; returns the exit code."""
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signals.install(signals.WORKER, self.wake_w)
+        # "At once": the loop may be held by the app for a whole request; the handler is not.
+        signal.signal(signal.SIGQUIT, _quit_at_once)
         # The master blocked its signals across fork; the worker's handlers are now in place.
         signals.unblock(signals.WORKER)
         self.stop_r, self.stop_w = os.pipe2(os.O_CLOEXEC)
@@ -174,8 +176,6 @@ class Worker:
 
     def _on_signals(self) -> None:
         for signum in os.read(self.wake_r, 64):
-            if signum == signal.SIGQUIT:
-                os._exit(0)
             if signum in STOPPING:
                 self.stop_accepting()
             elif signum == signal.SIGHUP:
@@ -280,6 +280,10 @@ class Worker:
         except OSError as exc:
             log(f"worker {self.wid}: cannot write to the emperor: {exc.strerror}")
         self.after_each = bool(self.max_requests or self.rss_limit)
+
+
+def _quit_at_once(signum: int, frame: object) -> None:
+    os._exit(0)
 
 
 def _run_core(core: Core, done_w: int) -> None:

@@ -249,3 +249,34 @@ def test_a_helper_the_app_forks_at_import_blocks_no_signal(
     status = Path(f"/proc/{helper.read_text()}/status").read_text()
     blocked = next(line for line in status.splitlines() if line.startswith("SigBlk:"))
     assert int(blocked.split()[1], 16) == 0, blocked
+
+
+BUSY = """
+import os, time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def application(environ, start_response):
+    open(os.path.join(HERE, "busy"), "w").close()
+    time.sleep(30)
+    start_response("200 OK", [("Content-Length", "2")])
+    return [b"ok"]
+"""
+
+
+def test_sigquit_ends_a_worker_at_once_even_in_a_request(
+    serve: Callable[..., Server], tmp_path: Path
+) -> None:
+    """The worker's SIGQUIT is "exit at once": not once the app's request is over."""
+    app = tmp_path / "app.py"
+    app.write_text(BUSY)
+    server = serve("--wsgi-file", str(app))
+    wait_for(lambda: len(server.worker_pids()) == 1, 10, "the worker")
+    (worker,) = server.worker_pids()
+    with socket.socket(socket.AF_UNIX) as peer:
+        peer.connect(str(server.socket))
+        peer.sendall(request_packet("/"))
+        wait_for((tmp_path / "busy").exists, 10, "the request to start")
+        os.kill(worker, signal.SIGQUIT)
+        wait_for(lambda: worker not in server.worker_pids(), 3, "the worker to exit")
