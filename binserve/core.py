@@ -519,9 +519,11 @@ class Core:
             failed = True
             aborted = self._app_failed(exchange)
         finally:
-            if result is not None and hasattr(result, "close"):
+            if result is not None:
                 try:
-                    result.close()
+                    close = getattr(result, "close", None)  # the lookup runs the app's code too
+                    if close is not None:
+                        close()
                 except BaseException:
                     log(
                         f"worker {self.wid}: close() of the response of {request_line(environ)} raised:\n"

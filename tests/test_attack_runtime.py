@@ -280,3 +280,35 @@ def test_sigquit_ends_a_worker_at_once_even_in_a_request(
         wait_for((tmp_path / "busy").exists, 10, "the request to start")
         os.kill(worker, signal.SIGQUIT)
         wait_for(lambda: worker not in server.worker_pids(), 3, "the worker to exit")
+
+
+ODD_RESULT = """
+import os
+
+
+class Response:
+    def __iter__(self):
+        return iter([b"%d" % os.getpid()])
+
+    def __getattr__(self, name):
+        raise KeyboardInterrupt(name)
+
+
+def application(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return Response()
+"""
+
+
+def test_a_response_whose_attributes_raise_does_not_end_the_worker(
+    serve: Callable[..., Server], tmp_path: Path
+) -> None:
+    """Looking up the response's close() is the app's code too: what it raises is the app's error."""
+    app = tmp_path / "app.py"
+    app.write_text(ODD_RESULT)
+    server = serve("--wsgi-file", str(app))
+    wait_for(lambda: len(server.worker_pids()) == 1, 10, "the worker")
+    (worker,) = server.worker_pids()
+    exchange(server.socket, request_packet("/"))
+    assert get(server.socket) == (200, str(worker)), server.log()
+    assert server.worker_pids() == {worker}, server.log()
