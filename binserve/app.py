@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from . import safefile
+from . import safefile, signals
 from .config import Config
 
 # An app's source; far above any real file, but no FIFO or device can be read endlessly.
@@ -47,7 +47,7 @@ def load_app(config: Config) -> Callable[..., Any]:
     """
     try:
         return _load(config)
-    except Exception:
+    except (Exception, signals.Stopped):
         raise
     except BaseException as exc:
         raise AppLoadError(f"the app's import raised {type(exc).__name__}({exc})") from exc

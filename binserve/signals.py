@@ -122,6 +122,21 @@ def hold_without_meaning() -> None:
     """
     _starting[:] = [*(s for s, meaning in _COMMON.items() if meaning == NO_EFFECT), signal.SIGHUP]
     signal.pthread_sigmask(signal.SIG_BLOCK, _starting)
+    for signum in STOPS:
+        signal.signal(signum, _stop_while_starting)
+
+
+class Stopped(BaseException):
+    """A stop signal (TERM, INT, QUIT) that arrived while binserve was starting: named by its args."""
+
+
+STOPS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+
+
+def _stop_while_starting(signum: int, frame: object) -> None:
+    """Until the role's table is in place, a stop ends the start where it is, so that the
+    process can say so and remove what it made (the sockets, the pidfile)."""
+    raise Stopped(name(signum))
 
 
 def unblock(table: Table) -> None:
@@ -211,6 +226,9 @@ def _reset_in_child() -> None:
     _release_listeners()
     if _installed is None:  # forked while binserve starts (the app's import): what it holds is its own
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _starting)
+        for stop in STOPS:
+            if signal.getsignal(stop) is _stop_while_starting:
+                signal.signal(stop, signal.default_int_handler if stop == signal.SIGINT else signal.SIG_DFL)
         return
     signal.set_wakeup_fd(-1)
     for signum in _installed:
