@@ -39,7 +39,7 @@ from typing import Any, NoReturn
 
 from . import safefile, signals
 from .config import Config, ConfigError, load
-from .log import log
+from .log import log, printable
 from .master import EMPEROR_FD_ENV, kill_quietly
 from .sockets import SocketError, absolute
 from .stats import VERSION, StatsServer, bind_stats
@@ -220,6 +220,9 @@ def _vassal_file(
     path: str, tyrant: bool, digests: dict[str, tuple[FileKey, str]]
 ) -> tuple[VassalFile | None, str]:
     """One vassal file as the directory describes it, or why it is refused."""
+    if not os.path.basename(path).isprintable():
+        # Its name would go into every line about it: whoever may write the directory could forge lines.
+        return None, f"{printable(path)}: refused: a vassal file name with control characters"
     try:
         link = os.lstat(path)
         info = os.stat(path)

@@ -8,7 +8,7 @@ import socket
 from collections.abc import Callable
 from pathlib import Path
 
-from test_emperor import get
+from test_emperor import EmperorProcess, get, write_vassal
 from test_faults import exchange, request_packet
 
 from support import Server, wait_for
@@ -339,3 +339,16 @@ def test_a_probe_stopped_by_sigterm_refuses_the_reload(serve: Callable[..., Serv
     wait_for(lambda: "reload refused" in server.log(), 10, "the reload to be refused")
     assert server.worker_pids() == workers
     assert get(server.socket)[0] == 200
+
+
+def test_a_vassal_file_name_cannot_forge_an_emperor_log_line(
+    emperor: Callable[..., EmperorProcess], vassal_dir: Path, tmp_path: Path
+) -> None:
+    """Whoever may write the vassal directory chooses the file names the emperor logs."""
+    app = tmp_path / "app.py"
+    app.write_text(HANG_ON_RELOAD)
+    write_vassal(vassal_dir, "x\n2026-01-01 00:00:00 [binserve pid 1] FORGED", tmp_path / "v.sock", app, 1)
+    process = emperor(vassal_dir)
+    wait_for(lambda: "control characters" in process.log(), 10, "the file to be refused")
+    assert "\n2026-01-01" not in process.log(), process.log()
+    assert "x\\x0a2026-01-01" in process.log(), process.log()
