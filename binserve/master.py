@@ -399,7 +399,12 @@ class Master:
             log(f"{why}: a reload is already being checked; it is checked again if that fails")
             self.probe_again = True
             return
-        self.probe = Probe(self.start_cwd, self.config.worker_reload_mercy)
+        try:
+            self.probe = Probe(self.start_cwd, self.config.worker_reload_mercy)
+        except OSError as exc:  # fork failed: the user's process limit, a cgroup's pids.max
+            log(f"{why}: reload refused: cannot start the probe ({exc.strerror}); the workers serve on")
+            self._tell_emperor(bytes((MSG_ACCEPTING,)))
+            return
         log(f"{why}: graceful reload, checking that the new image loads (probe pid {self.probe.pid})")
 
     def on_probe_exit(self, how: str, code: int) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pwd
 import signal
 import socket
 from collections.abc import Callable
@@ -10,6 +11,8 @@ from pathlib import Path
 
 from test_emperor import EmperorProcess, get, write_vassal
 from test_faults import exchange, request_packet
+from test_privileges import USER, account, home, open_dir  # noqa: F401
+from test_reload_safety import venv_interpreter  # noqa: F401
 
 from support import Server, wait_for
 
@@ -352,3 +355,47 @@ def test_a_vassal_file_name_cannot_forge_an_emperor_log_line(
     wait_for(lambda: "control characters" in process.log(), 10, "the file to be refused")
     assert "\n2026-01-01" not in process.log(), process.log()
     assert "x\\x0a2026-01-01" in process.log(), process.log()
+
+
+LIMITED = """
+import os, resource
+
+
+def _mine(pid):
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            uid = next(line for line in status if line.startswith("Uid:")).split()[1]
+        return len(os.listdir(f"/proc/{pid}/task")) if int(uid) == os.getuid() else 0
+    except (OSError, StopIteration):
+        return 0
+
+
+# The master runs as the user: room for one worker and its thread, then no fork succeeds.
+tasks = sum(_mine(pid) for pid in os.listdir("/proc") if pid.isdigit())
+resource.setrlimit(resource.RLIMIT_NPROC, (tasks + 2, tasks + 2))
+
+
+def application(environ, start_response):
+    start_response("200 OK", [("Content-Length", "2")])
+    return [b"ok"]
+"""
+
+
+def test_a_reload_whose_probe_cannot_be_forked_is_refused(
+    account: pwd.struct_passwd,  # noqa: F811
+    home: Path,  # noqa: F811
+    venv_interpreter: None,  # noqa: F811
+    serve: Callable[..., Server],
+) -> None:
+    """fork() failing (the user's process limit) for the probe must not end the master."""
+    (home / "app.py").write_text(LIMITED)
+    server = serve(
+        "--wsgi-file", str(home / "app.py"), "--uid", USER, socket_path=home / "app.sock", cwd=home
+    )
+    wait_for(lambda: len(server.worker_pids()) == 1, 10, "the worker")
+    workers = server.worker_pids()
+    os.kill(server.pid, signal.SIGHUP)
+    wait_for(lambda: "reload refused" in server.log() or server.proc.poll() is not None, 10, "the reload")
+    assert server.proc.poll() is None, server.log()
+    assert server.worker_pids() == workers
+    assert get(server.socket)[0] == 200
