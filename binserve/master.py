@@ -218,7 +218,11 @@ class Master:
         when = time.time()  # before the fork: the child may start a request before the parent runs on
         sys.stdout.flush()
         sys.stderr.flush()
-        pid = signals.fork_worker(signals.MASTER)  # the worker unblocks once its handlers are in place
+        try:
+            pid = signals.fork_worker(signals.MASTER)  # the worker unblocks once its handlers are in place
+        except OSError as exc:  # the user's process limit, a cgroup's pids.max: try again later
+            self.cannot_fork(wid, place, replacing, exc)
+            return
         if pid == 0:
             code = 1
             try:
@@ -264,6 +268,15 @@ class Master:
             self.workers[wid] = pid
             self.by_pid[pid] = wid
             log(f"spawned worker {wid} (pid {pid})")
+
+    def cannot_fork(self, wid: int, place: int, replacing: bool, exc: OSError) -> None:
+        """A worker could not be forked: the one it was to replace serves on, or it is respawned later."""
+        log(f"cannot fork worker {wid}: {exc.strerror}; next try in {RETRY_AFTER:g} s")
+        if replacing:
+            self.retry_at[wid] = time.monotonic() + RETRY_AFTER
+            self.wanted.setdefault(wid, "trying again to replace it")
+        else:
+            self.missing[wid] = (time.monotonic() + RETRY_AFTER, place)
 
     # -- the loop --------------------------------------------------------------------------
     def run(self) -> int:

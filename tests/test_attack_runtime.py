@@ -399,3 +399,24 @@ def test_a_reload_whose_probe_cannot_be_forked_is_refused(
     assert server.proc.poll() is None, server.log()
     assert server.worker_pids() == workers
     assert get(server.socket)[0] == 200
+
+
+def test_a_replacement_that_cannot_be_forked_leaves_the_worker_serving(
+    account: pwd.struct_passwd,  # noqa: F811
+    home: Path,  # noqa: F811
+    venv_interpreter: None,  # noqa: F811
+    serve: Callable[..., Server],
+) -> None:
+    """fork() failing for a worker's replacement (SIGHUP to the worker) must not end the master."""
+    (home / "app.py").write_text(LIMITED)
+    server = serve(
+        "--wsgi-file", str(home / "app.py"), "--uid", USER, socket_path=home / "app.sock", cwd=home
+    )
+    wait_for(lambda: len(server.worker_pids()) == 1, 10, "the worker")
+    workers = server.worker_pids()
+    os.kill(next(iter(workers)), signal.SIGHUP)
+    wait_for(lambda: "cannot fork" in server.log() or server.proc.poll() is not None, 10, "the replacement")
+    assert server.proc.poll() is None, server.log()
+    assert "cannot fork worker 1: Resource temporarily unavailable; next try in 10 s" in server.log()
+    assert server.worker_pids() == workers
+    assert get(server.socket)[0] == 200
