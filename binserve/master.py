@@ -406,6 +406,7 @@ class Master:
     def reload(self, why: str) -> None:
         """Start the probe of the new image; the workers serve on meanwhile (SIGHUP, touch, emperor)."""
         if self.state != RUNNING:
+            log(f"{why}: no reload, the master is {self.state}")
             return
         if self.probe is not None:
             # The running probe may have read the old files: a failure is checked again.

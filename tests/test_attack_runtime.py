@@ -420,3 +420,19 @@ def test_a_replacement_that_cannot_be_forked_leaves_the_worker_serving(
     assert "cannot fork worker 1: Resource temporarily unavailable; next try in 10 s" in server.log()
     assert server.worker_pids() == workers
     assert get(server.socket)[0] == 200
+
+
+def test_sighup_during_a_graceful_stop_is_logged(serve: Callable[..., Server], tmp_path: Path) -> None:
+    """No signal goes unsaid: a reload asked for while the workers finish their requests gets a line."""
+    app = tmp_path / "app.py"
+    app.write_text(BUSY)
+    server = serve("--wsgi-file", str(app), "--worker-reload-mercy", "3")
+    with socket.socket(socket.AF_UNIX) as peer:
+        peer.connect(str(server.socket))
+        peer.sendall(request_packet("/"))
+        wait_for((tmp_path / "busy").exists, 10, "the request to start")
+        os.kill(server.pid, signal.SIGTERM)
+        wait_for(lambda: "graceful stop" in server.log(), 5, "the stop")
+        os.kill(server.pid, signal.SIGHUP)
+        wait_for(lambda: "SIGHUP: no reload, the master is stopping" in server.log(), 5, "the SIGHUP line")
+    assert server.proc.wait(10) == 0, server.log()
