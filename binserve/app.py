@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from . import safefile
+from . import safefile, signals
 from .config import Config
 
 # An app's source; far above any real file, but no FIFO or device can be read endlessly.
@@ -39,7 +39,21 @@ def prepare_process(config: Config) -> None:
 
 
 def load_app(config: Config) -> Callable[..., Any]:
-    """Import the app named by ``module`` or ``wsgi-file`` and return its callable."""
+    """Import the app named by ``module`` or ``wsgi-file`` and return its callable.
+
+    ``sys.exit()`` or another BaseException from the import is a failed load like any other:
+    uncaught, it would end a probe with code 0 (a reload then passed) or a master without a
+    word and with its sockets left behind, and a lazy worker outside the boot-error path.
+    """
+    try:
+        return _load(config)
+    except (Exception, signals.Stopped):
+        raise
+    except BaseException as exc:
+        raise AppLoadError(f"the app's import raised {type(exc).__name__}({exc})") from exc
+
+
+def _load(config: Config) -> Callable[..., Any]:
     if config.module:
         name, _, attr = config.module.partition(":")
         attr = attr or config.callable

@@ -43,6 +43,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         who = "binserve reload probe" if PROBE_ENV in os.environ else "binserve"
         print(f"{who}: {exc}", file=sys.stderr)
         code = USAGE_ERROR
+    except signals.Stopped as exc:
+        log(f"{exc} received while starting: stopped")
+        code = 1 if PROBE_ENV in os.environ else 0  # a stopped probe has not shown that the image loads
     if RETIRING_ENV in os.environ:
         # A reloaded image that failed before taking the sockets over: the old workers are still serving.
         _abandon_reload(config, list(inherited().values()))
@@ -86,6 +89,7 @@ def _serve(config: Config) -> int:
         log(str(exc))
         return _give_up(config, listeners, USAGE_ERROR, None)
     opened = [*listeners, stats] if stats else listeners  # what a failure from here on closes
+    signals.listening([listener.fileno() for listener in opened])
     # Sockets inherited on a reload were given their owner, and checked, by the image that bound them.
     created = [lst.spec for lst in listeners if lst.is_unix and lst.bound_here and not lst.is_abstract]
     if privileges.socket_owner and any(listener.is_abstract for listener in listeners):
@@ -115,6 +119,9 @@ def _serve(config: Config) -> int:
     except AppLoadError as exc:
         log(f"cannot load the app: {exc}")
         return _give_up(config, opened, APP_LOAD_ERROR, config.pidfile)
+    except signals.Stopped as exc:
+        log(f"{exc} received while the app was being imported: stopped")
+        return _give_up(config, opened, 0, config.pidfile)
     except Exception:
         log("cannot load the app, it raised:\n" + traceback.format_exc().rstrip())
         return _give_up(config, opened, APP_LOAD_ERROR, config.pidfile)

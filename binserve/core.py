@@ -519,9 +519,11 @@ class Core:
             failed = True
             aborted = self._app_failed(exchange)
         finally:
-            if result is not None and hasattr(result, "close"):
+            if result is not None:
                 try:
-                    result.close()
+                    close = getattr(result, "close", None)  # the lookup runs the app's code too
+                    if close is not None:
+                        close()
                 except BaseException:
                     log(
                         f"worker {self.wid}: close() of the response of {request_line(environ)} raised:\n"
@@ -547,6 +549,14 @@ class Core:
         if self.worker.after_each:
             self.worker.after_request(n)
         if cut_short:
+            if exchange.head_sent:  # a 400 now would follow the app's own response: cut that off instead
+                peer = printable(environ.get("REMOTE_ADDR", "-"))
+                log(
+                    f"worker {self.wid}: {printable(cut_short)}, from {peer} during {request_line(environ)}; "
+                    "response cut off, connection aborted"
+                )
+                _abort(conn)
+                return True
             raise RemoteProtocolError(cut_short)
         return aborted
 

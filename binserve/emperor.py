@@ -236,6 +236,9 @@ def _vassal_file(
     path: str, tyrant: bool, digests: dict[str, tuple[FileKey, str]]
 ) -> tuple[VassalFile | None, str]:
     """One vassal file as the directory describes it, or why it is refused."""
+    if not os.path.basename(path).isprintable():
+        # Its name would go into every line about it: whoever may write the directory could forge lines.
+        return None, f"{printable(path)}: refused: a vassal file name with control characters"
     try:
         link, info, real = _lookup(path)
         key = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)

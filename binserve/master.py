@@ -33,7 +33,7 @@ import psutil
 
 from . import signals
 from .config import Config
-from .log import log
+from .log import log, printable
 from .scoreboard import Scoreboard
 from .sockets import Listener, hand_over, remove_files
 from .stats import STATS_INHERIT_ENV, CpuMeter, Recent, StatsServer, instance_document
@@ -219,7 +219,11 @@ class Master:
         when = time.time()  # before the fork: the child may start a request before the parent runs on
         sys.stdout.flush()
         sys.stderr.flush()
-        pid = signals.fork_worker(signals.MASTER)  # the worker unblocks once its handlers are in place
+        try:
+            pid = signals.fork_worker(signals.MASTER)  # the worker unblocks once its handlers are in place
+        except OSError as exc:  # the user's process limit, a cgroup's pids.max: try again later
+            self.cannot_fork(wid, place, replacing, exc)
+            return
         if pid == 0:
             code = 1
             try:
@@ -265,6 +269,15 @@ class Master:
             self.workers[wid] = pid
             self.by_pid[pid] = wid
             log(f"spawned worker {wid} (pid {pid})")
+
+    def cannot_fork(self, wid: int, place: int, replacing: bool, exc: OSError) -> None:
+        """A worker could not be forked: the one it was to replace serves on, or it is respawned later."""
+        log(f"cannot fork worker {wid}: {exc.strerror}; next try in {RETRY_AFTER:g} s")
+        if replacing:
+            self.retry_at[wid] = time.monotonic() + RETRY_AFTER
+            self.wanted.setdefault(wid, "trying again to replace it")
+        else:
+            self.missing[wid] = (time.monotonic() + RETRY_AFTER, place)
 
     # -- the loop --------------------------------------------------------------------------
     def run(self) -> int:
@@ -394,13 +407,19 @@ class Master:
     def reload(self, why: str) -> None:
         """Start the probe of the new image; the workers serve on meanwhile (SIGHUP, touch, emperor)."""
         if self.state != RUNNING:
+            log(f"{why}: no reload, the master is {self.state}")
             return
         if self.probe is not None:
             # The running probe may have read the old files: a failure is checked again.
             log(f"{why}: a reload is already being checked; it is checked again if that fails")
             self.probe_again = True
             return
-        self.probe = Probe(self.start_cwd, self.config.worker_reload_mercy)
+        try:
+            self.probe = Probe(self.start_cwd, self.config.worker_reload_mercy)
+        except OSError as exc:  # fork failed: the user's process limit, a cgroup's pids.max
+            log(f"{why}: reload refused: cannot start the probe ({exc.strerror}); the workers serve on")
+            self._tell_emperor(bytes((MSG_ACCEPTING,)))
+            return
         log(f"{why}: graceful reload, checking that the new image loads (probe pid {self.probe.pid})")
 
     def on_probe_exit(self, how: str, code: int) -> None:
@@ -576,7 +595,7 @@ class Master:
                 continue
             since = time.strftime("%H:%M:%S", time.localtime(slot.since))
             log(
-                f"HARAKIRI worker {wid} (pid {pid}): {slot.current} running since {since} "
+                f"HARAKIRI worker {wid} (pid {pid}): {printable(slot.current)} running since {since} "
                 f"({now - slot.since:.1f} s > harakiri {limit} s)"
             )
             self.board.harakiri(wid, self.place[pid])

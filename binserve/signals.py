@@ -82,6 +82,7 @@ _installed: Table | None = None  # the table this process installed, reset in fo
 _forking_own = False  # a master forking its worker: the child installs its own table
 _held: set[int | signal.Signals] | None = None  # the forking thread's mask while the app forks
 _early: tuple[int, int] | None = None  # the start's wakeup pipe, until a role's table takes it over
+_listening: list[int] = []  # the listening sockets: no process the app forks may hold them
 
 
 def name(signum: int) -> str:
@@ -115,20 +116,39 @@ def block(table: Table) -> None:
 
 
 def hold_without_meaning() -> None:
-    """From the first line of a binserve process: a signal without a meaning waits, caught into a
-    pipe, until the role's table is installed and logs it (the app's import may take seconds).
+    """From the first line of a binserve process: a signal without a meaning, and SIGHUP, wait,
+    caught into a pipe, until the role's table is installed and acts on them (the app's import
+    may take seconds): SIGHUP's default would end the process without a word, its sockets left.
 
     Caught, not blocked: a blocked signal would stay blocked in every process the app starts
-    meanwhile, and a caught one takes its default action again in them.
+    meanwhile, and a caught one takes its default action again in them. A stop (TERM, INT,
+    QUIT) ends the start where it is, so that the process can say so and remove what it made;
+    after a reload, the previous image held the master's signals across the exec: those are
+    caught into the pipe too, for the new image's loop.
     """
     global _early
-    # After a reload, the previous image held the master's signals across the exec: caught too.
     held = signal.pthread_sigmask(signal.SIG_BLOCK, [])
-    table = {**_COMMON, **{signum: MASTER[signum] for signum in caught(MASTER) if signum in held}}
+    waiting = {signum for signum in caught(MASTER) if signum in held} | {signal.SIGHUP}
+    table = {**_COMMON, **{signum: MASTER[signum] for signum in (*waiting, *STOPS)}}
     read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     install(table, write_end)
     _early = read_end, write_end
+    for signum in STOPS:
+        if signum not in waiting:
+            signal.signal(signum, _stop_while_starting)
     unblock(table)
+
+
+class Stopped(BaseException):
+    """A stop signal (TERM, INT, QUIT) that arrived while binserve was starting: named by its args."""
+
+
+STOPS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+
+
+def _stop_while_starting(signum: int, frame: object) -> None:
+    """Until the role's table is in place, a stop ends the start where it is."""
+    raise Stopped(name(signum))
 
 
 def unblock(table: Table) -> None:
@@ -165,6 +185,15 @@ def _pass_on(wake_w: int) -> None:
     with open(read_end, "rb", buffering=0) as pipe:
         while data := pipe.read(4096):
             os.write(wake_w, data)
+
+
+def listening(fds: list[int]) -> None:
+    """Name the listening sockets, which processes the app forks must not keep open.
+
+    A helper holding one would keep it accepting into a backlog nobody reads once the
+    workers are gone (the master killed), and keep a new server from binding it.
+    """
+    _listening[:] = fds
 
 
 def fork_worker(table: Table) -> int:
@@ -232,6 +261,7 @@ def _reset_in_child() -> None:
     if _forking_own:
         _forking_own = False  # this worker's own forks (a lazy app's import may fork) are the app's
         return
+    _release_listeners()
     if _installed is None:
         return
     signal.set_wakeup_fd(-1)
@@ -239,6 +269,17 @@ def _reset_in_child() -> None:
         signal.signal(signum, _fresh(signum))
     signal.pthread_sigmask(signal.SIG_SETMASK, [])  # what was held meanwhile now takes its default action
     _installed, _held = None, None
+
+
+def _release_listeners() -> None:
+    """In a child the app forked: /dev/null takes the listeners' descriptors (the app's socket
+    objects may still close them: the numbers must stay this process's own)."""
+    if not _listening:
+        return
+    null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    for fd in _listening:
+        os.dup2(null, fd, inheritable=False)
+    os.close(null)
 
 
 os.register_at_fork(

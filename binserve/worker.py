@@ -111,6 +111,8 @@ class Worker:
         """Serve until told to stop; returns the exit code."""
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signals.install(signals.WORKER, self.wake_w)
+        # "At once": the loop may be held by the app for a whole request; the handler is not.
+        signal.signal(signal.SIGQUIT, _quit_at_once)
         # The master blocked its signals across fork; the worker's handlers are now in place.
         signals.unblock(signals.WORKER)
         self.stop_r, self.stop_w = os.pipe2(os.O_CLOEXEC)
@@ -171,8 +173,6 @@ class Worker:
 
     def _on_signals(self) -> None:
         for signum in os.read(self.wake_r, 64):
-            if signum == signal.SIGQUIT:
-                os._exit(0)
             if signum in STOPPING:
                 self.stop_accepting()
             elif signum == signal.SIGHUP:
@@ -279,6 +279,10 @@ class Worker:
         self.after_each = bool(self.max_requests or self.rss_limit)
 
 
+def _quit_at_once(signum: int, frame: object) -> None:
+    os._exit(0)
+
+
 def _run_core(core: Core, done_w: int) -> None:
     try:
         core.run()
@@ -306,7 +310,7 @@ def run_worker(
     """
     try:
         if app is None:
-            app = load_app(config)
+            app = _import_watched(config, wid, master_fd)
         worker = Worker(wid, app, listeners, config, master_fd, notify_fd, emperor_fd, board, place)
     except Exception:
         log(f"worker {wid} failed to boot:\n" + traceback.format_exc().rstrip())
@@ -316,3 +320,27 @@ def run_worker(
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
+
+
+def _import_watched(config: Config, wid: int, master_fd: int) -> Callable[..., Any]:
+    """lazy-apps: import the app while a thread watches the master's pipe.
+
+    An import may hang; if the master dies meanwhile, nobody would ever stop this worker,
+    and the listening sockets it inherited would take connections nobody answers. It holds
+    no request yet: it leaves at once.
+    """
+    imported = threading.Event()
+
+    def watch() -> None:
+        poller = select.poll()
+        poller.register(master_fd, select.POLLIN)
+        while not imported.is_set():
+            if poller.poll(100) and not imported.is_set():
+                log(f"worker {wid}: the master's pipe closed while the app was being imported; exiting")
+                os._exit(0)
+
+    threading.Thread(target=watch, name="master pipe (import)", daemon=True).start()
+    try:
+        return load_app(config)
+    finally:
+        imported.set()
