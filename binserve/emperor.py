@@ -207,10 +207,6 @@ def scan(
         for path in sorted(paths):
             path = os.path.abspath(path)
             seen.add(path)
-            if not path.isprintable():
-                # Its name goes into every log line about it: it could forge lines of its own.
-                problems.append(f"{printable(path)}: vassal file refused: its name has control characters")
-                continue
             wanted, problem = _vassal_file(path, tyrant, known)
             if wanted is not None:
                 found[path] = wanted
