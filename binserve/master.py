@@ -415,7 +415,7 @@ class Master:
             self.probe_again = True
             return
         try:
-            self.probe = Probe(self.start_cwd, self.config.worker_reload_mercy)
+            self.probe = Probe(self.start_cwd, self.config.worker_reload_mercy, self.emperor_fd)
         except OSError as exc:  # fork failed: the user's process limit, a cgroup's pids.max
             log(f"{why}: reload refused: cannot start the probe ({exc.strerror}); the workers serve on")
             self._tell_emperor(bytes((MSG_ACCEPTING,)))
@@ -763,11 +763,13 @@ class Probe:
     master's log, where it says why it failed.
     """
 
-    def __init__(self, cwd: str, mercy: float) -> None:
+    def __init__(self, cwd: str, mercy: float, emperor_fd: int | None) -> None:
         self.deadline = time.monotonic() + mercy
         self.killed = False
         argv = [sys.executable, *sys.orig_argv[1:]]
-        env = {**os.environ, PROBE_ENV: "1"}
+        # Not the emperor's channel: what the probe's app does at import must not reach it.
+        env = {key: value for key, value in os.environ.items() if key != EMPEROR_FD_ENV}
+        env[PROBE_ENV] = "1"
         sys.stdout.flush()
         sys.stderr.flush()
         master = os.getpid()
@@ -778,6 +780,8 @@ class Probe:
                 signals.die_with_parent(signal.SIGKILL)
                 if os.getppid() != master:
                     os._exit(127)  # the master died before the line above
+                if emperor_fd is not None:
+                    os.close(emperor_fd)
                 os.chdir(cwd)
                 os.execve(argv[0], argv, env)
             except OSError as exc:

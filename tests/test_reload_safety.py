@@ -214,3 +214,31 @@ def test_an_emperor_reload_of_a_broken_vassal_is_refused(tmp_path: Path) -> None
     finally:
         emperor.stop()
     wait_for(emperor.all_gone, 10, "every vassal to be gone")
+
+
+def test_a_probe_gets_no_channel_to_the_emperor(tmp_path: Path) -> None:
+    """The probe imports the app: code run at import must not be able to talk to the emperor."""
+    vassals = tmp_path / "vassals"
+    vassals.mkdir()
+    app, sock, seen = tmp_path / "app.py", tmp_path / "one.sock", tmp_path / "probe-saw"
+    app.write_text(
+        "import os\n"
+        "if os.environ.get('_BINSERVE_PROBE'):\n"
+        "    fd = os.environ.get('UWSGI_EMPEROR_FD')\n"
+        "    try:\n"
+        "        os.fstat(int(fd or 3))  # the descriptor the master inherited, or its usual number\n"
+        "        state = 'open' if fd else 'no variable'\n"
+        "    except OSError:\n"
+        "        state = 'closed'\n"
+        f"    open({str(seen)!r}, 'w').write(f'{{fd}} {{state}}')\n" + APP.replace("VERSION", "v1")
+    )
+    ini = write_vassal(vassals, "one", sock, app, processes=1)
+    emperor = EmperorProcess(tmp_path, vassals, (), [])
+    try:
+        emperor.wait_serving("one", sock)
+        touch_ahead(ini)  # the emperor's reload command: the master probes first
+        wait_for(seen.exists, 15, "the probe to import the app")
+        assert seen.read_text().startswith("None "), seen.read_text()
+    finally:
+        emperor.stop()
+    wait_for(emperor.all_gone, 10, "every vassal to be gone")
