@@ -1,14 +1,14 @@
 """One serving loop (a "core", as uWSGI calls it): accept, gather each packet, run the app.
 
-One connection carries one request (nginx never reuses a uwsgi upstream connection, facts
-2.6). A packet that arrived whole is served at once; one that did not is *parked*: its
-socket joins the core's epoll with a deadline of socket-timeout from accept, and the core
-goes on accepting. A peer that sends a few bytes and stalls therefore holds no thread: it
-is dropped at its deadline while everyone else is served. Once the head is complete the
-request is served to the end (body reads and response writes each bounded by
-socket-timeout). What nginx still sends after the answer (the rest of a refused packet, a
-body the app did not read) is dropped in the loop too: the connection is half-closed and
-parked as *draining*, so a peer that holds it holds no thread either.
+One connection carries one request (nginx never reuses a uwsgi upstream connection). A packet
+that arrived whole is served at once; one that did not is *parked*: its socket joins the core's
+epoll with a deadline of socket-timeout from accept, and the core goes on accepting. A peer
+that sends a few bytes and stalls therefore holds no thread: it is dropped at its deadline
+while everyone else is served. Once the head is complete the request is served to the end (body
+reads and response writes each bounded by socket-timeout). What nginx still sends after the
+answer (the rest of a refused packet, a body the app did not read) is dropped in the loop too:
+the connection is half-closed and parked as *draining*, so a peer that holds it holds no thread
+either.
 
 A worker runs one core in its main thread, or ``threads`` cores in threads of their own.
 """

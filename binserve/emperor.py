@@ -2,7 +2,7 @@
 
 Each step compares the desired state (the ``*.ini`` files: name, content digest, owner) with
 the actual one (the vassals running) in ``plan``, a pure function, and carries out what it
-returns. uWSGI's semantics (facts section 4): a new file spawns a vassal, a changed file
+returns. uWSGI's semantics: a new file spawns a vassal, a changed file
 reloads it gracefully, a removed file stops it, a vassal that dies is respawned; one that
 died without ever serving a request waits first, 1 s, 2 s, 4 s ... up to a cap. A file has
 changed when its mtime moved forward (``touch`` reloads, as uWSGI users expect) or when its
@@ -15,7 +15,7 @@ user's file as that user, gives vassals a minimal environment, and keeps its sta
 the directory its users write.
 
 Vassals speak uWSGI's emperor byte protocol over a socketpair named by ``UWSGI_EMPEROR_FD``
-(facts 4.3), so real uWSGI vassals run under this emperor and binserve vassals under uWSGI's.
+(one byte per message), so real uWSGI vassals run under this emperor and binserve vassals under uWSGI's.
 """
 
 from __future__ import annotations

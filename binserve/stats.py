@@ -1,7 +1,7 @@
 """The stats server: one document per connection, msgpack or uWSGI's JSON layout.
 
-One model, two encodings: the document is built once as plain data in uWSGI's layout (facts
-6.2, so the real uwsgitop reads the JSON unchanged) with binserve's additions (per-worker
+One model, two encodings: the document is built once as plain data in uWSGI's layout (so the
+real uwsgitop reads the JSON unchanged) with binserve's additions (per-worker
 ``cpu`` and ``current`` request, ``uptime``, real listen-queue lengths for unix sockets too).
 Memory and CPU come from psutil on every request for stats: nothing to switch on.
 """

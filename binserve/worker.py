@@ -47,7 +47,7 @@ RECYCLED = 17  # exit code of a recycled worker (uWSGI's reload code)
 BOOT_ERROR = 3  # exit code of a worker that cannot start: the master stops instead of respawning
 
 STOPPING = (signal.SIGTERM, signal.SIGINT)
-# Vassal -> emperor messages of uWSGI's emperor protocol (facts 4.3).
+# Vassal -> emperor messages of uWSGI's emperor protocol (one byte each).
 MSG_SPAWNED, MSG_ACCEPTING, MSG_LOYAL = 1, 5, 17
 # Worker -> master messages on the notify pipe: (kind, pid), one atomic write each.
 NOTICE = struct.Struct("=Bxxxi")
@@ -78,7 +78,7 @@ class Worker:
         self.master_fd = master_fd
         self.notify_fd = notify_fd
         self.board = board  # the master's scoreboard: each core writes its own slot
-        # Under an emperor, the first request served makes the vassal "loyal" (facts 4.3):
+        # Under an emperor, the first request served makes the vassal "loyal" (uWSGI's term):
         # a vassal that dies after that is respawned without throttling.
         self.emperor_fd = emperor_fd
         if emperor_fd is not None:

@@ -1,7 +1,7 @@
 """PEP 3333 on top of a decoded uwsgi request: the environ, wsgi.input and the response.
 
-The response goes back to nginx as a raw HTTP/1.x message ended by closing the connection
-(facts 1.5, 2.5): a status line with the request's SERVER_PROTOCOL, validated headers,
+The response goes back to nginx as a raw HTTP/1.x message ended by closing the connection:
+a status line with the request's SERVER_PROTOCOL, validated headers,
 Content-Length whenever the body length is known, never ``Transfer-Encoding: chunked``.
 """
 

@@ -1,4 +1,4 @@
-"""Emperor interop with real uWSGI (issue 3, Build item 3): the byte protocol of facts section 4.3.
+"""Emperor interop with real uWSGI : the emperor's byte protocol, both ways.
 
 Both directions, each with the life cycle uWSGI users rely on: a new vassal file spawns the
 vassal, a touched one (mtime forward) reloads it gracefully, a removed one stops it.

@@ -1,4 +1,4 @@
-"""The encoder (requests, ping/pong) and the modifier table, checked against the facts (section 1)."""
+"""The encoder (requests, ping/pong) and the modifier table, checked against uWSGI's documented bytes."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from binserve.protocol import modifiers as mods
 
 
 def test_ping_and_pong_bytes() -> None:
-    # facts 1.7: request 64 00 00 00; uWSGI's reply b'd\x00\x00\x01'.
+    # uWSGI's ping: request 64 00 00 00; uWSGI's reply b'd\x00\x00\x01'.
     assert PING == b"d\x00\x00\x00"
     assert PONG == b"d\x00\x00\x01"
     assert encode_pong() == PONG
@@ -48,7 +48,7 @@ def test_ping_decodes_as_raw_packet() -> None:
 
 
 def test_header_is_little_endian() -> None:
-    # facts 1.1: the LAB hexdump header 00 56 01 00 is 342 bytes of vars.
+    # A captured packet: the LAB hexdump header 00 56 01 00 is 342 bytes of vars.
     assert encode_header(0, 342) == b"\x00\x56\x01\x00"
     assert encode_header(30, 0xFFFF, 7) == b"\x1e\xff\xff\x07"
     assert spec.Header.parse(b"\x00\x56\x01\x00").datasize == 342

@@ -1,4 +1,4 @@
-"""Recycling workers without dropping a request, and the options around it (the rest of issue 4).
+"""Recycling workers without dropping a request, and the options around it.
 
 A recycled worker (max-requests, reload-on-rss, or SIGHUP from the master for
 max-worker-lifetime and chain reloads) stops accepting, the master spawns its replacement, and

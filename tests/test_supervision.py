@@ -1,4 +1,4 @@
-"""Supervision under faults: harakiri and max-requests recycling (the first parts of issue 4)."""
+"""Supervision under faults: harakiri and max-requests recycling."""
 
 from __future__ import annotations
 

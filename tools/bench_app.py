@@ -8,8 +8,8 @@ Routes:
 * anything else: 404, so a misrouted request is an error in the results rather than a fast hello.
 
 Every response carries Content-Length: without it gunicorn's uwsgi mode answers with
-``Transfer-Encoding: chunked`` and nginx would hand that framing to the client (uwsgi-facts.md,
-section 8), which would compare servers on different wire formats.
+``Transfer-Encoding: chunked`` and nginx would hand that framing to the client, which would
+compare servers on different wire formats.
 """
 
 from __future__ import annotations

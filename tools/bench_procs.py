@@ -32,7 +32,7 @@ PROBE_TIMEOUT = 10.0  # one urllib request through nginx
 LOG_TAIL_LINES = 30
 WORKERS = 2  # worker processes of every server; each tree is its master plus these
 
-# nginx's conf/uwsgi_params: the 14 standard params in nginx's order (uwsgi-facts.md, section 2.1).
+# nginx's conf/uwsgi_params: the 14 standard params in nginx's order.
 UWSGI_PARAMS = """\
 uwsgi_param  QUERY_STRING       $query_string;
 uwsgi_param  REQUEST_METHOD     $request_method;
@@ -318,8 +318,7 @@ def server_command(
             "65535",
             "--need-app",
         ]
-        # uWSGI 2.0 takes SIGTERM as "brutal reload" and keeps running; SIGINT is its shutdown
-        # (uwsgi-facts.md, section 4.9).
+        # uWSGI 2.0 takes SIGTERM as "brutal reload" and keeps running; SIGINT is its shutdown.
         return argv, signal.SIGINT
     if name == "gunicorn":
         # gunicorn >= 27 opens a control socket in ~/.gunicorn by default: a file outside the temp dir and an
