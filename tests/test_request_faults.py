@@ -356,3 +356,48 @@ def test_no_harakiri_warning_without_threads(serve: Callable[..., Server], app: 
     workers(server, 1)
     assert get(server.socket, "/")[0] == 200
     assert not log_lines(server, "harakiri-graceful-timeout")
+
+
+THREADED_HARAKIRI_APP = """
+import time
+
+
+def application(environ, start_response):
+    time.sleep(30 if environ["PATH_INFO"] == "/stuck" else 1.5)
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"done"]
+"""
+
+
+@pytest.mark.parametrize(
+    ("grace", "short_answered"), [("2.5", True), ("0", False)], ids=["graceful", "at-once"]
+)
+def test_harakiri_graceful_timeout_lets_the_other_threads_finish(
+    serve: Callable[..., Server], app_file: Callable[[str], Path], grace: str, short_answered: bool
+) -> None:
+    """What the README tells users of harakiri with threads to do, and why."""
+    server = serve(
+        "--wsgi-file",
+        str(app_file(THREADED_HARAKIRI_APP)),
+        "--threads",
+        "2",
+        "--harakiri",
+        "1",
+        "--harakiri-graceful-timeout",
+        grace,
+    )
+    first = workers(server, 1)
+    stuck = connect(server.socket)
+    stuck.sendall(request_packet("/stuck"))
+    time.sleep(0.3)  # the stuck request first: it is the one past harakiri
+    short = connect(server.socket)
+    short.sendall(request_packet("/short"))
+    answer = read_all(short)
+    wait_for(lambda: bool(log_lines(server, "HARAKIRI")), 10, "the harakiri")
+    if short_answered:
+        assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"done"), answer
+    else:
+        assert answer == b"", answer
+    wait_for(lambda: not server.worker_pids() & first, 10, "the stuck worker killed past its grace")
+    stuck.close()
+    short.close()
