@@ -250,7 +250,8 @@ class Core:
                 self._pause(
                     1.0, f"out of file descriptors ({len(self.parked)} connections waiting for their packet)"
                 )
-            else:
+            elif not (exc.errno == errno.EBADF and self.worker.orphaned):
+                # (An orphan's listeners are closed under it on purpose: nothing to report.)
                 log(f"worker {self.wid}: accept on {listener.name} failed: {exc}")
             return False
         if listener.allow is not None and not listener.allow(addr[0]):
