@@ -69,6 +69,14 @@ def _describe(mode: int) -> str:
     return f"is {kind(mode)}, not a regular file"
 
 
+def _regular(fd: int, path: str) -> os.stat_result:
+    """``fd``'s status, if it is a regular file; else UnsafeFile naming what it is."""
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        raise UnsafeFile(path, _describe(info.st_mode))
+    return info
+
+
 def open_parent(path: str) -> tuple[int, str]:
     """An ``O_PATH`` descriptor of the directory holding ``path``, and the name in it.
 
@@ -171,9 +179,7 @@ def _rewrite_own(directory: int, name: str, data: bytes) -> None:
     except OSError as exc:
         raise _refuse_link(name, exc) from None
     try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise UnsafeFile(name, _describe(info.st_mode))
+        info = _regular(fd, name)
         if info.st_nlink != 1 or info.st_uid != os.geteuid():
             raise UnsafeFile(name, "its directory is not writable, and it is not our own file to rewrite")
         os.ftruncate(fd, 0)
@@ -196,9 +202,7 @@ def open_append(path: str, mode: int = 0o640) -> int:
     finally:
         os.close(directory)
     try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise UnsafeFile(path, _describe(info.st_mode))
+        info = _regular(fd, path)
         if info.st_nlink != 1:
             raise UnsafeFile(path, f"has {info.st_nlink} hard links: refused (a link could redirect it)")
         os.set_blocking(fd, True)
@@ -216,9 +220,7 @@ def read_bounded(path: str, limit: int = MAX_CONFIG_BYTES, follow: bool = True) 
     except OSError as exc:
         raise _refuse_link(path, exc) from None
     try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise UnsafeFile(path, _describe(info.st_mode))
+        info = _regular(fd, path)
         if info.st_size > limit:
             raise UnsafeFile(path, f"is {info.st_size} bytes, over the limit of {limit}")
         chunks = []
