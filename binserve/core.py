@@ -89,9 +89,12 @@ def _peer_of(conn: _socket.socket, addr: Any, listener: Listener) -> str:
 
 def request_line(environ: dict[str, Any]) -> str:
     """``METHOD URI`` of a request, for log lines (control characters escaped)."""
-    return printable(
-        f"{environ.get('REQUEST_METHOD', '-')} {environ.get('REQUEST_URI') or environ.get('PATH_INFO', '')}"
-    )
+    return printable(_request_text(environ))
+
+
+def _request_text(environ: dict[str, Any]) -> str:
+    uri = environ.get("REQUEST_URI") or environ.get("PATH_INFO", "")
+    return f"{environ.get('REQUEST_METHOD', '-')} {uri}"
 
 
 class Parked:
@@ -537,10 +540,7 @@ class Core:
             slot.end(time.time() - start, conn.sent, failed)
         if self.log_requests:
             ms = (time.time() - start) * 1000
-            what = (
-                f"{environ.get('REMOTE_ADDR', '-')} {environ.get('REQUEST_METHOD', '-')} "
-                f"{environ.get('REQUEST_URI') or environ.get('PATH_INFO', '')}"
-            )
+            what = f"{environ.get('REMOTE_ADDR', '-')} {_request_text(environ)}"
             if not what.isprintable():  # the common case pays this one test
                 what = printable(what)
             write_line(
