@@ -417,8 +417,7 @@ class Master:
         try:
             self.probe = Probe(self.start_cwd, self.config.worker_reload_mercy, self.emperor_fd)
         except OSError as exc:  # fork failed: the user's process limit, a cgroup's pids.max
-            log(f"{why}: reload refused: cannot start the probe ({exc.strerror}); the workers serve on")
-            self._tell_emperor(bytes((MSG_ACCEPTING,)))
+            self.refuse_reload(f"{why}: reload refused: cannot start the probe ({exc.strerror})")
             return
         log(f"{why}: graceful reload, checking that the new image loads (probe pid {self.probe.pid})")
 
@@ -438,8 +437,12 @@ class Master:
             return
         mercy = self.config.worker_reload_mercy
         reason = f"it did not load within worker-reload-mercy ({mercy:g} s)" if killed else f"probe {how}"
-        log(f"reload refused: the new image cannot start ({reason}, see above); the workers serve on")
-        self._tell_emperor(bytes((MSG_ACCEPTING,)))  # it keeps serving: the emperor's reload is over
+        self.refuse_reload(f"reload refused: the new image cannot start ({reason}, see above)")
+
+    def refuse_reload(self, why: str) -> None:
+        """Serve on with the same workers; a vassal tells its emperor the reload is over."""
+        log(f"{why}; the workers serve on")
+        self._tell_emperor(bytes((MSG_ACCEPTING,)))
 
     def handle_term(self) -> None:
         """Graceful stop: workers finish their request and the queued ones, then exit."""
