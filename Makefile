@@ -1,26 +1,52 @@
-# `make test` installs what the tests need (nginx and tmux from Debian when missing, as root;
-# the Python packages from PyPI) and runs them. `.ci/run` calls exactly this.
+# Every target runs in the project's own virtual environment, .venv, made from whatever
+# python3 is here: Debian's own interpreter refuses installs into itself (PEP 668), and a
+# venv keeps the tests' tools (binserve, uwsgi, uwsgitop) next to the interpreter that runs them.
+# `make test` and `make bench` also install, as root, the Debian tools the tests drive.
+# `.ci/run` calls `make test` and `make lint`.
 PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DEBIAN_TOOLS := nginx tmux wrk iproute2 procps
+APT := DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends
 
-.PHONY: test lint bench demo
+.PHONY: test test-fast lint bench demo debian-tools clean-venv
 
-test:
-	@(command -v nginx >/dev/null || test -x /usr/sbin/nginx) && command -v tmux >/dev/null \
-		&& command -v wrk >/dev/null \
-		|| (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx tmux wrk >/dev/null)
-	$(PYTHON) -m pip install -q -e '.[test]'
-	$(PYTHON) -m pytest -q
+# The venv itself; Debian ships venv's pip bootstrap separately (python3-venv).
+$(BIN)/python:
+	@$(PYTHON) -c 'import ensurepip' 2>/dev/null \
+		|| { apt-get update -qq && $(APT) python3-venv >/dev/null; }
+	$(PYTHON) -m venv $(VENV)
 
-lint:
-	$(PYTHON) -m ruff check .
-	$(PYTHON) -m ruff format --check .
-	$(PYTHON) -m mypy
+$(VENV)/.base: $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install -q -e .
+	@touch $@
 
-bench:
-	@command -v nginx >/dev/null && command -v wrk >/dev/null \
-		|| (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx wrk >/dev/null)
-	$(PYTHON) -m pip install -q -e '.[test]'
-	$(PYTHON) -m binserve.tools.bench
+$(VENV)/.test: $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install -q -e '.[test]'
+	@touch $@
 
-demo:
-	binserve --module binserve.demo --socket /tmp/binserve-demo.sock --processes 2
+debian-tools:
+	@for tool in nginx tmux wrk ip pgrep; do \
+		command -v $$tool >/dev/null || test -x /usr/sbin/$$tool || exit 1; done 2>/dev/null \
+		|| { apt-get update -qq && $(APT) $(DEBIAN_TOOLS) >/dev/null; }
+
+test: debian-tools $(VENV)/.test
+	$(BIN)/python -m pytest -q
+
+# The unit layer only: no processes, no nginx; seconds.
+test-fast: $(VENV)/.test
+	$(BIN)/python -m pytest -q -m unit
+
+lint: $(VENV)/.test
+	$(BIN)/python -m ruff check .
+	$(BIN)/python -m ruff format --check .
+	$(BIN)/python -m mypy
+
+bench: debian-tools $(VENV)/.test
+	$(BIN)/python -m binserve.tools.bench
+
+demo: $(VENV)/.base
+	$(BIN)/binserve --module binserve.demo --socket /tmp/binserve-demo.sock --processes 2
+
+clean-venv:
+	rm -rf $(VENV)

@@ -18,10 +18,10 @@ group and every pid the test saw, and checks that none is left.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -32,10 +32,9 @@ from binserve.protocol import encode_request
 
 from support import wait_for
 
-UWSGI = shutil.which("uwsgi")
-BINSERVE = shutil.which("binserve")
-
-assert UWSGI and BINSERVE, "uwsgi (pyuwsgi) and binserve must be on PATH: run make test"
+# The interpreter's neighbours: the virtualenv that runs the tests installed both.
+UWSGI = str(Path(sys.executable).parent / "uwsgi")
+BINSERVE = str(Path(sys.executable).parent / "binserve")
 
 APP = """\
 import os
@@ -272,7 +271,12 @@ def test_uwsgi_vassal_under_binserve_emperor(tmp_path: Path, emperors: list[Empe
     ini = vassals / "u.ini"
     # pyuwsgi has the python plugin built in: no plugins line. No vacuum: after a reload uWSGI 2.0.30
     # skips it anyway ("VACUUM WARNING: unix socket ... changed inode. Skip removal", standalone too).
-    ini.write_text(f"[uwsgi]\nsocket = {sock}\nwsgi-file = {app}\nmaster = true\nprocesses = 1\n")
+    # pyuwsgi's reload re-executes the interpreter it resolves from /proc/self/exe, which in a
+    # virtualenv is the base one, without pyuwsgi: binary-path names the virtualenv's own.
+    ini.write_text(
+        f"[uwsgi]\nsocket = {sock}\nwsgi-file = {app}\nmaster = true\nprocesses = 1\n"
+        f"binary-path = {sys.executable}\n"
+    )
     args = [BINSERVE, "--emperor", str(vassals), "--emperor-wrapper", UWSGI, "--worker-reload-mercy", "5"]
     emperor = Emperor(tmp_path, "binserve-emperor", args, signal.SIGTERM)
     emperors.append(emperor)
