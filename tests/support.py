@@ -275,17 +275,27 @@ def answers_in_background(front: Nginx, path: str = "/") -> Iterator[list[tuple[
         thread.join(15)
 
 
-# Runs a command in a private mount namespace where the interpreter's tree is reachable by
-# other users: a 0755 tmpfs over the unreachable directory (pyenv under /root is 0700), with
-# the interpreter's tree bound back into it. Nothing outside the namespace changes.
+# Runs a command in a private mount namespace where the test's interpreter is reachable by
+# other users: a 0755 tmpfs over each directory they may not traverse (/root is 0700, and
+# pyenv or a clone with its .venv may live below it), with just the needed subtrees bound back
+# into it. Nothing outside the namespace changes.
 REACHABLE_NS = """
 set -e
-stage=$1 blocked=$2 keep=$3
-shift 3
-mount --bind "$blocked/$keep" "$stage"
-mount -t tmpfs -o mode=755 binserve-test "$blocked"
-mkdir "$blocked/$keep"
-mount --bind "$stage" "$blocked/$keep"
+stage=$1 keeps=$2
+shift 2
+IFS='
+'
+n=0
+for keep in $keeps; do n=$((n + 1)); mkdir "$stage/$n"; mount --bind "$keep" "$stage/$n"; done
+n=0 covered=
+for keep in $keeps; do
+    n=$((n + 1)) blocked=$(dirname "$keep")
+    case "$covered" in *"|$blocked|"*) ;; *)
+        mount -t tmpfs -o mode=755 binserve-test "$blocked"; covered="$covered|$blocked|";;
+    esac
+    mkdir "$keep"
+    mount --bind "$stage/$n" "$keep"
+done
 exec "$@"
 """
 
@@ -300,19 +310,23 @@ def unreachable_ancestor(path: str) -> Path | None:
 
 
 def reachable_prefix(tmp_path: Path) -> list[str]:
-    """A command prefix under which an unprivileged user can run ``sys.executable`` ([] if it already can)."""
-    real = os.path.realpath(sys.executable)
-    blocked = unreachable_ancestor(real)
-    if blocked is None:
+    """A command prefix under which an unprivileged user can run ``sys.executable`` ([] if it already can).
+
+    Reachable means the virtualenv, the interpreter it was made from and this checkout (the
+    editable install imports binserve from it).
+    """
+    keeps: set[Path] = set()
+    for needed in (sys.prefix, sys.base_prefix, sys.executable, str(REPO)):
+        real = Path(os.path.realpath(needed))
+        blocked = unreachable_ancestor(str(real))
+        if blocked is not None:
+            keeps.add(blocked / real.relative_to(blocked).parts[0])
+    if not keeps:
         return []
     stage = tmp_path / "stage"
     stage.mkdir(exist_ok=True)
-    keep = Path(real).relative_to(blocked).parts[0]
-    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", REACHABLE_NS, "sh"] + [
-        str(stage),
-        str(blocked),
-        keep,
-    ]
+    shell = ["sh", "-c", REACHABLE_NS, "sh", str(stage), "\n".join(sorted(map(str, keeps)))]
+    return ["unshare", "--mount", "--propagation", "private", *shell]
 
 
 def read_stats(path: Path) -> dict[str, Any]:
