@@ -1,8 +1,7 @@
 """uWSGI's ini syntax, read into a flat list of option settings.
 
-The rules follow uWSGI's Configuration.rst and ParsingOrder.rst, checked against its code
-(core/ini.c, ``config_magic_table_fill`` in core/uwsgi.c, ``uwsgi_apply_config_pass`` and
-``uwsgi_manage_placeholder`` in core/utils.c and core/config.c):
+The rules are uWSGI's own, as its documentation states them and as its parser behaves where
+the two differ; all of them are here:
 
 * ``[binserve]``, else ``[uwsgi]``; ``FILE:section`` reads another section. ``key = value`` with
   whitespace around both ignored, ``;`` and ``#`` comment lines, a bare key meaning ``true``,
@@ -65,7 +64,7 @@ SECTIONS = ("binserve", "uwsgi")
 LOADERS = frozenset({"include", "ini", "inherit"})
 PLACEHOLDER = "set-placeholder"
 
-# uWSGI's own config-language keys (core/uwsgi.c option table): named as uWSGI's in the error.
+# uWSGI's own config-language keys: the error names them as uWSGI's, not as unknown options.
 UWSGI_SYNTAX = frozenset(
     """
     set get declare-option declare-option2 resolve for for-glob for-times for-readline endfor end-for

@@ -7,8 +7,8 @@ For the stats server, which reports it once per listening socket on each request
   uWSGI reports too.
 * Unix stream/seqpacket: ``TCP_INFO`` does not exist, which is why uWSGI shows 0 there. The
   kernel's sock_diag netlink interface does know: asking for one socket by inode with
-  ``UDIAG_SHOW_RQLEN`` returns ``UNIX_DIAG_RQLEN``, which for a listener
-  (``net/unix/diag.c: sk_diag_show_rqlen``) is the receive queue length -- one skb per
+  ``UDIAG_SHOW_RQLEN`` returns ``UNIX_DIAG_RQLEN``, which for a listener is the receive
+  queue length -- one skb per
   connection waiting to be accepted -- and ``sk_max_ack_backlog``.
 
 Both limits are the backlog given to listen() after the kernel capped it at

@@ -1,7 +1,7 @@
 """The uwsgi modifier1 table and what binserve does with each value.
 
-Values and meanings come from uwsgi-docs Protocol.rst and the plugin registrations in
-uWSGI's source. binserve serves WSGI (0 and 30) and answers ping
+Values and meanings are uWSGI's: the documented table and the values its plugins register.
+binserve serves WSGI (0 and 30) and answers ping
 (100); every other known modifier is named in the log line that refuses it, so an operator
 who points the wrong nginx location at binserve sees "PSGI (Perl)" rather than a number.
 """

@@ -1,9 +1,9 @@
 """The normative declaration of the uwsgi packet, written with ``construct``.
 
-This is the format as the uwsgi docs (Protocol.rst) and nginx's ngx_http_uwsgi_module
-write it: a 4-byte header ``modifier1:u8 datasize:u16le modifier2:u8``, then ``datasize``
-bytes of vars, each ``u16le key_size, key, u16le value_size, value``, with no count and no
-terminator. Keys must not be empty (uWSGI drops such requests, core/protocol.c); values may.
+This is the format as uWSGI documents it and nginx's uwsgi module writes it: a 4-byte
+header ``modifier1:u8 datasize:u16le modifier2:u8``, then ``datasize`` bytes of vars, each
+``u16le key_size, key, u16le value_size, value``, with no count and no terminator. Keys must
+not be empty (uWSGI drops such requests); values may.
 
 It is slow (about 30x the hand-written decoder), so the server never parses with it: tests
 use it as the oracle the fast decoder must agree with, and builders use it to make packets.
