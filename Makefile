@@ -26,9 +26,10 @@ $(VENV)/.test: $(BIN)/python pyproject.toml
 	@touch $@
 
 debian-tools:
-	@for tool in nginx tmux wrk ip pgrep; do \
-		command -v $$tool >/dev/null || test -x /usr/sbin/$$tool || exit 1; done 2>/dev/null \
-		|| { apt-get update -qq && $(APT) $(DEBIAN_TOOLS) >/dev/null; }
+	@missing=; for tool in nginx tmux wrk ip pgrep; do \
+		command -v $$tool >/dev/null || test -x /usr/sbin/$$tool || missing="$$missing $$tool"; done; \
+		test -z "$$missing" || { echo "installing from Debian:$$missing"; \
+		apt-get update -qq && $(APT) $(DEBIAN_TOOLS) >/dev/null; }
 
 test: debian-tools $(VENV)/.test
 	$(BIN)/python -m pytest -q
