@@ -41,6 +41,9 @@ at most ``MAX_DEPTH`` deep, names are at most ``MAX_NAME`` characters, one load 
 values, a value is at most ``MAX_VALUE`` characters, ``$()``/``@()``/``%()`` nest at most
 ``MAX_NESTING`` deep (references included), and ``%()`` math stays within 64-bit integers, as
 uWSGI's C math does (where it would wrap around).
+
+Longer than our other modules because it is one grammar: the reader, its magic variables,
+placeholders and math are rules of one language that refer to each other.
 """
 
 from __future__ import annotations

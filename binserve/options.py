@@ -4,6 +4,9 @@ The CLI flags, the ini reader, validation, ``binserve --help`` and the options t
 the README all come from ``OPTIONS``. Names are uWSGI's wherever binserve offers the
 feature, so an existing uwsgi.ini keeps working; uWSGI options binserve does not offer are
 listed in ``UWSGI_ONLY`` so the error can say so by name instead of "unknown".
+
+Longer than our other modules because it is that table: one entry per option, with its type,
+default, policy and help; the code around it is short.
 """
 
 from __future__ import annotations

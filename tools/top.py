@@ -16,6 +16,9 @@ select (or scroll), Enter drills into a vassal, Esc (or left) goes back, ``q`` q
 ``--once`` prints one snapshot as plain text and exits: a header line or two, the column names, then
 one whitespace-separated row per worker (or vassal) beginning with its id. Exit status 1, with one
 error line on stderr, when the address cannot be reached or the document cannot be parsed.
+
+Longer than our other modules because of ``TopApp``: the screen's levels, keys, sorting and
+drawing share one state, and split apart they would pass it around whole.
 """
 
 from __future__ import annotations
