@@ -73,12 +73,17 @@ def test_max_requests_with_one_process_serves_every_request_and_retires_after_th
         "0",
     )
     front = nginx(location(server.socket))
+    # The old worker serves on until its replacement accepts, so a generation serves a few more
+    # than 5: on a loaded machine, where a boot is slow, many more. Batches go on until three
+    # generations have served, every request answered.
+    served_by: set[int] = set()
+    deadline = time.monotonic() + 30
     with ThreadPoolExecutor(4) as pool:
-        answers = list(pool.map(lambda _: front.request("GET", "/"), range(60)))
-    assert [status for status, _, _ in answers] == [200] * 60
-    served_by = {int(body) for _, _, body in answers}
-    # The old worker serves on until its replacement accepts, so a generation serves a few more.
-    assert len(served_by) >= 3, f"only {len(served_by)} distinct workers served 60 requests"
+        while len(served_by) < 3 and time.monotonic() < deadline:
+            answers = list(pool.map(lambda _: front.request("GET", "/"), range(20)))
+            assert [status for status, _, _ in answers] == [200] * 20
+            served_by |= {int(body) for _, _, body in answers}
+    assert len(served_by) >= 3, f"only {len(served_by)} distinct workers served in 30 s"
     # Every worker that asked for its replacement exits once that replacement accepts.
     wait_for(
         lambda: (
