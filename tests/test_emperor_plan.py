@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from binserve.emperor import Reload, Spawn, Stop, Vassal, VassalFile, Wait, plan, scan, throttle
+from binserve.emperor.plan import Reload, Spawn, Stop, Vassal, VassalFile, Wait, plan, throttle
+from binserve.emperor.watch import scan
 
 NOW = 1000.0
 UID, GID = 1000, 1000
