@@ -122,7 +122,7 @@ class Emperor:
                 for signum in os.read(self.wake_r, 256):
                     self._on_signal(signum)
             elif key.data is self.stats:
-                self.stats.answer(self.stats_document)
+                self.stats.answer(self._stats_document)
             elif key.data is self.watch:
                 if self.watch.changed():
                     self.next_scan = 0.0  # something moved in a watched directory: look now
@@ -192,6 +192,7 @@ class Emperor:
         return desired
 
     def _act(self, actions: list[Action], desired: dict[str, VassalFile]) -> None:
+        """Carry the plan out; a vassal stopped for a file now gone is forgotten once it has exited."""
         for action in actions:
             if isinstance(action, Spawn):
                 self._spawn(desired[action.path])
@@ -371,8 +372,10 @@ class Emperor:
             log(f"vassal {name} {vassal.waiting_why}: throttled, next attempt in {respawn.delay:g} s")
 
     def _kill_overdue(self, now: float) -> None:
-        """SIGKILL the vassals past their mercy; once more 5 s later, not on every pass, if one is
-        stuck in the kernel."""
+        """SIGKILL the vassals past their mercy.
+
+        Once more 5 s later, not on every pass, if one is stuck in the kernel.
+        """
         for path in overdue(self.vassals, now, self.stopping, self.deadline):
             vassal = self.vassals[path]
             assert vassal.pid is not None
@@ -388,7 +391,7 @@ class Emperor:
         return any(v.pid is not None for v in self.vassals.values())
 
     # -- state -------------------------------------------------------------------------------
-    def stats_document(self) -> dict[str, Any]:
+    def _stats_document(self) -> dict[str, Any]:
         base, cap = self.config.emperor_throttle, self.config.emperor_max_throttle
         return stats_document(self.vassals.values(), self.patterns, self.config.emperor_tyrant, base, cap)
 
