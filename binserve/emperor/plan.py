@@ -8,10 +8,13 @@ the answers out.
 
 from __future__ import annotations
 
-import socket
-import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the loop's handles on a vassal: the plan only carries them along
+    import socket
+    import subprocess
 
 
 @dataclass(frozen=True)
