@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from binserve.emperor import scan
+from binserve.emperor.watch import scan
 from binserve.privileges import PrivilegeError, Privileges
 from binserve.safefile import open_append, write_replace
 from binserve.sockets import Listener, remove_files

@@ -30,7 +30,10 @@ import psutil
 import pytest
 
 from binserve.config import load
-from binserve.emperor import RUN_DIR, STATE_NAME, Emperor, Wait, plan, scan, tyrant_state_path
+from binserve.emperor import Emperor
+from binserve.emperor.plan import Wait, plan
+from binserve.emperor.status import RUN_DIR, STATE_NAME, tyrant_state_path
+from binserve.emperor.watch import scan
 from binserve.protocol import encode_request
 
 from support import Nginx, location, ping, reachable_prefix, system_users, wait_for

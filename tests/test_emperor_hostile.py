@@ -26,9 +26,13 @@ import psutil
 import pytest
 from test_emperor import STATE_NAME, EmperorProcess, get, status_row, status_text, write_vassal
 
-import binserve.emperor as emperor_module
 from binserve import safefile
 from binserve.config import load
+from binserve.emperor import Emperor
+from binserve.emperor.plan import Vassal
+from binserve.emperor.probe import Probe
+from binserve.emperor.spawn import warn_if_replaceable
+from binserve.emperor.status import RUN_DIR, tyrant_state_path
 
 from support import ping, reachable_prefix, read_stats, system_users, wait_for
 
@@ -163,7 +167,7 @@ def test_vassal_files_are_read_again_only_when_they_change(
 
     Root owns them, so a tyrant refuses each (once): they are read, never run.
     """
-    padding = "; padding\n" * (emperor_module.safefile.MAX_CONFIG_BYTES // 10 - 1)
+    padding = "; padding\n" * (safefile.MAX_CONFIG_BYTES // 10 - 1)
     for i in range(40):
         (vassal_dir / f"big{i}.ini").write_text(f"[uwsgi]\n{padding}")
     emp = emperor(vassal_dir, "--emperor-tyrant", "--emperor-freq", "0.1")
@@ -205,14 +209,14 @@ def test_a_stats_reader_that_dies_without_answering_is_logged(
 ) -> None:
     """A reader killed before it wrote (by a signal, its alarm) is a failure, not "no address"."""
     config = load(["--emperor", str(vassal_dir), "--emperor-state", str(tmp_path / "state.json")])
-    emp = emperor_module.Emperor(config)
-    vassal = emperor_module.Vassal(str(vassal_dir / "a.ini"), digest="d")
+    emp = Emperor(config)
+    vassal = Vassal(str(vassal_dir / "a.ini"), digest="d")
     read_end, write_end = os.pipe2(os.O_NONBLOCK)
     pid = os.fork()
     if pid == 0:
         os.kill(os.getpid(), signal.SIGKILL)
     os.close(write_end)
-    probe = emperor_module.Probe(vassal, "d", pid, read_end, time.monotonic() + 10)
+    probe = Probe(vassal, "d", pid, read_end, time.monotonic() + 10)
     emp.probes[read_end] = probe
     emp.selector.register(read_end, selectors.EVENT_READ, probe)
     wait_for(lambda: emp._on_probe(probe) or read_end not in emp.probes, 5, "the reader's end of file")
@@ -248,9 +252,9 @@ def test_an_explicit_state_file_is_kept_where_it_is_named_even_by_a_tyrant(
 ) -> None:
     state = tmp_path / "state.json"
     config = load(["--emperor", str(vassal_dir), "--emperor-tyrant", "--emperor-state", str(state)])
-    emperor_module.Emperor(config).step()
+    Emperor(config).step()
     assert json.loads(state.read_text())["vassals"] == []
-    assert not os.path.exists(emperor_module.tyrant_state_path(str(vassal_dir)))
+    assert not os.path.exists(tyrant_state_path(str(vassal_dir)))
     assert status_text(state).startswith(f"emperor pid {os.getpid()} watching {vassal_dir}")
 
 
@@ -284,8 +288,8 @@ def test_a_tyrant_warns_about_a_vassal_directory_where_users_may_replace_files(
     for directory, mode in ((shared, 0o777), (sticky, 0o1777)):
         directory.mkdir()
         directory.chmod(mode)
-    emperor_module._warn_if_replaceable(str(shared))
-    emperor_module._warn_if_replaceable(str(sticky))
+    warn_if_replaceable(str(shared))
+    warn_if_replaceable(str(sticky))
     warnings = [line for line in capfd.readouterr().err.splitlines() if "warning" in line]
     assert len(warnings) == 1 and f"{shared} is writable by others without the sticky bit" in warnings[0]
 
@@ -316,7 +320,7 @@ def test_tyrant_state_stays_out_of_the_vassal_directory_and_status_finds_it(
     emp.wait_serving("v", sock)
     wait_for(lambda: emp.state_of("v") == "running", 10, "v running in the state file")
     assert sorted(p.name for p in vassals.iterdir()) == ["app.py", "v.ini"]
-    run = os.lstat(emperor_module.RUN_DIR)
+    run = os.lstat(RUN_DIR)
     assert run.st_uid == 0 and run.st_mode & 0o7777 == 0o755
     assert emp.state_path.stat().st_uid == 0 and emp.state_path.stat().st_mode & 0o022 == 0
     assert "running" in status_row(status_text(vassals), "v.ini")

@@ -1,8 +1,10 @@
-"""The emperor's reconcile step, ``plan(desired, actual, now)``, driven with tables.
+"""The emperor's decisions, driven with tables: ``plan(desired, actual, now)`` and the others.
 
-Every case starts from the same base: three vassal files (a, b, c) and three running vassals
-that match them. A case changes the files, the vassals or both, and names the actions the
-plan must return. ``plan`` is pure, so no process, file or clock is involved.
+Every plan case starts from the same base: three vassal files (a, b, c) and three running
+vassals that match them. A case changes the files, the vassals or both, and names the actions
+the plan must return. The loop's other decisions (a dead vassal's throttle, which vassals are
+past their mercy, how long to sleep) start from the same base. All are pure, so no process,
+file or clock is involved.
 """
 
 from __future__ import annotations
@@ -12,10 +14,25 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from binserve.emperor import Reload, Spawn, Stop, Vassal, VassalFile, Wait, plan, scan, throttle
+from binserve.emperor.plan import (
+    Reload,
+    Respawn,
+    Spawn,
+    Stop,
+    Vassal,
+    VassalFile,
+    Wait,
+    after_death,
+    overdue,
+    plan,
+    throttle,
+    wake_timeout,
+)
+from binserve.emperor.watch import scan
 
 NOW = 1000.0
 UID, GID = 1000, 1000
@@ -269,3 +286,70 @@ def test_scan_does_not_hang_on_a_fifo_named_like_a_vassal(tmp_path: Path) -> Non
     found, problems = scan([str(tmp_path)], tyrant=False)
     assert list(found) == [str(tmp_path / "ok.ini")]
     assert problems == [f"{tmp_path / 'pipe.ini'}: cannot read vassal file: is a FIFO, not a regular file"]
+
+
+# -- the loop's other decisions -----------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("loyal", "failures", "expected"),
+    [
+        (True, 0, Respawn(0, 0.0, "")),
+        (True, 5, Respawn(0, 0.0, "")),  # serving a request forgives the failures before it
+        (False, 0, Respawn(1, 1.0, "died 1 time(s) without serving a request")),
+        (False, 1, Respawn(2, 2.0, "died 2 time(s) without serving a request")),
+        (False, 6, Respawn(7, 60.0, "died 7 time(s) without serving a request")),
+        (False, 40, Respawn(41, 60.0, "died 41 time(s) without serving a request")),
+    ],
+)
+def test_after_death(loyal: bool, failures: int, expected: Respawn) -> None:
+    assert after_death(loyal, failures, 1000, 60000) == expected
+
+
+def case(name: str, *values: object) -> Any:
+    """A table row named for what it shows."""
+    return pytest.param(*values, id=name)
+
+
+def stopped_alone(deadline: float, pid: int | None = 200, state: str = "stopping") -> Actual:
+    """The base vassals, with B stopped alone (its file removed) until ``deadline``."""
+    _, actual = base()
+    actual[B] = replace_vassal(actual[B], state=state, pid=pid, stop_deadline=deadline)
+    return actual
+
+
+@pytest.mark.parametrize(
+    ("actual", "stopping", "deadline", "expected"),
+    [
+        case("nothing stopping", base()[1], False, 0.0, []),
+        case("stopped alone, within its mercy", stopped_alone(NOW + 1), False, 0.0, []),
+        case("stopped alone, mercy ends now", stopped_alone(NOW), False, 0.0, [B]),
+        case("stopped alone, past its mercy", stopped_alone(NOW - 1), False, 0.0, [B]),
+        case("stopped alone, already exited", stopped_alone(NOW - 1, pid=None), False, 0.0, []),
+        case("stopped alone, no mercy set", stopped_alone(0.0), False, 0.0, []),
+        case("running, a deadline left from before", stopped_alone(NOW - 1, state="running"), False, 0.0, []),
+        case("emperor stopping, within its deadline", base()[1], True, NOW + 1, []),
+        case("emperor stopping, deadline now", base()[1], True, NOW, [A, B, C]),
+        case("emperor stopping, only those running", stopped_alone(NOW + 1, pid=None), True, NOW - 1, [A, C]),
+    ],
+)
+def test_overdue(actual: Actual, stopping: bool, deadline: float, expected: list[str]) -> None:
+    assert overdue(actual, NOW, stopping, deadline) == expected
+
+
+@pytest.mark.parametrize(
+    ("stopping", "deadline", "next_scan", "probes", "expected"),
+    [
+        case("until the next scan", False, 0.0, NOW + 3, [], 3.0),
+        case("a scan overdue", False, 0.0, NOW - 1, [], 0.0),
+        case("a stats reader due first", False, 0.0, NOW + 3, [NOW + 2, NOW + 1], 1.0),
+        case("a stats reader overdue", False, 0.0, NOW + 3, [NOW - 1], 0.0),
+        case("the scan before the reader", False, 0.0, NOW + 1, [NOW + 2], 1.0),
+        case("stopping: no scans, half a second at most", True, NOW + 5, NOW - 1, [], 0.5),
+        case("stopping: the deadline first", True, NOW + 0.2, NOW - 1, [], 0.2),
+        case("stopping: past the deadline", True, NOW - 1, NOW + 3, [], 0.0),
+        case("stopping: a stats reader first", True, NOW + 5, NOW, [NOW + 0.1], 0.1),
+    ],
+)
+def test_wake_timeout(
+    stopping: bool, deadline: float, next_scan: float, probes: list[float], expected: float
+) -> None:
+    assert wake_timeout(NOW, stopping, deadline, next_scan, probes) == pytest.approx(expected)
