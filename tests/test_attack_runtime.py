@@ -9,11 +9,11 @@ import socket
 from collections.abc import Callable
 from pathlib import Path
 
-from test_emperor import EmperorProcess, get, write_vassal
+from test_emperor import get, write_vassal
 from test_faults import exchange, request_packet
 from test_privileges import USER, account, home, open_dir  # noqa: F401
 
-from support import Server, wait_for
+from binserve.testing import EmperorProcess, Server, wait_for
 
 APP = """
 import os, sys

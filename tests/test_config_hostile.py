@@ -25,8 +25,7 @@ from binserve.config import ConfigError, load
 from binserve.ini import MAX_DEPTH, MAX_LINES, MAX_NAME, MAX_READS, MAX_TEXT, MAX_VALUE
 from binserve.options import OPTIONS, Number
 from binserve.protocol import encode_request
-
-from support import Server
+from binserve.testing import Server
 
 
 @pytest.fixture(autouse=True)

@@ -24,13 +24,15 @@ from pathlib import Path
 
 import psutil
 import pytest
-from test_emperor import STATE_NAME, EmperorProcess, get, status_row, status_text, write_vassal
+from test_emperor import get, status_row, status_text, write_vassal
 
 import binserve.emperor as emperor_module
 from binserve import safefile
 from binserve.config import load
+from binserve.emperor import STATE_NAME
+from binserve.testing import EmperorProcess, ping, read_stats, wait_for
 
-from support import ping, reachable_prefix, read_stats, system_users, wait_for
+from support import reachable_prefix, system_users
 
 # Hostile files would otherwise make the unfixed emperor (and each hostile vassal) take the
 # host's memory: under this bound they fail with MemoryError instead.

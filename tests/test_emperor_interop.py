@@ -29,8 +29,7 @@ from pathlib import Path
 import pytest
 
 from binserve.protocol import encode_request
-
-from support import wait_for
+from binserve.testing import wait_for
 
 UWSGI = shutil.which("uwsgi")
 BINSERVE = shutil.which("binserve")

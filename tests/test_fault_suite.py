@@ -30,7 +30,7 @@ import psutil
 import pytest
 from fault_report import FaultTable
 
-from support import Nginx, Server, location, wait_for
+from binserve.testing import Nginx, Server, location, wait_for
 
 WRK = shutil.which("wrk") or "/usr/bin/wrk"
 LOAD_CAP_S = 55  # wrk's -d for loads that the scenario ends itself, once its faults are done

@@ -19,8 +19,7 @@ from pathlib import Path
 import pytest
 
 from binserve.protocol import encode_request
-
-from support import Server, wait_for
+from binserve.testing import Server, wait_for
 
 TOTAL = 8 * 1024 * 1024
 CHUNK = 32 * 1024

@@ -24,19 +24,10 @@ import pytest
 
 from binserve.privileges import Privileges
 from binserve.protocol import PING, PONG, encode_request
+from binserve.testing import Nginx, Server, free_port, location, ping, read_stats, wait_for
 from binserve.tools.curl import build_vars
 
-from support import (
-    Nginx,
-    Server,
-    as_user,
-    free_port,
-    location,
-    ping,
-    read_stats,
-    system_users,
-    wait_for,
-)
+from support import as_user, system_users
 
 USER = "binserve-fs1"
 ROOTS = "root's file\n"

@@ -43,8 +43,7 @@ from binserve.protocol import (
     RemoteProtocolError,
     encode_request,
 )
-
-from support import Nginx, Server, location, ping, wait_for
+from binserve.testing import Nginx, Server, location, ping, wait_for
 
 SEED = int(os.environ.get("FUZZ_SEED", "20240611"))
 PACKETS = 10_000

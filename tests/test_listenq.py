@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 
 from binserve.listenq import SockDiagError, _unix_diag_rqlen, listen_queue
-
-from support import wait_for
+from binserve.testing import wait_for
 
 BACKLOG = 128
 CLIENTS = 50

@@ -37,9 +37,10 @@ from binserve.privileges import (
 )
 from binserve.protocol import encode_request
 from binserve.sockets import LOOPBACK, MAX_CACHED_PEERS, PeerFilter, SocketError, bind, permitted
+from binserve.testing import Nginx, Server, free_port, location, ping, wait_for
 from binserve.tools.curl import build_vars, request
 
-from support import Nginx, Server, as_user, free_port, location, ping, reachable_prefix, wait_for
+from support import as_user, reachable_prefix
 
 USER, EXTRA_GROUP = "binserve-p1", "binserve-p1x"
 NGINX_USER = "www-data"

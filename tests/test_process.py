@@ -25,8 +25,7 @@ from pathlib import Path
 import pytest
 
 from binserve.protocol import PING, PONG, encode_header, encode_request
-
-from support import Nginx, Server, free_port, location, ping, wait_for
+from binserve.testing import Nginx, Server, free_port, location, ping, wait_for
 
 APP = """
 import os

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import psutil
 
-from support import Nginx, Server, answers_in_background, location, touch_ahead, wait_for
+from binserve.testing import Nginx, Server, answers_in_background, location, touch_ahead, wait_for
 
 PID_APP = """
 import os

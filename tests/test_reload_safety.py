@@ -16,10 +16,10 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from test_emperor import EmperorProcess, alive, get, write_vassal
+from test_emperor import get, write_vassal
 from test_privileges import USER, account, home, open_dir  # noqa: F401
 
-from support import Server, ping, touch_ahead, wait_for
+from binserve.testing import EmperorProcess, Server, alive, ping, touch_ahead, wait_for
 
 APP = """
 import os

@@ -22,8 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from binserve.protocol import encode_request
-
-from support import Nginx, Server, answers_in_background, location, read_stats, touch_ahead, wait_for
+from binserve.testing import Nginx, Server, answers_in_background, location, read_stats, touch_ahead, wait_for
 
 VERSION_APP = """
 import os

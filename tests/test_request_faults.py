@@ -19,12 +19,10 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
-from test_emperor import alive
 from test_faults import connect, get, read_all, request_packet
 
 from binserve.protocol import encode_request
-
-from support import UWSGI_PARAMS, Nginx, Server, free_port, location, wait_for
+from binserve.testing import Nginx, Server, alive, free_port, location, uwsgi_params, wait_for
 
 APP = """
 import os
@@ -232,7 +230,7 @@ def test_app_failing_mid_stream_cuts_the_client_response_off(
 ) -> None:
     port = free_port()
     server = serve("--wsgi-file", str(app), "--socket", f"127.0.0.1:{port}")
-    front = nginx(f"location / {{ include {UWSGI_PARAMS}; uwsgi_pass 127.0.0.1:{port}; }}")
+    front = nginx(f"location / {{ include {uwsgi_params()}; uwsgi_pass 127.0.0.1:{port}; }}")
     conn = http.client.HTTPConnection("127.0.0.1", front.port, timeout=10)
     try:
         conn.request("GET", "/midstream")

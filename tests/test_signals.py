@@ -16,12 +16,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from test_emperor import EmperorProcess, alive, get, write_vassal
+from test_emperor import get, write_vassal
 
 from binserve import signals
 from binserve.protocol import encode_request
-
-from support import Server, ping, wait_for
+from binserve.testing import EmperorProcess, Server, alive, ping, wait_for
 
 LOGGED = [
     signal.SIGUSR1,

@@ -29,9 +29,8 @@ import pytest
 from binserve.protocol import PING, PONG, encode_request
 from binserve.scoreboard import Scoreboard
 from binserve.stats import CpuMeter, Recent, instance_document
+from binserve.testing import Nginx, Server, free_port, location, wait_for
 from binserve.tools import statsdoc
-
-from support import Nginx, Server, free_port, location, wait_for
 
 APP = Path(__file__).resolve().parent / "apps" / "stats_app.py"
 UWSGITOP = shutil.which("uwsgitop")

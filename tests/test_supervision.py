@@ -9,7 +9,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from support import Nginx, Server, location, wait_for
+from binserve.testing import Nginx, Server, location, wait_for
 
 APP = """
 import os

@@ -24,9 +24,8 @@ from typing import Any
 import msgpack
 import pytest
 
+from binserve.testing import wait_for
 from binserve.tools import statsdoc, top
-
-from support import wait_for
 
 FIXTURES = Path(__file__).resolve().parent / "top_fixtures"
 UWSGI = shutil.which("uwsgi")

@@ -29,8 +29,7 @@ from typing import Any
 import pytest
 
 from binserve.protocol import Body, Decoder, Head, encode_request
-
-from support import Nginx, Server, location, wait_for
+from binserve.testing import Nginx, Server, location, wait_for
 
 CAPTURES_DIR = Path(__file__).parent / "packets" / "nginx-1.22"
 EXPECTED_DIR = CAPTURES_DIR / "expected"
@@ -172,7 +171,7 @@ def front(server: Server, workdir: Path) -> Iterator[Nginx]:
     )
     nginx_dir = workdir / "nginx"
     nginx_dir.mkdir()
-    proxy = Nginx(nginx_dir, locations)
+    proxy = Nginx.in_front(nginx_dir, locations)
     yield proxy
     proxy.stop()
 

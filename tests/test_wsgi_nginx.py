@@ -25,8 +25,7 @@ from types import ModuleType
 import pytest
 
 from binserve.protocol import encode_request
-
-from support import Nginx, Server, location, wait_for
+from binserve.testing import Nginx, Server, location, wait_for
 
 Response = tuple[int, dict[str, str], bytes]
 APPS = Path(__file__).resolve().parent / "apps"
@@ -77,7 +76,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         started.append(checked)
         app.wait_ready()
         checked.wait_ready()
-        front = Nginx(tmp, location(app.socket) + location(checked.socket, "/validated/"))
+        front = Nginx.in_front(tmp, location(app.socket) + location(checked.socket, "/validated/"))
         started.append(front)
         yield Stack(app, checked, front, big_file)
     finally:
