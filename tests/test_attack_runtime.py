@@ -10,10 +10,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from test_emperor import get, write_vassal
-from test_faults import exchange, request_packet
 from test_privileges import USER, account, home, open_dir  # noqa: F401
 
-from binserve.testing import EmperorProcess, Server, wait_for
+from binserve.testing import EmperorProcess, Server, exchange, request_packet, wait_for
 
 APP = """
 import os, sys
@@ -189,7 +188,7 @@ def test_a_body_cut_short_after_the_headers_gets_no_second_response(
     app = tmp_path / "app.py"
     app.write_text(READ_LATE)
     server = serve("--wsgi-file", str(app))
-    packet = request_packet("/", b"0123456789", CONTENT_LENGTH="100")
+    packet = request_packet("/", body=b"0123456789", CONTENT_LENGTH="100")
     with socket.socket(socket.AF_UNIX) as peer:
         peer.settimeout(10)
         peer.connect(str(server.socket))

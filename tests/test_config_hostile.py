@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,8 +23,7 @@ import pytest
 from binserve.config import ConfigError, load
 from binserve.ini import MAX_DEPTH, MAX_LINES, MAX_NAME, MAX_READS, MAX_TEXT, MAX_VALUE
 from binserve.options import OPTIONS, Number
-from binserve.protocol import encode_request
-from binserve.testing import Server
+from binserve.testing import Server, exchange, request_packet
 
 
 @pytest.fixture(autouse=True)
@@ -280,20 +278,7 @@ def test_an_unknown_variable_is_ignored_with_a_warning(capsys: pytest.CaptureFix
 
 
 def get(path: Path) -> bytes:
-    vars_ = {
-        "REQUEST_METHOD": "GET",
-        "PATH_INFO": "/",
-        "SERVER_PROTOCOL": "HTTP/1.1",
-        "REMOTE_ADDR": "127.0.0.1",
-    }
-    with socket.socket(socket.AF_UNIX) as sock:
-        sock.settimeout(10)
-        sock.connect(str(path))
-        sock.sendall(encode_request(vars_))
-        chunks = []
-        while chunk := sock.recv(65536):
-            chunks.append(chunk)
-    return b"".join(chunks)
+    return exchange(path, request_packet("/"))
 
 
 def test_binserve_starts_and_serves_despite_binserve_home(serve: Callable[..., Server]) -> None:

@@ -35,10 +35,8 @@ from binserve.privileges import (
     nginx_access_warnings,
     permits,
 )
-from binserve.protocol import encode_request
 from binserve.sockets import LOOPBACK, MAX_CACHED_PEERS, PeerFilter, SocketError, bind, permitted
-from binserve.testing import Nginx, Server, free_port, location, ping, wait_for
-from binserve.tools.curl import build_vars, request
+from binserve.testing import Nginx, Server, exchange, free_port, location, ping, request_packet, wait_for
 
 from support import as_user, reachable_prefix
 
@@ -138,10 +136,7 @@ def connects(path: Path) -> str:
 def uwsgi_get(address: str | Path, path: str = "/") -> bytes:
     """The raw answer to a GET sent straight over the uwsgi protocol (b"" when closed unanswered:
     a close with the request unread may come as a reset)."""
-    try:
-        return request(str(address), encode_request(build_vars(path, "GET", [], b"", "localhost")))
-    except ConnectionResetError:
-        return b""
+    return exchange(address, request_packet(path))
 
 
 def ids_of(pid: int) -> tuple[set[int], set[int]]:

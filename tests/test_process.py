@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import stat
 import subprocess
 import threading
@@ -24,8 +23,20 @@ from pathlib import Path
 
 import pytest
 
-from binserve.protocol import PING, PONG, encode_header, encode_request
-from binserve.testing import Nginx, Server, free_port, location, ping, wait_for
+from binserve.protocol import PING, PONG, encode_header
+from binserve.testing import (
+    Nginx,
+    Server,
+    connect,
+    exchange,
+    free_port,
+    location,
+    parse_response,
+    ping,
+    read_all,
+    request_packet,
+    wait_for,
+)
 
 APP = """
 import os
@@ -61,63 +72,17 @@ SLOW_BODY = b"".join(b"%05d" % i for i in range(20000))
 
 
 # -- helpers -------------------------------------------------------------------------------------
-def connect(address: str | Path, timeout: float = 10.0) -> socket.socket:
-    """A socket connected to a unix path or HOST:PORT."""
-    text = str(address)
-    if "/" in text:
-        sock = socket.socket(socket.AF_UNIX)
-        sock.settimeout(timeout)
-        sock.connect(text)
-        return sock
-    host, port = text.rsplit(":", 1)
-    return socket.create_connection((host, int(port)), timeout=timeout)
-
-
-def read_all(sock: socket.socket) -> bytes:
-    """Everything the peer sends until it closes (a reset propagates as ConnectionResetError)."""
-    chunks = []
-    while True:
-        data = sock.recv(65536)
-        if not data:
-            return b"".join(chunks)
-        chunks.append(data)
-
-
-def exchange(address: str | Path, packet: bytes, timeout: float = 10.0) -> bytes:
-    """Send one raw packet and return the whole answer."""
-    with connect(address, timeout) as sock:
-        sock.sendall(packet)
-        return read_all(sock)
-
-
-def request_packet(path: str, query: str = "", **extra: str) -> bytes:
-    """A GET request as nginx's uwsgi_params would send it."""
-    pairs = {
-        "REQUEST_METHOD": "GET",
-        "REQUEST_URI": path + (f"?{query}" if query else ""),
-        "PATH_INFO": path,
-        "QUERY_STRING": query,
-        "SERVER_PROTOCOL": "HTTP/1.1",
-        "REMOTE_ADDR": "127.0.0.1",
-        "SERVER_NAME": "localhost",
-        "SERVER_PORT": "80",
-    }
-    pairs.update(extra)
-    return encode_request(pairs)
-
-
 def get(address: str | Path, path: str, query: str = "", timeout: float = 10.0) -> tuple[int, bytes]:
     """A GET straight over the uwsgi protocol: (status, body)."""
-    raw = exchange(address, request_packet(path, query), timeout)
-    return parse_response(raw)
+    return status_body(exchange(address, request_packet(f"{path}?{query}" if query else path), timeout))
 
 
-def parse_response(raw: bytes) -> tuple[int, bytes]:
+def status_body(raw: bytes) -> tuple[int, bytes]:
     """Status and body of a raw HTTP/1.x response (status 0 when nothing came back)."""
     if not raw:
         return 0, b""
-    head, _, body = raw.partition(b"\r\n\r\n")
-    return int(head.split(b" ", 2)[1]), body
+    reply = parse_response(raw)
+    return reply.status, reply.body
 
 
 def calls(tmp_path: Path) -> list[str]:
@@ -581,7 +546,7 @@ def test_malformed_packet_is_logged_once_and_the_worker_lives_on(
     pids = workers(server, 2)
     block = b"\x00\x00\x00\x00"  # a key of length 0, then a value of length 0
     answer = exchange(server.socket, encode_header(0, len(block)) + block)
-    assert parse_response(answer)[0] == 400
+    assert status_body(answer)[0] == 400
     lines = [line for line in server.log().splitlines() if "bad uwsgi packet" in line]
     assert len(lines) == 1, lines
     assert f"from unix:{server.socket} (peer pid {os.getpid()})" in lines[0]
@@ -649,7 +614,7 @@ def test_sigterm_serves_the_connections_already_queued(
     assert slow.result(timeout=10) == (200, SLOW_BODY)
     for sock in queued:
         with sock:
-            assert parse_response(read_all(sock)) == (200, b"ok")
+            assert status_body(read_all(sock)) == (200, b"ok")
     assert server.proc.wait(timeout=10) == 0
     assert calls(tmp_path)[1:] == [f"/queued{i}" for i in range(5)]
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -21,8 +20,17 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from binserve.protocol import encode_request
-from binserve.testing import Nginx, Server, answers_in_background, location, read_stats, touch_ahead, wait_for
+from binserve.testing import (
+    Nginx,
+    Server,
+    answers_in_background,
+    exchange,
+    location,
+    read_stats,
+    request_packet,
+    touch_ahead,
+    wait_for,
+)
 
 VERSION_APP = """
 import os
@@ -206,28 +214,8 @@ def test_a_body_cut_short_is_counted_and_never_reaches_harakiri(
     )
     wait_stats_up(stats)
     (pid,) = server.worker_pids()
-    packet = encode_request(
-        {
-            "REQUEST_METHOD": "POST",
-            "REQUEST_URI": "/upload",
-            "PATH_INFO": "/upload",
-            "QUERY_STRING": "",
-            "SERVER_PROTOCOL": "HTTP/1.1",
-            "SERVER_NAME": "localhost",
-            "SERVER_PORT": "80",
-            "REMOTE_ADDR": "127.0.0.1",
-            "CONTENT_LENGTH": "100",
-        },
-        b"0123456789",
-    )
-    with socket.socket(socket.AF_UNIX) as sock:
-        sock.settimeout(10)
-        sock.connect(str(server.socket))
-        sock.sendall(packet)
-        sock.shutdown(socket.SHUT_WR)  # the peer is gone after 10 of the 100 bytes
-        reply = b""
-        while chunk := sock.recv(65536):
-            reply += chunk
+    packet = request_packet("/upload", "POST", body=b"0123456789", CONTENT_LENGTH="100")
+    reply = exchange(server.socket, packet, half_close=True)  # the peer is gone after 10 of the 100 bytes
     assert reply.startswith(b"HTTP/1.0 400 "), reply
     sent = time.monotonic()
     wait_for(lambda: read_stats(stats)["workers"][0]["requests"] == 1, 5, "the request to be counted")

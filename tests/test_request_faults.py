@@ -19,10 +19,21 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
-from test_faults import connect, get, read_all, request_packet
+from test_faults import get
 
 from binserve.protocol import encode_request
-from binserve.testing import Nginx, Server, alive, free_port, location, uwsgi_params, wait_for
+from binserve.testing import (
+    Nginx,
+    Server,
+    alive,
+    connect,
+    free_port,
+    location,
+    read_all,
+    request_packet,
+    uwsgi_params,
+    wait_for,
+)
 
 APP = """
 import os

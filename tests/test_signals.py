@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -19,8 +18,16 @@ import pytest
 from test_emperor import get, write_vassal
 
 from binserve import signals
-from binserve.protocol import encode_request
-from binserve.testing import EmperorProcess, Server, alive, ping, wait_for
+from binserve.testing import (
+    EmperorProcess,
+    Server,
+    alive,
+    ping,
+    read_response,
+    request_packet,
+    send,
+    wait_for,
+)
 
 LOGGED = [
     signal.SIGUSR1,
@@ -96,26 +103,11 @@ def application(environ, start_response):
 def fetch(sock: Path, path: str) -> str:
     """The body of a GET, read up to its Content-Length: a child the app forked keeps the
     connection open, so the end of the answer cannot be its close."""
-    packet = encode_request({"REQUEST_METHOD": "GET", "PATH_INFO": path, "REQUEST_URI": path})
-    with socket.socket(socket.AF_UNIX) as conn:
-        conn.settimeout(10)
-        conn.connect(str(sock))
-        conn.sendall(packet)
-        raw = b""
-        while b"\r\n\r\n" not in raw or len(raw.partition(b"\r\n\r\n")[2]) < _length(raw):
-            data = conn.recv(65536)
-            assert data, f"closed after {raw!r}"
-            raw += data
-    head, _, body = raw.partition(b"\r\n\r\n")
-    assert head.split(b" ")[1] == b"200", head
-    return body.decode()
-
-
-def _length(raw: bytes) -> int:
-    for line in raw.partition(b"\r\n\r\n")[0].split(b"\r\n"):
-        if line.lower().startswith(b"content-length:"):
-            return int(line.split(b":")[1])
-    return 1 << 30
+    with send(sock, request_packet(path)) as conn:
+        reply = read_response(conn)
+    assert reply.header("Content-Length") == str(len(reply.body)), f"closed after {reply}"
+    assert reply.status == 200, reply.status_line
+    return reply.text
 
 
 def send_each(

@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 
 from binserve.protocol import Body, Decoder, Head, encode_request
-from binserve.testing import Nginx, Server, location, wait_for
+from binserve.testing import Nginx, Server, exchange, location, parse_response, read_all, send, wait_for
 
 CAPTURES_DIR = Path(__file__).parent / "packets" / "nginx-1.22"
 EXPECTED_DIR = CAPTURES_DIR / "expected"
@@ -212,15 +212,11 @@ class Reply:
 
     def __init__(self, raw: bytes):
         self.raw = raw
-        head, sep, self.body = raw.partition(b"\r\n\r\n")
-        assert sep, f"no end of headers in {raw[:300]!r}"
-        lines = head.decode("latin-1").split("\r\n")
-        self.status_line = lines[0]
-        self.headers: dict[str, str] = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            assert name.lower() not in self.headers, f"duplicate header {name}"
-            self.headers[name.lower()] = value.strip()
+        response = parse_response(raw)
+        self.status_line, self.body = response.status_line, response.body
+        names = [name.lower() for name, _ in response.headers]
+        assert len(names) == len(set(names)), f"duplicate header in {names}"
+        self.headers = response.header_map
 
     @property
     def doc(self) -> dict[str, Any]:
@@ -230,14 +226,7 @@ class Reply:
 
 def uwsgi_exchange(sock_path: Path, data: bytes, timeout: float = 10.0) -> Reply:
     """Send ``data`` like nginx does (no half-close) and read the answer until binserve closes."""
-    with socket.socket(socket.AF_UNIX) as sock:
-        sock.settimeout(timeout)
-        sock.connect(str(sock_path))
-        sock.sendall(data)
-        chunks = []
-        while chunk := sock.recv(65536):
-            chunks.append(chunk)
-    return Reply(b"".join(chunks))
+    return Reply(exchange(sock_path, data, timeout))
 
 
 def assert_pep3333(doc: dict[str, Any]) -> None:
@@ -414,19 +403,13 @@ def unread_by_peer(sock: socket.socket) -> int:
 def test_raw_two_processes_serve(server: Server) -> None:
     """wsgi.multiprocess is true: with one worker held by a half-sent body, the other one answers."""
     head, body = capture_parts("post_form")
-    with socket.socket(socket.AF_UNIX) as held:
-        held.settimeout(10)
-        held.connect(str(server.socket))
-        held.sendall(encode_request(head.vars))  # CONTENT_LENGTH 23, body not sent yet
+    with send(server.socket, encode_request(head.vars)) as held:  # CONTENT_LENGTH 23, body not sent yet
         # A worker that accepted before the head arrived parks the connection and stays free:
         # wait until the head has been read, so that worker is in the app, waiting for the body.
         wait_for(lambda: unread_by_peer(held) == 0, 5, "a worker to read the held request's head")
         other = uwsgi_exchange(server.socket, capture("get_root")).doc
         held.sendall(body)
-        chunks = []
-        while chunk := held.recv(65536):
-            chunks.append(chunk)
-    first = Reply(b"".join(chunks)).doc
+        first = Reply(read_all(held)).doc
     assert first["body"] == digest(body)
     assert first["process"]["pid"] != other["process"]["pid"]
     assert {first["process"]["pid"], other["process"]["pid"]} <= server.worker_pids()
@@ -591,12 +574,10 @@ def test_nginx_long_header(front: Nginx) -> None:
 
 
 def test_nginx_http10(front: Nginx) -> None:
-    with socket.create_connection(("127.0.0.1", front.port), timeout=10) as sock:
-        sock.sendall(f"GET /old HTTP/1.0\r\nHost: 127.0.0.1:{front.port}\r\n\r\n".encode())
-        chunks = []
-        while chunk := sock.recv(65536):  # an HTTP/1.0 exchange ends with nginx closing
-            chunks.append(chunk)
-    reply = Reply(b"".join(chunks))
+    request = f"GET /old HTTP/1.0\r\nHost: 127.0.0.1:{front.port}\r\n\r\n".encode()
+    reply = Reply(
+        exchange(f"127.0.0.1:{front.port}", request)
+    )  # an HTTP/1.0 exchange ends with nginx closing
     assert reply.status_line.split(" ", 2)[1] == "200", reply.status_line
     doc = reply.doc
     assert_pep3333(doc)
