@@ -235,10 +235,9 @@ def request(
     headers: Headers = (),
     body: bytes = b"",
     timeout: float = 10.0,
-    **extra: str,
 ) -> Response:
     """One request straight over the uwsgi protocol, as nginx would pass it; the parsed answer."""
-    return parse_response(exchange(address, request_packet(path, method, headers, body, **extra), timeout))
+    return parse_response(exchange(address, request_packet(path, method, headers, body), timeout))
 
 
 def ping(address: Address, timeout: float = 1.0) -> bool:

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -230,10 +230,10 @@ class Server(Process):
         return children(self.pid, zombies=True)
 
     def request(
-        self, path: str = "/", method: str = "GET", headers: Headers = (), body: bytes = b"", **extra: str
+        self, path: str = "/", method: str = "GET", headers: Headers = (), body: bytes = b""
     ) -> Response:
         """One request straight to the uwsgi socket (no nginx), as nginx would pass it."""
-        return request(self.socket, path, method, headers, body, **extra)
+        return request(self.socket, path, method, headers, body)
 
 
 NGINX_CONF = """
@@ -316,7 +316,7 @@ class Nginx(Process):
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
         try:
             conn.putrequest(method, path, skip_accept_encoding=True)
-            items = headers.items() if isinstance(headers, dict) else (headers or [])
+            items = headers.items() if isinstance(headers, Mapping) else (headers or [])
             for name, value in items:
                 conn.putheader(name, value)
             if body is not None:
