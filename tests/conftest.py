@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import shlex
+import shutil
+import socket
 import sys
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -15,16 +18,43 @@ pytest_plugins = ["binserve.testing.plugin", "fault_report"]
 
 
 @pytest.fixture
-def app_file(tmp_path: Path) -> Callable[[str], Path]:
-    """Write a WSGI app's source into tmp_path and return its path."""
+def app_file(tmp_path: Path) -> Callable[..., Path]:
+    """Write a WSGI app's source into tmp_path (as ``name``, else a new app_N.py) and return its path."""
     counter = iter(range(1000))
 
-    def write(source: str) -> Path:
-        path = tmp_path / f"app_{next(counter)}.py"
+    def write(source: str, name: str | None = None) -> Path:
+        path = tmp_path / (name or f"app_{next(counter)}.py")
         path.write_text(source)
         return path
 
     return write
+
+
+@pytest.fixture
+def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Run in tmp_path so files are named relatively, as in the messages users see."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A 0755 directory of its own: tmp_path's parents are 0700, closed to other users."""
+    base = Path(tempfile.mkdtemp(prefix="binserve-open-"))
+    base.chmod(0o755)
+    try:
+        yield base
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def opened() -> Iterator[list[socket.socket]]:
+    """Sockets to close after the test, whatever happens."""
+    socks: list[socket.socket] = []
+    yield socks
+    for sock in socks:
+        sock.close()
 
 
 @pytest.fixture

@@ -14,7 +14,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
+
+from binserve.config import ConfigError, load
+
 REPO = Path(__file__).resolve().parent.parent
+APPS = REPO / "tests" / "apps"  # the WSGI apps the tests serve
 
 
 # Runs a command in a private mount namespace where the interpreter's tree is reachable by
@@ -30,6 +35,13 @@ mkdir "$blocked/$keep"
 mount --bind "$stage" "$blocked/$keep"
 exec "$@"
 """
+
+
+def config_error(argv: list[str], environ: dict[str, str] | None = None) -> str:
+    """The ConfigError message ``load`` raises for these inputs."""
+    with pytest.raises(ConfigError) as caught:
+        load(argv, environ or {})
+    return str(caught.value)
 
 
 def unreachable_ancestor(path: str) -> Path | None:

@@ -11,8 +11,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -20,36 +18,19 @@ from pathlib import Path
 
 import pytest
 
-from binserve.config import ConfigError, load
+from binserve.config import load
 from binserve.ini import MAX_DEPTH, MAX_LINES, MAX_NAME, MAX_READS, MAX_TEXT, MAX_VALUE
 from binserve.options import OPTIONS, Number
-from binserve.testing import Server, exchange, request_packet
+from binserve.testing import Server, exchange, request_packet, run_binserve
 
+from support import config_error as error
 
-@pytest.fixture(autouse=True)
-def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Run in tmp_path so files are named relatively, as in the messages users see."""
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
+pytestmark = pytest.mark.usefixtures("in_tmp")  # ini files are named relatively, as users see them
 
 
 def write(name: str, *lines: str) -> str:
     Path(name).write_text("[uwsgi]\n" + "".join(f"{line}\n" for line in lines))
     return name
-
-
-def error(argv: list[str], environ: dict[str, str] | None = None) -> str:
-    with pytest.raises(ConfigError) as caught:
-        load(argv, environ or {})
-    return str(caught.value)
-
-
-def run_binserve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("BINSERVE_")}
-    full_env.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "binserve", *args], capture_output=True, text=True, timeout=20, env=full_env
-    )
 
 
 # -- the ini reader ----------------------------------------------------------------------------------

@@ -12,11 +12,9 @@ from __future__ import annotations
 import os
 import pwd
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -32,25 +30,9 @@ from binserve.emperor import Emperor, Wait, plan, scan
 from binserve.testing import EmperorProcess, Nginx, alive, location, ping, request, wait_for
 from binserve.testing.emperor import leftovers
 
-from support import reachable_prefix, system_users
+from support import APPS, reachable_prefix, system_users
 
-APP = """
-import os
-import time
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def application(environ, start_response):
-    if environ["PATH_INFO"].endswith("/slow"):
-        open(os.path.join(HERE, "slow-started"), "w").close()
-        time.sleep(float(environ["QUERY_STRING"] or 1))
-    name = os.environ.get("VASSAL", "?")
-    template = os.environ.get("FROM_TEMPLATE", "-")
-    body = f"{name} {os.getpid()} {os.getuid()} {template}".encode()
-    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
-    return [body]
-"""
+APP = (APPS / "emperor_app.py").read_text()
 
 # Raises at import; every attempt appends the time first, so the test can measure the throttle.
 BROKEN_APP = """
@@ -113,10 +95,8 @@ def status_row(text: str, name: str) -> str:
 
 
 @pytest.fixture
-def app(tmp_path: Path) -> Path:
-    path = tmp_path / "app.py"
-    path.write_text(APP)
-    return path
+def app(app_file: Callable[..., Path]) -> Path:
+    return app_file(APP, "app.py")
 
 
 class Load:
@@ -512,30 +492,19 @@ def tyrant_user() -> Iterator[pwd.struct_passwd]:
         yield user
 
 
-@pytest.fixture
-def tyrant_dir() -> Iterator[Path]:
-    """A 0755 directory of its own: tmp_path's parents are 0700, closed to the vassal's user."""
-    base = Path(tempfile.mkdtemp(prefix="binserve-tyrant-"))
-    base.chmod(0o755)
-    try:
-        yield base
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
-
-
 def test_emperor_tyrant_runs_each_vassal_as_its_files_owner_and_refuses_root(
     tyrant_user: pwd.struct_passwd,
-    tyrant_dir: Path,
+    open_dir: Path,
     tmp_path: Path,
     emperor: Callable[..., EmperorProcess],
 ) -> None:
     # The user and directory fixtures come first, so they are torn down after the emperor.
     uid, gid = tyrant_user.pw_uid, tyrant_user.pw_gid
-    vassals, home = tyrant_dir / "vassals", tyrant_dir / "user"
+    vassals, home = open_dir / "vassals", open_dir / "user"
     vassals.mkdir()
     home.mkdir()
     (home / "app.py").write_text(APP)
-    user_sock, root_sock = home / "user.sock", tyrant_dir / "root.sock"
+    user_sock, root_sock = home / "user.sock", open_dir / "root.sock"
     user_ini = write_vassal(vassals, "user", user_sock, home / "app.py")
     root_ini = write_vassal(vassals, "root", root_sock, home / "app.py")
     for path in (home, home / "app.py", user_ini):

@@ -28,14 +28,9 @@ import pytest
 
 from binserve.testing import Process, alive, children, cmdline, exchange, executable, request_packet, wait_for
 
-APP = """\
-import os
+from support import APPS
 
-
-def application(environ, start_response):
-    start_response("200 OK", [("Content-Type", "text/plain")])
-    return [str(os.getpid()).encode()]
-"""
+APP = (APPS / "emperor_interop_app.py").read_text()
 
 
 # -- helpers -------------------------------------------------------------------------------------

@@ -25,17 +25,15 @@ import pytest
 from binserve.sockets import REFUSAL_LINES, REFUSAL_WINDOW, PeerFilter, parse_tcp
 from binserve.testing import Process, Server, wait_for
 
+from support import APPS
+
 IP = "/usr/sbin/ip"
 SERVER_ADDRESSES = ("10.77.0.1/24", "203.0.113.1/24", "fd77::1/64", "2001:db8:77::1/64")
 CLIENT_ADDRESSES = ("10.77.0.2/24", "203.0.113.7/24", "fd77::2/64", "2001:db8:77::7/64")
 PORT, STATS = 8000, 9191
 _names = itertools.count()
 
-APP = """
-def application(environ, start_response):
-    start_response("200 OK", [("Content-Type", "text/plain")])
-    return [environ["REMOTE_ADDR"].encode()]
-"""
+APP = (APPS / "exposure_app.py").read_text()
 
 # Each target is KIND,HOST,PORT: "ping" sends a uwsgi ping and wants the pong, "read" reads a
 # (msgpack) stats document to its end. Prints one verdict per target, as JSON.

@@ -31,30 +31,13 @@ from fault_report import FaultTable
 
 from binserve.testing import Nginx, Server, location, wait_for
 
+from support import APPS
+
 WRK = "/usr/bin/wrk"  # Debian's
 LOAD_CAP_S = 55  # wrk's -d for loads that the scenario ends itself, once its faults are done
 MIB = 1024 * 1024
 
-APP = """
-import os
-import time
-
-LEAK = []
-LEAK_CAP = 200  # MB a worker leaks at most, so a server that never recycles cannot exhaust the host
-
-
-def application(environ, start_response):
-    path = environ["PATH_INFO"]
-    if path == "/sleep":
-        time.sleep(float(environ["QUERY_STRING"] or 10))
-    elif path == "/leak" and len(LEAK) < LEAK_CAP:
-        LEAK.append(b"x" * (1 << 20))  # written, so resident: the worker's RSS grows 1 MB a request
-    pid = str(os.getpid())
-    body = f"pid={pid} multithread={environ['wsgi.multithread']}".encode()
-    headers = [("Content-Type", "text/plain"), ("X-Pid", pid), ("Content-Length", str(len(body)))]
-    start_response("200 OK", headers)
-    return [body]
-"""
+APP = (APPS / "fault_suite_app.py").read_text()
 
 RESULT_MARKER = "FAULT_RESULT "
 # response() runs in wrk's thread and notes each new X-Pid; done() runs in wrk's main Lua state,

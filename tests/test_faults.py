@@ -75,12 +75,6 @@ def peer_closed(sock: socket.socket) -> bool:
     return any(mask & select.POLLHUP for _, mask in poller.poll(0))
 
 
-def workers(server: Server, count: int) -> set[int]:
-    """The worker pids once all ``count`` are forked."""
-    wait_for(lambda: len(server.worker_pids()) == count, 10, f"{count} workers")
-    return server.worker_pids()
-
-
 @pytest.fixture
 def app(app_file: Callable[[str], Path]) -> Path:
     return app_file(APP)
@@ -92,7 +86,7 @@ def test_worker_gives_up_on_a_client_that_never_reads(
     serve: Callable[..., Server], app: Path, url: str
 ) -> None:
     server = serve("--wsgi-file", str(app), "--socket-timeout", "1", "--processes", "1")
-    pids = workers(server, 1)
+    pids = server.wait_workers(1)
     with connect(server.socket) as stuck:
         stuck.sendall(request_packet(url))
         started = time.monotonic()
@@ -119,7 +113,7 @@ def test_small_ignored_body_sent_with_the_header_does_not_hold_the_connection(
     serve: Callable[..., Server], app: Path
 ) -> None:
     server = serve("--wsgi-file", str(app), "--socket-timeout", "5")
-    workers(server, 1)
+    server.wait_workers(1)
     packet = request_packet("/ignore", "POST", body=b"b" * 1000, CONTENT_TYPE="text/plain", CONTENT_LENGTH="")
     started = time.monotonic()
     with connect(server.socket) as sock:
@@ -143,7 +137,7 @@ def test_trickling_peer_after_a_refused_packet_does_not_hold_the_worker(
     server = serve(
         "--wsgi-file", str(app), "--buffer-size", "100", "--processes", "1", "--socket-timeout", "1"
     )
-    pids = workers(server, 1)
+    pids = server.wait_workers(1)
     packet = encode_request({"PATH_INFO": "p" * 242})  # 2 + 9 + 2 + 242 = 255 bytes of vars
     assert packet[1:3] == (255).to_bytes(2, "little")
 
@@ -185,7 +179,7 @@ def test_trickling_peer_after_a_refused_packet_does_not_hold_the_worker(
 # -- 4. a big body the app ignores, of which the client sends 10 bytes and stalls ----------------
 def test_stalled_unread_body_is_closed_within_socket_timeout(serve: Callable[..., Server], app: Path) -> None:
     server = serve("--wsgi-file", str(app), "--socket-timeout", "1")
-    pids = workers(server, 1)
+    pids = server.wait_workers(1)
     head = request_packet("/ignore", "POST", CONTENT_LENGTH="100000")
     with connect(server.socket) as sock:
         sock.sendall(head + b"0123456789")  # 10 of the announced 100000 bytes, then nothing

@@ -10,13 +10,11 @@ from __future__ import annotations
 import os
 import pwd
 import resource
-import shutil
 import signal
 import socket
 import stat
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -35,15 +33,11 @@ from binserve.testing import (
     wait_for,
 )
 
-from support import as_user, system_users
+from support import APPS, as_user, system_users
 
 USER = "binserve-fs1"
 ROOTS = "root's file\n"
-APP = """
-def application(environ, start_response):
-    start_response("200 OK", [("Content-Type", "text/plain")])
-    return [b"served"]
-"""
+APP = (APPS / "files_sockets_app.py").read_text()
 
 
 # -- fixtures and helpers -----------------------------------------------------------------------------
@@ -55,23 +49,16 @@ def account() -> Iterator[pwd.struct_passwd]:
 
 
 @pytest.fixture
-def user_dir(account: pwd.struct_passwd) -> Iterator[Path]:
+def user_dir(account: pwd.struct_passwd, open_dir: Path) -> Path:
     """A directory the user owns and can reach (tmp_path's parents are closed to other users)."""
-    base = Path(tempfile.mkdtemp(prefix="binserve-fs-"))
-    base.chmod(0o755)
-    os.chown(base, account.pw_uid, account.pw_gid)
-    try:
-        yield base
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
+    os.chown(open_dir, account.pw_uid, account.pw_gid)
+    return open_dir
 
 
 @pytest.fixture
-def app(tmp_path: Path) -> Path:
+def app(app_file: Callable[..., Path]) -> Path:
     """The WSGI app, in root's tmp_path."""
-    path = tmp_path / "app.py"
-    path.write_text(APP)
-    return path
+    return app_file(APP, "app.py")
 
 
 @pytest.fixture

@@ -43,6 +43,8 @@ from binserve.protocol import (
 )
 from binserve.testing import Nginx, Server, exchange, location, ping, wait_for
 
+from support import APPS
+
 SEED = int(os.environ.get("FUZZ_SEED", "20240611"))
 PACKETS = 10_000
 BATCH = 200  # one request through nginx per batch
@@ -54,12 +56,7 @@ CAPTURES = [
 SMALL_CAPTURES = [p for p in CAPTURES if len(p) < 100_000]
 BIG_CAPTURES = [p for p in CAPTURES if len(p) >= 100_000]
 
-ECHO_APP = """
-def application(environ, start_response):
-    body = environ["wsgi.input"].read()
-    start_response("200 OK", [("Content-Type", "application/octet-stream")])
-    return [body]
-"""
+ECHO_APP = (APPS / "fuzz_server_echo.py").read_text()
 
 LOG_LINE = r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \[binserve pid \d+\] "
 BAD_PACKET = re.compile(

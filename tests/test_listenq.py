@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,15 +22,6 @@ def expected_limit(backlog: int) -> int:
     """listen() silently caps the backlog at net.core.somaxconn."""
     somaxconn = int(Path("/proc/sys/net/core/somaxconn").read_text())
     return min(backlog, somaxconn)
-
-
-@pytest.fixture
-def opened() -> Iterator[list[socket.socket]]:
-    """Sockets to close after the test, whatever happens."""
-    socks: list[socket.socket] = []
-    yield socks
-    for sock in socks:
-        sock.close()
 
 
 def unix_listener(

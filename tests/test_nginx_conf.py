@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 
 from binserve.config import load
-from binserve.testing import Nginx, Server, free_port, nginx_executable, wait_for
+from binserve.testing import Nginx, Server, free_port, nginx_conf, nginx_executable, wait_for
 
-from support import REPO
+from support import APPS, REPO
 
 CONF_DIR = REPO / "nginx_conf"
 TEMPLATES = sorted(CONF_DIR.glob("*.conf.template"))
@@ -31,30 +31,7 @@ UNITS = {"binserve-emperor.service"}  # systemd units: checked by test_emperor_u
 DOCS = {"README.md"}
 PLACEHOLDER = re.compile(r"\$\{(\w+)\}")
 
-WRAPPER = """
-worker_processes 1;
-daemon off;
-{user}
-pid {dir}/nginx.pid;
-error_log {dir}/nginx_error.log info;
-events {{ worker_connections 64; }}
-http {{
-  access_log {dir}/nginx_access.log;
-  client_body_temp_path {dir}/client_body;
-  proxy_temp_path {dir}/proxy;
-  fastcgi_temp_path {dir}/fastcgi;
-  uwsgi_temp_path {dir}/uwsgi;
-  scgi_temp_path {dir}/scgi;
-  default_type application/octet-stream;
-  include {site};
-}}
-"""
-
-ENVIRON_APP = """
-def application(environ, start_response):
-    start_response("200 OK", [("Content-Type", "text/plain")])
-    return [f"{environ['SCRIPT_NAME']}|{environ['PATH_INFO']}".encode()]
-"""
+ENVIRON_APP = (APPS / "nginx_conf_environ.py").read_text()
 
 
 def placeholders(tmp_path: Path, port: int, app_socket: Path) -> dict[str, str]:
@@ -84,8 +61,7 @@ def write_config(directory: Path, site: str) -> Path:
     site_path = directory / "site.conf"
     site_path.write_text(site)
     conf = directory / "nginx.conf"
-    user = "user root;" if os.geteuid() == 0 else ""
-    conf.write_text(WRAPPER.format(user=user, dir=directory, site=site_path))
+    conf.write_text(nginx_conf(directory, f"default_type application/octet-stream;\n  include {site_path};"))
     return conf
 
 
@@ -213,11 +189,7 @@ def test_mounted_site_strips_the_prefix(
         assert status == 404 and b"|" not in body, (outside, status, body)
 
 
-MOUNT_APP = """
-def application(environ, start_response):
-    start_response("200 OK", [("Content-Type", "text/plain")])
-    return [f"{environ['APP']}|{environ['SCRIPT_NAME']}|{environ['PATH_INFO']}".encode()]
-"""
+MOUNT_APP = (APPS / "nginx_conf_mount.py").read_text()
 
 
 def test_two_apps_site_routes_each_prefix_to_its_own_socket(

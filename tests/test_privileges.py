@@ -13,13 +13,11 @@ import ipaddress
 import os
 import pwd
 import shlex
-import shutil
 import signal
 import socket
 import stat
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -38,20 +36,12 @@ from binserve.privileges import (
 from binserve.sockets import LOOPBACK, MAX_CACHED_PEERS, PeerFilter, SocketError, bind, permitted
 from binserve.testing import Nginx, Server, exchange, free_port, location, ping, request_packet, wait_for
 
-from support import as_user, reachable_prefix
+from support import APPS, as_user, reachable_prefix
 
 USER, EXTRA_GROUP = "binserve-p1", "binserve-p1x"
 NGINX_USER = "www-data"
 
-APP = """
-import os
-
-
-def application(environ, start_response):
-    start_response("200 OK", [("Content-Type", "text/plain")])
-    groups = ",".join(map(str, sorted(os.getgroups())))
-    return [f"{os.getuid()} {os.getgid()} {groups}".encode()]
-"""
+APP = (APPS / "privileges_app.py").read_text()
 
 
 # -- fixtures and helpers -----------------------------------------------------------------------------
@@ -88,17 +78,6 @@ def nginx_user() -> Iterator[pwd.struct_passwd]:
     finally:
         if created:
             subprocess.run(["userdel", NGINX_USER], capture_output=True)
-
-
-@pytest.fixture
-def open_dir() -> Iterator[Path]:
-    """A 0755 directory of its own: tmp_path's parents are 0700, closed to other users."""
-    base = Path(tempfile.mkdtemp(prefix="binserve-priv-"))
-    base.chmod(0o755)
-    try:
-        yield base
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture

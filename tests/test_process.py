@@ -38,36 +38,9 @@ from binserve.testing import (
     wait_for,
 )
 
-APP = """
-import os
-import sys
-import time
+from support import APPS
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-SLOW_BODY = b"".join(b"%05d" % i for i in range(20000))  # 100 kB, every block numbered
-
-
-def application(environ, start_response):
-    path = environ["PATH_INFO"]
-    with open(os.path.join(HERE, "calls"), "a") as calls:
-        calls.write(f"{os.getpid()} {path}\\n")
-    if path == "/slow":
-        time.sleep(float(environ.get("QUERY_STRING") or 1.5))
-        body = SLOW_BODY
-    elif path == "/env":
-        body = os.environ.get("GREETING", "unset").encode()
-    elif path == "/pid":
-        body = str(os.getpid()).encode()
-    elif path == "/print":
-        print("printed by the app", file=sys.stderr)
-        body = b"printed"
-    elif path == "/boom":
-        raise RuntimeError("the app blew up on purpose")
-    else:
-        body = b"ok"
-    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
-    return [body]
-"""
+APP = (APPS / "process_app.py").read_text()
 SLOW_BODY = b"".join(b"%05d" % i for i in range(20000))
 
 
@@ -94,12 +67,6 @@ def calls(tmp_path: Path) -> list[str]:
 def group_processes(pgid: int) -> str:
     """pgrep's listing of the processes still in a process group ("" when none)."""
     return subprocess.run(["pgrep", "-g", str(pgid)], capture_output=True, text=True).stdout.strip()
-
-
-def workers(server: Server, count: int) -> set[int]:
-    """The worker pids once all ``count`` are forked (ping answers as soon as the first one is)."""
-    wait_for(lambda: len(server.worker_pids()) == count, 10, f"{count} workers")
-    return server.worker_pids()
 
 
 @pytest.fixture
@@ -195,7 +162,7 @@ def test_sighup_reload_finishes_slow_request_and_drops_nothing(
     clients = 16
     server = serve("--wsgi-file", str(app), "--processes", "2", "--worker-reload-mercy", "10")
     front = nginx(location(server.socket))
-    old_workers = workers(server, 2)
+    old_workers = server.wait_workers(2)
 
     budget = time.monotonic() + 20  # for everything below: a hang fails the test in bounded time
 
@@ -274,7 +241,7 @@ def test_graceful_stop_finishes_request_and_leaves_nothing(
     pidfile = tmp_path / "binserve.pid"
     server = serve("--wsgi-file", str(app), "--processes", "2", "--pidfile", str(pidfile))
     assert pidfile.read_text().strip() == str(server.pid)
-    workers(server, 2)
+    server.wait_workers(2)
 
     slow = start_slow(pool, tmp_path, lambda: get(server.socket, "/slow", "1"))
     os.kill(server.pid, signum)
@@ -316,7 +283,7 @@ def test_graceful_stop_kills_a_worker_past_the_mercy(
     serve: Callable[..., Server], app: Path, tmp_path: Path, pool: ThreadPoolExecutor
 ) -> None:
     server = serve("--wsgi-file", str(app), "--worker-reload-mercy", "1")
-    (worker,) = workers(server, 1)
+    (worker,) = server.wait_workers(1)
 
     def fetch() -> tuple[int, bytes]:
         try:
@@ -340,7 +307,7 @@ def test_graceful_stop_kills_a_worker_past_the_mercy(
 
 def test_worker_killed_with_sigkill_is_respawned(serve: Callable[..., Server], app: Path) -> None:
     server = serve("--wsgi-file", str(app), "--processes", "3")
-    before = workers(server, 3)
+    before = server.wait_workers(3)
     victim = min(before)
     os.kill(victim, signal.SIGKILL)
 
@@ -517,7 +484,7 @@ def test_unsupported_modifier_is_logged_and_closed(
     serve: Callable[..., Server], app: Path, tmp_path: Path
 ) -> None:
     server = serve("--wsgi-file", str(app))
-    pids = workers(server, 1)
+    pids = server.wait_workers(1)
     assert exchange(server.socket, encode_header(5, 0)) == b""
     assert "unavailable modifier requested: 5 (PSGI (Perl))" in server.log()
     assert calls(tmp_path) == []
@@ -527,7 +494,7 @@ def test_unsupported_modifier_is_logged_and_closed(
 
 def test_stalled_header_is_closed_at_socket_timeout(serve: Callable[..., Server], app: Path) -> None:
     server = serve("--wsgi-file", str(app), "--socket-timeout", "1")
-    pids = workers(server, 1)
+    pids = server.wait_workers(1)
     with connect(server.socket, timeout=10) as sock:
         sock.sendall(PING[:3])
         started = time.monotonic()
@@ -543,7 +510,7 @@ def test_malformed_packet_is_logged_once_and_the_worker_lives_on(
     serve: Callable[..., Server], app: Path, tmp_path: Path
 ) -> None:
     server = serve("--wsgi-file", str(app), "--processes", "2")
-    pids = workers(server, 2)
+    pids = server.wait_workers(2)
     block = b"\x00\x00\x00\x00"  # a key of length 0, then a value of length 0
     answer = exchange(server.socket, encode_header(0, len(block)) + block)
     assert status_body(answer)[0] == 400
@@ -562,7 +529,7 @@ def test_second_sighup_keeps_track_of_workers_still_retiring(
 ) -> None:
     """Workers of the first image are still killed at worker-reload-mercy after a second reload."""
     server = serve("--wsgi-file", str(app), "--worker-reload-mercy", "1")
-    (first,) = workers(server, 1)
+    (first,) = server.wait_workers(1)
 
     def fetch() -> tuple[int, bytes]:
         try:
@@ -584,7 +551,7 @@ def test_second_sighup_keeps_track_of_workers_still_retiring(
 def test_sigterm_right_after_sighup_stops_gracefully(serve: Callable[..., Server], app: Path) -> None:
     """A stop that arrives while the master re-executes itself is neither lost nor fatal."""
     server = serve("--wsgi-file", str(app))
-    workers(server, 1)
+    server.wait_workers(1)
     os.kill(server.pid, signal.SIGHUP)
     deadline = time.monotonic() + 5
     while "SIGHUP: graceful reload" not in server.log() and time.monotonic() < deadline:
@@ -603,7 +570,7 @@ def test_sigterm_serves_the_connections_already_queued(
     serve: Callable[..., Server], app: Path, tmp_path: Path, pool: ThreadPoolExecutor
 ) -> None:
     server = serve("--wsgi-file", str(app))
-    workers(server, 1)
+    server.wait_workers(1)
     slow = start_slow(pool, tmp_path, lambda: get(server.socket, "/slow", "0.5"))
     queued = []
     for i in range(5):  # connected and sent while the only worker is busy: they wait in the backlog

@@ -25,15 +25,9 @@ import psutil
 
 from binserve.testing import Nginx, Server, answers_in_background, location, touch_ahead, wait_for
 
-PID_APP = """
-import os
+from support import APPS
 
-
-def application(environ, start_response):
-    body = str(os.getpid()).encode()
-    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
-    return [body]
-"""
+PID_APP = (APPS / "pid_app.py").read_text()
 
 
 def age(pid: int) -> float:
@@ -200,19 +194,7 @@ def test_max_worker_lifetime_replaces_every_worker_without_a_failed_request(
 
 # -- reload-on-rss and evil-reload-on-rss ----------------------------------------------------------
 
-GROWING_APP = """
-import os
-
-KEPT = []
-
-
-def application(environ, start_response):
-    if environ["PATH_INFO"] == "/grow":
-        KEPT.append(b"x" * (8 << 20))  # written, so the pages are resident
-    body = str(os.getpid()).encode()
-    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
-    return [body]
-"""
+GROWING_APP = (APPS / "recycling_growing.py").read_text()
 
 
 def test_reload_on_rss_recycles_a_growing_worker_between_requests(
@@ -257,20 +239,7 @@ def test_reload_on_rss_recycles_a_growing_worker_between_requests(
     )
 
 
-EVIL_APP = """
-import os
-import time
-
-
-def application(environ, start_response):
-    if environ["PATH_INFO"] == "/grow":
-        hoard = b"x" * (200 << 20)
-        time.sleep(10)
-        del hoard
-    body = str(os.getpid()).encode()
-    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
-    return [body]
-"""
+EVIL_APP = (APPS / "recycling_evil.py").read_text()
 
 
 def test_evil_reload_on_rss_kills_a_worker_mid_request(
@@ -292,21 +261,7 @@ def test_evil_reload_on_rss_kills_a_worker_mid_request(
 
 # -- touch-chain-reload ----------------------------------------------------------------------------
 
-VERSION_APP = """
-import os
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-with open(os.path.join(HERE, "version.txt")) as source:
-    VERSION = source.read().strip()
-with open(os.path.join(HERE, "imported-by"), "a") as out:
-    out.write(f"{os.getpid()}\\n")
-
-
-def application(environ, start_response):
-    body = f"{VERSION} {os.getpid()}".encode()
-    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
-    return [body]
-"""
+VERSION_APP = (APPS / "recycling_version.py").read_text()
 
 
 def _imported_by(tmp_path: Path) -> set[int]:
@@ -398,24 +353,7 @@ def test_touch_chain_reload_without_lazy_apps_warns_and_keeps_the_masters_code(
 
 # -- threads ---------------------------------------------------------------------------------------
 
-THREADS_APP = """
-import os
-import threading
-import time
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def application(environ, start_response):
-    if environ["PATH_INFO"] == "/slow":
-        open(os.path.join(HERE, "in-flight"), "w").close()
-        time.sleep(1)
-    else:
-        time.sleep(0.3)
-    body = f"{environ['wsgi.multithread']} {threading.get_ident()}".encode()
-    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
-    return [body]
-"""
+THREADS_APP = (APPS / "recycling_threads.py").read_text()
 
 
 def test_threads_serve_requests_concurrently_in_one_process(
@@ -462,16 +400,7 @@ def test_sigterm_with_threads_finishes_the_request_in_flight_and_exits_0(
 
 # -- post-buffering --------------------------------------------------------------------------------
 
-DIGEST_APP = """
-import hashlib
-
-
-def application(environ, start_response):
-    stream = environ["wsgi.input"]
-    body = f"{type(stream).__name__} {hashlib.sha256(stream.read()).hexdigest()}".encode()
-    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
-    return [body]
-"""
+DIGEST_APP = (APPS / "recycling_digest.py").read_text()
 
 
 def test_post_buffering_gives_the_app_a_buffered_body(

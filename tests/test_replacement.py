@@ -32,19 +32,9 @@ from binserve.testing import (
     wait_for,
 )
 
-VERSION_APP = """
-import os
+from support import APPS
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-with open(os.path.join(HERE, "version.txt")) as source:
-    VERSION = source.read().strip()
-
-
-def application(environ, start_response):
-    body = f"{VERSION} {os.getpid()}".encode()
-    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
-    return [body]
-"""
+VERSION_APP = (APPS / "replacement_version.py").read_text()
 
 # What a bad deploy leaves on disk: importing it raises SyntaxError.
 BROKEN_APP = """
@@ -52,15 +42,7 @@ def application(environ, start_response:
     return []
 """
 
-PID_APP = """
-import os
-
-
-def application(environ, start_response):
-    body = str(os.getpid()).encode()
-    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
-    return [body]
-"""
+PID_APP = (APPS / "pid_app.py").read_text()
 
 
 def wait_stats_up(path: Path) -> None:
@@ -140,21 +122,7 @@ def test_chain_reload_onto_broken_code_stops_and_the_old_workers_serve_on(
 
 # -- 2. a master reload while a thread holds a request ----------------------------------------------
 
-SLOW_APP = """
-import os
-import time
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def application(environ, start_response):
-    if environ["PATH_INFO"] == "/slow":
-        open(os.path.join(HERE, "in-flight"), "w").close()
-        time.sleep(1.5)
-    body = str(os.getpid()).encode()
-    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
-    return [body]
-"""
+SLOW_APP = (APPS / "replacement_slow.py").read_text()
 
 
 def test_master_reload_lets_a_thread_finish_its_request(
@@ -189,13 +157,7 @@ def test_master_reload_lets_a_thread_finish_its_request(
 
 # -- 3. a body cut short ------------------------------------------------------------------------------
 
-READING_APP = """
-def application(environ, start_response):
-    data = environ["wsgi.input"].read()
-    body = str(len(data)).encode()
-    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
-    return [body]
-"""
+READING_APP = (APPS / "replacement_reading.py").read_text()
 
 
 def test_a_body_cut_short_is_counted_and_never_reaches_harakiri(
@@ -337,20 +299,7 @@ def test_lazy_apps_respawn_onto_broken_code_does_not_stop_the_server(
     assert server.proc.poll() is None
 
 
-HANGING_APP = """
-import os
-import time
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-if os.path.exists(os.path.join(HERE, "hang")):
-    time.sleep(60)  # an import that waits forever, say on a database
-
-
-def application(environ, start_response):
-    body = str(os.getpid()).encode()
-    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
-    return [body]
-"""
+HANGING_APP = (APPS / "replacement_hanging.py").read_text()
 
 
 def test_a_replacement_that_never_accepts_is_killed_and_the_old_worker_serves_on(

@@ -29,6 +29,8 @@ from binserve.testing import (
     wait_for,
 )
 
+from support import APPS
+
 LOGGED = [
     signal.SIGUSR1,
     signal.SIGUSR2,
@@ -40,15 +42,7 @@ LOGGED = [
 ]
 IGNORED = [signal.SIGWINCH, signal.SIGPIPE]
 
-APP = """
-import os
-
-
-def application(environ, start_response):
-    body = str(os.getpid()).encode()
-    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
-    return [body]
-"""
+APP = (APPS / "pid_app.py").read_text()
 
 SLOW_IMPORT_APP = (
     """
@@ -63,41 +57,7 @@ while not os.path.exists(os.path.join(HERE, "go-on")):
     + APP
 )
 
-FORKING_APP = """
-import multiprocessing
-import os
-import time
-
-CONTEXT = multiprocessing.get_context("fork")
-CHILDREN = []
-
-
-def sleep():
-    time.sleep(60)
-
-
-def start():
-    child = CONTEXT.Process(target=sleep)
-    child.start()
-    CHILDREN.append(child)
-    return child
-
-
-if os.environ.get("FORK_AT_IMPORT"):
-    start()
-
-
-def application(environ, start_response):
-    if environ["PATH_INFO"] == "/start":
-        body = f"{os.getpid()} {start().pid}"
-    else:
-        child = CHILDREN.pop()
-        child.terminate()
-        child.join(5)
-        body = f"{os.getpid()} {child.exitcode}"
-    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
-    return [body.encode()]
-"""
+FORKING_APP = (APPS / "signals_forking.py").read_text()
 
 
 def fetch(sock: Path, path: str) -> str:

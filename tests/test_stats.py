@@ -206,15 +206,6 @@ def _answers(address: str) -> bool:
         return False
 
 
-@pytest.fixture
-def clients() -> Iterator[list[socket.socket]]:
-    """Raw client sockets, all closed after the test whatever happens."""
-    opened: list[socket.socket] = []
-    yield opened
-    for sock in opened:
-        sock.close()
-
-
 # ---------------------------------------------------------------------------------------------
 # 1. The stats agree with the request log
 
@@ -635,7 +626,7 @@ def test_listen_queue_filled_on_purpose(
     stats_server: Callable[..., tuple[Server, str]],
     tmp_path: Path,
     release: Path,
-    clients: list[socket.socket],
+    opened: list[socket.socket],
 ) -> None:
     uwsgi_address: str | Path = tmp_path / "app.sock" if kind == "unix" else f"127.0.0.1:{free_port()}"
     server, address = stats_server("--processes", "1", "--listen", str(BACKLOG), socket_path=uwsgi_address)
@@ -654,13 +645,13 @@ def test_listen_queue_filled_on_purpose(
     try:
         # The single worker takes one request and stays in it.
         blocker = send(uwsgi_address, request_packet("/block"))
-        clients.append(blocker)
+        opened.append(blocker)
         wait_stats(address, lambda doc: doc["workers"][0]["status"] == "busy", "the worker to be busy")
 
         # 50 more connections that nobody accepts; each already carries a ping to answer later.
         for _ in range(PENDING):
             client = connect(uwsgi_address)
-            clients.append(client)
+            opened.append(client)
             client.sendall(PING)
 
         doc = wait_stats(address, queued(PENDING), f"{PENDING} connections in the listen queue")
@@ -671,6 +662,6 @@ def test_listen_queue_filled_on_purpose(
         release.touch()  # also when an assertion failed: the worker must not wait 30 s
     wait_stats(address, queued(0), "the listen queue to drain", 15)
     assert response(blocker).endswith(b"released")
-    for client in clients[1:]:
+    for client in opened[1:]:
         assert client.recv(len(PONG)) == PONG
     wait_stats(address, lambda doc: doc["workers"][0]["status"] == "idle", "the worker to be idle")

@@ -11,18 +11,9 @@ from pathlib import Path
 
 from binserve.testing import Nginx, Server, location, wait_for
 
-APP = """
-import os
-import time
+from support import APPS
 
-
-def application(environ, start_response):
-    if environ["PATH_INFO"] == "/sleep":
-        time.sleep(float(environ["QUERY_STRING"] or 10))
-    body = str(os.getpid()).encode()
-    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
-    return [body]
-"""
+APP = (APPS / "supervision_app.py").read_text()
 
 
 def test_harakiri_kills_a_request_past_its_deadline_and_names_it(
@@ -75,18 +66,7 @@ def test_max_requests_recycles_workers_without_a_failed_request(
     assert server.log().count("requests served (max-requests") >= 4
 
 
-IMPORT_RECORDER = """
-import os
-
-with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "imported-by"), "a") as out:
-    out.write(f"{os.getpid()}\\n")
-
-
-def application(environ, start_response):
-    body = str(os.getpid()).encode()
-    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
-    return [body]
-"""
+IMPORT_RECORDER = (APPS / "supervision_import_recorder.py").read_text()
 
 
 def imported_by(tmp_path: Path) -> set[int]:

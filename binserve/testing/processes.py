@@ -117,6 +117,16 @@ def touch_ahead(path: Path, ahead: float = 5.0) -> None:
     os.utime(path, (later, later))
 
 
+def run_binserve(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 30.0
+) -> subprocess.CompletedProcess[str]:
+    """``python -m binserve *args`` to its end, output captured; no BINSERVE_* variable leaks in."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("BINSERVE_")}
+    full_env.update(env or {})
+    command = [sys.executable, "-m", "binserve", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
 class Process:
     """``argv`` in a new session (its pid is the group's id), stdout and stderr in ``log_path``."""
 
@@ -225,6 +235,11 @@ class Server(Process):
 
         wait_for(up, timeout, f"binserve on {self.socket}")
 
+    def wait_workers(self, count: int, timeout: float = 10.0) -> set[int]:
+        """The worker pids once all ``count`` are forked (a ping answers as soon as the first one is)."""
+        wait_for(lambda: len(self.worker_pids()) == count, timeout, f"{count} workers")
+        return self.worker_pids()
+
     def worker_pids(self) -> set[int]:
         """Pids of the master's current children (exited ones not yet reaped included)."""
         return children(self.pid, zombies=True)
@@ -236,27 +251,29 @@ class Server(Process):
         return request(self.socket, path, method, headers, body)
 
 
-NGINX_CONF = """
+NGINX_MAIN = """
 worker_processes 1;
 daemon off;
 {user}
-pid {tmp}/nginx.pid;
-error_log {tmp}/nginx_error.log info;
+pid {dir}/nginx.pid;
+error_log {dir}/nginx_error.log info;
 events {{ worker_connections 1024; }}
 http {{
-  access_log {tmp}/nginx_access.log;
-  client_body_temp_path {tmp}/client_body;
-  proxy_temp_path {tmp}/proxy;
-  fastcgi_temp_path {tmp}/fastcgi;
-  uwsgi_temp_path {tmp}/uwsgi;
-  scgi_temp_path {tmp}/scgi;
-  client_max_body_size 64m;
-  server {{
-    listen 127.0.0.1:{port};
-    {locations}
-  }}
+  access_log {dir}/nginx_access.log;
+  client_body_temp_path {dir}/client_body;
+  proxy_temp_path {dir}/proxy;
+  fastcgi_temp_path {dir}/fastcgi;
+  uwsgi_temp_path {dir}/uwsgi;
+  scgi_temp_path {dir}/scgi;
+  {http}
 }}
 """
+
+
+def nginx_conf(directory: Path, http: str) -> str:
+    """A whole nginx.conf around the ``http`` block's directives; nginx writes only in ``directory``."""
+    user = "user root;" if os.geteuid() == 0 else ""  # else the workers, as nobody, cannot reach the socket
+    return NGINX_MAIN.format(user=user, dir=directory, http=http)
 
 
 def location(socket_path: Address, prefix: str = "/", extra: str = "") -> str:
@@ -294,9 +311,9 @@ class Nginx(Process):
         directory = tmp_path / f"nginx-{time.monotonic_ns()}"
         directory.mkdir()
         port = free_port()
-        user = "user root;" if os.geteuid() == 0 else ""
         conf = directory / "nginx.conf"
-        conf.write_text(NGINX_CONF.format(user=user, tmp=directory, port=port, locations=locations))
+        server = f"server {{ listen 127.0.0.1:{port}; {locations} }}"
+        conf.write_text(nginx_conf(directory, f"client_max_body_size 64m;\n  {server}"))
         return cls(conf, port)
 
     def error_log(self) -> str:
