@@ -28,6 +28,11 @@ from binserve.testing import Nginx, Server, answers_in_background, location, tou
 from support import APPS
 
 PID_APP = (APPS / "pid_app.py").read_text()
+GROWING_APP = (APPS / "recycling_growing.py").read_text()
+EVIL_APP = (APPS / "recycling_evil.py").read_text()
+VERSION_APP = (APPS / "recycling_version.py").read_text()
+THREADS_APP = (APPS / "recycling_threads.py").read_text()
+DIGEST_APP = (APPS / "recycling_digest.py").read_text()
 
 
 def age(pid: int) -> float:
@@ -67,8 +72,7 @@ def test_max_requests_with_one_process_serves_every_request_and_retires_after_th
         "0",
     )
     front = nginx(location(server.socket))
-    with ThreadPoolExecutor(4) as pool:
-        answers = list(pool.map(lambda _: front.request("GET", "/"), range(60)))
+    answers = front.burst(60)
     assert [status for status, _, _ in answers] == [200] * 60
     served_by = {int(body) for _, _, body in answers}
     # The old worker serves on until its replacement accepts, so a generation serves a few more.
@@ -194,8 +198,6 @@ def test_max_worker_lifetime_replaces_every_worker_without_a_failed_request(
 
 # -- reload-on-rss and evil-reload-on-rss ----------------------------------------------------------
 
-GROWING_APP = (APPS / "recycling_growing.py").read_text()
-
 
 def test_reload_on_rss_recycles_a_growing_worker_between_requests(
     serve: Callable[..., Server],
@@ -239,9 +241,6 @@ def test_reload_on_rss_recycles_a_growing_worker_between_requests(
     )
 
 
-EVIL_APP = (APPS / "recycling_evil.py").read_text()
-
-
 def test_evil_reload_on_rss_kills_a_worker_mid_request(
     serve: Callable[..., Server], nginx: Callable[[str], Nginx], app_file: Callable[[str], Path]
 ) -> None:
@@ -260,8 +259,6 @@ def test_evil_reload_on_rss_kills_a_worker_mid_request(
 
 
 # -- touch-chain-reload ----------------------------------------------------------------------------
-
-VERSION_APP = (APPS / "recycling_version.py").read_text()
 
 
 def _imported_by(tmp_path: Path) -> set[int]:
@@ -353,18 +350,15 @@ def test_touch_chain_reload_without_lazy_apps_warns_and_keeps_the_masters_code(
 
 # -- threads ---------------------------------------------------------------------------------------
 
-THREADS_APP = (APPS / "recycling_threads.py").read_text()
-
 
 def test_threads_serve_requests_concurrently_in_one_process(
     serve: Callable[..., Server], nginx: Callable[[str], Nginx], app_file: Callable[[str], Path]
 ) -> None:
     server = serve("--wsgi-file", str(app_file(THREADS_APP)), "--processes", "1", "--threads", "4")
     front = nginx(location(server.socket))
-    with ThreadPoolExecutor(8) as pool:
-        started = time.monotonic()
-        answers = list(pool.map(lambda _: front.request("GET", "/"), range(8)))
-        took = time.monotonic() - started
+    started = time.monotonic()
+    answers = front.burst(8, concurrency=8)
+    took = time.monotonic() - started
     assert [status for status, _, _ in answers] == [200] * 8
     assert took < 1.5, f"8 requests of 0.3 s took {took:.2f} s with 4 threads"
     fields = [body.decode().split() for _, _, body in answers]
@@ -399,8 +393,6 @@ def test_sigterm_with_threads_finishes_the_request_in_flight_and_exits_0(
 
 
 # -- post-buffering --------------------------------------------------------------------------------
-
-DIGEST_APP = (APPS / "recycling_digest.py").read_text()
 
 
 def test_post_buffering_gives_the_app_a_buffered_body(

@@ -35,14 +35,16 @@ from binserve.testing import (
 from support import APPS
 
 VERSION_APP = (APPS / "replacement_version.py").read_text()
+PID_APP = (APPS / "pid_app.py").read_text()
+SLOW_APP = (APPS / "replacement_slow.py").read_text()
+READING_APP = (APPS / "replacement_reading.py").read_text()
+HANGING_APP = (APPS / "replacement_hanging.py").read_text()
 
 # What a bad deploy leaves on disk: importing it raises SyntaxError.
 BROKEN_APP = """
 def application(environ, start_response:
     return []
 """
-
-PID_APP = (APPS / "pid_app.py").read_text()
 
 
 def wait_stats_up(path: Path) -> None:
@@ -122,8 +124,6 @@ def test_chain_reload_onto_broken_code_stops_and_the_old_workers_serve_on(
 
 # -- 2. a master reload while a thread holds a request ----------------------------------------------
 
-SLOW_APP = (APPS / "replacement_slow.py").read_text()
-
 
 def test_master_reload_lets_a_thread_finish_its_request(
     serve: Callable[..., Server],
@@ -156,8 +156,6 @@ def test_master_reload_lets_a_thread_finish_its_request(
 
 
 # -- 3. a body cut short ------------------------------------------------------------------------------
-
-READING_APP = (APPS / "replacement_reading.py").read_text()
 
 
 def test_a_body_cut_short_is_counted_and_never_reaches_harakiri(
@@ -219,8 +217,7 @@ def test_request_counts_stay_exact_across_replacements(
     wait_stats_up(stats)
     front = nginx(location(server.socket))
     total = 300
-    with ThreadPoolExecutor(4) as pool:
-        answers = list(pool.map(lambda _: front.request("GET", "/"), range(total)))
+    answers = front.burst(total)
     assert [status for status, _, _ in answers] == [200] * total
     served_by = {int(body) for _, _, body in answers}
     assert len(served_by) >= 6, f"only {len(served_by)} processes served {total} requests: few replacements"
@@ -297,9 +294,6 @@ def test_lazy_apps_respawn_onto_broken_code_does_not_stop_the_server(
     answers = [front.request("GET", "/") for _ in range(10)]
     assert [(status, int(body)) for status, _, body in answers] == [(200, survivor)] * 10
     assert server.proc.poll() is None
-
-
-HANGING_APP = (APPS / "replacement_hanging.py").read_text()
 
 
 def test_a_replacement_that_never_accepts_is_killed_and_the_old_worker_serves_on(

@@ -14,6 +14,7 @@ from binserve.testing import Nginx, Server, location, wait_for
 from support import APPS
 
 APP = (APPS / "supervision_app.py").read_text()
+IMPORT_RECORDER = (APPS / "supervision_import_recorder.py").read_text()
 
 
 def test_harakiri_kills_a_request_past_its_deadline_and_names_it(
@@ -52,8 +53,7 @@ def test_max_requests_recycles_workers_without_a_failed_request(
         "0",
     )
     front = nginx(location(server.socket))
-    with ThreadPoolExecutor(4) as pool:
-        answers = list(pool.map(lambda _: front.request("GET", "/"), range(200)))
+    answers = front.burst(200)
     assert [status for status, _, _ in answers] == [200] * 200
     # A recycling worker serves on until its replacement accepts, and its own replacement waits
     # until the process before it has left: how many more than max-requests a generation serves
@@ -64,9 +64,6 @@ def test_max_requests_recycles_workers_without_a_failed_request(
         lambda: server.log().count(") recycled: exited with code 17") >= 4, 10, "recycled workers to exit"
     )
     assert server.log().count("requests served (max-requests") >= 4
-
-
-IMPORT_RECORDER = (APPS / "supervision_import_recorder.py").read_text()
 
 
 def imported_by(tmp_path: Path) -> set[int]:

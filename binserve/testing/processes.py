@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -344,6 +345,13 @@ class Nginx(Process):
             return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
         finally:
             conn.close()
+
+    def burst(
+        self, count: int, path: str = "/", concurrency: int = 4
+    ) -> list[tuple[int, dict[str, str], bytes]]:
+        """``count`` GETs of ``path`` from ``concurrency`` client threads at once; the answers in order."""
+        with ThreadPoolExecutor(concurrency) as pool:
+            return list(pool.map(lambda _: self.request("GET", path), range(count)))
 
 
 @contextmanager
