@@ -12,7 +12,7 @@ from pathlib import Path
 from test_emperor import get, write_vassal
 from test_privileges import USER, account, home  # noqa: F401
 
-from binserve.testing import EmperorProcess, Server, exchange, request_packet, wait_for
+from binserve.testing import EmperorProcess, Server, exchange, request_packet, send, wait_for
 
 from support import APPS
 
@@ -144,14 +144,7 @@ def test_a_body_cut_short_after_the_headers_gets_no_second_response(
     app.write_text(READ_LATE)
     server = serve("--wsgi-file", str(app))
     packet = request_packet("/", body=b"0123456789", CONTENT_LENGTH="100")
-    with socket.socket(socket.AF_UNIX) as peer:
-        peer.settimeout(10)
-        peer.connect(str(server.socket))
-        peer.sendall(packet)
-        peer.shutdown(socket.SHUT_WR)
-        raw = b""
-        while data := peer.recv(65536):
-            raw += data
+    raw = exchange(server.socket, packet, half_close=True)
     assert raw.startswith(b"HTTP/1.1 200 OK"), raw
     assert b"HTTP/1.0 400" not in raw, raw
     wait_for(lambda: "response cut off, connection aborted" in server.log(), 5, "the line naming the cut")
@@ -199,9 +192,7 @@ def test_sigquit_ends_a_worker_at_once_even_in_a_request(
     server = serve("--wsgi-file", str(app))
     wait_for(lambda: len(server.worker_pids()) == 1, 10, "the worker")
     (worker,) = server.worker_pids()
-    with socket.socket(socket.AF_UNIX) as peer:
-        peer.connect(str(server.socket))
-        peer.sendall(request_packet("/"))
+    with send(server.socket, request_packet("/"), timeout=None):
         wait_for((tmp_path / "busy").exists, 10, "the request to start")
         os.kill(worker, signal.SIGQUIT)
         wait_for(lambda: worker not in server.worker_pids(), 3, "the worker to exit")
@@ -306,9 +297,7 @@ def test_sighup_during_a_graceful_stop_is_logged(serve: Callable[..., Server], t
     app = tmp_path / "app.py"
     app.write_text(BUSY)
     server = serve("--wsgi-file", str(app), "--worker-reload-mercy", "3")
-    with socket.socket(socket.AF_UNIX) as peer:
-        peer.connect(str(server.socket))
-        peer.sendall(request_packet("/"))
+    with send(server.socket, request_packet("/"), timeout=None):
         wait_for((tmp_path / "busy").exists, 10, "the request to start")
         os.kill(server.pid, signal.SIGTERM)
         wait_for(lambda: "graceful stop" in server.log(), 5, "the stop")

@@ -29,7 +29,7 @@ import psutil
 import pytest
 from fault_report import FaultTable
 
-from binserve.testing import Nginx, Server, location, wait_for
+from binserve.testing import Nginx, Server, location, send, wait_for
 
 from support import APPS
 
@@ -499,11 +499,8 @@ def test_stalled_partial_packets_do_not_stop_other_clients_and_are_closed_after_
     closed_after: list[float] = []
     try:
         for _ in range(STALLED):
-            sock = socket.socket(socket.AF_UNIX)
+            sock = send(server.socket, PARTIAL_HEADER, timeout=5)
             stalled.append(sock)
-            sock.settimeout(5)
-            sock.connect(str(server.socket))
-            sock.sendall(PARTIAL_HEADER)
             sock.setblocking(False)
             selector.register(sock, selectors.EVENT_READ, sock)
         last_opened = time.monotonic()

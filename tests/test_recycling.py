@@ -23,7 +23,7 @@ from pathlib import Path
 
 import psutil
 
-from binserve.testing import Nginx, Server, answers_in_background, location, touch_ahead, wait_for
+from binserve.testing import Nginx, Server, answers_in_background, location, send, touch_ahead, wait_for
 
 from support import APPS
 
@@ -435,9 +435,7 @@ def test_stalled_partial_packets_do_not_hold_the_only_worker(
     stalled: list[tuple[socket.socket, float]] = []
     try:
         for _ in range(20):
-            sock = socket.socket(socket.AF_UNIX)
-            sock.connect(str(server.socket))
-            sock.sendall(b"\x00\x10\x00")  # 3 of the 4 header bytes, then nothing
+            sock = send(server.socket, b"\x00\x10\x00", timeout=None)  # 3 of the 4 header bytes, then nothing
             stalled.append((sock, time.monotonic()))
         started = time.monotonic()
         status, _, _ = front.request("GET", "/", timeout=5)
@@ -491,9 +489,7 @@ def test_a_core_stops_accepting_rather_than_run_out_of_descriptors(
     stalled = []
     try:
         for _ in range(150):
-            sock = socket.socket(socket.AF_UNIX)
-            sock.connect(str(server.socket))
-            sock.sendall(b"\x00\x10\x00")
+            sock = send(server.socket, b"\x00\x10\x00", timeout=None)
             stalled.append(sock)
         wait_for(
             lambda: "connections are waiting for their packet; not accepting" in server.log(), 5, "the pause"
@@ -530,10 +526,8 @@ def test_a_recycling_worker_with_a_stalled_peer_parked_is_still_replaced(
     )
     front = nginx(location(server.socket))
     (pid,) = server.worker_pids()
-    with socket.socket(socket.AF_UNIX) as stalled:
-        # Queued before nginx's request, so the worker has it parked when it starts recycling.
-        stalled.connect(str(server.socket))
-        stalled.sendall(b"\x00\x10\x00")
+    # Queued before nginx's request, so the worker has it parked when it starts recycling.
+    with send(server.socket, b"\x00\x10\x00", timeout=None) as stalled:
         status, _, body = front.request("GET", "/")
         assert (status, int(body)) == (200, pid)  # its one request: the worker recycles after it
         started = time.monotonic()

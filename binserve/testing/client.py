@@ -140,8 +140,8 @@ def read_response(sock: socket.socket) -> Response:
         raw += chunk
 
 
-def connect(address: Address, timeout: float = 10.0) -> socket.socket:
-    """A connected socket to a unix path, ``@abstract`` name or HOST:PORT."""
+def connect(address: Address, timeout: float | None = 10.0) -> socket.socket:
+    """A connected socket to a unix path, ``@abstract`` name or HOST:PORT (``timeout`` None: blocking)."""
     spec = str(address)
     tcp = None if isinstance(address, Path) else parse_tcp(spec)
     if tcp:
@@ -217,7 +217,7 @@ def _shut_write(sock: socket.socket) -> None:
         pass  # the server has closed already
 
 
-def send(address: Address, data: bytes, timeout: float = 10.0) -> socket.socket:
+def send(address: Address, data: bytes, timeout: float | None = 10.0) -> socket.socket:
     """Send ``data`` on a new connection and return it open: the caller reads (or holds) the answer."""
     sock = connect(address, timeout)
     try:
