@@ -49,7 +49,7 @@ def nginx_executable() -> str:
 
 
 def uwsgi_params() -> Path:
-    """binserve's uwsgi_params from a checkout, else the stock one of nginx's package (the same list)."""
+    """binserve's uwsgi_params in a checkout, else nginx's own (binserve's is nginx's list, annotated)."""
     ours = REPO / "nginx_conf" / "uwsgi_params"
     return ours if ours.exists() else Path("/etc/nginx/uwsgi_params")
 
