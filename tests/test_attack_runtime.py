@@ -251,6 +251,15 @@ def test_a_vassal_file_name_cannot_forge_an_emperor_log_line(
 LIMITED = (APPS / "attack_runtime_limited.py").read_text()
 
 
+def serve_limited(serve: Callable[..., Server], where: Path) -> tuple[Server, set[int]]:
+    """binserve as USER (whose process limit the app lowers) from ``where``; its one worker once forked."""
+    (where / "app.py").write_text(LIMITED)
+    server = serve(
+        "--wsgi-file", str(where / "app.py"), "--uid", USER, socket_path=where / "app.sock", cwd=where
+    )
+    return server, server.wait_workers(1)
+
+
 def test_a_reload_whose_probe_cannot_be_forked_is_refused(
     account: pwd.struct_passwd,  # noqa: F811
     home: Path,  # noqa: F811
@@ -258,12 +267,7 @@ def test_a_reload_whose_probe_cannot_be_forked_is_refused(
     serve: Callable[..., Server],
 ) -> None:
     """fork() failing (the user's process limit) for the probe must not end the master."""
-    (home / "app.py").write_text(LIMITED)
-    server = serve(
-        "--wsgi-file", str(home / "app.py"), "--uid", USER, socket_path=home / "app.sock", cwd=home
-    )
-    wait_for(lambda: len(server.worker_pids()) == 1, 10, "the worker")
-    workers = server.worker_pids()
+    server, workers = serve_limited(serve, home)
     os.kill(server.pid, signal.SIGHUP)
     wait_for(lambda: "reload refused" in server.log() or server.proc.poll() is not None, 10, "the reload")
     assert server.proc.poll() is None, server.log()
@@ -278,12 +282,7 @@ def test_a_replacement_that_cannot_be_forked_leaves_the_worker_serving(
     serve: Callable[..., Server],
 ) -> None:
     """fork() failing for a worker's replacement (SIGHUP to the worker) must not end the master."""
-    (home / "app.py").write_text(LIMITED)
-    server = serve(
-        "--wsgi-file", str(home / "app.py"), "--uid", USER, socket_path=home / "app.sock", cwd=home
-    )
-    wait_for(lambda: len(server.worker_pids()) == 1, 10, "the worker")
-    workers = server.worker_pids()
+    server, workers = serve_limited(serve, home)
     os.kill(next(iter(workers)), signal.SIGHUP)
     wait_for(lambda: "cannot fork" in server.log() or server.proc.poll() is not None, 10, "the replacement")
     assert server.proc.poll() is None, server.log()
