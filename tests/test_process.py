@@ -46,7 +46,7 @@ SLOW_BODY = b"".join(b"%05d" % i for i in range(20000))
 
 # -- helpers -------------------------------------------------------------------------------------
 def get(address: str | Path, path: str, query: str = "", timeout: float = 10.0) -> tuple[int, bytes]:
-    """A GET straight over the uwsgi protocol: (status, body)."""
+    """A GET straight over the uwsgi protocol: (status, body); (0, b"") when closed unanswered."""
     return status_body(exchange(address, request_packet(f"{path}?{query}" if query else path), timeout))
 
 
@@ -260,13 +260,7 @@ def test_sigquit_stops_fast_and_cuts_the_request(
 ) -> None:
     server = serve("--wsgi-file", str(app), "--worker-reload-mercy", "30")
 
-    def fetch() -> tuple[int, bytes]:
-        try:
-            return get(server.socket, "/slow", "30", timeout=40)
-        except ConnectionResetError:
-            return 0, b""
-
-    slow = start_slow(pool, tmp_path, fetch)
+    slow = start_slow(pool, tmp_path, lambda: get(server.socket, "/slow", "30", timeout=40))
     started = time.monotonic()
     os.kill(server.pid, signal.SIGQUIT)
     code = server.proc.wait(timeout=10)
@@ -285,13 +279,7 @@ def test_graceful_stop_kills_a_worker_past_the_mercy(
     server = serve("--wsgi-file", str(app), "--worker-reload-mercy", "1")
     (worker,) = server.wait_workers(1)
 
-    def fetch() -> tuple[int, bytes]:
-        try:
-            return get(server.socket, "/slow", "30", timeout=40)
-        except ConnectionResetError:
-            return 0, b""
-
-    slow = start_slow(pool, tmp_path, fetch)
+    slow = start_slow(pool, tmp_path, lambda: get(server.socket, "/slow", "30", timeout=40))
     started = time.monotonic()
     os.kill(server.pid, signal.SIGTERM)
     server.proc.wait(timeout=10)
@@ -531,13 +519,7 @@ def test_second_sighup_keeps_track_of_workers_still_retiring(
     server = serve("--wsgi-file", str(app), "--worker-reload-mercy", "1")
     (first,) = server.wait_workers(1)
 
-    def fetch() -> tuple[int, bytes]:
-        try:
-            return get(server.socket, "/slow", "30", timeout=40)
-        except ConnectionResetError:
-            return 0, b""
-
-    slow = start_slow(pool, tmp_path, fetch)
+    slow = start_slow(pool, tmp_path, lambda: get(server.socket, "/slow", "30", timeout=40))
     os.kill(server.pid, signal.SIGHUP)
     wait_for(lambda: len(server.worker_pids() - {first}) == 1, 10, "the first reload's worker")
     (second,) = server.worker_pids() - {first}
