@@ -12,12 +12,10 @@ import grp
 import ipaddress
 import os
 import pwd
-import shlex
 import signal
 import socket
 import stat
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -36,7 +34,7 @@ from binserve.privileges import (
 from binserve.sockets import LOOPBACK, MAX_CACHED_PEERS, PeerFilter, SocketError, bind, permitted
 from binserve.testing import Nginx, Server, exchange, free_port, location, ping, request_packet, wait_for
 
-from support import APPS, as_user, reachable_prefix
+from support import APPS, as_user
 
 USER, EXTRA_GROUP = "binserve-p1", "binserve-p1x"
 NGINX_USER = "www-data"
@@ -88,23 +86,6 @@ def home(account: pwd.struct_passwd, open_dir: Path) -> Path:
     return open_dir
 
 
-@pytest.fixture
-def reachable_interpreter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Servers started in this test run where an unprivileged user reaches the interpreter.
-
-    support.Server runs ``sys.executable``: pointing it at a wrapper that enters the namespace
-    is its one hook. Inside, binserve's own sys.executable is the real interpreter again.
-    """
-    prefix = reachable_prefix(tmp_path)
-    if not prefix:
-        return
-    wrapper = tmp_path / "python-in-namespace"
-    command = " ".join(shlex.quote(part) for part in [*prefix, os.path.realpath(sys.executable)])
-    wrapper.write_text(f'#!/bin/sh\nexec {command} "$@"\n')
-    wrapper.chmod(0o755)
-    monkeypatch.setattr(sys, "executable", str(wrapper))
-
-
 def connects(path: Path) -> str:
     """``ok`` when a unix socket at ``path`` accepts this process's connection."""
     with socket.socket(socket.AF_UNIX) as sock:
@@ -134,7 +115,7 @@ def stat_result(mode: int, uid: int, gid: int) -> os.stat_result:
 def test_master_and_workers_run_as_uid_and_gid_after_binding(
     account: pwd.struct_passwd,
     home: Path,
-    reachable_interpreter: None,
+    venv_interpreter: None,
     serve: Callable[..., Server],
     nginx: Callable[[str], Nginx],
     how: str,
@@ -170,7 +151,7 @@ def test_master_and_workers_run_as_uid_and_gid_after_binding(
 def test_sighup_reload_after_the_drop_serves_as_the_same_user(
     account: pwd.struct_passwd,
     home: Path,
-    reachable_interpreter: None,
+    venv_interpreter: None,
     serve: Callable[..., Server],
     tmp_path: Path,
 ) -> None:
