@@ -14,13 +14,13 @@ import subprocess
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
 from binserve.testing import Nginx, Server, location
 
-APPS = Path(__file__).resolve().parent / "apps"
+from support import APPS
+
 FRAMEWORKS = ("flask", "django", "bottle")
 
 

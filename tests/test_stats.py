@@ -43,7 +43,9 @@ from binserve.testing import (
 )
 from binserve.tools import statsdoc
 
-APP = Path(__file__).resolve().parent / "apps" / "stats_app.py"
+from support import APPS
+
+APP = APPS / "stats_app.py"
 TMUX = "/usr/bin/tmux"  # Debian's
 
 # [pid: P|worker: W|req: R] ADDR METHOD URI => STATUS BYTES bytes in MS ms

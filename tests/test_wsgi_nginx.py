@@ -25,8 +25,9 @@ import pytest
 
 from binserve.testing import Nginx, Server, exchange, location, parse_response, request_packet, wait_for
 
+from support import APPS
+
 Response = tuple[int, dict[str, str], bytes]
-APPS = Path(__file__).resolve().parent / "apps"
 BIG_FILE_SIZE = 50 * 1024 * 1024
 
 
