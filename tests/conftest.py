@@ -1,64 +1,29 @@
-"""Fixtures that start real binserve and nginx processes and always tear them down."""
+"""The repository's fixtures: binserve.testing's (serve, nginx, emperor) and a few of its own."""
 
 from __future__ import annotations
 
 import shlex
-import subprocess
+import shutil
+import socket
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from support import Nginx, Server, reachable_prefix, wait_for
+from support import reachable_prefix
 
-if TYPE_CHECKING:
-    from test_emperor import EmperorProcess
-
-pytest_plugins = ["fault_report"]
+pytest_plugins = ["binserve.testing.plugin", "fault_report"]
 
 
 @pytest.fixture
-def serve(tmp_path: Path) -> Iterator[Callable[..., Server]]:
-    """Start binserve: ``serve(*args, socket_path=None, env=None, ready=True)``; stopped after the test."""
-    started: list[Server] = []
-
-    def start(*args: str, **kwargs: Any) -> Server:
-        server = Server(tmp_path, args, **kwargs)
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
-    pattern = f"binserve --socket {tmp_path}"
-    leftovers = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True)
-    assert not leftovers.stdout.strip(), f"binserve processes left behind: {leftovers.stdout}"
-
-
-@pytest.fixture
-def nginx(tmp_path: Path) -> Iterator[Callable[[str], Nginx]]:
-    """Start nginx with the given ``location`` blocks: ``nginx(locations)``; stopped after the test."""
-    started: list[Nginx] = []
-
-    def start(locations: str) -> Nginx:
-        server = Nginx(tmp_path, locations)
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
-
-
-@pytest.fixture
-def app_file(tmp_path: Path) -> Callable[[str], Path]:
-    """Write a WSGI app's source into tmp_path and return its path."""
+def app_file(tmp_path: Path) -> Callable[..., Path]:
+    """Write a WSGI app's source into tmp_path (as ``name``, else a new app_N.py) and return its path."""
     counter = iter(range(1000))
 
-    def write(source: str) -> Path:
-        path = tmp_path / f"app_{next(counter)}.py"
+    def write(source: str, name: str | None = None) -> Path:
+        path = tmp_path / (name or f"app_{next(counter)}.py")
         path.write_text(source)
         return path
 
@@ -66,22 +31,30 @@ def app_file(tmp_path: Path) -> Callable[[str], Path]:
 
 
 @pytest.fixture
-def emperor(tmp_path: Path) -> Iterator[Callable[..., EmperorProcess]]:
-    """Start an emperor: ``emperor(vassal_dir, *extra_args, wrap=[])``; always torn down."""
-    from test_emperor import EmperorProcess  # the emperor tests' helper, imported only by them
+def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Run in tmp_path so files are named relatively, as in the messages users see."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
 
-    started: list[EmperorProcess] = []
 
-    def start(vassals: Path, *args: str, wrap: list[str] | None = None) -> EmperorProcess:
-        process = EmperorProcess(tmp_path, vassals, args, wrap or [])
-        started.append(process)
-        return process
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A 0755 directory of its own: tmp_path's parents are 0700, closed to other users."""
+    base = Path(tempfile.mkdtemp(prefix="binserve-open-"))
+    base.chmod(0o755)
+    try:
+        yield base
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
-    yield start
-    for process in started:
-        process.stop()
-    for process in started:
-        wait_for(process.all_gone, 10, f"every vassal of {process.vassals} to be gone")
+
+@pytest.fixture
+def opened() -> Iterator[list[socket.socket]]:
+    """Sockets to close after the test, whatever happens."""
+    socks: list[socket.socket] = []
+    yield socks
+    for sock in socks:
+        sock.close()
 
 
 @pytest.fixture

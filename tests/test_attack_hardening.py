@@ -26,14 +26,12 @@ from binserve.privileges import PrivilegeError, Privileges
 from binserve.safefile import open_append, write_replace
 from binserve.sockets import Listener, remove_files
 
+from support import APPS
+
 USER = "binserve-a1"
 RENAME_EXCHANGE = 2  # renameat2(2)
 
-APP = """
-def application(environ, start_response):
-    start_response("200 OK", [("Content-Type", "text/plain")])
-    return [b"ok"]
-"""
+APP = (APPS / "attack_hardening_app.py").read_text()
 
 
 @pytest.fixture

@@ -9,25 +9,14 @@ import socket
 from collections.abc import Callable
 from pathlib import Path
 
-from test_emperor import EmperorProcess, get, write_vassal
-from test_faults import exchange, request_packet
-from test_privileges import USER, account, home, open_dir  # noqa: F401
+from test_emperor import get, write_vassal
+from test_privileges import USER, account, home  # noqa: F401
 
-from support import Server, wait_for
+from binserve.testing import EmperorProcess, Server, exchange, request_packet, send, wait_for
 
-APP = """
-import os, sys
+from support import APPS
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-if os.path.exists(os.path.join(HERE, "exit")):
-    sys.exit(int(open(os.path.join(HERE, "exit")).read()))
-
-
-def application(environ, start_response):
-    body = b"%d" % os.getpid()
-    start_response("200 OK", [("Content-Length", str(len(body)))])
-    return [body]
-"""
+APP = (APPS / "attack_runtime_app.py").read_text()
 
 
 def test_an_app_that_exits_zero_at_import_fails_the_probe(
@@ -60,18 +49,7 @@ def test_a_lazy_app_that_exits_at_import_is_a_boot_failure_not_a_respawn_storm(
     assert not server.socket.exists()
 
 
-SLOW = """
-import os, time
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-open(os.path.join(HERE, "importing"), "w").close()
-time.sleep(2)
-
-
-def application(environ, start_response):
-    start_response("200 OK", [("Content-Length", "2")])
-    return [b"ok"]
-"""
+SLOW = (APPS / "attack_runtime_slow.py").read_text()
 
 
 def test_sighup_while_the_app_is_imported_at_startup_does_not_kill_the_master(
@@ -89,18 +67,7 @@ def test_sighup_while_the_app_is_imported_at_startup_does_not_kill_the_master(
     assert server.proc.wait(10) == 0, server.log()
 
 
-HELPER = """
-import os, time
-
-if os.fork() == 0:  # a helper process the app starts at import, and forgets
-    time.sleep(30)
-    os._exit(0)
-
-
-def application(environ, start_response):
-    start_response("200 OK", [("Content-Length", "2")])
-    return [b"ok"]
-"""
+HELPER = (APPS / "attack_runtime_helper.py").read_text()
 
 
 def test_after_the_master_is_killed_no_helper_of_the_app_keeps_the_socket_listening(
@@ -130,15 +97,7 @@ def test_after_the_master_is_killed_no_helper_of_the_app_keeps_the_socket_listen
     wait_for(refused, 5, "connections to be refused")
 
 
-HANG = """
-import time
-
-
-def application(environ, start_response):
-    time.sleep(3)
-    start_response("200 OK", [("Content-Length", "2")])
-    return [b"ok"]
-"""
+HANG = (APPS / "attack_runtime_hang.py").read_text()
 
 
 def test_a_harakiri_line_escapes_the_control_characters_of_the_request_uri(
@@ -174,12 +133,7 @@ def _state(pid: int) -> str:
     return Path(f"/proc/{pid}/stat").read_text().split(") ")[1].split()[0]
 
 
-READ_LATE = """
-def application(environ, start_response):
-    write = start_response("200 OK", [("Content-Type", "text/plain")])
-    write(b"reading")
-    return [environ["wsgi.input"].read()]
-"""
+READ_LATE = (APPS / "attack_runtime_read_late.py").read_text()
 
 
 def test_a_body_cut_short_after_the_headers_gets_no_second_response(
@@ -189,15 +143,8 @@ def test_a_body_cut_short_after_the_headers_gets_no_second_response(
     app = tmp_path / "app.py"
     app.write_text(READ_LATE)
     server = serve("--wsgi-file", str(app))
-    packet = request_packet("/", b"0123456789", CONTENT_LENGTH="100")
-    with socket.socket(socket.AF_UNIX) as peer:
-        peer.settimeout(10)
-        peer.connect(str(server.socket))
-        peer.sendall(packet)
-        peer.shutdown(socket.SHUT_WR)
-        raw = b""
-        while data := peer.recv(65536):
-            raw += data
+    packet = request_packet("/", body=b"0123456789", CONTENT_LENGTH="100")
+    raw = exchange(server.socket, packet, half_close=True)
     assert raw.startswith(b"HTTP/1.1 200 OK"), raw
     assert b"HTTP/1.0 400" not in raw, raw
     wait_for(lambda: "response cut off, connection aborted" in server.log(), 5, "the line naming the cut")
@@ -216,22 +163,7 @@ def test_sigterm_while_the_app_is_imported_at_startup_is_logged_and_cleans_up(
     assert not server.socket.exists()
 
 
-HELPER_PID = """
-import os, time
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-if os.fork() == 0:
-    with open(os.path.join(HERE, "helper.tmp"), "w") as out:
-        out.write(str(os.getpid()))
-    os.rename(os.path.join(HERE, "helper.tmp"), os.path.join(HERE, "helper"))
-    time.sleep(30)
-    os._exit(0)
-
-
-def application(environ, start_response):
-    start_response("200 OK", [("Content-Length", "2")])
-    return [b"ok"]
-"""
+HELPER_PID = (APPS / "attack_runtime_helper_pid.py").read_text()
 
 
 def test_a_helper_the_app_forks_at_import_blocks_no_signal(
@@ -248,18 +180,7 @@ def test_a_helper_the_app_forks_at_import_blocks_no_signal(
     assert int(blocked.split()[1], 16) == 0, blocked
 
 
-BUSY = """
-import os, time
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def application(environ, start_response):
-    open(os.path.join(HERE, "busy"), "w").close()
-    time.sleep(30)
-    start_response("200 OK", [("Content-Length", "2")])
-    return [b"ok"]
-"""
+BUSY = (APPS / "attack_runtime_busy.py").read_text()
 
 
 def test_sigquit_ends_a_worker_at_once_even_in_a_request(
@@ -271,30 +192,13 @@ def test_sigquit_ends_a_worker_at_once_even_in_a_request(
     server = serve("--wsgi-file", str(app))
     wait_for(lambda: len(server.worker_pids()) == 1, 10, "the worker")
     (worker,) = server.worker_pids()
-    with socket.socket(socket.AF_UNIX) as peer:
-        peer.connect(str(server.socket))
-        peer.sendall(request_packet("/"))
+    with send(server.socket, request_packet("/"), timeout=None):
         wait_for((tmp_path / "busy").exists, 10, "the request to start")
         os.kill(worker, signal.SIGQUIT)
         wait_for(lambda: worker not in server.worker_pids(), 3, "the worker to exit")
 
 
-ODD_RESULT = """
-import os
-
-
-class Response:
-    def __iter__(self):
-        return iter([b"%d" % os.getpid()])
-
-    def __getattr__(self, name):
-        raise KeyboardInterrupt(name)
-
-
-def application(environ, start_response):
-    start_response("200 OK", [("Content-Type", "text/plain")])
-    return Response()
-"""
+ODD_RESULT = (APPS / "attack_runtime_odd_result.py").read_text()
 
 
 def test_a_response_whose_attributes_raise_does_not_end_the_worker(
@@ -311,19 +215,7 @@ def test_a_response_whose_attributes_raise_does_not_end_the_worker(
     assert server.worker_pids() == {worker}, server.log()
 
 
-HANG_ON_RELOAD = """
-import os, time
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-if os.path.exists(os.path.join(HERE, "hang")):
-    open(os.path.join(HERE, "hanging"), "w").close()
-    time.sleep(60)
-
-
-def application(environ, start_response):
-    start_response("200 OK", [("Content-Length", "2")])
-    return [b"ok"]
-"""
+HANG_ON_RELOAD = (APPS / "attack_runtime_hang_on_reload.py").read_text()
 
 
 def test_a_probe_stopped_by_sigterm_refuses_the_reload(serve: Callable[..., Server], tmp_path: Path) -> None:
@@ -356,28 +248,16 @@ def test_a_vassal_file_name_cannot_forge_an_emperor_log_line(
     assert "x\\x0a2026-01-01" in process.log(), process.log()
 
 
-LIMITED = """
-import os, resource
+LIMITED = (APPS / "attack_runtime_limited.py").read_text()
 
 
-def _mine(pid):
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            uid = next(line for line in status if line.startswith("Uid:")).split()[1]
-        return len(os.listdir(f"/proc/{pid}/task")) if int(uid) == os.getuid() else 0
-    except (OSError, StopIteration):
-        return 0
-
-
-# The master runs as the user: room for one worker and its thread, then no fork succeeds.
-tasks = sum(_mine(pid) for pid in os.listdir("/proc") if pid.isdigit())
-resource.setrlimit(resource.RLIMIT_NPROC, (tasks + 2, tasks + 2))
-
-
-def application(environ, start_response):
-    start_response("200 OK", [("Content-Length", "2")])
-    return [b"ok"]
-"""
+def serve_limited(serve: Callable[..., Server], where: Path) -> tuple[Server, set[int]]:
+    """binserve as USER (whose process limit the app lowers) from ``where``; its one worker once forked."""
+    (where / "app.py").write_text(LIMITED)
+    server = serve(
+        "--wsgi-file", str(where / "app.py"), "--uid", USER, socket_path=where / "app.sock", cwd=where
+    )
+    return server, server.wait_workers(1)
 
 
 def test_a_reload_whose_probe_cannot_be_forked_is_refused(
@@ -387,12 +267,7 @@ def test_a_reload_whose_probe_cannot_be_forked_is_refused(
     serve: Callable[..., Server],
 ) -> None:
     """fork() failing (the user's process limit) for the probe must not end the master."""
-    (home / "app.py").write_text(LIMITED)
-    server = serve(
-        "--wsgi-file", str(home / "app.py"), "--uid", USER, socket_path=home / "app.sock", cwd=home
-    )
-    wait_for(lambda: len(server.worker_pids()) == 1, 10, "the worker")
-    workers = server.worker_pids()
+    server, workers = serve_limited(serve, home)
     os.kill(server.pid, signal.SIGHUP)
     wait_for(lambda: "reload refused" in server.log() or server.proc.poll() is not None, 10, "the reload")
     assert server.proc.poll() is None, server.log()
@@ -407,12 +282,7 @@ def test_a_replacement_that_cannot_be_forked_leaves_the_worker_serving(
     serve: Callable[..., Server],
 ) -> None:
     """fork() failing for a worker's replacement (SIGHUP to the worker) must not end the master."""
-    (home / "app.py").write_text(LIMITED)
-    server = serve(
-        "--wsgi-file", str(home / "app.py"), "--uid", USER, socket_path=home / "app.sock", cwd=home
-    )
-    wait_for(lambda: len(server.worker_pids()) == 1, 10, "the worker")
-    workers = server.worker_pids()
+    server, workers = serve_limited(serve, home)
     os.kill(next(iter(workers)), signal.SIGHUP)
     wait_for(lambda: "cannot fork" in server.log() or server.proc.poll() is not None, 10, "the replacement")
     assert server.proc.poll() is None, server.log()
@@ -426,9 +296,7 @@ def test_sighup_during_a_graceful_stop_is_logged(serve: Callable[..., Server], t
     app = tmp_path / "app.py"
     app.write_text(BUSY)
     server = serve("--wsgi-file", str(app), "--worker-reload-mercy", "3")
-    with socket.socket(socket.AF_UNIX) as peer:
-        peer.connect(str(server.socket))
-        peer.sendall(request_packet("/"))
+    with send(server.socket, request_packet("/"), timeout=None):
         wait_for((tmp_path / "busy").exists, 10, "the request to start")
         os.kill(server.pid, signal.SIGTERM)
         wait_for(lambda: "graceful stop" in server.log(), 5, "the stop")

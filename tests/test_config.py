@@ -7,35 +7,24 @@ Pure tests call ``load(argv, environ)`` with an explicit environment; the last f
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
-from binserve.config import ConfigError, load
+from binserve.config import load
 from binserve.options import ALIASES, OPTIONS, UWSGI_ONLY, options_table, to_bool
+from binserve.testing import run_binserve
 
+from support import config_error as error
 
-@pytest.fixture(autouse=True)
-def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Run in tmp_path so ini files are named relatively, as in the error messages users see."""
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
+pytestmark = pytest.mark.usefixtures("in_tmp")  # ini files are named relatively, as users see them
 
 
 def ini(text: str, name: str = "app.ini") -> str:
     """Write an ini file into the current directory; returns its (relative) name."""
     Path(name).write_text(textwrap.dedent(text).lstrip("\n"))
     return name
-
-
-def error(argv: list[str], environ: dict[str, str] | None = None) -> str:
-    """The ConfigError message ``load`` raises for these inputs."""
-    with pytest.raises(ConfigError) as caught:
-        load(argv, environ or {})
-    return str(caught.value)
 
 
 # -- reading ini files ----------------------------------------------------------------------------
@@ -357,14 +346,6 @@ def test_uwsgi_only_names_do_not_shadow_real_options() -> None:
 
 
 # -- through the command ----------------------------------------------------------------------------
-def run_binserve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("BINSERVE_")}
-    full_env.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "binserve", *args], capture_output=True, text=True, timeout=30, env=full_env
-    )
-
-
 def test_cli_bad_ini_exits_2_with_one_line() -> None:
     name = ini("[uwsgi]\nsocket = x.sock\nmodule = app\nprocesess = 4\n", "bad.ini")
     result = run_binserve("--ini", name)

@@ -11,9 +11,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -21,38 +18,19 @@ from pathlib import Path
 
 import pytest
 
-from binserve.config import ConfigError, load
+from binserve.config import load
 from binserve.ini import MAX_DEPTH, MAX_LINES, MAX_NAME, MAX_READS, MAX_TEXT, MAX_VALUE
 from binserve.options import OPTIONS, Number
-from binserve.protocol import encode_request
+from binserve.testing import Server, exchange, request_packet, run_binserve
 
-from support import Server
+from support import config_error as error
 
-
-@pytest.fixture(autouse=True)
-def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Run in tmp_path so files are named relatively, as in the messages users see."""
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
+pytestmark = pytest.mark.usefixtures("in_tmp")  # ini files are named relatively, as users see them
 
 
 def write(name: str, *lines: str) -> str:
     Path(name).write_text("[uwsgi]\n" + "".join(f"{line}\n" for line in lines))
     return name
-
-
-def error(argv: list[str], environ: dict[str, str] | None = None) -> str:
-    with pytest.raises(ConfigError) as caught:
-        load(argv, environ or {})
-    return str(caught.value)
-
-
-def run_binserve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("BINSERVE_")}
-    full_env.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "binserve", *args], capture_output=True, text=True, timeout=20, env=full_env
-    )
 
 
 # -- the ini reader ----------------------------------------------------------------------------------
@@ -281,20 +259,7 @@ def test_an_unknown_variable_is_ignored_with_a_warning(capsys: pytest.CaptureFix
 
 
 def get(path: Path) -> bytes:
-    vars_ = {
-        "REQUEST_METHOD": "GET",
-        "PATH_INFO": "/",
-        "SERVER_PROTOCOL": "HTTP/1.1",
-        "REMOTE_ADDR": "127.0.0.1",
-    }
-    with socket.socket(socket.AF_UNIX) as sock:
-        sock.settimeout(10)
-        sock.connect(str(path))
-        sock.sendall(encode_request(vars_))
-        chunks = []
-        while chunk := sock.recv(65536):
-            chunks.append(chunk)
-    return b"".join(chunks)
+    return exchange(path, request_packet("/"))
 
 
 def test_binserve_starts_and_serves_despite_binserve_home(serve: Callable[..., Server]) -> None:

@@ -9,16 +9,12 @@ the whole process group down and fails the test if a vassal is left behind.
 
 from __future__ import annotations
 
-import json
 import os
 import pwd
 import re
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -32,29 +28,13 @@ import pytest
 from binserve.config import load
 from binserve.emperor import Emperor
 from binserve.emperor.plan import Wait, plan
-from binserve.emperor.status import RUN_DIR, STATE_NAME, tyrant_state_path
 from binserve.emperor.watch import scan
-from binserve.protocol import encode_request
+from binserve.testing import EmperorProcess, Nginx, alive, location, ping, request, wait_for
+from binserve.testing.emperor import leftovers
 
-from support import Nginx, location, ping, reachable_prefix, system_users, wait_for
+from support import APPS, reachable_prefix, system_users
 
-APP = """
-import os
-import time
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def application(environ, start_response):
-    if environ["PATH_INFO"].endswith("/slow"):
-        open(os.path.join(HERE, "slow-started"), "w").close()
-        time.sleep(float(environ["QUERY_STRING"] or 1))
-    name = os.environ.get("VASSAL", "?")
-    template = os.environ.get("FROM_TEMPLATE", "-")
-    body = f"{name} {os.getpid()} {os.getuid()} {template}".encode()
-    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
-    return [body]
-"""
+APP = (APPS / "emperor_app.py").read_text()
 
 # Raises at import; every attempt appends the time first, so the test can measure the throttle.
 BROKEN_APP = """
@@ -66,7 +46,6 @@ with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "attempts"), 
 raise RuntimeError("broken on purpose")
 """
 
-EMPEROR_MERCY = "5"
 BROKEN_THROTTLED = (
     r"vassal broken\.ini died \d+ time\(s\) without serving a request: throttled, next attempt in (\d+) s"
 )
@@ -93,52 +72,11 @@ def write_vassal(
 
 def get(sock: Path, path: str = "/", query: str = "", timeout: float = 10.0) -> tuple[int, str]:
     """One GET straight to a vassal's socket over the uwsgi protocol: (status, body); (0, "") on error."""
-    packet = encode_request(
-        {
-            "REQUEST_METHOD": "GET",
-            "REQUEST_URI": f"{path}?{query}" if query else path,
-            "PATH_INFO": path,
-            "QUERY_STRING": query,
-            "SERVER_PROTOCOL": "HTTP/1.1",
-            "SERVER_NAME": "localhost",
-            "SERVER_PORT": "80",
-            "REMOTE_ADDR": "127.0.0.1",
-        }
-    )
     try:
-        with socket.socket(socket.AF_UNIX) as conn:
-            conn.settimeout(timeout)
-            conn.connect(str(sock))
-            conn.sendall(packet)
-            raw = b""
-            while data := conn.recv(65536):
-                raw += data
-    except OSError:
+        response = request(sock, f"{path}?{query}" if query else path, timeout=timeout)
+    except (OSError, AssertionError):
         return 0, ""
-    head, _, body = raw.partition(b"\r\n\r\n")
-    if not head:
-        return 0, ""
-    return int(head.split(b" ", 2)[1]), body.decode()
-
-
-def alive(pid: int | None) -> bool:
-    """Whether ``pid`` runs (a zombie waiting for its reaper counts as dead; None never runs)."""
-    if pid is None:
-        return False
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
-def children(pid: int | None) -> set[int]:
-    """The live child pids of ``pid`` (a vassal master's workers)."""
-    if pid is None:
-        return set()
-    try:
-        return {c.pid for c in psutil.Process(pid).children() if alive(c.pid)}
-    except psutil.NoSuchProcess:
-        return set()
+    return response.status, response.text
 
 
 def status_text(target: Path) -> str:
@@ -158,127 +96,9 @@ def status_row(text: str, name: str) -> str:
     return next((line for line in text.splitlines() if line.split(" ", 1)[0] == name), "")
 
 
-class EmperorProcess:
-    """``python -m binserve --emperor DIR`` in its own session, logging to a file in tmp_path."""
-
-    def __init__(self, tmp_path: Path, vassals: Path, args: tuple[str, ...], wrap: list[str]) -> None:
-        self.vassals = vassals
-        self.log_path = tmp_path / f"emperor-{time.monotonic_ns()}.log"
-        self._log = open(self.log_path, "ab")
-        command = [sys.executable, "-m", "binserve", "--emperor", str(vassals)]
-        command += ["--worker-reload-mercy", EMPEROR_MERCY, *args]
-        self.proc = subprocess.Popen(
-            [*wrap, *command],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        self.pid = self.proc.pid
-        tyrant = "--emperor-tyrant" in args
-        self.state_path = Path(tyrant_state_path(str(vassals)) if tyrant else vassals / STATE_NAME)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def state(self) -> dict[str, Any]:
-        """The state file (written atomically by the emperor); {} before the first one."""
-        try:
-            return json.loads(self.state_path.read_text())
-        except FileNotFoundError:
-            return {}
-
-    def vassal(self, name: str) -> dict[str, Any] | None:
-        """The state file's entry for ``name.ini``."""
-        return next((v for v in self.state().get("vassals", []) if v["id"] == f"{name}.ini"), None)
-
-    def state_of(self, name: str) -> str:
-        """The state (running, waiting ...) the state file gives ``name.ini``; "" when absent."""
-        entry = self.vassal(name)
-        return entry["state"] if entry else ""
-
-    def master(self, name: str) -> int | None:
-        entry = self.vassal(name)
-        return entry["pid"] if entry else None
-
-    def workers(self, name: str) -> set[int]:
-        return children(self.master(name))
-
-    def check_running(self) -> None:
-        if self.proc.poll() is not None:
-            raise AssertionError(f"the emperor exited with {self.proc.returncode}:\n{self.log()}")
-
-    def wait_serving(self, name: str, sock: Path, timeout: float = 20.0) -> None:
-        """Poll until vassal ``name`` answers a ping; fail at once if it died or the emperor did."""
-
-        def up() -> bool:
-            self.check_running()
-            if f"vassal {name}.ini died" in self.log():
-                raise AssertionError(f"vassal {name}.ini died:\n{self.log()}")
-            return ping(sock)
-
-        wait_for(up, timeout, f"vassal {name} on {sock}")
-
-    def wait_log(self, pattern: str, timeout: float = 15.0) -> re.Match[str]:
-        """Poll the log until ``pattern`` (a regex) matches a line; return the match."""
-        found: list[re.Match[str]] = []
-
-        def seen() -> bool:
-            match = re.search(pattern, self.log(), re.MULTILINE)
-            if match:
-                found.append(match)
-            return bool(match)
-
-        try:
-            wait_for(seen, timeout, f"{pattern!r} in the emperor's log")
-        except AssertionError as exc:
-            raise AssertionError(f"{exc}\n--- emperor log ---\n{self.log()}") from None
-        return found[0]
-
-    def all_gone(self) -> bool:
-        """Whether no process runs a vassal file of this emperor's directory."""
-        return not leftovers(self.vassals)
-
-    def stop(self) -> None:
-        """SIGTERM, a grace period, then SIGKILL to the whole group; idempotent."""
-        try:
-            if self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGTERM)
-                try:
-                    self.proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    pass
-            try:
-                os.killpg(self.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.proc.wait(10)
-        finally:
-            self._log.close()
-            if self.state_path.parent == Path(RUN_DIR):
-                remove_run_state(self.state_path)
-
-
-def remove_run_state(path: Path) -> None:
-    """Remove a tyrant's state file, and the directory under /run the emperor made for it once empty."""
-    path.unlink(missing_ok=True)
-    try:
-        path.parent.rmdir()
-    except OSError:
-        pass  # another emperor's state is still there
-
-
-def leftovers(vassals: Path) -> str:
-    """Processes still running a vassal file of this directory."""
-    out = subprocess.run(["pgrep", "-af", f"binserve --ini {vassals}/"], capture_output=True, text=True)
-    return out.stdout.strip()
-
-
 @pytest.fixture
-def app(tmp_path: Path) -> Path:
-    path = tmp_path / "app.py"
-    path.write_text(APP)
-    return path
+def app(app_file: Callable[..., Path]) -> Path:
+    return app_file(APP, "app.py")
 
 
 class Load:
@@ -674,30 +494,19 @@ def tyrant_user() -> Iterator[pwd.struct_passwd]:
         yield user
 
 
-@pytest.fixture
-def tyrant_dir() -> Iterator[Path]:
-    """A 0755 directory of its own: tmp_path's parents are 0700, closed to the vassal's user."""
-    base = Path(tempfile.mkdtemp(prefix="binserve-tyrant-"))
-    base.chmod(0o755)
-    try:
-        yield base
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
-
-
 def test_emperor_tyrant_runs_each_vassal_as_its_files_owner_and_refuses_root(
     tyrant_user: pwd.struct_passwd,
-    tyrant_dir: Path,
+    open_dir: Path,
     tmp_path: Path,
     emperor: Callable[..., EmperorProcess],
 ) -> None:
     # The user and directory fixtures come first, so they are torn down after the emperor.
     uid, gid = tyrant_user.pw_uid, tyrant_user.pw_gid
-    vassals, home = tyrant_dir / "vassals", tyrant_dir / "user"
+    vassals, home = open_dir / "vassals", open_dir / "user"
     vassals.mkdir()
     home.mkdir()
     (home / "app.py").write_text(APP)
-    user_sock, root_sock = home / "user.sock", tyrant_dir / "root.sock"
+    user_sock, root_sock = home / "user.sock", open_dir / "root.sock"
     user_ini = write_vassal(vassals, "user", user_sock, home / "app.py")
     root_ini = write_vassal(vassals, "root", root_sock, home / "app.py")
     for path in (home, home / "app.py", user_ini):

@@ -15,16 +15,14 @@ import os
 import pwd
 import re
 import selectors
-import shutil
 import signal
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
 import pytest
-from test_emperor import STATE_NAME, EmperorProcess, get, status_row, status_text, write_vassal
+from test_emperor import get, status_row, status_text, write_vassal
 
 from binserve import safefile
 from binserve.config import load
@@ -32,9 +30,10 @@ from binserve.emperor import Emperor
 from binserve.emperor.plan import Vassal
 from binserve.emperor.probe import Probe
 from binserve.emperor.spawn import warn_if_replaceable
-from binserve.emperor.status import RUN_DIR, tyrant_state_path
+from binserve.emperor.status import RUN_DIR, STATE_NAME, tyrant_state_path
+from binserve.testing import EmperorProcess, ping, read_stats, wait_for
 
-from support import ping, reachable_prefix, read_stats, system_users, wait_for
+from support import APPS, reachable_prefix, system_users
 
 # Hostile files would otherwise make the unfixed emperor (and each hostile vassal) take the
 # host's memory: under this bound they fail with MemoryError instead.
@@ -42,26 +41,13 @@ ADDRESS_SPACE = ["prlimit", f"--as={512 << 20}", "--"]
 VICTIM, ATTACKER = "binserve-h1", "binserve-h2"
 SECRET = "EMPEROR_TEST_SECRET"
 
-# Tells whose code it is (the file's directory), as whom it runs, and whether it sees the secret.
-APP = """
-import os
-
-WHO = os.path.basename(os.path.dirname(os.path.abspath(__file__)))
-
-
-def application(environ, start_response):
-    body = f"{WHO} {os.getuid()} {os.environ.get('EMPEROR_TEST_SECRET', '-')}".encode()
-    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
-    return [body]
-"""
+APP = (APPS / "emperor_hostile_app.py").read_text()
 
 
 # -- fixtures ------------------------------------------------------------------------------------------
 @pytest.fixture
-def app(tmp_path: Path) -> Path:
-    path = tmp_path / "app.py"
-    path.write_text(APP)
-    return path
+def app(app_file: Callable[..., Path]) -> Path:
+    return app_file(APP, "app.py")
 
 
 @pytest.fixture
@@ -69,17 +55,6 @@ def users() -> Iterator[tuple[pwd.struct_passwd, pwd.struct_passwd]]:
     """Two system users, the victim and the attacker; removed afterwards."""
     with system_users(VICTIM, ATTACKER) as (victim, attacker):
         yield victim, attacker
-
-
-@pytest.fixture
-def open_dir() -> Iterator[Path]:
-    """A 0755 directory of its own: tmp_path's parents are 0700, closed to the vassals' users."""
-    base = Path(tempfile.mkdtemp(prefix="binserve-hostile-"))
-    base.chmod(0o755)
-    try:
-        yield base
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def owned(path: Path, user: pwd.struct_passwd) -> Path:

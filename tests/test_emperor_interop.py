@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,59 +27,24 @@ from pathlib import Path
 
 import pytest
 
-from binserve.protocol import encode_request
+from binserve.testing import Process, alive, children, cmdline, exchange, executable, request_packet, wait_for
 
-from support import wait_for
+from support import APPS
 
-# The interpreter's neighbours: the virtualenv that runs the tests installed both.
-UWSGI = str(Path(sys.executable).parent / "uwsgi")
-BINSERVE = str(Path(sys.executable).parent / "binserve")
-
-APP = """\
-import os
-
-
-def application(environ, start_response):
-    start_response("200 OK", [("Content-Type", "text/plain")])
-    return [str(os.getpid()).encode()]
-"""
+APP = (APPS / "emperor_interop_app.py").read_text()
 
 
 # -- helpers -------------------------------------------------------------------------------------
 def get_pid(sock_path: Path, timeout: float = 5.0) -> int | None:
     """GET / over the uwsgi protocol; the app answers with its worker's pid (None: no answer)."""
-    packet = encode_request(
-        {
-            "REQUEST_METHOD": "GET",
-            "REQUEST_URI": "/",
-            "PATH_INFO": "/",
-            "QUERY_STRING": "",
-            "SERVER_PROTOCOL": "HTTP/1.1",
-            "REMOTE_ADDR": "127.0.0.1",
-            "SERVER_NAME": "localhost",
-            "SERVER_PORT": "80",
-        }
-    )
     try:
-        with socket.socket(socket.AF_UNIX) as sock:
-            sock.settimeout(timeout)
-            sock.connect(str(sock_path))
-            sock.sendall(packet)
-            chunks = []
-            while data := sock.recv(65536):
-                chunks.append(data)
+        raw = exchange(sock_path, request_packet("/"), timeout)
     except OSError:
         return None
-    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    head, _, body = raw.partition(b"\r\n\r\n")
     if not head.startswith(b"HTTP/1.1 200"):
         return None
     return int(body)
-
-
-def children(pid: int) -> set[int]:
-    """Pids of the live (not zombie) children of ``pid``."""
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
-    return {int(p) for p in out.split() if alive(int(p))}
 
 
 def vassals_of(pid: int) -> set[int]:
@@ -95,21 +59,6 @@ def vassals_of(pid: int) -> set[int]:
     return found
 
 
-def alive(pid: int) -> bool:
-    """Whether ``pid`` is running (a zombie counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def cmdline(pid: int) -> list[str]:
-    """The argv of ``pid``."""
-    with open(f"/proc/{pid}/cmdline", "rb") as handle:
-        return handle.read().decode().split("\0")[:-1]
-
-
 def bump_mtime(path: Path) -> None:
     """``touch``, with the mtime moved two whole seconds forward (uWSGI compares seconds)."""
     mtime = path.stat().st_mtime + 2
@@ -118,41 +67,32 @@ def bump_mtime(path: Path) -> None:
 
 def status_row(vassals: Path, name: str) -> list[str]:
     """PID and STATE of vassal ``name`` as ``binserve --emperor-status DIR`` prints them."""
-    assert BINSERVE
-    out = subprocess.run([BINSERVE, "--emperor-status", str(vassals)], capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [executable("binserve"), "--emperor-status", str(vassals)], capture_output=True, text=True
+    ).stdout
     rows = [line.split() for line in out.splitlines()]
     return next((row[1:3] for row in rows if row and row[0] == name), [])
 
 
-class Emperor:
+class Emperor(Process):
     """An emperor process (either implementation) in a new session, its output in a log file."""
 
+    grace = 10.0
+
     def __init__(self, tmp_path: Path, name: str, args: Sequence[str], stop_signal: int) -> None:
-        self.log_path = tmp_path / f"{name}.log"
-        self.stop_signal = stop_signal
         self.seen: set[int] = set()  # every vassal pid the test saw, killed at teardown too
-        self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            list(args),
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            cwd=tmp_path,
+        super().__init__(
+            args, tmp_path / f"{name}.log", cwd=tmp_path, stdin=subprocess.DEVNULL, stop_signal=stop_signal
         )
 
-    def log(self) -> str:
-        """Everything logged so far (the vassals share the emperor's stdout)."""
-        return self.log_path.read_text(errors="replace")
-
     def wait(self, condition: Callable[[], bool], timeout: float, what: str) -> None:
-        """``support.wait_for``, failing with the log as it is at the timeout."""
+        """``wait_for``, failing with the log as it is at the timeout."""
         try:
             wait_for(condition, timeout, what)
         except AssertionError as exc:
             raise AssertionError(f"{exc}; the log:\n{self.log()}") from None
 
-    def wait_log(self, text: str, timeout: float = 10.0) -> None:
+    def wait_text(self, text: str, timeout: float = 10.0) -> None:
         """Poll until ``text`` appears in the log."""
         self.wait(lambda: text in self.log(), timeout, repr(text))
 
@@ -161,8 +101,8 @@ class Emperor:
 
         binserve's emperor also forks a short-lived child of its own to read a vassal's file.
         """
-        self.wait(lambda: len(vassals_of(self.proc.pid)) == 1, timeout, "one vassal")
-        (pid,) = vassals_of(self.proc.pid)
+        self.wait(lambda: len(vassals_of(self.pid)) == 1, timeout, "one vassal")
+        (pid,) = vassals_of(self.pid)
         self.seen.add(pid)
         return pid
 
@@ -173,28 +113,14 @@ class Emperor:
         self.seen |= pids
         return pids
 
-    def stop(self, grace: float = 10.0) -> int | None:
-        """Signal the emperor, wait ``grace`` seconds, then SIGKILL its group and every vassal seen."""
-        try:
-            if self.proc.poll() is None:
-                self.proc.send_signal(self.stop_signal)
-                try:
-                    self.proc.wait(grace)
-                except subprocess.TimeoutExpired:
-                    pass
-            code = self.proc.poll()
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            for pid in self.seen:
-                if alive(pid):
-                    os.kill(pid, signal.SIGKILL)
-            self.proc.wait(10)
-            wait_for(lambda: not any(alive(p) for p in self.seen), 10, "every vassal process to die")
-            return code
-        finally:
-            self._log.close()
+    def stop(self, grace: float | None = None) -> int | None:
+        """The stop signal, a grace period, then SIGKILL to the group and every vassal seen."""
+        code = super().stop(grace)
+        for pid in self.seen:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: not any(alive(p) for p in self.seen), 10, "every vassal process to die")
+        return code
 
 
 @pytest.fixture
@@ -209,7 +135,7 @@ def emperors(tmp_path: Path) -> Iterator[list[Emperor]]:
 # -- binserve vassal under uWSGI's emperor -------------------------------------------------------
 def test_binserve_vassal_under_uwsgi_emperor(tmp_path: Path, emperors: list[Emperor]) -> None:
     """uWSGI's emperor spawns binserve, reloads it on touch (byte 1) and stops it on removal (byte 0)."""
-    assert UWSGI and BINSERVE
+    uwsgi, binserve = executable("uwsgi"), executable("binserve")
     vassals = tmp_path / "vassals"
     vassals.mkdir()
     app = tmp_path / "app.py"
@@ -218,7 +144,7 @@ def test_binserve_vassal_under_uwsgi_emperor(tmp_path: Path, emperors: list[Empe
     ini = vassals / "app.ini"
     ini.write_text(f"[uwsgi]\nsocket = {sock}\nwsgi-file = {app}\nprocesses = 2\n")
     # SIGINT: uWSGI 2.0's SIGTERM would be a brutal reload of the emperor, not a stop.
-    args = [UWSGI, "--emperor", str(vassals), "--emperor-wrapper", BINSERVE, "--emperor-freq", "1"]
+    args = [uwsgi, "--emperor", str(vassals), "--emperor-wrapper", binserve, "--emperor-freq", "1"]
     emperor = Emperor(tmp_path, "uwsgi-emperor", args, signal.SIGINT)
     emperors.append(emperor)
 
@@ -230,13 +156,13 @@ def test_binserve_vassal_under_uwsgi_emperor(tmp_path: Path, emperors: list[Empe
     old_workers = emperor.workers(master, 2)
     emperor.wait(lambda: get_pid(sock) is not None, 15, "the vassal to serve")
     assert get_pid(sock) in old_workers
-    emperor.wait_log("[emperor] vassal app.ini has been spawned")
-    emperor.wait_log("[emperor] vassal app.ini is ready to accept requests")
-    emperor.wait_log("[emperor] vassal app.ini is now loyal")  # byte 17 after the first request
+    emperor.wait_text("[emperor] vassal app.ini has been spawned")
+    emperor.wait_text("[emperor] vassal app.ini is ready to accept requests")
+    emperor.wait_text("[emperor] vassal app.ini is now loyal")  # byte 17 after the first request
 
     # Reloaded on touch: byte 1 -> graceful reload, same master pid (re-exec), new workers.
     bump_mtime(ini)
-    emperor.wait_log("[emperor] reload the uwsgi instance app.ini")
+    emperor.wait_text("[emperor] reload the uwsgi instance app.ini")
     emperor.wait(lambda: get_pid(sock) not in (None, *old_workers), 15, "new workers")
     emperor.wait(lambda: not any(alive(p) for p in old_workers), 10, "the old workers to exit")
     new_workers = emperor.workers(master, 2)
@@ -250,9 +176,9 @@ def test_binserve_vassal_under_uwsgi_emperor(tmp_path: Path, emperors: list[Empe
 
     # Stopped on removal: byte 0 (uWSGI's stop is brutal) -> binserve's fast stop, socket removed.
     ini.unlink()
-    emperor.wait_log("[emperor] stop the uwsgi instance app.ini")
+    emperor.wait_text("[emperor] stop the uwsgi instance app.ini")
     emperor.wait(lambda: not any(alive(p) for p in (master, *new_workers)), 10, "the vassal to exit")
-    emperor.wait_log("[emperor] removed uwsgi instance app.ini")
+    emperor.wait_text("[emperor] removed uwsgi instance app.ini")
     assert not sock.exists()
     assert children(emperor.proc.pid) == set()
     assert "received message 0 from the emperor" in emperor.log()
@@ -262,7 +188,7 @@ def test_binserve_vassal_under_uwsgi_emperor(tmp_path: Path, emperors: list[Empe
 # -- uWSGI vassal under binserve's emperor -------------------------------------------------------
 def test_uwsgi_vassal_under_binserve_emperor(tmp_path: Path, emperors: list[Emperor]) -> None:
     """binserve's emperor spawns uWSGI, reloads it on touch (byte 1) and stops it on removal (byte 2)."""
-    assert UWSGI and BINSERVE
+    uwsgi, binserve = executable("uwsgi"), executable("binserve")
     vassals = tmp_path / "vassals"
     vassals.mkdir()
     app = tmp_path / "app.py"
@@ -277,7 +203,7 @@ def test_uwsgi_vassal_under_binserve_emperor(tmp_path: Path, emperors: list[Empe
         f"[uwsgi]\nsocket = {sock}\nwsgi-file = {app}\nmaster = true\nprocesses = 1\n"
         f"binary-path = {sys.executable}\n"
     )
-    args = [BINSERVE, "--emperor", str(vassals), "--emperor-wrapper", UWSGI, "--worker-reload-mercy", "5"]
+    args = [binserve, "--emperor", str(vassals), "--emperor-wrapper", uwsgi, "--worker-reload-mercy", "5"]
     emperor = Emperor(tmp_path, "binserve-emperor", args, signal.SIGTERM)
     emperors.append(emperor)
 
@@ -287,33 +213,33 @@ def test_uwsgi_vassal_under_binserve_emperor(tmp_path: Path, emperors: list[Empe
     (worker,) = emperor.workers(master, 1)
     emperor.wait(lambda: get_pid(sock) is not None, 15, "the vassal to serve")
     assert get_pid(sock) == worker
-    emperor.wait_log("*** has_emperor mode detected")
-    emperor.wait_log("vassal u.ini has been spawned")
-    emperor.wait_log("vassal u.ini is ready to accept requests")
-    emperor.wait_log("vassal u.ini is now loyal")  # byte 17 after the worker's first request
+    emperor.wait_text("*** has_emperor mode detected")
+    emperor.wait_text("vassal u.ini has been spawned")
+    emperor.wait_text("vassal u.ini is ready to accept requests")
+    emperor.wait_text("vassal u.ini is now loyal")  # byte 17 after the worker's first request
     emperor.wait(lambda: status_row(vassals, "u.ini") == [str(master), "running"], 5, "u.ini running")
 
     # Reloaded on touch: byte 1 -> uWSGI's graceful reload, same master pid (re-exec), new worker.
     bump_mtime(ini)
-    emperor.wait_log("vassal u.ini changed: graceful reload")
-    emperor.wait_log("received message 1 from emperor")
+    emperor.wait_text("vassal u.ini changed: graceful reload")
+    emperor.wait_text("received message 1 from emperor")
     emperor.wait(lambda: get_pid(sock) not in (None, worker), 20, "a new worker")
     emperor.wait(lambda: not alive(worker), 10, "the old worker to exit")
     (new_worker,) = emperor.workers(master, 1)
     assert get_pid(sock) == new_worker != worker
     assert children(emperor.proc.pid) == {master}
-    emperor.wait_log("gracefully (RE)spawned uWSGI master process")
+    emperor.wait_text("gracefully (RE)spawned uWSGI master process")
     assert emperor.log().count("vassal u.ini has been spawned") == 1
     # Back to running only on the reloaded vassal's byte 5 (accepting): uWSGI sends it after every reload.
     emperor.wait(lambda: status_row(vassals, "u.ini") == [str(master), "running"], 5, "u.ini running again")
 
     # Stopped on removal: byte 2 -> uWSGI's graceful shutdown, well before the 5 s deadline.
     ini.unlink()
-    emperor.wait_log("vassal u.ini removed or reowned: stopping it")
+    emperor.wait_text("vassal u.ini removed or reowned: stopping it")
     removed = time.monotonic()
     emperor.wait(lambda: not any(alive(p) for p in (master, new_worker)), 10, "the vassal to exit")
     assert time.monotonic() - removed < 4, "uWSGI did not stop on byte 2; the deadline SIGKILL did it"
-    emperor.wait_log("vassal u.ini stopped (exited with code 0)")
+    emperor.wait_text("vassal u.ini stopped (exited with code 0)")
     log = emperor.log()
     assert "received message 2 from emperor" in log
     assert "graceful shutdown triggered" in log

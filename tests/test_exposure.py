@@ -23,8 +23,9 @@ from pathlib import Path
 import pytest
 
 from binserve.sockets import REFUSAL_LINES, REFUSAL_WINDOW, PeerFilter, parse_tcp
+from binserve.testing import Process, Server, wait_for
 
-from support import Server, wait_for
+from support import APPS
 
 IP = "/usr/sbin/ip"
 SERVER_ADDRESSES = ("10.77.0.1/24", "203.0.113.1/24", "fd77::1/64", "2001:db8:77::1/64")
@@ -32,11 +33,7 @@ CLIENT_ADDRESSES = ("10.77.0.2/24", "203.0.113.7/24", "fd77::2/64", "2001:db8:77
 PORT, STATS = 8000, 9191
 _names = itertools.count()
 
-APP = """
-def application(environ, start_response):
-    start_response("200 OK", [("Content-Type", "text/plain")])
-    return [environ["REMOTE_ADDR"].encode()]
-"""
+APP = (APPS / "exposure_app.py").read_text()
 
 # Each target is KIND,HOST,PORT: "ping" sends a uwsgi ping and wants the pong, "read" reads a
 # (msgpack) stats document to its end. Prints one verdict per target, as JSON.
@@ -138,17 +135,12 @@ class NsServer(Server):
     ) -> None:
         self.tmp_path = tmp_path
         self.socket = tmp_path / "app.sock"
-        self.log_path = tmp_path / f"binserve-{time.monotonic_ns()}.log"
         # ip netns exec execs the interpreter: the pid is binserve's own.
-        self.args = [IP, "netns", "exec", namespace, sys.executable, "-m", "binserve", *args]
-        self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            self.args, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp_path
-        )
+        argv = [IP, "netns", "exec", namespace, sys.executable, "-m", "binserve", *args]
+        Process.__init__(self, argv, tmp_path / f"binserve-{time.monotonic_ns()}.log", cwd=tmp_path)
 
         def up() -> bool:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"binserve exited with {self.proc.returncode}:\n{self.log()}")
+            self.check_running("binserve")
             return ready(self.log())
 
         wait_for(up, 20, "binserve in the namespace")

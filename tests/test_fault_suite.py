@@ -17,7 +17,6 @@ import os
 import re
 import resource
 import selectors
-import shutil
 import signal
 import socket
 import subprocess
@@ -30,32 +29,15 @@ import psutil
 import pytest
 from fault_report import FaultTable
 
-from support import Nginx, Server, location, wait_for
+from binserve.testing import Nginx, Server, location, send, wait_for
 
-WRK = shutil.which("wrk") or "/usr/bin/wrk"
+from support import APPS
+
+WRK = "/usr/bin/wrk"  # Debian's
 LOAD_CAP_S = 55  # wrk's -d for loads that the scenario ends itself, once its faults are done
 MIB = 1024 * 1024
 
-APP = """
-import os
-import time
-
-LEAK = []
-LEAK_CAP = 200  # MB a worker leaks at most, so a server that never recycles cannot exhaust the host
-
-
-def application(environ, start_response):
-    path = environ["PATH_INFO"]
-    if path == "/sleep":
-        time.sleep(float(environ["QUERY_STRING"] or 10))
-    elif path == "/leak" and len(LEAK) < LEAK_CAP:
-        LEAK.append(b"x" * (1 << 20))  # written, so resident: the worker's RSS grows 1 MB a request
-    pid = str(os.getpid())
-    body = f"pid={pid} multithread={environ['wsgi.multithread']}".encode()
-    headers = [("Content-Type", "text/plain"), ("X-Pid", pid), ("Content-Length", str(len(body)))]
-    start_response("200 OK", headers)
-    return [body]
-"""
+APP = (APPS / "fault_suite_app.py").read_text()
 
 RESULT_MARKER = "FAULT_RESULT "
 # response() runs in wrk's thread and notes each new X-Pid; done() runs in wrk's main Lua state,
@@ -517,11 +499,8 @@ def test_stalled_partial_packets_do_not_stop_other_clients_and_are_closed_after_
     closed_after: list[float] = []
     try:
         for _ in range(STALLED):
-            sock = socket.socket(socket.AF_UNIX)
+            sock = send(server.socket, PARTIAL_HEADER, timeout=5)
             stalled.append(sock)
-            sock.settimeout(5)
-            sock.connect(str(server.socket))
-            sock.sendall(PARTIAL_HEADER)
             sock.setblocking(False)
             selector.register(sock, selectors.EVENT_READ, sock)
         last_opened = time.monotonic()

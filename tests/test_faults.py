@@ -19,8 +19,16 @@ from pathlib import Path
 import pytest
 
 from binserve.protocol import encode_request
-
-from support import Server, wait_for
+from binserve.testing import (
+    Server,
+    connect,
+    exchange,
+    parse_response,
+    read_all,
+    request,
+    request_packet,
+    wait_for,
+)
 
 TOTAL = 8 * 1024 * 1024
 CHUNK = 32 * 1024
@@ -53,61 +61,11 @@ def application(environ, start_response):
 """
 
 
-# -- helpers (after tests/test_process.py) -------------------------------------------------------
-def connect(path: Path, timeout: float = 10.0) -> socket.socket:
-    """A socket connected to binserve's unix socket."""
-    sock = socket.socket(socket.AF_UNIX)
-    sock.settimeout(timeout)
-    sock.connect(str(path))
-    return sock
-
-
-def read_all(sock: socket.socket) -> bytes:
-    """Everything the peer sends until it closes (or shuts down) its side."""
-    chunks = []
-    while True:
-        data = sock.recv(65536)
-        if not data:
-            return b"".join(chunks)
-        chunks.append(data)
-
-
-def exchange(path: Path, packet: bytes, timeout: float = 10.0) -> bytes:
-    """Send one raw packet and return the whole answer."""
-    with connect(path, timeout) as sock:
-        sock.sendall(packet)
-        return read_all(sock)
-
-
-def request_packet(path: str, body: bytes = b"", **extra: str) -> bytes:
-    """A request as nginx's uwsgi_params would send it (GET unless REQUEST_METHOD is given)."""
-    pairs = {
-        "REQUEST_METHOD": "GET",
-        "REQUEST_URI": path,
-        "PATH_INFO": path,
-        "QUERY_STRING": "",
-        "SERVER_PROTOCOL": "HTTP/1.1",
-        "REMOTE_ADDR": "127.0.0.1",
-        "SERVER_NAME": "localhost",
-        "SERVER_PORT": "80",
-    }
-    pairs.update(extra)
-    return encode_request(pairs, body)
-
-
-def split_response(raw: bytes) -> tuple[int, list[str], bytes]:
-    """Status, header lines and body of a raw HTTP/1.x response."""
-    assert raw, "no response at all"
-    head, sep, body = raw.partition(b"\r\n\r\n")
-    assert sep, f"no end of headers in {raw[:200]!r}"
-    status_line, *lines = head.decode("latin-1").split("\r\n")
-    return int(status_line.split(" ", 2)[1]), lines, body
-
-
+# -- helpers -------------------------------------------------------------------------------------
 def get(path: Path, url: str, timeout: float = 10.0) -> tuple[int, bytes]:
     """A GET straight over the uwsgi protocol: (status, body)."""
-    status, _, body = split_response(exchange(path, request_packet(url), timeout))
-    return status, body
+    reply = request(path, url, timeout=timeout)
+    return reply.status, reply.body
 
 
 def peer_closed(sock: socket.socket) -> bool:
@@ -115,12 +73,6 @@ def peer_closed(sock: socket.socket) -> bool:
     poller = select.poll()
     poller.register(sock.fileno(), select.POLLHUP)
     return any(mask & select.POLLHUP for _, mask in poller.poll(0))
-
-
-def workers(server: Server, count: int) -> set[int]:
-    """The worker pids once all ``count`` are forked."""
-    wait_for(lambda: len(server.worker_pids()) == count, 10, f"{count} workers")
-    return server.worker_pids()
 
 
 @pytest.fixture
@@ -134,7 +86,7 @@ def test_worker_gives_up_on_a_client_that_never_reads(
     serve: Callable[..., Server], app: Path, url: str
 ) -> None:
     server = serve("--wsgi-file", str(app), "--socket-timeout", "1", "--processes", "1")
-    pids = workers(server, 1)
+    pids = server.wait_workers(1)
     with connect(server.socket) as stuck:
         stuck.sendall(request_packet(url))
         started = time.monotonic()
@@ -146,9 +98,9 @@ def test_worker_gives_up_on_a_client_that_never_reads(
         assert server.worker_pids() == pids
         # What the stuck client gets, once it reads, is a cut answer ended by the server's close.
         stuck.settimeout(5)
-        status, _, body = split_response(read_all(stuck))
-        assert status == 200
-        assert 0 < len(body) < TOTAL
+        reply = parse_response(read_all(stuck))
+        assert reply.status == 200
+        assert 0 < len(reply.body) < TOTAL
     log = server.log()
     lines = [line for line in log.splitlines() if "timeout writing the response" in line]
     assert len(lines) == 1, lines
@@ -161,13 +113,13 @@ def test_small_ignored_body_sent_with_the_header_does_not_hold_the_connection(
     serve: Callable[..., Server], app: Path
 ) -> None:
     server = serve("--wsgi-file", str(app), "--socket-timeout", "5")
-    workers(server, 1)
-    packet = request_packet("/ignore", b"b" * 1000, REQUEST_METHOD="POST", CONTENT_TYPE="text/plain")
+    server.wait_workers(1)
+    packet = request_packet("/ignore", "POST", body=b"b" * 1000, CONTENT_TYPE="text/plain", CONTENT_LENGTH="")
     started = time.monotonic()
     with connect(server.socket) as sock:
         sock.sendall(packet)  # header, vars and the whole body in one write
-        status, _, body = split_response(read_all(sock))
-        assert (status, body) == (200, b"ok")
+        reply = parse_response(read_all(sock))
+        assert (reply.status, reply.body) == (200, b"ok")
         # The client keeps its end open (an EOF may be only the server's half-close): the server
         # must close the connection by itself, not wait for body bytes that all came already.
         wait_for(lambda: peer_closed(sock), 8, "the server to close the connection")
@@ -185,7 +137,7 @@ def test_trickling_peer_after_a_refused_packet_does_not_hold_the_worker(
     server = serve(
         "--wsgi-file", str(app), "--buffer-size", "100", "--processes", "1", "--socket-timeout", "1"
     )
-    pids = workers(server, 1)
+    pids = server.wait_workers(1)
     packet = encode_request({"PATH_INFO": "p" * 242})  # 2 + 9 + 2 + 242 = 255 bytes of vars
     assert packet[1:3] == (255).to_bytes(2, "little")
 
@@ -210,7 +162,8 @@ def test_trickling_peer_after_a_refused_packet_does_not_hold_the_worker(
         try:
             started = time.monotonic()
             small = encode_request({"REQUEST_METHOD": "GET", "PATH_INFO": "/meanwhile"})  # fits 100 bytes
-            assert split_response(exchange(server.socket, small))[::2] == (200, b"ok")
+            reply = parse_response(exchange(server.socket, small))
+            assert (reply.status, reply.body) == (200, b"ok")
             elapsed = time.monotonic() - started
             assert elapsed < 2.5, f"the request waited {elapsed:.2f} s behind a trickling peer"
             wait_for(lambda: bool(closed), 5, "the server to close the trickling connection")
@@ -226,13 +179,13 @@ def test_trickling_peer_after_a_refused_packet_does_not_hold_the_worker(
 # -- 4. a big body the app ignores, of which the client sends 10 bytes and stalls ----------------
 def test_stalled_unread_body_is_closed_within_socket_timeout(serve: Callable[..., Server], app: Path) -> None:
     server = serve("--wsgi-file", str(app), "--socket-timeout", "1")
-    pids = workers(server, 1)
-    head = request_packet("/ignore", REQUEST_METHOD="POST", CONTENT_LENGTH="100000")
+    pids = server.wait_workers(1)
+    head = request_packet("/ignore", "POST", CONTENT_LENGTH="100000")
     with connect(server.socket) as sock:
         sock.sendall(head + b"0123456789")  # 10 of the announced 100000 bytes, then nothing
         started = time.monotonic()
-        status, _, body = split_response(read_all(sock))
-        assert (status, body) == (200, b"ok")
+        reply = parse_response(read_all(sock))
+        assert (reply.status, reply.body) == (200, b"ok")
         wait_for(lambda: peer_closed(sock), 5, "the server to close the stalled connection")
         elapsed = time.monotonic() - started
     assert elapsed < 2, f"the stalled connection was held {elapsed:.2f} s (socket-timeout 1)"
@@ -247,13 +200,14 @@ def test_stalled_unread_body_is_closed_within_socket_timeout(serve: Callable[...
 def test_no_content_length_on_204_and_304(serve: Callable[..., Server], app: Path) -> None:
     server = serve("--wsgi-file", str(app))
     for url, code in (("/204", 204), ("/304", 304)):
-        status, lines, body = split_response(exchange(server.socket, request_packet(url)))
-        assert status == code
-        assert body == b""
+        reply = request(server.socket, url)
+        assert reply.status == code
+        assert reply.body == b""
+        lines = reply.header_lines
         assert not [line for line in lines if line.lower().startswith("content-length:")], lines
-    status, lines, body = split_response(exchange(server.socket, request_packet("/abc")))
-    assert (status, body) == (200, b"abc")
-    assert "Content-Length: 3" in lines, lines
+    reply = request(server.socket, "/abc")
+    assert (reply.status, reply.body) == (200, b"abc")
+    assert "Content-Length: 3" in reply.header_lines, reply.header_lines
 
 
 # -- 6. bad option values refused at start -------------------------------------------------------

@@ -10,41 +10,34 @@ from __future__ import annotations
 import os
 import pwd
 import resource
-import shutil
 import signal
 import socket
 import stat
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from binserve.privileges import Privileges
-from binserve.protocol import PING, PONG, encode_request
-from binserve.tools.curl import build_vars
-
-from support import (
+from binserve.testing import (
     Nginx,
     Server,
-    as_user,
+    exchange,
     free_port,
     location,
     ping,
     read_stats,
-    system_users,
+    request_packet,
     wait_for,
 )
 
+from support import APPS, as_user, system_users
+
 USER = "binserve-fs1"
 ROOTS = "root's file\n"
-APP = """
-def application(environ, start_response):
-    start_response("200 OK", [("Content-Type", "text/plain")])
-    return [b"served"]
-"""
+APP = (APPS / "files_sockets_app.py").read_text()
 
 
 # -- fixtures and helpers -----------------------------------------------------------------------------
@@ -56,23 +49,16 @@ def account() -> Iterator[pwd.struct_passwd]:
 
 
 @pytest.fixture
-def user_dir(account: pwd.struct_passwd) -> Iterator[Path]:
+def user_dir(account: pwd.struct_passwd, open_dir: Path) -> Path:
     """A directory the user owns and can reach (tmp_path's parents are closed to other users)."""
-    base = Path(tempfile.mkdtemp(prefix="binserve-fs-"))
-    base.chmod(0o755)
-    os.chown(base, account.pw_uid, account.pw_gid)
-    try:
-        yield base
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
+    os.chown(open_dir, account.pw_uid, account.pw_gid)
+    return open_dir
 
 
 @pytest.fixture
-def app(tmp_path: Path) -> Path:
+def app(app_file: Callable[..., Path]) -> Path:
     """The WSGI app, in root's tmp_path."""
-    path = tmp_path / "app.py"
-    path.write_text(APP)
-    return path
+    return app_file(APP, "app.py")
 
 
 @pytest.fixture
@@ -275,27 +261,6 @@ def abstract_name(tmp_path: Path) -> str:
     return f"@binserve-test-{os.getpid()}-{tmp_path.name}"
 
 
-def abstract_ping(name: str) -> bool:
-    """Whether a uwsgi server answers a ping on the abstract socket ``@name``."""
-    try:
-        with socket.socket(socket.AF_UNIX) as sock:
-            sock.settimeout(1)
-            sock.connect("\0" + name[1:])
-            sock.sendall(PING)
-            return sock.recv(4) == PONG
-    except OSError:
-        return False
-
-
-def abstract_get(name: str) -> bytes:
-    """The raw answer to a GET sent over the uwsgi protocol to the abstract socket ``@name``."""
-    with socket.socket(socket.AF_UNIX) as sock:
-        sock.settimeout(10)
-        sock.connect("\0" + name[1:])
-        sock.sendall(encode_request(build_vars("/", "GET", [], b"", "localhost")))
-        return b"".join(iter(lambda: sock.recv(65536), b""))
-
-
 def test_an_abstract_socket_serves_and_makes_no_file_but_nginx_cannot_reach_it(
     account: pwd.struct_passwd,
     app: Path,
@@ -306,24 +271,24 @@ def test_an_abstract_socket_serves_and_makes_no_file_but_nginx_cannot_reach_it(
     """nginx (1.22, and its source to date) takes ``unix:@name`` for a file name: no abstract sockets."""
     name = abstract_name(tmp_path)
     server = serve("--wsgi-file", str(app), "--chmod-socket", "666", socket_path=Path(name), ready=False)
-    wait_for(lambda: abstract_ping(name), 10, f"binserve on {name}")
-    answer = abstract_get(name)
+    wait_for(lambda: ping(name), 10, f"binserve on {name}")
+    answer = exchange(name, request_packet())
     assert answer.startswith(b"HTTP/1.1 200 OK") and answer.endswith(b"served"), answer
     assert not list(tmp_path.glob("@*")) and not Path(name).exists()
     warning = f"socket {name}: chmod-socket ignored: an abstract socket has no file and no permissions"
     assert warning in server.log()
     assert f"master ready: 1 workers on {name}" in server.log()
     # No permissions: anyone may connect.
-    assert as_user(account, lambda: abstract_get(name).decode()).endswith("served")
+    assert as_user(account, lambda: exchange(name, request_packet()).decode()).endswith("served")
     front = nginx(location(Path(name)))
     assert front.request("GET", "/")[0] == 502
     assert f"connect() to unix:{name} failed (2: No such file or directory)" in front.error_log()
     os.kill(server.pid, signal.SIGHUP)  # handed over to the new image like any listener
     wait_for(lambda: server.log().count("master ready") == 2, 10, "the reloaded image")
-    assert abstract_get(name).endswith(b"served") and "cannot bind" not in server.log()
+    assert exchange(name, request_packet()).endswith(b"served") and "cannot bind" not in server.log()
     os.kill(server.pid, signal.SIGTERM)
     assert server.proc.wait(10) == 0
-    assert "vacuum" not in server.log() and not abstract_ping(name)
+    assert "vacuum" not in server.log() and not ping(name)
 
 
 def test_an_abstract_name_in_use_is_refused_and_the_first_server_keeps_it(
@@ -331,11 +296,11 @@ def test_an_abstract_name_in_use_is_refused_and_the_first_server_keeps_it(
 ) -> None:
     name = abstract_name(tmp_path)
     first = serve("--wsgi-file", str(app), socket_path=Path(name), ready=False)
-    wait_for(lambda: abstract_ping(name), 10, f"binserve on {name}")
+    wait_for(lambda: ping(name), 10, f"binserve on {name}")
     second = serve("--wsgi-file", str(app), socket_path=Path(name), ready=False)
     assert second.proc.wait(10) == 2
     assert f"socket {name}: cannot bind: Address already in use (another server" in second.log()
-    assert abstract_ping(name) and first.proc.poll() is None
+    assert ping(name) and first.proc.poll() is None
     assert not list(tmp_path.glob("@*"))
 
 

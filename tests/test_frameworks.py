@@ -14,13 +14,13 @@ import subprocess
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
-from support import Nginx, Server, location
+from binserve.testing import Nginx, Server, location
 
-APPS = Path(__file__).resolve().parent / "apps"
+from support import APPS
+
 FRAMEWORKS = ("flask", "django", "bottle")
 
 
@@ -57,7 +57,7 @@ def sites(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Site]]
         result = {}
         for name, server in servers.items():
             server.wait_ready()
-            result[name] = Site(server, Nginx(tmp, location(server.socket)))
+            result[name] = Site(server, Nginx.in_front(tmp, location(server.socket)))
             started.append(result[name].front)
         yield result
     finally:

@@ -22,8 +22,6 @@ from __future__ import annotations
 import os
 import random
 import re
-import select
-import socket
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -43,8 +41,9 @@ from binserve.protocol import (
     RemoteProtocolError,
     encode_request,
 )
+from binserve.testing import Nginx, Server, exchange, location, ping, wait_for
 
-from support import Nginx, Server, location, ping, wait_for
+from support import APPS
 
 SEED = int(os.environ.get("FUZZ_SEED", "20240611"))
 PACKETS = 10_000
@@ -57,12 +56,7 @@ CAPTURES = [
 SMALL_CAPTURES = [p for p in CAPTURES if len(p) < 100_000]
 BIG_CAPTURES = [p for p in CAPTURES if len(p) >= 100_000]
 
-ECHO_APP = """
-def application(environ, start_response):
-    body = environ["wsgi.input"].read()
-    start_response("200 OK", [("Content-Type", "application/octet-stream")])
-    return [body]
-"""
+ECHO_APP = (APPS / "fuzz_server_echo.py").read_text()
 
 LOG_LINE = r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \[binserve pid \d+\] "
 BAD_PACKET = re.compile(
@@ -306,66 +300,6 @@ def classify(packet: bytes) -> Expected:
         return Expected("invalid", exc.message, exc.status_hint, in_body=head is not None)
 
 
-# -- sending a packet --------------------------------------------------------------------------
-class Hang(Exception):
-    pass
-
-
-def exchange(path: str, packet: bytes, timeout: float = 10.0) -> bytes:
-    """Send ``packet``, close the write side, and read the answer until the server closes.
-
-    Sending and reading are interleaved, so a server that answers before reading everything
-    (an unsupported modifier, bytes past CONTENT_LENGTH) never deadlocks the client.
-    """
-    deadline = time.monotonic() + timeout
-    sock = socket.socket(socket.AF_UNIX)
-    try:
-        sock.settimeout(timeout)
-        sock.connect(path)
-        sock.setblocking(False)
-        rest = memoryview(packet)
-        received: list[bytes] = []
-        sending = True
-        if not rest:
-            sock.shutdown(socket.SHUT_WR)
-            sending = False
-        poller = select.poll()
-        poller.register(sock, select.POLLIN | select.POLLOUT)
-        while True:
-            left = deadline - time.monotonic()
-            ready = poller.poll(max(left, 0) * 1000)
-            if not ready:
-                raise Hang(f"no answer within {timeout} s; got {b''.join(received)[:200]!r}")
-            events = ready[0][1]
-            if sending and events & (select.POLLOUT | select.POLLERR | select.POLLHUP):
-                try:
-                    rest = rest[sock.send(rest[:262144]) :]
-                except BlockingIOError:
-                    pass
-                except (BrokenPipeError, ConnectionResetError):
-                    rest = rest[:0]  # the server closed without reading it all; fine for some packets
-                if not rest:
-                    sending = False
-                    try:
-                        sock.shutdown(socket.SHUT_WR)
-                    except OSError:
-                        pass
-                    poller.modify(sock, select.POLLIN)
-            if events & (select.POLLIN | select.POLLERR | select.POLLHUP):
-                try:
-                    data = sock.recv(262144)
-                except BlockingIOError:
-                    continue
-                except ConnectionResetError:
-                    # Linux: the server closed with bytes of ours unread; what it sent was read first.
-                    return b"".join(received)
-                if not data:
-                    return b"".join(received)
-                received.append(data)
-    finally:
-        sock.close()
-
-
 def check_answer(expected: Expected, answer: bytes | str) -> str | None:
     """Why ``answer`` is wrong for ``expected`` (a str answer is a client-side error), or None."""
     if isinstance(answer, str):
@@ -533,8 +467,8 @@ def test_fuzzed_packets_never_kill_a_worker(
 def _safe_exchange(path: str, packet: bytes) -> bytes | str:
     """The answer, or a string saying why there was none (a hang or a connection error)."""
     try:
-        return exchange(path, packet)
-    except (Hang, OSError) as exc:
+        return exchange(path, packet, half_close=True)
+    except OSError as exc:  # TimeoutError: no answer in time
         return f"no answer: {type(exc).__name__}: {exc}"
 
 

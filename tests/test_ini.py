@@ -24,11 +24,7 @@ from binserve.config import Config, ConfigError, load
 APP = ("--ini", "app.ini")
 
 
-@pytest.fixture(autouse=True)
-def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Run in tmp_path so files are named relatively, as in the messages users see."""
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
+pytestmark = pytest.mark.usefixtures("in_tmp")  # ini files are named relatively, as users see them
 
 
 def write(files: dict[str, str]) -> None:

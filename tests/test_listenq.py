@@ -5,14 +5,13 @@ from __future__ import annotations
 import errno
 import os
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from binserve.listenq import SockDiagError, _unix_diag_rqlen, listen_queue
-
-from support import wait_for
+from binserve.testing import wait_for
 
 BACKLOG = 128
 CLIENTS = 50
@@ -23,15 +22,6 @@ def expected_limit(backlog: int) -> int:
     """listen() silently caps the backlog at net.core.somaxconn."""
     somaxconn = int(Path("/proc/sys/net/core/somaxconn").read_text())
     return min(backlog, somaxconn)
-
-
-@pytest.fixture
-def opened() -> Iterator[list[socket.socket]]:
-    """Sockets to close after the test, whatever happens."""
-    socks: list[socket.socket] = []
-    yield socks
-    for sock in socks:
-        sock.close()
 
 
 def unix_listener(

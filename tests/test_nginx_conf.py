@@ -12,7 +12,6 @@ import configparser
 import os
 import re
 import shlex
-import socket
 import string
 import subprocess
 from collections.abc import Callable, Iterator
@@ -21,8 +20,9 @@ from pathlib import Path
 import pytest
 
 from binserve.config import load
+from binserve.testing import Nginx, Server, free_port, nginx_conf, nginx_executable, wait_for
 
-from support import NGINX, REPO, Nginx, Server, free_port, wait_for
+from support import APPS, REPO
 
 CONF_DIR = REPO / "nginx_conf"
 TEMPLATES = sorted(CONF_DIR.glob("*.conf.template"))
@@ -31,30 +31,7 @@ UNITS = {"binserve-emperor.service"}  # systemd units: checked by test_emperor_u
 DOCS = {"README.md"}
 PLACEHOLDER = re.compile(r"\$\{(\w+)\}")
 
-WRAPPER = """
-worker_processes 1;
-daemon off;
-{user}
-pid {dir}/nginx.pid;
-error_log {dir}/nginx_error.log info;
-events {{ worker_connections 64; }}
-http {{
-  access_log {dir}/nginx_access.log;
-  client_body_temp_path {dir}/client_body;
-  proxy_temp_path {dir}/proxy;
-  fastcgi_temp_path {dir}/fastcgi;
-  uwsgi_temp_path {dir}/uwsgi;
-  scgi_temp_path {dir}/scgi;
-  default_type application/octet-stream;
-  include {site};
-}}
-"""
-
-ENVIRON_APP = """
-def application(environ, start_response):
-    start_response("200 OK", [("Content-Type", "text/plain")])
-    return [f"{environ['SCRIPT_NAME']}|{environ['PATH_INFO']}".encode()]
-"""
+ENVIRON_APP = (APPS / "nginx_conf_environ.py").read_text()
 
 
 def placeholders(tmp_path: Path, port: int, app_socket: Path) -> dict[str, str]:
@@ -84,63 +61,35 @@ def write_config(directory: Path, site: str) -> Path:
     site_path = directory / "site.conf"
     site_path.write_text(site)
     conf = directory / "nginx.conf"
-    user = "user root;" if os.geteuid() == 0 else ""
-    conf.write_text(WRAPPER.format(user=user, dir=directory, site=site_path))
+    conf.write_text(nginx_conf(directory, f"default_type application/octet-stream;\n  include {site_path};"))
     return conf
 
 
 def nginx_test(conf: Path) -> tuple[int, str]:
     """``nginx -t`` on ``conf``: the exit code and everything it said."""
     done = subprocess.run(
-        [NGINX, "-t", "-c", str(conf), "-p", str(conf.parent)], capture_output=True, text=True, timeout=30
+        [nginx_executable(), "-t", "-c", str(conf), "-p", str(conf.parent)],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     error_log = conf.parent / "nginx_error.log"
     said = done.stdout + done.stderr + (error_log.read_text() if error_log.exists() else "")
     return done.returncode, said
 
 
-class SiteNginx(Nginx):
-    """nginx running a whole config file; ``Nginx`` wraps locations in a server block of its own.
-
-    Only the start differs: ``request``, ``error_log`` and ``stop`` are Nginx's.
-    """
-
-    def __init__(self, conf: Path, port: int) -> None:
-        self.dir = conf.parent
-        self.port = port
-        self.conf = conf
-        self._log = open(self.dir / "stderr.log", "ab")
-        self.proc = subprocess.Popen(
-            [NGINX, "-c", str(conf), "-p", str(self.dir)],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-        def up() -> bool:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"nginx exited: {self.error_log()}")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            except OSError:
-                return False
-            return True
-
-        wait_for(up, 15, "nginx to listen")
-
-
 @pytest.fixture
-def site_nginx(tmp_path: Path) -> Iterator[Callable[[Path, Server], SiteNginx]]:
+def site_nginx(tmp_path: Path) -> Iterator[Callable[[Path, Server], Nginx]]:
     """Serve a template in front of a binserve: ``site_nginx(template, server)``; stopped after the test."""
-    started: list[SiteNginx] = []
+    started: list[Nginx] = []
 
-    def start(template: Path, server: Server) -> SiteNginx:
+    def start(template: Path, server: Server) -> Nginx:
         port = free_port()
         site = render(template, placeholders(tmp_path, port, server.socket))
         conf = write_config(tmp_path / f"nginx-{template.name}", site)
         code, said = nginx_test(conf)
         assert code == 0, said
-        front = SiteNginx(conf, port)
+        front = Nginx(conf, port)
         started.append(front)
         return front
 
@@ -193,7 +142,7 @@ def test_nginx_t_rejects_a_broken_site(tmp_path: Path) -> None:
 
 # -- the templates serve -----------------------------------------------------------------------
 def test_site_serves_static_files_from_nginx_and_the_rest_from_binserve(
-    serve: Callable[..., Server], site_nginx: Callable[[Path, Server], SiteNginx], tmp_path: Path
+    serve: Callable[..., Server], site_nginx: Callable[[Path, Server], Nginx], tmp_path: Path
 ) -> None:
     static = tmp_path / "static"
     static.mkdir()
@@ -224,7 +173,7 @@ def test_site_serves_static_files_from_nginx_and_the_rest_from_binserve(
 
 def test_mounted_site_strips_the_prefix(
     serve: Callable[..., Server],
-    site_nginx: Callable[[Path, Server], SiteNginx],
+    site_nginx: Callable[[Path, Server], Nginx],
     app_file: Callable[[str], Path],
 ) -> None:
     server = serve("--wsgi-file", str(app_file(ENVIRON_APP)))
@@ -240,15 +189,11 @@ def test_mounted_site_strips_the_prefix(
         assert status == 404 and b"|" not in body, (outside, status, body)
 
 
-MOUNT_APP = """
-def application(environ, start_response):
-    start_response("200 OK", [("Content-Type", "text/plain")])
-    return [f"{environ['APP']}|{environ['SCRIPT_NAME']}|{environ['PATH_INFO']}".encode()]
-"""
+MOUNT_APP = (APPS / "nginx_conf_mount.py").read_text()
 
 
 def test_two_apps_site_routes_each_prefix_to_its_own_socket(
-    serve: Callable[..., Server], site_nginx: Callable[[Path, Server], SiteNginx], tmp_path: Path
+    serve: Callable[..., Server], site_nginx: Callable[[Path, Server], Nginx], tmp_path: Path
 ) -> None:
     app = tmp_path / "mount_app.py"
     app.write_text(MOUNT_APP.replace("environ['APP']", "__import__('os').environ['APP']"))

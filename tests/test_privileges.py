@@ -12,12 +12,10 @@ import grp
 import ipaddress
 import os
 import pwd
-import shutil
 import signal
 import socket
 import stat
 import subprocess
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -33,24 +31,15 @@ from binserve.privileges import (
     nginx_access_warnings,
     permits,
 )
-from binserve.protocol import encode_request
 from binserve.sockets import LOOPBACK, MAX_CACHED_PEERS, PeerFilter, SocketError, bind, permitted
-from binserve.tools.curl import build_vars, request
+from binserve.testing import Nginx, Server, exchange, free_port, location, ping, request_packet, wait_for
 
-from support import Nginx, Server, as_user, free_port, location, ping, wait_for
+from support import APPS, as_user
 
 USER, EXTRA_GROUP = "binserve-p1", "binserve-p1x"
 NGINX_USER = "www-data"
 
-APP = """
-import os
-
-
-def application(environ, start_response):
-    start_response("200 OK", [("Content-Type", "text/plain")])
-    groups = ",".join(map(str, sorted(os.getgroups())))
-    return [f"{os.getuid()} {os.getgid()} {groups}".encode()]
-"""
+APP = (APPS / "privileges_app.py").read_text()
 
 
 # -- fixtures and helpers -----------------------------------------------------------------------------
@@ -90,17 +79,6 @@ def nginx_user() -> Iterator[pwd.struct_passwd]:
 
 
 @pytest.fixture
-def open_dir() -> Iterator[Path]:
-    """A 0755 directory of its own: tmp_path's parents are 0700, closed to other users."""
-    base = Path(tempfile.mkdtemp(prefix="binserve-priv-"))
-    base.chmod(0o755)
-    try:
-        yield base
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
-
-
-@pytest.fixture
 def home(account: pwd.struct_passwd, open_dir: Path) -> Path:
     """The app's directory, owned by the user (so vacuum may remove the socket after the drop)."""
     (open_dir / "app.py").write_text(APP)
@@ -118,10 +96,7 @@ def connects(path: Path) -> str:
 def uwsgi_get(address: str | Path, path: str = "/") -> bytes:
     """The raw answer to a GET sent straight over the uwsgi protocol (b"" when closed unanswered:
     a close with the request unread may come as a reset)."""
-    try:
-        return request(str(address), encode_request(build_vars(path, "GET", [], b"", "localhost")))
-    except ConnectionResetError:
-        return b""
+    return exchange(address, request_packet(path))
 
 
 def ids_of(pid: int) -> tuple[set[int], set[int]]:

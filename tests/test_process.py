@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import stat
 import subprocess
 import threading
@@ -24,101 +23,39 @@ from pathlib import Path
 
 import pytest
 
-from binserve.protocol import PING, PONG, encode_header, encode_request
+from binserve.protocol import PING, PONG, encode_header
+from binserve.testing import (
+    Nginx,
+    Server,
+    connect,
+    exchange,
+    free_port,
+    location,
+    parse_response,
+    ping,
+    read_all,
+    request_packet,
+    wait_for,
+)
 
-from support import Nginx, Server, free_port, location, ping, wait_for
+from support import APPS
 
-APP = """
-import os
-import sys
-import time
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-SLOW_BODY = b"".join(b"%05d" % i for i in range(20000))  # 100 kB, every block numbered
-
-
-def application(environ, start_response):
-    path = environ["PATH_INFO"]
-    with open(os.path.join(HERE, "calls"), "a") as calls:
-        calls.write(f"{os.getpid()} {path}\\n")
-    if path == "/slow":
-        time.sleep(float(environ.get("QUERY_STRING") or 1.5))
-        body = SLOW_BODY
-    elif path == "/env":
-        body = os.environ.get("GREETING", "unset").encode()
-    elif path == "/pid":
-        body = str(os.getpid()).encode()
-    elif path == "/print":
-        print("printed by the app", file=sys.stderr)
-        body = b"printed"
-    elif path == "/boom":
-        raise RuntimeError("the app blew up on purpose")
-    else:
-        body = b"ok"
-    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
-    return [body]
-"""
+APP = (APPS / "process_app.py").read_text()
 SLOW_BODY = b"".join(b"%05d" % i for i in range(20000))
 
 
 # -- helpers -------------------------------------------------------------------------------------
-def connect(address: str | Path, timeout: float = 10.0) -> socket.socket:
-    """A socket connected to a unix path or HOST:PORT."""
-    text = str(address)
-    if "/" in text:
-        sock = socket.socket(socket.AF_UNIX)
-        sock.settimeout(timeout)
-        sock.connect(text)
-        return sock
-    host, port = text.rsplit(":", 1)
-    return socket.create_connection((host, int(port)), timeout=timeout)
-
-
-def read_all(sock: socket.socket) -> bytes:
-    """Everything the peer sends until it closes (a reset propagates as ConnectionResetError)."""
-    chunks = []
-    while True:
-        data = sock.recv(65536)
-        if not data:
-            return b"".join(chunks)
-        chunks.append(data)
-
-
-def exchange(address: str | Path, packet: bytes, timeout: float = 10.0) -> bytes:
-    """Send one raw packet and return the whole answer."""
-    with connect(address, timeout) as sock:
-        sock.sendall(packet)
-        return read_all(sock)
-
-
-def request_packet(path: str, query: str = "", **extra: str) -> bytes:
-    """A GET request as nginx's uwsgi_params would send it."""
-    pairs = {
-        "REQUEST_METHOD": "GET",
-        "REQUEST_URI": path + (f"?{query}" if query else ""),
-        "PATH_INFO": path,
-        "QUERY_STRING": query,
-        "SERVER_PROTOCOL": "HTTP/1.1",
-        "REMOTE_ADDR": "127.0.0.1",
-        "SERVER_NAME": "localhost",
-        "SERVER_PORT": "80",
-    }
-    pairs.update(extra)
-    return encode_request(pairs)
-
-
 def get(address: str | Path, path: str, query: str = "", timeout: float = 10.0) -> tuple[int, bytes]:
-    """A GET straight over the uwsgi protocol: (status, body)."""
-    raw = exchange(address, request_packet(path, query), timeout)
-    return parse_response(raw)
+    """A GET straight over the uwsgi protocol: (status, body); (0, b"") when closed unanswered."""
+    return status_body(exchange(address, request_packet(f"{path}?{query}" if query else path), timeout))
 
 
-def parse_response(raw: bytes) -> tuple[int, bytes]:
+def status_body(raw: bytes) -> tuple[int, bytes]:
     """Status and body of a raw HTTP/1.x response (status 0 when nothing came back)."""
     if not raw:
         return 0, b""
-    head, _, body = raw.partition(b"\r\n\r\n")
-    return int(head.split(b" ", 2)[1]), body
+    reply = parse_response(raw)
+    return reply.status, reply.body
 
 
 def calls(tmp_path: Path) -> list[str]:
@@ -130,12 +67,6 @@ def calls(tmp_path: Path) -> list[str]:
 def group_processes(pgid: int) -> str:
     """pgrep's listing of the processes still in a process group ("" when none)."""
     return subprocess.run(["pgrep", "-g", str(pgid)], capture_output=True, text=True).stdout.strip()
-
-
-def workers(server: Server, count: int) -> set[int]:
-    """The worker pids once all ``count`` are forked (ping answers as soon as the first one is)."""
-    wait_for(lambda: len(server.worker_pids()) == count, 10, f"{count} workers")
-    return server.worker_pids()
 
 
 @pytest.fixture
@@ -231,7 +162,7 @@ def test_sighup_reload_finishes_slow_request_and_drops_nothing(
     clients = 16
     server = serve("--wsgi-file", str(app), "--processes", "2", "--worker-reload-mercy", "10")
     front = nginx(location(server.socket))
-    old_workers = workers(server, 2)
+    old_workers = server.wait_workers(2)
 
     budget = time.monotonic() + 20  # for everything below: a hang fails the test in bounded time
 
@@ -310,7 +241,7 @@ def test_graceful_stop_finishes_request_and_leaves_nothing(
     pidfile = tmp_path / "binserve.pid"
     server = serve("--wsgi-file", str(app), "--processes", "2", "--pidfile", str(pidfile))
     assert pidfile.read_text().strip() == str(server.pid)
-    workers(server, 2)
+    server.wait_workers(2)
 
     slow = start_slow(pool, tmp_path, lambda: get(server.socket, "/slow", "1"))
     os.kill(server.pid, signum)
@@ -329,13 +260,7 @@ def test_sigquit_stops_fast_and_cuts_the_request(
 ) -> None:
     server = serve("--wsgi-file", str(app), "--worker-reload-mercy", "30")
 
-    def fetch() -> tuple[int, bytes]:
-        try:
-            return get(server.socket, "/slow", "30", timeout=40)
-        except ConnectionResetError:
-            return 0, b""
-
-    slow = start_slow(pool, tmp_path, fetch)
+    slow = start_slow(pool, tmp_path, lambda: get(server.socket, "/slow", "30", timeout=40))
     started = time.monotonic()
     os.kill(server.pid, signal.SIGQUIT)
     code = server.proc.wait(timeout=10)
@@ -352,15 +277,9 @@ def test_graceful_stop_kills_a_worker_past_the_mercy(
     serve: Callable[..., Server], app: Path, tmp_path: Path, pool: ThreadPoolExecutor
 ) -> None:
     server = serve("--wsgi-file", str(app), "--worker-reload-mercy", "1")
-    (worker,) = workers(server, 1)
+    (worker,) = server.wait_workers(1)
 
-    def fetch() -> tuple[int, bytes]:
-        try:
-            return get(server.socket, "/slow", "30", timeout=40)
-        except ConnectionResetError:
-            return 0, b""
-
-    slow = start_slow(pool, tmp_path, fetch)
+    slow = start_slow(pool, tmp_path, lambda: get(server.socket, "/slow", "30", timeout=40))
     started = time.monotonic()
     os.kill(server.pid, signal.SIGTERM)
     server.proc.wait(timeout=10)
@@ -376,7 +295,7 @@ def test_graceful_stop_kills_a_worker_past_the_mercy(
 
 def test_worker_killed_with_sigkill_is_respawned(serve: Callable[..., Server], app: Path) -> None:
     server = serve("--wsgi-file", str(app), "--processes", "3")
-    before = workers(server, 3)
+    before = server.wait_workers(3)
     victim = min(before)
     os.kill(victim, signal.SIGKILL)
 
@@ -553,7 +472,7 @@ def test_unsupported_modifier_is_logged_and_closed(
     serve: Callable[..., Server], app: Path, tmp_path: Path
 ) -> None:
     server = serve("--wsgi-file", str(app))
-    pids = workers(server, 1)
+    pids = server.wait_workers(1)
     assert exchange(server.socket, encode_header(5, 0)) == b""
     assert "unavailable modifier requested: 5 (PSGI (Perl))" in server.log()
     assert calls(tmp_path) == []
@@ -563,7 +482,7 @@ def test_unsupported_modifier_is_logged_and_closed(
 
 def test_stalled_header_is_closed_at_socket_timeout(serve: Callable[..., Server], app: Path) -> None:
     server = serve("--wsgi-file", str(app), "--socket-timeout", "1")
-    pids = workers(server, 1)
+    pids = server.wait_workers(1)
     with connect(server.socket, timeout=10) as sock:
         sock.sendall(PING[:3])
         started = time.monotonic()
@@ -579,10 +498,10 @@ def test_malformed_packet_is_logged_once_and_the_worker_lives_on(
     serve: Callable[..., Server], app: Path, tmp_path: Path
 ) -> None:
     server = serve("--wsgi-file", str(app), "--processes", "2")
-    pids = workers(server, 2)
+    pids = server.wait_workers(2)
     block = b"\x00\x00\x00\x00"  # a key of length 0, then a value of length 0
     answer = exchange(server.socket, encode_header(0, len(block)) + block)
-    assert parse_response(answer)[0] == 400
+    assert status_body(answer)[0] == 400
     lines = [line for line in server.log().splitlines() if "bad uwsgi packet" in line]
     assert len(lines) == 1, lines
     assert f"from unix:{server.socket} (peer pid {os.getpid()})" in lines[0]
@@ -598,15 +517,9 @@ def test_second_sighup_keeps_track_of_workers_still_retiring(
 ) -> None:
     """Workers of the first image are still killed at worker-reload-mercy after a second reload."""
     server = serve("--wsgi-file", str(app), "--worker-reload-mercy", "1")
-    (first,) = workers(server, 1)
+    (first,) = server.wait_workers(1)
 
-    def fetch() -> tuple[int, bytes]:
-        try:
-            return get(server.socket, "/slow", "30", timeout=40)
-        except ConnectionResetError:
-            return 0, b""
-
-    slow = start_slow(pool, tmp_path, fetch)
+    slow = start_slow(pool, tmp_path, lambda: get(server.socket, "/slow", "30", timeout=40))
     os.kill(server.pid, signal.SIGHUP)
     wait_for(lambda: len(server.worker_pids() - {first}) == 1, 10, "the first reload's worker")
     (second,) = server.worker_pids() - {first}
@@ -620,7 +533,7 @@ def test_second_sighup_keeps_track_of_workers_still_retiring(
 def test_sigterm_right_after_sighup_stops_gracefully(serve: Callable[..., Server], app: Path) -> None:
     """A stop that arrives while the master re-executes itself is neither lost nor fatal."""
     server = serve("--wsgi-file", str(app))
-    workers(server, 1)
+    server.wait_workers(1)
     os.kill(server.pid, signal.SIGHUP)
     deadline = time.monotonic() + 5
     while "SIGHUP: graceful reload" not in server.log() and time.monotonic() < deadline:
@@ -639,7 +552,7 @@ def test_sigterm_serves_the_connections_already_queued(
     serve: Callable[..., Server], app: Path, tmp_path: Path, pool: ThreadPoolExecutor
 ) -> None:
     server = serve("--wsgi-file", str(app))
-    workers(server, 1)
+    server.wait_workers(1)
     slow = start_slow(pool, tmp_path, lambda: get(server.socket, "/slow", "0.5"))
     queued = []
     for i in range(5):  # connected and sent while the only worker is busy: they wait in the backlog
@@ -650,7 +563,7 @@ def test_sigterm_serves_the_connections_already_queued(
     assert slow.result(timeout=10) == (200, SLOW_BODY)
     for sock in queued:
         with sock:
-            assert parse_response(read_all(sock)) == (200, b"ok")
+            assert status_body(read_all(sock)) == (200, b"ok")
     assert server.proc.wait(timeout=10) == 0
     assert calls(tmp_path)[1:] == [f"/queued{i}" for i in range(5)]
 

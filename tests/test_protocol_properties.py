@@ -14,10 +14,10 @@ import construct
 import pytest
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
+from test_protocol_vectors import decode
 
 from binserve.protocol import (
     CLOSED,
-    NEED_DATA,
     Body,
     Decoder,
     End,
@@ -80,31 +80,8 @@ def run(
     chunks: Iterable[bytes], decoder: Decoder | None = None, eof: bool = True
 ) -> tuple[Decoder, list[object]]:
     """Feed ``chunks`` then EOF, pulling events until NEED_DATA, End or CLOSED after each."""
-    dec = decoder if decoder is not None else Decoder()
-    events: list[object] = []
-    finished = False
-
-    def drain() -> bool:
-        for _ in range(10):  # one chunk yields at most Head, Body, End
-            ev = dec.next_event()
-            if ev is NEED_DATA:
-                return False
-            events.append(ev)
-            if isinstance(ev, End) or ev is CLOSED:
-                return True
-        raise AssertionError(f"decoder made no progress: {events[-10:]}")
-
-    for chunk in chunks:
-        if not chunk:
-            continue  # b"" would mean end of stream
-        dec.receive_data(chunk)
-        if not finished:
-            finished = drain()
-    if eof:
-        dec.receive_data(b"")
-        if not finished:
-            assert drain(), "NEED_DATA after end of stream"
-    return dec, events
+    decoded = decode(chunks, decoder, eof)
+    return decoded.decoder, decoded.events
 
 
 def body_of(events: list[object]) -> bytes:

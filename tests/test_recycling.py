@@ -23,17 +23,16 @@ from pathlib import Path
 
 import psutil
 
-from support import Nginx, Server, answers_in_background, location, touch_ahead, wait_for
+from binserve.testing import Nginx, Server, answers_in_background, location, send, touch_ahead, wait_for
 
-PID_APP = """
-import os
+from support import APPS
 
-
-def application(environ, start_response):
-    body = str(os.getpid()).encode()
-    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
-    return [body]
-"""
+PID_APP = (APPS / "pid_app.py").read_text()
+GROWING_APP = (APPS / "recycling_growing.py").read_text()
+EVIL_APP = (APPS / "recycling_evil.py").read_text()
+VERSION_APP = (APPS / "recycling_version.py").read_text()
+THREADS_APP = (APPS / "recycling_threads.py").read_text()
+DIGEST_APP = (APPS / "recycling_digest.py").read_text()
 
 
 def age(pid: int) -> float:
@@ -78,11 +77,10 @@ def test_max_requests_with_one_process_serves_every_request_and_retires_after_th
     # generations have served, every request answered.
     served_by: set[int] = set()
     deadline = time.monotonic() + 30
-    with ThreadPoolExecutor(4) as pool:
-        while len(served_by) < 3 and time.monotonic() < deadline:
-            answers = list(pool.map(lambda _: front.request("GET", "/"), range(20)))
-            assert [status for status, _, _ in answers] == [200] * 20
-            served_by |= {int(body) for _, _, body in answers}
+    while len(served_by) < 3 and time.monotonic() < deadline:
+        answers = front.burst(20)
+        assert [status for status, _, _ in answers] == [200] * 20
+        served_by |= {int(body) for _, _, body in answers}
     assert len(served_by) >= 3, f"only {len(served_by)} distinct workers served in 30 s"
     # Every worker that asked for its replacement exits once that replacement accepts.
     wait_for(
@@ -205,20 +203,6 @@ def test_max_worker_lifetime_replaces_every_worker_without_a_failed_request(
 
 # -- reload-on-rss and evil-reload-on-rss ----------------------------------------------------------
 
-GROWING_APP = """
-import os
-
-KEPT = []
-
-
-def application(environ, start_response):
-    if environ["PATH_INFO"] == "/grow":
-        KEPT.append(b"x" * (8 << 20))  # written, so the pages are resident
-    body = str(os.getpid()).encode()
-    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
-    return [body]
-"""
-
 
 def test_reload_on_rss_recycles_a_growing_worker_between_requests(
     serve: Callable[..., Server],
@@ -262,22 +246,6 @@ def test_reload_on_rss_recycles_a_growing_worker_between_requests(
     )
 
 
-EVIL_APP = """
-import os
-import time
-
-
-def application(environ, start_response):
-    if environ["PATH_INFO"] == "/grow":
-        hoard = b"x" * (200 << 20)
-        time.sleep(10)
-        del hoard
-    body = str(os.getpid()).encode()
-    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
-    return [body]
-"""
-
-
 def test_evil_reload_on_rss_kills_a_worker_mid_request(
     serve: Callable[..., Server], nginx: Callable[[str], Nginx], app_file: Callable[[str], Path]
 ) -> None:
@@ -296,22 +264,6 @@ def test_evil_reload_on_rss_kills_a_worker_mid_request(
 
 
 # -- touch-chain-reload ----------------------------------------------------------------------------
-
-VERSION_APP = """
-import os
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-with open(os.path.join(HERE, "version.txt")) as source:
-    VERSION = source.read().strip()
-with open(os.path.join(HERE, "imported-by"), "a") as out:
-    out.write(f"{os.getpid()}\\n")
-
-
-def application(environ, start_response):
-    body = f"{VERSION} {os.getpid()}".encode()
-    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
-    return [body]
-"""
 
 
 def _imported_by(tmp_path: Path) -> set[int]:
@@ -403,35 +355,15 @@ def test_touch_chain_reload_without_lazy_apps_warns_and_keeps_the_masters_code(
 
 # -- threads ---------------------------------------------------------------------------------------
 
-THREADS_APP = """
-import os
-import threading
-import time
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def application(environ, start_response):
-    if environ["PATH_INFO"] == "/slow":
-        open(os.path.join(HERE, "in-flight"), "w").close()
-        time.sleep(1)
-    else:
-        time.sleep(0.3)
-    body = f"{environ['wsgi.multithread']} {threading.get_ident()}".encode()
-    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
-    return [body]
-"""
-
 
 def test_threads_serve_requests_concurrently_in_one_process(
     serve: Callable[..., Server], nginx: Callable[[str], Nginx], app_file: Callable[[str], Path]
 ) -> None:
     server = serve("--wsgi-file", str(app_file(THREADS_APP)), "--processes", "1", "--threads", "4")
     front = nginx(location(server.socket))
-    with ThreadPoolExecutor(8) as pool:
-        started = time.monotonic()
-        answers = list(pool.map(lambda _: front.request("GET", "/"), range(8)))
-        took = time.monotonic() - started
+    started = time.monotonic()
+    answers = front.burst(8, concurrency=8)
+    took = time.monotonic() - started
     assert [status for status, _, _ in answers] == [200] * 8
     assert took < 1.5, f"8 requests of 0.3 s took {took:.2f} s with 4 threads"
     fields = [body.decode().split() for _, _, body in answers]
@@ -466,17 +398,6 @@ def test_sigterm_with_threads_finishes_the_request_in_flight_and_exits_0(
 
 
 # -- post-buffering --------------------------------------------------------------------------------
-
-DIGEST_APP = """
-import hashlib
-
-
-def application(environ, start_response):
-    stream = environ["wsgi.input"]
-    body = f"{type(stream).__name__} {hashlib.sha256(stream.read()).hexdigest()}".encode()
-    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
-    return [body]
-"""
 
 
 def test_post_buffering_gives_the_app_a_buffered_body(
@@ -519,9 +440,7 @@ def test_stalled_partial_packets_do_not_hold_the_only_worker(
     stalled: list[tuple[socket.socket, float]] = []
     try:
         for _ in range(20):
-            sock = socket.socket(socket.AF_UNIX)
-            sock.connect(str(server.socket))
-            sock.sendall(b"\x00\x10\x00")  # 3 of the 4 header bytes, then nothing
+            sock = send(server.socket, b"\x00\x10\x00", timeout=None)  # 3 of the 4 header bytes, then nothing
             stalled.append((sock, time.monotonic()))
         started = time.monotonic()
         status, _, _ = front.request("GET", "/", timeout=5)
@@ -575,9 +494,7 @@ def test_a_core_stops_accepting_rather_than_run_out_of_descriptors(
     stalled = []
     try:
         for _ in range(150):
-            sock = socket.socket(socket.AF_UNIX)
-            sock.connect(str(server.socket))
-            sock.sendall(b"\x00\x10\x00")
+            sock = send(server.socket, b"\x00\x10\x00", timeout=None)
             stalled.append(sock)
         wait_for(
             lambda: "connections are waiting for their packet; not accepting" in server.log(), 5, "the pause"
@@ -614,10 +531,8 @@ def test_a_recycling_worker_with_a_stalled_peer_parked_is_still_replaced(
     )
     front = nginx(location(server.socket))
     (pid,) = server.worker_pids()
-    with socket.socket(socket.AF_UNIX) as stalled:
-        # Queued before nginx's request, so the worker has it parked when it starts recycling.
-        stalled.connect(str(server.socket))
-        stalled.sendall(b"\x00\x10\x00")
+    # Queued before nginx's request, so the worker has it parked when it starts recycling.
+    with send(server.socket, b"\x00\x10\x00", timeout=None) as stalled:
         status, _, body = front.request("GET", "/")
         assert (status, int(body)) == (200, pid)  # its one request: the worker recycles after it
         started = time.monotonic()

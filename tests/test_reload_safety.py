@@ -16,27 +16,14 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from test_emperor import EmperorProcess, alive, get, write_vassal
-from test_privileges import USER, account, home, open_dir  # noqa: F401
+from test_emperor import get, write_vassal
+from test_privileges import USER, account, home  # noqa: F401
 
-from support import Server, ping, touch_ahead, wait_for
+from binserve.testing import EmperorProcess, Server, alive, ping, touch_ahead, wait_for
 
-APP = """
-import os
-import time
+from support import APPS
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-open(os.path.join(HERE, f"loaded-{os.getpid()}"), "w").close()
-if os.path.exists(os.path.join(HERE, "hang")):
-    open(os.path.join(HERE, "hanging"), "w").close()
-    time.sleep(60)
-
-
-def application(environ, start_response):
-    body = b"VERSION %d" % os.getpid()
-    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
-    return [body]
-"""
+APP = (APPS / "reload_safety_app.py").read_text()
 BROKEN = "\nraise ImportError('broken deploy')\n"
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -21,38 +20,30 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from binserve.protocol import encode_request
+from binserve.testing import (
+    Nginx,
+    Server,
+    answers_in_background,
+    exchange,
+    location,
+    read_stats,
+    request_packet,
+    touch_ahead,
+    wait_for,
+)
 
-from support import Nginx, Server, answers_in_background, location, read_stats, touch_ahead, wait_for
+from support import APPS
 
-VERSION_APP = """
-import os
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-with open(os.path.join(HERE, "version.txt")) as source:
-    VERSION = source.read().strip()
-
-
-def application(environ, start_response):
-    body = f"{VERSION} {os.getpid()}".encode()
-    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
-    return [body]
-"""
+VERSION_APP = (APPS / "replacement_version.py").read_text()
+PID_APP = (APPS / "pid_app.py").read_text()
+SLOW_APP = (APPS / "replacement_slow.py").read_text()
+READING_APP = (APPS / "replacement_reading.py").read_text()
+HANGING_APP = (APPS / "replacement_hanging.py").read_text()
 
 # What a bad deploy leaves on disk: importing it raises SyntaxError.
 BROKEN_APP = """
 def application(environ, start_response:
     return []
-"""
-
-PID_APP = """
-import os
-
-
-def application(environ, start_response):
-    body = str(os.getpid()).encode()
-    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
-    return [body]
 """
 
 
@@ -133,22 +124,6 @@ def test_chain_reload_onto_broken_code_stops_and_the_old_workers_serve_on(
 
 # -- 2. a master reload while a thread holds a request ----------------------------------------------
 
-SLOW_APP = """
-import os
-import time
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def application(environ, start_response):
-    if environ["PATH_INFO"] == "/slow":
-        open(os.path.join(HERE, "in-flight"), "w").close()
-        time.sleep(1.5)
-    body = str(os.getpid()).encode()
-    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
-    return [body]
-"""
-
 
 def test_master_reload_lets_a_thread_finish_its_request(
     serve: Callable[..., Server],
@@ -182,14 +157,6 @@ def test_master_reload_lets_a_thread_finish_its_request(
 
 # -- 3. a body cut short ------------------------------------------------------------------------------
 
-READING_APP = """
-def application(environ, start_response):
-    data = environ["wsgi.input"].read()
-    body = str(len(data)).encode()
-    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
-    return [body]
-"""
-
 
 def test_a_body_cut_short_is_counted_and_never_reaches_harakiri(
     serve: Callable[..., Server], app_file: Callable[[str], Path], tmp_path: Path
@@ -207,28 +174,8 @@ def test_a_body_cut_short_is_counted_and_never_reaches_harakiri(
     )
     wait_stats_up(stats)
     (pid,) = server.worker_pids()
-    packet = encode_request(
-        {
-            "REQUEST_METHOD": "POST",
-            "REQUEST_URI": "/upload",
-            "PATH_INFO": "/upload",
-            "QUERY_STRING": "",
-            "SERVER_PROTOCOL": "HTTP/1.1",
-            "SERVER_NAME": "localhost",
-            "SERVER_PORT": "80",
-            "REMOTE_ADDR": "127.0.0.1",
-            "CONTENT_LENGTH": "100",
-        },
-        b"0123456789",
-    )
-    with socket.socket(socket.AF_UNIX) as sock:
-        sock.settimeout(10)
-        sock.connect(str(server.socket))
-        sock.sendall(packet)
-        sock.shutdown(socket.SHUT_WR)  # the peer is gone after 10 of the 100 bytes
-        reply = b""
-        while chunk := sock.recv(65536):
-            reply += chunk
+    packet = request_packet("/upload", "POST", body=b"0123456789", CONTENT_LENGTH="100")
+    reply = exchange(server.socket, packet, half_close=True)  # the peer is gone after 10 of the 100 bytes
     assert reply.startswith(b"HTTP/1.0 400 "), reply
     sent = time.monotonic()
     wait_for(lambda: read_stats(stats)["workers"][0]["requests"] == 1, 5, "the request to be counted")
@@ -270,8 +217,7 @@ def test_request_counts_stay_exact_across_replacements(
     wait_stats_up(stats)
     front = nginx(location(server.socket))
     total = 300
-    with ThreadPoolExecutor(4) as pool:
-        answers = list(pool.map(lambda _: front.request("GET", "/"), range(total)))
+    answers = front.burst(total)
     assert [status for status, _, _ in answers] == [200] * total
     served_by = {int(body) for _, _, body in answers}
     assert len(served_by) >= 6, f"only {len(served_by)} processes served {total} requests: few replacements"
@@ -348,22 +294,6 @@ def test_lazy_apps_respawn_onto_broken_code_does_not_stop_the_server(
     answers = [front.request("GET", "/") for _ in range(10)]
     assert [(status, int(body)) for status, _, body in answers] == [(200, survivor)] * 10
     assert server.proc.poll() is None
-
-
-HANGING_APP = """
-import os
-import time
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-if os.path.exists(os.path.join(HERE, "hang")):
-    time.sleep(60)  # an import that waits forever, say on a database
-
-
-def application(environ, start_response):
-    body = str(os.getpid()).encode()
-    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
-    return [body]
-"""
 
 
 def test_a_replacement_that_never_accepts_is_killed_and_the_old_worker_serves_on(

@@ -19,76 +19,30 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
-from test_emperor import alive
-from test_faults import connect, get, read_all, request_packet
+from test_faults import get
 
 from binserve.protocol import encode_request
+from binserve.testing import (
+    Nginx,
+    Server,
+    alive,
+    connect,
+    free_port,
+    location,
+    read_all,
+    request_packet,
+    uwsgi_params,
+    wait_for,
+)
 
-from support import UWSGI_PARAMS, Nginx, Server, free_port, location, wait_for
+from support import APPS
 
-APP = """
-import os
-import time
-
-
-class Closing:
-    def __init__(self, exc):
-        self.exc = exc
-
-    def __iter__(self):
-        return iter([b"closed"])
-
-    def close(self):
-        raise self.exc
-
-
-def raising_body(exc):
-    raise exc
-    yield b""
-
-
-def application(environ, start_response):
-    path = environ["PATH_INFO"]
-    if path == "/slow":
-        open(os.environ["SLOW_MARK"], "w").close()
-        time.sleep(60)
-    if path.startswith("/raise-"):
-        _, where, kind = path.split("-")
-        exc = {"exit": SystemExit(3), "interrupt": KeyboardInterrupt()}[kind]
-        if where == "call":
-            raise exc
-        start_response("200 OK", [("Content-Type", "text/plain")])
-        return raising_body(exc) if where == "iter" else Closing(exc)
-    if path == "/midstream":
-        start_response("200 OK", [("Content-Type", "text/plain")])
-        return midstream()
-    if path == "/read":
-        body = environ["wsgi.input"].read()
-        start_response("200 OK", [("Content-Type", "text/plain")])
-        return [str(len(body)).encode()]
-    if path == "/read-late":  # the headers go out before the body is read
-        write = start_response("200 OK", [("Content-Type", "text/plain")])
-        write(b"reading")
-        return [environ["wsgi.input"].read()]
-    start_response("200 OK", [("Content-Type", "text/plain")])
-    return [str(os.getpid()).encode()]
-
-
-def midstream():
-    for _ in range(4):
-        yield b"x" * 1000
-    raise RuntimeError("the database went away")
-"""
+APP = (APPS / "request_faults_app.py").read_text()
 
 
 @pytest.fixture
 def app(app_file: Callable[[str], Path]) -> Path:
     return app_file(APP)
-
-
-def workers(server: Server, count: int) -> set[int]:
-    wait_for(lambda: len(server.worker_pids()) == count, 10, f"{count} workers")
-    return server.worker_pids()
 
 
 def log_lines(server: Server, text: str) -> list[str]:
@@ -110,7 +64,7 @@ def test_orphaned_busy_worker_closes_its_listeners_and_exits_within_the_bound(
 ) -> None:
     mark = tmp_path / "slow.mark"
     server = serve("--wsgi-file", str(app), *options, env={"SLOW_MARK": str(mark)})
-    (pid,) = workers(server, 1)
+    (pid,) = server.wait_workers(1)
     with connect(server.socket) as slow:
         slow.sendall(request_packet("/slow"))
         wait_for(mark.exists, 10, "the slow request to start")
@@ -146,7 +100,7 @@ def test_peers_holding_connections_do_not_block_the_workers(
     serve: Callable[..., Server], app: Path, held: bytes
 ) -> None:
     server = serve("--wsgi-file", str(app), "--processes", "2", "--socket-timeout", "5")
-    pids = workers(server, 2)
+    pids = server.wait_workers(2)
     with ExitStack() as stack:
         for _ in range(10):
             sock = stack.enter_context(connect(server.socket))
@@ -161,7 +115,7 @@ def test_peers_holding_connections_do_not_block_the_workers(
 
 def test_held_peer_still_gets_its_answer_then_the_close(serve: Callable[..., Server], app: Path) -> None:
     server = serve("--wsgi-file", str(app), "--socket-timeout", "1")
-    workers(server, 1)
+    server.wait_workers(1)
     with connect(server.socket) as sock:
         sock.sendall(BAD)
         assert sock.recv(4096).startswith(b"HTTP/1.0 400 ")
@@ -200,7 +154,7 @@ def test_nginx_gets_the_answer_to_a_large_body_the_app_ignores(
     serve: Callable[..., Server], nginx: Callable[[str], Nginx], app: Path
 ) -> None:
     server = serve("--wsgi-file", str(app), "--socket-timeout", "5")
-    (pid,) = workers(server, 1)
+    (pid,) = server.wait_workers(1)
     front = nginx(location(server.socket))
     for _ in range(3):  # the body is dropped in the loop after the answer: no reset, no wait
         started = time.monotonic()
@@ -216,7 +170,7 @@ def test_system_exit_from_the_app_is_a_500_and_the_worker_lives(
     serve: Callable[..., Server], app: Path, where: str, kind: str
 ) -> None:
     server = serve("--wsgi-file", str(app))
-    pids = workers(server, 1)
+    pids = server.wait_workers(1)
     status, body = get(server.socket, f"/raise-{where}-{kind}")
     assert status == (200 if where == "close" else 500), body  # close() runs after the body is sent
     assert get(server.socket, "/") == (200, str(*pids).encode())
@@ -232,7 +186,7 @@ def test_app_failing_mid_stream_cuts_the_client_response_off(
 ) -> None:
     port = free_port()
     server = serve("--wsgi-file", str(app), "--socket", f"127.0.0.1:{port}")
-    front = nginx(f"location / {{ include {UWSGI_PARAMS}; uwsgi_pass 127.0.0.1:{port}; }}")
+    front = nginx(f"location / {{ include {uwsgi_params()}; uwsgi_pass 127.0.0.1:{port}; }}")
     conn = http.client.HTTPConnection("127.0.0.1", front.port, timeout=10)
     try:
         conn.request("GET", "/midstream")
@@ -273,7 +227,7 @@ def test_body_read_timeout_is_one_line_and_no_exception(
         "json",
         *options,
     )
-    pids = workers(server, 1)
+    pids = server.wait_workers(1)
     with connect(server.socket) as sock:
         sock.sendall(
             request_packet(url, REQUEST_METHOD="POST", CONTENT_LENGTH="1000", REMOTE_ADDR="192.0.2.7")
@@ -299,7 +253,7 @@ def test_control_characters_from_the_peer_cannot_forge_log_lines(
     serve: Callable[..., Server], app: Path
 ) -> None:
     server = serve("--wsgi-file", str(app))
-    workers(server, 1)
+    server.wait_workers(1)
     forged = "/x\r\n2026-01-01 fake line\x00"
     with connect(server.socket) as sock:
         sock.sendall(
@@ -321,7 +275,7 @@ def test_control_characters_from_the_peer_cannot_forge_log_lines(
 # -- many stalled connections: a bounded number of log lines -------------------------------------
 def test_stalled_connections_are_logged_in_aggregate(serve: Callable[..., Server], app: Path) -> None:
     server = serve("--wsgi-file", str(app), "--socket-timeout", "1", "--listen", "256")
-    workers(server, 1)
+    server.wait_workers(1)
     with ExitStack() as stack:
         for _ in range(200):
             sock = stack.enter_context(connect(server.socket))
@@ -343,7 +297,7 @@ def _expired(log: str) -> int:
 # -- harakiri with threads -----------------------------------------------------------------------
 def test_harakiri_with_threads_warns_once_at_startup(serve: Callable[..., Server], app: Path) -> None:
     server = serve("--wsgi-file", str(app), "--harakiri", "30", "--threads", "2", "--processes", "2")
-    workers(server, 2)
+    server.wait_workers(2)
     assert get(server.socket, "/")[0] == 200
     wait_for(lambda: bool(log_lines(server, "harakiri-graceful-timeout")), 5, "the warning")
     lines = log_lines(server, "harakiri-graceful-timeout")
@@ -353,20 +307,12 @@ def test_harakiri_with_threads_warns_once_at_startup(serve: Callable[..., Server
 
 def test_no_harakiri_warning_without_threads(serve: Callable[..., Server], app: Path) -> None:
     server = serve("--wsgi-file", str(app), "--harakiri", "30")
-    workers(server, 1)
+    server.wait_workers(1)
     assert get(server.socket, "/")[0] == 200
     assert not log_lines(server, "harakiri-graceful-timeout")
 
 
-THREADED_HARAKIRI_APP = """
-import time
-
-
-def application(environ, start_response):
-    time.sleep(30 if environ["PATH_INFO"] == "/stuck" else 1.5)
-    start_response("200 OK", [("Content-Type", "text/plain")])
-    return [b"done"]
-"""
+THREADED_HARAKIRI_APP = (APPS / "request_faults_threaded_harakiri.py").read_text()
 
 
 @pytest.mark.parametrize(
@@ -386,7 +332,7 @@ def test_harakiri_graceful_timeout_lets_the_other_threads_finish(
         "--harakiri-graceful-timeout",
         grace,
     )
-    first = workers(server, 1)
+    first = server.wait_workers(1)
     stuck = connect(server.socket)
     stuck.sendall(request_packet("/stuck"))
     time.sleep(0.3)  # the stuck request first: it is the one past harakiri

@@ -9,19 +9,27 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from test_emperor import EmperorProcess, alive, get, write_vassal
+from test_emperor import get, write_vassal
 
 from binserve import signals
-from binserve.protocol import encode_request
+from binserve.testing import (
+    EmperorProcess,
+    Server,
+    alive,
+    ping,
+    read_response,
+    request_packet,
+    send,
+    wait_for,
+)
 
-from support import Server, ping, wait_for
+from support import APPS
 
 LOGGED = [
     signal.SIGUSR1,
@@ -34,15 +42,7 @@ LOGGED = [
 ]
 IGNORED = [signal.SIGWINCH, signal.SIGPIPE]
 
-APP = """
-import os
-
-
-def application(environ, start_response):
-    body = str(os.getpid()).encode()
-    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
-    return [body]
-"""
+APP = (APPS / "pid_app.py").read_text()
 
 SLOW_IMPORT_APP = (
     """
@@ -57,66 +57,17 @@ while not os.path.exists(os.path.join(HERE, "go-on")):
     + APP
 )
 
-FORKING_APP = """
-import multiprocessing
-import os
-import time
-
-CONTEXT = multiprocessing.get_context("fork")
-CHILDREN = []
-
-
-def sleep():
-    time.sleep(60)
-
-
-def start():
-    child = CONTEXT.Process(target=sleep)
-    child.start()
-    CHILDREN.append(child)
-    return child
-
-
-if os.environ.get("FORK_AT_IMPORT"):
-    start()
-
-
-def application(environ, start_response):
-    if environ["PATH_INFO"] == "/start":
-        body = f"{os.getpid()} {start().pid}"
-    else:
-        child = CHILDREN.pop()
-        child.terminate()
-        child.join(5)
-        body = f"{os.getpid()} {child.exitcode}"
-    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
-    return [body.encode()]
-"""
+FORKING_APP = (APPS / "signals_forking.py").read_text()
 
 
 def fetch(sock: Path, path: str) -> str:
     """The body of a GET, read up to its Content-Length: a child the app forked keeps the
     connection open, so the end of the answer cannot be its close."""
-    packet = encode_request({"REQUEST_METHOD": "GET", "PATH_INFO": path, "REQUEST_URI": path})
-    with socket.socket(socket.AF_UNIX) as conn:
-        conn.settimeout(10)
-        conn.connect(str(sock))
-        conn.sendall(packet)
-        raw = b""
-        while b"\r\n\r\n" not in raw or len(raw.partition(b"\r\n\r\n")[2]) < _length(raw):
-            data = conn.recv(65536)
-            assert data, f"closed after {raw!r}"
-            raw += data
-    head, _, body = raw.partition(b"\r\n\r\n")
-    assert head.split(b" ")[1] == b"200", head
-    return body.decode()
-
-
-def _length(raw: bytes) -> int:
-    for line in raw.partition(b"\r\n\r\n")[0].split(b"\r\n"):
-        if line.lower().startswith(b"content-length:"):
-            return int(line.split(b":")[1])
-    return 1 << 30
+    with send(sock, request_packet(path)) as conn:
+        reply = read_response(conn)
+    assert reply.header("Content-Length") == str(len(reply.body)), f"closed after {reply}"
+    assert reply.status == 200, reply.status_line
+    return reply.text
 
 
 def send_each(

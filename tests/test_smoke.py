@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from support import Nginx, Server, location
+from binserve.testing import Nginx, Server, location
 
 
 def test_demo_app_through_nginx(serve: Callable[..., Server], nginx: Callable[[str], Nginx]) -> None:

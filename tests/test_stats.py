@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -26,16 +25,28 @@ from typing import Any
 import msgpack
 import pytest
 
-from binserve.protocol import PING, PONG, encode_request
+from binserve.protocol import PING, PONG
 from binserve.scoreboard import Scoreboard
 from binserve.stats import CpuMeter, Recent, instance_document
+from binserve.testing import (
+    Nginx,
+    Server,
+    connect,
+    exchange,
+    executable,
+    free_port,
+    location,
+    read_all,
+    request_packet,
+    send,
+    wait_for,
+)
 from binserve.tools import statsdoc
 
-from support import Nginx, Server, free_port, location, wait_for
+from support import APPS
 
-APP = Path(__file__).resolve().parent / "apps" / "stats_app.py"
-UWSGITOP = shutil.which("uwsgitop")
-TMUX = shutil.which("tmux")
+APP = APPS / "stats_app.py"
+TMUX = "/usr/bin/tmux"  # Debian's
 
 # [pid: P|worker: W|req: R] ADDR METHOD URI => STATUS BYTES bytes in MS ms
 LOG_LINE = re.compile(
@@ -62,21 +73,8 @@ class Fetched:
 
 def read_to_eof(address: str | Path, timeout: float = 5.0) -> bytes:
     """Connect to a unix path or HOST:PORT and read until the server closes."""
-    if isinstance(address, Path) or "/" in address:
-        sock = socket.socket(socket.AF_UNIX)
-        sock.settimeout(timeout)
-        sock.connect(str(address))
-    else:
-        host, port = address.rsplit(":", 1)
-        sock = socket.create_connection((host, int(port)), timeout=timeout)
-    chunks = []
-    with sock:
-        while True:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            chunks.append(chunk)
-    return b"".join(chunks)
+    with connect(address, timeout) as sock:
+        return read_all(sock)
 
 
 def fetch(address: str | Path) -> Fetched:
@@ -161,55 +159,15 @@ def logged_requests(server: Server) -> int:
 # Raw uwsgi clients
 
 
-def connect(address: str | Path, timeout: float = 10.0) -> socket.socket:
-    """A client connection to binserve's uwsgi socket (unix path or HOST:PORT)."""
-    if isinstance(address, Path) or "/" in address:
-        sock = socket.socket(socket.AF_UNIX)
-        sock.settimeout(timeout)
-        sock.connect(str(address))
-        return sock
-    host, port = str(address).rsplit(":", 1)
-    return socket.create_connection((host, int(port)), timeout=timeout)
-
-
-def uwsgi_packet(uri: str) -> bytes:
-    path, _, query = uri.partition("?")
-    return encode_request(
-        {
-            "REQUEST_METHOD": "GET",
-            "REQUEST_URI": uri,
-            "PATH_INFO": path,
-            "QUERY_STRING": query,
-            "SERVER_PROTOCOL": "HTTP/1.1",
-            "SERVER_NAME": "stats.test",
-            "SERVER_PORT": "80",
-            "REMOTE_ADDR": "127.0.0.1",
-        }
-    )
-
-
-def start_request(address: str | Path, uri: str) -> socket.socket:
-    """Send a GET for ``uri`` straight to binserve; the caller reads the answer."""
-    sock = connect(address)
-    sock.sendall(uwsgi_packet(uri))
-    return sock
-
-
 def response(sock: socket.socket) -> bytes:
     """The rest of a raw response, up to the server's close."""
-    chunks = []
     with sock:
-        while True:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            chunks.append(chunk)
-    return b"".join(chunks)
+        return read_all(sock)
 
 
 def get(address: str | Path, uri: str) -> bytes:
     """One whole request straight to binserve."""
-    return response(start_request(address, uri))
+    return exchange(address, request_packet(uri))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -248,15 +206,6 @@ def _answers(address: str) -> bool:
         return bool(read_to_eof(address, timeout=1.0))
     except OSError:
         return False
-
-
-@pytest.fixture
-def clients() -> Iterator[list[socket.socket]]:
-    """Raw client sockets, all closed after the test whatever happens."""
-    opened: list[socket.socket] = []
-    yield opened
-    for sock in opened:
-        sock.close()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -429,7 +378,7 @@ def test_busy_worker_shows_its_current_request(
     assert doc["sockets"][0]["max_queue"] > 0
 
     sent_at = time.time()
-    blocked = start_request(server.socket, "/block?who=stats-test")
+    blocked = send(server.socket, request_packet("/block?who=stats-test"))
     try:
         workers = wait_stats(
             address,
@@ -471,7 +420,7 @@ def test_current_request_is_the_one_in_progress(
     cases = [("/block", "/block"), ("/block?" + "q" * 400, None)]  # None: a prefix is enough
     for uri, expected in cases:
         release.unlink(missing_ok=True)
-        blocked = start_request(server.socket, uri)
+        blocked = send(server.socket, request_packet(uri))
         try:
             doc = wait_stats(
                 address, lambda doc: doc["workers"][0]["status"] == "busy", f"busy with {uri[:20]}"
@@ -553,7 +502,7 @@ class Tmux:
         # COLUMNS=80 into the C-level environment (not os.environ); inherited by the tmux server,
         # they would make curses in the pane believe it is 80 columns wide.
         env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
-        command = [str(TMUX), "-S", str(self.socket_path), "-f", "/dev/null", *args]
+        command = [TMUX, "-S", str(self.socket_path), "-f", "/dev/null", *args]
         return subprocess.run(command, capture_output=True, text=True, timeout=10, env=env)
 
     def start(self, command: str) -> None:
@@ -615,12 +564,11 @@ def worker_rows(screen: str) -> dict[int, Row]:
 
 
 def test_real_uwsgitop_shows_the_workers(stats_server: Callable[..., tuple[Server, str]], tmux: Tmux) -> None:
-    assert UWSGITOP and TMUX, "uwsgitop (PyPI) and tmux are installed by make test"
     server, address = stats_server("--processes", "2", "--stats-format", "json")
     pids = server.worker_pids()
     assert len(pids) == 2
     # If uwsgitop dies, its traceback and exit status stay on the screen instead of closing the pane.
-    tmux.start(f"{UWSGITOP} {address}; echo uwsgitop exited with $?; exec cat")
+    tmux.start(f"{executable('uwsgitop')} {address}; echo uwsgitop exited with $?; exec cat")
     last = {"screen": ""}
 
     def shows(requests: int) -> bool:
@@ -680,7 +628,7 @@ def test_listen_queue_filled_on_purpose(
     stats_server: Callable[..., tuple[Server, str]],
     tmp_path: Path,
     release: Path,
-    clients: list[socket.socket],
+    opened: list[socket.socket],
 ) -> None:
     uwsgi_address: str | Path = tmp_path / "app.sock" if kind == "unix" else f"127.0.0.1:{free_port()}"
     server, address = stats_server("--processes", "1", "--listen", str(BACKLOG), socket_path=uwsgi_address)
@@ -698,14 +646,14 @@ def test_listen_queue_filled_on_purpose(
 
     try:
         # The single worker takes one request and stays in it.
-        blocker = start_request(uwsgi_address, "/block")
-        clients.append(blocker)
+        blocker = send(uwsgi_address, request_packet("/block"))
+        opened.append(blocker)
         wait_stats(address, lambda doc: doc["workers"][0]["status"] == "busy", "the worker to be busy")
 
         # 50 more connections that nobody accepts; each already carries a ping to answer later.
         for _ in range(PENDING):
             client = connect(uwsgi_address)
-            clients.append(client)
+            opened.append(client)
             client.sendall(PING)
 
         doc = wait_stats(address, queued(PENDING), f"{PENDING} connections in the listen queue")
@@ -716,6 +664,6 @@ def test_listen_queue_filled_on_purpose(
         release.touch()  # also when an assertion failed: the worker must not wait 30 s
     wait_stats(address, queued(0), "the listen queue to drain", 15)
     assert response(blocker).endswith(b"released")
-    for client in clients[1:]:
+    for client in opened[1:]:
         assert client.recv(len(PONG)) == PONG
     wait_stats(address, lambda doc: doc["workers"][0]["status"] == "idle", "the worker to be idle")

@@ -9,20 +9,12 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from support import Nginx, Server, location, wait_for
+from binserve.testing import Nginx, Server, location, wait_for
 
-APP = """
-import os
-import time
+from support import APPS
 
-
-def application(environ, start_response):
-    if environ["PATH_INFO"] == "/sleep":
-        time.sleep(float(environ["QUERY_STRING"] or 10))
-    body = str(os.getpid()).encode()
-    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
-    return [body]
-"""
+APP = (APPS / "supervision_app.py").read_text()
+IMPORT_RECORDER = (APPS / "supervision_import_recorder.py").read_text()
 
 
 def test_harakiri_kills_a_request_past_its_deadline_and_names_it(
@@ -61,8 +53,7 @@ def test_max_requests_recycles_workers_without_a_failed_request(
         "0",
     )
     front = nginx(location(server.socket))
-    with ThreadPoolExecutor(4) as pool:
-        answers = list(pool.map(lambda _: front.request("GET", "/"), range(200)))
+    answers = front.burst(200)
     assert [status for status, _, _ in answers] == [200] * 200
     # A recycling worker serves on until its replacement accepts, and its own replacement waits
     # until the process before it has left: how many more than max-requests a generation serves
@@ -73,20 +64,6 @@ def test_max_requests_recycles_workers_without_a_failed_request(
         lambda: server.log().count(") recycled: exited with code 17") >= 4, 10, "recycled workers to exit"
     )
     assert server.log().count("requests served (max-requests") >= 4
-
-
-IMPORT_RECORDER = """
-import os
-
-with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "imported-by"), "a") as out:
-    out.write(f"{os.getpid()}\\n")
-
-
-def application(environ, start_response):
-    body = str(os.getpid()).encode()
-    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
-    return [body]
-"""
 
 
 def imported_by(tmp_path: Path) -> set[int]:

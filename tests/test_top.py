@@ -10,11 +10,9 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,15 +22,11 @@ from typing import Any
 import msgpack
 import pytest
 
+from binserve.testing import executable, wait_for
 from binserve.tools import statsdoc, top
 
-from support import wait_for
-
 FIXTURES = Path(__file__).resolve().parent / "top_fixtures"
-UWSGI = shutil.which("uwsgi")
-TMUX = shutil.which("tmux")
-TOP = shutil.which("binserve-top")
-TOP_CMD = [TOP] if TOP else [sys.executable, "-m", "binserve.tools.top"]
+TMUX = "/usr/bin/tmux"  # Debian's
 
 Doc = dict[str, Any]
 
@@ -205,7 +199,9 @@ def fakes() -> Iterator[Callable[..., FakeStats]]:
 
 def once(address: str, *extra: str) -> subprocess.CompletedProcess[str]:
     """Run ``binserve-top ADDR --once``."""
-    return subprocess.run([*TOP_CMD, address, "--once", *extra], capture_output=True, text=True, timeout=20)
+    return subprocess.run(
+        [executable("binserve-top"), address, "--once", *extra], capture_output=True, text=True, timeout=20
+    )
 
 
 def rows(text: str) -> dict[str, list[str]]:
@@ -411,7 +407,6 @@ def test_once_errors(tmp_path: Path, fakes: Callable[..., FakeStats]) -> None:
 
 def test_once_real_uwsgi(tmp_path: Path) -> None:
     """A real uWSGI master with 2 workers and --stats: rows for workers 1 and 2."""
-    assert UWSGI, "uwsgi (pyuwsgi, a test dependency) is not installed: run make test"
     app = tmp_path / "app.py"
     app.write_text(
         "def application(environ, start_response):\n"
@@ -420,7 +415,7 @@ def test_once_real_uwsgi(tmp_path: Path) -> None:
     )
     stats = tmp_path / "stats.sock"
     log = open(tmp_path / "uwsgi.log", "wb")
-    args = [UWSGI or "uwsgi", "--socket", str(tmp_path / "app.sock"), "--wsgi-file", str(app)]
+    args = [executable("uwsgi"), "--socket", str(tmp_path / "app.sock"), "--wsgi-file", str(app)]
     args += ["--processes", "2", "--master", "--stats", str(stats)]
     proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp_path)
     try:
@@ -466,12 +461,14 @@ class Tmux:
         self.server = str(tmp_path / f"tmux-{time.monotonic_ns()}.sock")
         self.name = "top"
         self.err = tmp_path / "top.err"
-        command = " ".join(_quote(a) for a in [*TOP_CMD, *args]) + f" 2>{_quote(str(self.err))}"
+        command = (
+            " ".join(_quote(a) for a in [executable("binserve-top"), *args]) + f" 2>{_quote(str(self.err))}"
+        )
         self.tmux("new-session", "-d", "-s", self.name, "-x", "160", "-y", "40", command)
 
     def tmux(self, *args: str) -> subprocess.CompletedProcess[str]:
         """Run a tmux command against the private server."""
-        base = [TMUX or "tmux", "-S", self.server, "-f", "/dev/null"]
+        base = [TMUX, "-S", self.server, "-f", "/dev/null"]
         return subprocess.run([*base, *args], capture_output=True, text=True, timeout=10)
 
     def alive(self) -> bool:
@@ -515,7 +512,6 @@ def _quote(text: str) -> str:
 @pytest.fixture
 def tmux_top(tmp_path: Path) -> Iterator[Callable[..., Tmux]]:
     """Run ``binserve-top ARGS`` in tmux: ``tmux_top(*args)``; the session is always killed."""
-    assert TMUX, "tmux is not installed: make test installs it"
     started: list[Tmux] = []
 
     def start(*args: str) -> Tmux:

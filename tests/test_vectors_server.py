@@ -29,91 +29,17 @@ from typing import Any
 import pytest
 
 from binserve.protocol import Body, Decoder, Head, encode_request
+from binserve.testing import Nginx, Server, exchange, location, parse_response, read_all, send, wait_for
 
-from support import Nginx, Server, location, wait_for
+from support import APPS
 
 CAPTURES_DIR = Path(__file__).parent / "packets" / "nginx-1.22"
 EXPECTED_DIR = CAPTURES_DIR / "expected"
 CAPTURES = sorted(p.stem for p in CAPTURES_DIR.glob("*.uwsgi"))
 
-APP = r"""
-import hashlib, json, os, warnings, wsgiref.validate
+APP = (APPS / "vectors_server_app.py").read_text()
 
-START_CWD = os.getcwd()
-
-
-def read_body(inp, mode):
-    if mode == "read":
-        return inp.read()
-    if mode == "chunks":
-        return b"".join(iter(lambda: inp.read(8191), b""))
-    if mode == "lines":
-        return b"".join(iter(inp.readline, b""))
-    if mode == "iter":
-        return b"".join(inp)
-    if mode == "readlines":
-        return b"".join(inp.readlines())
-    raise ValueError(mode)
-
-
-def application(environ, start_response):
-    inp = environ["wsgi.input"]
-    body = read_body(inp, environ.get("HTTP_X_READ", "read"))
-    after_end = [inp.read(), inp.read(7), inp.readline(), inp.readlines(), list(inp)]
-    problems = []
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            wsgiref.validate.check_environ(environ)
-        except Exception as exc:  # AssertionError, or int() failing on a bad CONTENT_LENGTH
-            problems.append(repr(exc))
-    problems += [str(w.message) for w in caught]
-    try:
-        environ["wsgi.errors"].write("")
-        environ["wsgi.errors"].flush()
-        errors_writable = True
-    except Exception:
-        errors_writable = False
-    doc = {
-        "app": "environ-dump",
-        "environ": {k: v for k, v in environ.items() if isinstance(v, str)},
-        "keys": sorted(environ),
-        "wsgi": {
-            "version": list(environ["wsgi.version"]),
-            "version_is_tuple": type(environ["wsgi.version"]) is tuple,
-            "multiprocess": environ["wsgi.multiprocess"],
-            "multithread": environ["wsgi.multithread"],
-            "run_once": environ["wsgi.run_once"],
-            "input_terminated": environ.get("wsgi.input_terminated"),
-            "errors_writable": errors_writable,
-        },
-        "body": {"length": len(body), "sha256": hashlib.sha256(body).hexdigest()},
-        "after_end_empty": after_end == [b"", b"", b"", [], []],
-        "validate": problems,
-        "process": {
-            "pid": os.getpid(),
-            "cwd": os.getcwd(),
-            "start_cwd": START_CWD,
-            "magic_env": os.environ.get("BINSERVE_TEST_MAGIC"),
-        },
-    }
-    payload = json.dumps(doc).encode("ascii")
-    headers = [("Content-Type", "application/json")]
-    if environ["REQUEST_METHOD"] == "HEAD":
-        headers.append(("X-Environ", payload.decode("ascii")))
-    start_response("200 OK", headers)
-    return [payload]
-"""
-
-# Modules a request could try to load through uWSGI's magic vars: importing either leaves a mark.
-HIJACK = r"""
-import pathlib
-pathlib.Path(__file__).with_name("HIJACKED-" + pathlib.Path(__file__).stem).write_text("imported")
-
-def application(environ, start_response):
-    start_response("200 OK", [("Content-Type", "text/plain")])
-    return [b"hijacked"]
-"""
+HIJACK = (APPS / "vectors_server_hijack.py").read_text()
 
 
 # --- the processes -------------------------------------------------------------------------------
@@ -172,7 +98,7 @@ def front(server: Server, workdir: Path) -> Iterator[Nginx]:
     )
     nginx_dir = workdir / "nginx"
     nginx_dir.mkdir()
-    proxy = Nginx(nginx_dir, locations)
+    proxy = Nginx.in_front(nginx_dir, locations)
     yield proxy
     proxy.stop()
 
@@ -213,15 +139,11 @@ class Reply:
 
     def __init__(self, raw: bytes):
         self.raw = raw
-        head, sep, self.body = raw.partition(b"\r\n\r\n")
-        assert sep, f"no end of headers in {raw[:300]!r}"
-        lines = head.decode("latin-1").split("\r\n")
-        self.status_line = lines[0]
-        self.headers: dict[str, str] = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            assert name.lower() not in self.headers, f"duplicate header {name}"
-            self.headers[name.lower()] = value.strip()
+        response = parse_response(raw)
+        self.status_line, self.body = response.status_line, response.body
+        names = [name.lower() for name, _ in response.headers]
+        assert len(names) == len(set(names)), f"duplicate header in {names}"
+        self.headers = response.header_map
 
     @property
     def doc(self) -> dict[str, Any]:
@@ -231,14 +153,7 @@ class Reply:
 
 def uwsgi_exchange(sock_path: Path, data: bytes, timeout: float = 10.0) -> Reply:
     """Send ``data`` like nginx does (no half-close) and read the answer until binserve closes."""
-    with socket.socket(socket.AF_UNIX) as sock:
-        sock.settimeout(timeout)
-        sock.connect(str(sock_path))
-        sock.sendall(data)
-        chunks = []
-        while chunk := sock.recv(65536):
-            chunks.append(chunk)
-    return Reply(b"".join(chunks))
+    return Reply(exchange(sock_path, data, timeout))
 
 
 def assert_pep3333(doc: dict[str, Any]) -> None:
@@ -415,19 +330,13 @@ def unread_by_peer(sock: socket.socket) -> int:
 def test_raw_two_processes_serve(server: Server) -> None:
     """wsgi.multiprocess is true: with one worker held by a half-sent body, the other one answers."""
     head, body = capture_parts("post_form")
-    with socket.socket(socket.AF_UNIX) as held:
-        held.settimeout(10)
-        held.connect(str(server.socket))
-        held.sendall(encode_request(head.vars))  # CONTENT_LENGTH 23, body not sent yet
+    with send(server.socket, encode_request(head.vars)) as held:  # CONTENT_LENGTH 23, body not sent yet
         # A worker that accepted before the head arrived parks the connection and stays free:
         # wait until the head has been read, so that worker is in the app, waiting for the body.
         wait_for(lambda: unread_by_peer(held) == 0, 5, "a worker to read the held request's head")
         other = uwsgi_exchange(server.socket, capture("get_root")).doc
         held.sendall(body)
-        chunks = []
-        while chunk := held.recv(65536):
-            chunks.append(chunk)
-    first = Reply(b"".join(chunks)).doc
+        first = Reply(read_all(held)).doc
     assert first["body"] == digest(body)
     assert first["process"]["pid"] != other["process"]["pid"]
     assert {first["process"]["pid"], other["process"]["pid"]} <= server.worker_pids()
@@ -592,12 +501,10 @@ def test_nginx_long_header(front: Nginx) -> None:
 
 
 def test_nginx_http10(front: Nginx) -> None:
-    with socket.create_connection(("127.0.0.1", front.port), timeout=10) as sock:
-        sock.sendall(f"GET /old HTTP/1.0\r\nHost: 127.0.0.1:{front.port}\r\n\r\n".encode())
-        chunks = []
-        while chunk := sock.recv(65536):  # an HTTP/1.0 exchange ends with nginx closing
-            chunks.append(chunk)
-    reply = Reply(b"".join(chunks))
+    request = f"GET /old HTTP/1.0\r\nHost: 127.0.0.1:{front.port}\r\n\r\n".encode()
+    reply = Reply(
+        exchange(f"127.0.0.1:{front.port}", request)
+    )  # an HTTP/1.0 exchange ends with nginx closing
     assert reply.status_line.split(" ", 2)[1] == "200", reply.status_line
     doc = reply.doc
     assert_pep3333(doc)

@@ -15,7 +15,6 @@ import itertools
 import os
 import random
 import re
-import socket
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -24,12 +23,11 @@ from types import ModuleType
 
 import pytest
 
-from binserve.protocol import encode_request
+from binserve.testing import Nginx, Server, exchange, location, parse_response, request_packet, wait_for
 
-from support import Nginx, Server, location, wait_for
+from support import APPS
 
 Response = tuple[int, dict[str, str], bytes]
-APPS = Path(__file__).resolve().parent / "apps"
 BIG_FILE_SIZE = 50 * 1024 * 1024
 
 
@@ -77,7 +75,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         started.append(checked)
         app.wait_ready()
         checked.wait_ready()
-        front = Nginx(tmp, location(app.socket) + location(checked.socket, "/validated/"))
+        front = Nginx.in_front(tmp, location(app.socket) + location(checked.socket, "/validated/"))
         started.append(front)
         yield Stack(app, checked, front, big_file)
     finally:
@@ -92,48 +90,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         assert word not in validated_log, f"{word} in the validated server's log:\n{validated_log}"
 
 
-def direct(
-    sock: Path, path: str, method: str = "GET", protocol: str = "HTTP/1.1", body: bytes = b""
-) -> bytes:
+def direct(sock: Path, path: str, method: str = "GET", protocol: str = "HTTP/1.1") -> bytes:
     """Send one uwsgi packet straight to binserve (no nginx) and return every byte until EOF."""
-    packet = encode_request(
-        {
-            "REQUEST_METHOD": method,
-            "REQUEST_URI": path,
-            "PATH_INFO": path,
-            "QUERY_STRING": "",
-            "CONTENT_TYPE": "",
-            "CONTENT_LENGTH": str(len(body)) if body else "",
-            "SERVER_PROTOCOL": protocol,
-            "SERVER_NAME": "localhost",
-            "SERVER_PORT": "80",
-            "REMOTE_ADDR": "127.0.0.1",
-            "HTTP_HOST": "localhost",
-        },
-        body,
-    )
-    with socket.socket(socket.AF_UNIX) as conn:
-        conn.settimeout(10)
-        conn.connect(str(sock))
-        conn.sendall(packet)
-        parts = []
-        while True:
-            data = conn.recv(65536)
-            if not data:
-                return b"".join(parts)
-            parts.append(data)
-
-
-def split(raw: bytes) -> tuple[bytes, dict[str, str], bytes]:
-    """A raw response as (status line, headers with lower-case names, body)."""
-    head, sep, body = raw.partition(b"\r\n\r\n")
-    assert sep, f"no end of headers in {raw[:200]!r}"
-    status, *lines = head.decode("latin-1").split("\r\n")
-    headers = {}
-    for line in lines:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    return status.encode("latin-1"), headers, body
+    return exchange(sock, request_packet(path, method, protocol=protocol))
 
 
 def chunked_post(front: Nginx, path: str, chunks: list[bytes]) -> Response:
@@ -330,12 +289,11 @@ def test_invalid_response_header_gives_500(stack: Stack, path: str, header: str)
 
 def test_exception_after_headers_closes_connection(stack: Stack) -> None:
     pids = stack.app.worker_pids()
-    raw = direct(stack.app.socket, "/raise-late")
-    status_line, headers, body = split(raw)
-    assert status_line == b"HTTP/1.1 200 OK"
+    reply = parse_response(direct(stack.app.socket, "/raise-late"))
+    assert reply.status_line == "HTTP/1.1 200 OK"
     # What was sent stays; nothing follows it (no 500 page glued on); recv() saw EOF.
-    assert body == b"first chunk;"
-    assert "transfer-encoding" not in headers
+    assert reply.body == b"first chunk;"
+    assert "transfer-encoding" not in reply.header_map
     log = stack.app.log()
     assert "RuntimeError: late-failure-marker" in log
     assert "Traceback" in log
@@ -389,27 +347,27 @@ def test_head_has_gets_headers_and_no_body(stack: Stack, path: str, length: int)
     assert headers["content-type"] in ("text/plain", "application/octet-stream")
     assert body == b""
     # On the wire too: nginx reads a HEAD answer to EOF and would drop a body silently.
-    status_line, raw_headers, raw_body = split(direct(stack.app.socket, path, method="HEAD"))
-    assert status_line == b"HTTP/1.1 200 OK"
-    assert raw_headers["content-length"] == str(length)
-    assert raw_body == b""
+    raw = parse_response(direct(stack.app.socket, path, method="HEAD"))
+    assert raw.status_line == "HTTP/1.1 200 OK"
+    assert raw.header_map["content-length"] == str(length)
+    assert raw.body == b""
 
 
 def test_head_of_a_streamed_response_has_no_body(stack: Stack) -> None:
     for path in ("/stream", "/write"):
-        status_line, raw_headers, raw_body = split(direct(stack.app.socket, path, method="HEAD"))
-        assert status_line == b"HTTP/1.1 200 OK"
-        assert raw_headers["content-type"] == "text/plain"
-        assert raw_body == b""
+        raw = parse_response(direct(stack.app.socket, path, method="HEAD"))
+        assert raw.status_line == "HTTP/1.1 200 OK"
+        assert raw.header_map["content-type"] == "text/plain"
+        assert raw.body == b""
 
 
 def test_content_length_added_for_a_single_bytes_object(stack: Stack) -> None:
     status, headers, body = stack.front.request("GET", "/single")
     assert (status, body) == (200, b"one bytes object")
     assert headers["content-length"] == "16"
-    _, raw_headers, raw_body = split(direct(stack.app.socket, "/single"))
-    assert raw_headers["content-length"] == "16"
-    assert raw_body == b"one bytes object"
+    raw = parse_response(direct(stack.app.socket, "/single"))
+    assert raw.header_map["content-length"] == "16"
+    assert raw.body == b"one bytes object"
 
 
 def test_content_length_for_a_list_of_many_items(stack: Stack) -> None:
@@ -430,8 +388,9 @@ def test_status_line_uses_the_request_protocol(stack: Stack, protocol: str, path
 
 @pytest.mark.parametrize("path", ["/stream", "/write", "/bytesio", "/file", "/raise-late"])
 def test_response_never_chunked(stack: Stack, path: str) -> None:
-    status_line, headers, body = split(direct(stack.app.socket, path))
-    assert status_line == b"HTTP/1.1 200 OK"
-    assert "transfer-encoding" not in headers
+    reply = parse_response(direct(stack.app.socket, path))
+    assert reply.status_line == "HTTP/1.1 200 OK"
+    assert "transfer-encoding" not in reply.header_map
+    body = reply.body
     if path == "/stream":
         assert body == b"".join(wsgi_app.stream_chunk(i) for i in range(wsgi_app.STREAM_CHUNKS))

@@ -34,12 +34,12 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from binserve.testing.processes import free_port, nginx_executable
 from binserve.tools import bench_app
 from binserve.tools.bench_procs import (
     BenchError,
     Managed,
     cpu_delta,
-    free_port,
     http_request,
     running_server,
     sample_cpu,
@@ -48,6 +48,7 @@ from binserve.tools.bench_procs import (
 )
 
 POST_SIZE = 65536
+WRK = "/usr/bin/wrk"  # Debian's
 # binserve-stats: binserve with a stats server, so its counters are kept on every request.
 SERVERS = ("binserve", "binserve-stats", "uwsgi", "gunicorn")
 REFERENCES = ("uwsgi", "gunicorn")  # the servers binserve's figures are divided by
@@ -162,9 +163,8 @@ def validate(base_url: str, workload: Workload) -> None:
 
 def run_wrk(url: str, script: Path, connections: int, duration: float) -> dict[str, Any]:
     """Run wrk once and return the summary its done() hook printed."""
-    wrk = shutil.which("wrk") or "/usr/bin/wrk"
     argv = [
-        wrk,
+        WRK,
         "-t1",
         f"-c{connections}",
         f"-d{max(1, round(duration))}s",
@@ -489,8 +489,8 @@ def environment() -> dict[str, str]:
     env = {
         "python": sys.version.split()[0],
         "cpus": str(os.cpu_count()),
-        "nginx": _version([shutil.which("nginx") or "/usr/sbin/nginx", "-v"]),
-        "wrk": _version([shutil.which("wrk") or "/usr/bin/wrk", "--version"]),
+        "nginx": _version([nginx_executable(), "-v"]),
+        "wrk": _version([WRK, "--version"]),
     }
     for dist in ("binserve", "pyuwsgi", "gunicorn"):
         try:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import shutil
 import signal
 import socket
 import subprocess
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import psutil
 
+from binserve.testing.processes import Process, executable, nginx_executable
 from binserve.tools import bench_app
 
 READY_DEADLINE = 30.0  # seconds for a server (or nginx) to answer after it was started
@@ -66,18 +66,11 @@ class BenchError(Exception):
 
 
 def _console_script(name: str) -> str:
-    """The console script ``name`` of this interpreter's environment.
-
-    pyenv's shims run bash and pyenv before they exec the script, which slows every start; and the script
-    next to ``sys.executable`` is the one installed with this harness.
-    """
-    candidate = Path(sys.executable).parent / name
-    if candidate.exists():
-        return str(candidate)
-    found = shutil.which(name)
-    if found is None:
-        raise BenchError(f"{name}: command not found")
-    return found
+    """The console script ``name`` next to this interpreter (pyenv's shims would slow every start)."""
+    try:
+        return executable(name)
+    except FileNotFoundError as exc:
+        raise BenchError(str(exc)) from None
 
 
 def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
@@ -88,7 +81,7 @@ def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-class Managed:
+class Managed(Process):
     """A child process in its own session, with its output in a log file, that can always be stopped."""
 
     def __init__(
@@ -100,22 +93,9 @@ class Managed:
         stop_signal: signal.Signals = signal.SIGTERM,
     ) -> None:
         self.name = name
-        self.argv = list(argv)
-        self.log_path = log_path
-        self.stop_signal = stop_signal
         with open(log_path, "ab") as log:
-            log.write(f"$ {shlex.join(self.argv)}\n".encode())
-            log.flush()
-            # A new session makes the pid a process-group id: one killpg reaches workers the master left.
-            self.proc = subprocess.Popen(
-                self.argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=cwd,
-                start_new_session=True,
-            )
-        self.pid = self.proc.pid
+            log.write(f"$ {shlex.join(argv)}\n".encode())
+        super().__init__(argv, log_path, cwd=cwd, stdin=subprocess.DEVNULL, stop_signal=stop_signal)
 
     def alive(self) -> bool:
         """True while the main process has not exited."""
@@ -131,14 +111,17 @@ class Managed:
         """The last lines of the log."""
         return _tail(self.log_path)
 
-    def stop(self) -> None:
-        """Stop signal to the main process, wait up to STOP_GRACE, then SIGKILL the whole group."""
+    def stop(self, grace: float | None = None) -> None:
+        """Stop signal to the main process, wait up to STOP_GRACE, then SIGKILL the whole group.
+
+        Unlike a test's stop, it never fails: the run goes on to the next server.
+        """
         if self.proc.poll() is None:
             try:
                 self.proc.send_signal(self.stop_signal)
                 self.proc.wait(STOP_GRACE)
             except subprocess.TimeoutExpired:
-                sig = self.stop_signal.name
+                sig = signal.Signals(self.stop_signal).name
                 print(f"bench: {self.name} ignored {sig} for {STOP_GRACE:.0f} s; killing it", file=sys.stderr)
         # Always, even after a clean exit: a worker that outlived its master is still in the group.
         try:
@@ -149,6 +132,7 @@ class Managed:
             self.proc.wait(STOP_GRACE)
         except subprocess.TimeoutExpired:
             print(f"bench: {self.name} (pid {self.pid}) survived SIGKILL", file=sys.stderr)
+        self._log.close()
 
 
 CpuSample = dict[int, tuple[psutil.Process, float]]
@@ -195,13 +179,6 @@ def cpu_delta(before: CpuSample, after: CpuSample) -> tuple[float, list[str]]:
 
 # --------------------------------------------------------------------------------------------------------
 # nginx
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def nginx_conf(workdir: Path, port: int, sock_path: Path) -> str:
@@ -253,7 +230,7 @@ def start_nginx(workdir: Path, port: int, sock_path: Path) -> Managed:
     (workdir / "uwsgi_params").write_text(UWSGI_PARAMS)
     conf = workdir / "nginx.conf"
     conf.write_text(nginx_conf(workdir, port, sock_path))
-    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    nginx = nginx_executable()
     # -e: nginx opens its compiled-in error log before it reads the config unless told where to write.
     argv = [nginx, "-p", str(workdir), "-e", str(workdir / "nginx-error.log"), "-c", str(conf)]
     # SIGQUIT: graceful stop, so the workers close their connections before they exit.

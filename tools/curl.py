@@ -6,73 +6,22 @@ For debugging a server without nginx in front: SOCKET is a unix path or HOST:POR
 from __future__ import annotations
 
 import argparse
-import socket
 import sys
 from collections.abc import Sequence
-from urllib.parse import unquote, urlsplit
 
 from binserve.protocol import PING, PONG, encode_request
-from binserve.sockets import parse_tcp
+from binserve.testing.client import exchange, request_vars
 
 
-def connect(address: str, timeout: float) -> socket.socket:
-    """A connected socket to a unix path or HOST:PORT."""
-    tcp = parse_tcp(address)
-    if tcp:
-        host = "127.0.0.1" if tcp[0] == "0.0.0.0" else tcp[0]
-        return socket.create_connection((host, tcp[1]), timeout=timeout)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(timeout)
-    sock.connect(address)
-    return sock
-
-
-def build_vars(
-    path: str, method: str, headers: Sequence[str], body: bytes, host: str
-) -> list[tuple[str, str]]:
-    """The vars nginx's uwsgi_params would send for this request."""
-    parts = urlsplit(path)
-    pairs = [
-        ("QUERY_STRING", parts.query),
-        ("REQUEST_METHOD", method),
-        ("CONTENT_TYPE", ""),
-        ("CONTENT_LENGTH", str(len(body)) if body else ""),
-        ("REQUEST_URI", path),
-        ("PATH_INFO", unquote(parts.path or "/", "latin-1")),
-        ("DOCUMENT_ROOT", "/"),
-        ("SERVER_PROTOCOL", "HTTP/1.1"),
-        ("REQUEST_SCHEME", "http"),
-        ("REMOTE_ADDR", "127.0.0.1"),
-        ("REMOTE_PORT", "0"),
-        ("SERVER_PORT", "80"),
-        ("SERVER_NAME", host),
-        ("HTTP_HOST", host),
-    ]
+def parse_headers(headers: Sequence[str]) -> list[tuple[str, str]]:
+    """``Name: value`` arguments as (name, value) pairs."""
+    pairs = []
     for header in headers:
         name, sep, value = header.partition(":")
         if not sep:
             raise SystemExit(f"binserve-curl: header {header!r} is not 'Name: value'")
-        key = name.strip().upper().replace("-", "_")
-        value = value.strip()
-        if key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
-            pairs = [(k, value if k == key else v) for k, v in pairs]
-        else:
-            pairs.append((f"HTTP_{key}", value))
-    if body and not any(k == "CONTENT_TYPE" and v for k, v in pairs):
-        pairs = [(k, "application/x-www-form-urlencoded" if k == "CONTENT_TYPE" else v) for k, v in pairs]
+        pairs.append((name, value))
     return pairs
-
-
-def request(address: str, packet: bytes, timeout: float = 10.0) -> bytes:
-    """Send ``packet`` and return everything the server answered until it closed."""
-    with connect(address, timeout) as sock:
-        sock.sendall(packet)
-        chunks: list[bytes] = []
-        while True:
-            chunk = sock.recv(65536)
-            if not chunk:
-                return b"".join(chunks)
-            chunks.append(chunk)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -90,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.ping:
-            answer = request(args.socket, PING, args.timeout)
+            answer = exchange(args.socket, PING, args.timeout)
             print("pong" if answer[:4] == PONG else f"unexpected answer {answer[:16]!r}")
             return 0 if answer[:4] == PONG else 1
         body = b""
@@ -101,8 +50,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 body = args.data.encode()
         method = args.method or ("POST" if args.data is not None else "GET")
-        packet = encode_request(build_vars(args.path, method, args.header, body, args.host), body)
-        answer = request(args.socket, packet, args.timeout)
+        vars_ = request_vars(args.path, method, parse_headers(args.header), body, host=args.host)
+        if body and not vars_["CONTENT_TYPE"]:
+            vars_["CONTENT_TYPE"] = "application/x-www-form-urlencoded"
+        answer = exchange(args.socket, encode_request(vars_, body), args.timeout)
     except OSError as exc:
         print(f"binserve-curl: {args.socket}: {exc}", file=sys.stderr)
         return 1

@@ -1,0 +1,6 @@
+"""Served by tests/test_attack_hardening.py (APP)."""
+
+
+def application(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"ok"]

@@ -1,0 +1,9 @@
+"""Served by tests/test_attack_runtime.py (HANG)."""
+
+import time
+
+
+def application(environ, start_response):
+    time.sleep(3)
+    start_response("200 OK", [("Content-Length", "2")])
+    return [b"ok"]

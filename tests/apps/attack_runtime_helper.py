@@ -1,0 +1,13 @@
+"""Served by tests/test_attack_runtime.py (HELPER)."""
+
+import os
+import time
+
+if os.fork() == 0:  # a helper process the app starts at import, and forgets
+    time.sleep(30)
+    os._exit(0)
+
+
+def application(environ, start_response):
+    start_response("200 OK", [("Content-Length", "2")])
+    return [b"ok"]

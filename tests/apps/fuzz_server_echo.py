@@ -1,0 +1,7 @@
+"""Served by tests/test_fuzz_server.py (ECHO_APP)."""
+
+
+def application(environ, start_response):
+    body = environ["wsgi.input"].read()
+    start_response("200 OK", [("Content-Type", "application/octet-stream")])
+    return [body]

@@ -1,0 +1,9 @@
+"""Served by tests/test_recycling.py (PID_APP)."""
+
+import os
+
+
+def application(environ, start_response):
+    body = str(os.getpid()).encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]

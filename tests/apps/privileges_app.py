@@ -1,0 +1,9 @@
+"""Served by tests/test_privileges.py (APP)."""
+
+import os
+
+
+def application(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    groups = ",".join(map(str, sorted(os.getgroups())))
+    return [f"{os.getuid()} {os.getgid()} {groups}".encode()]
