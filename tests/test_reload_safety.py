@@ -224,7 +224,8 @@ def test_a_probe_gets_no_channel_to_the_emperor(tmp_path: Path) -> None:
     try:
         emperor.wait_serving("one", sock)
         touch_ahead(ini)  # the emperor's reload command: the master probes first
-        wait_for(seen.exists, 15, "the probe to import the app")
+        # Until the probe has written it, the file may exist and be empty.
+        wait_for(lambda: seen.exists() and seen.read_text() != "", 15, "the probe to import the app")
         assert seen.read_text().startswith("None "), seen.read_text()
     finally:
         emperor.stop()
