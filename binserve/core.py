@@ -30,33 +30,20 @@ from collections import deque
 from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Any
 
+from .body import EMPTY_INPUT, Input
+from .connection import RECV_CHUNK, BodyReadTimeout, ClientDisconnected, Connection, WriteTimeout
+from .environ import build_environ, request_line, request_text
 from .listenq import listen_queue
 from .log import log, printable, write_line
 from .protocol import CLOSED, NEED_DATA, PONG, Decoder, Head, ProtocolError, RemoteProtocolError, decode_head
 from .protocol.modifiers import PING, VARS_MODIFIERS, describe
+from .response import Exchange, error_response
 from .scoreboard import Slot
 from .sockets import Listener
-from .wsgi import (
-    EMPTY_INPUT,
-    RECV_CHUNK,
-    BodyReadTimeout,
-    ClientDisconnected,
-    Connection,
-    Exchange,
-    Input,
-    WriteTimeout,
-    build_environ,
-)
 
 if TYPE_CHECKING:
     from .worker import Worker
 
-_STATUS_TEXT = {
-    400: "Bad Request",
-    408: "Request Timeout",
-    413: "Content Too Large",
-    431: "Request Header Fields Too Large",
-}
 # After refusing a bad packet, at most this much of what nginx still sends is read and dropped.
 DRAIN_LIMIT = 1 << 20
 _IN = select.EPOLLIN
@@ -64,16 +51,6 @@ _IN = select.EPOLLIN
 STALLED_LOG_INTERVAL = 1.0
 # Stalled peers named in that line; the rest are counted.
 STALLED_NAMED = 3
-_ABORT = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends a TCP reset
-
-
-def _error_response(status: int, reason: str) -> bytes:
-    body = f"{status} {_STATUS_TEXT.get(status, 'Error')}: {reason}\n".encode("latin-1", "replace")
-    head = (
-        f"HTTP/1.0 {status} {_STATUS_TEXT.get(status, 'Error')}\r\nContent-Type: text/plain\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    )
-    return head.encode("latin-1") + body
 
 
 def _peer_of(conn: _socket.socket, addr: Any, listener: Listener) -> str:
@@ -85,16 +62,6 @@ def _peer_of(conn: _socket.socket, addr: Any, listener: Listener) -> str:
     except OSError:
         return f"unix:{listener.name}"
     return f"unix:{listener.name} (peer pid {pid})"
-
-
-def request_line(environ: dict[str, Any]) -> str:
-    """``METHOD URI`` of a request, for log lines (control characters escaped)."""
-    return printable(_request_text(environ))
-
-
-def _request_text(environ: dict[str, Any]) -> str:
-    uri = environ.get("REQUEST_URI") or environ.get("PATH_INFO", "")
-    return f"{environ.get('REQUEST_METHOD', '-')} {uri}"
 
 
 class Parked:
@@ -540,7 +507,7 @@ class Core:
             slot.end(time.time() - start, conn.sent, failed)
         if self.log_requests:
             ms = (time.time() - start) * 1000
-            what = f"{environ.get('REMOTE_ADDR', '-')} {_request_text(environ)}"
+            what = f"{environ.get('REMOTE_ADDR', '-')} {request_text(environ)}"
             if not what.isprintable():  # the common case pays this one test
                 what = printable(what)
             write_line(
@@ -556,7 +523,7 @@ class Core:
                     f"worker {self.wid}: {printable(cut_short)}, from {peer} during {request_line(environ)}; "
                     "response cut off, connection aborted"
                 )
-                _abort(conn)
+                conn.abort()
                 return True
             raise RemoteProtocolError(cut_short)
         return aborted
@@ -588,7 +555,7 @@ class Core:
                 + traceback.format_exc().rstrip()
             )
             exchange.code = exchange.code or 500
-            _abort(exchange.conn)
+            exchange.conn.abort()
             return True
         log(
             f"worker {self.wid}: the app raised during {request_line(environ)}:\n"
@@ -612,7 +579,7 @@ class Core:
         )
         if late:
             exchange.code = exchange.code or 408
-            _abort(exchange.conn)
+            exchange.conn.abort()
             return True
         exchange.code = 408
         try:
@@ -624,7 +591,7 @@ class Core:
     def _answer(self, conn: Connection, status: int, reason: str) -> bool:
         """Answer a request refused before the app ran with an error status; False when the peer is gone."""
         try:
-            conn.sock.send(_error_response(status, reason), socket.MSG_DONTWAIT)
+            conn.sock.send(error_response(status, reason), socket.MSG_DONTWAIT)
         except OSError:
             return False  # gone, or not reading at all: nothing left to answer or drain
         return True
@@ -661,11 +628,3 @@ class Core:
                 return 0
             limit -= n
         return 0
-
-
-def _abort(conn: Connection) -> None:
-    """Make the coming close() a reset: nginx then cuts the client's response off instead of ending it."""
-    try:
-        conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _ABORT)
-    except OSError:
-        pass  # the close still ends the response, as it did

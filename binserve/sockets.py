@@ -18,9 +18,9 @@ import stat
 import time
 from collections.abc import Callable, Sequence
 
+from .connection import timeval
 from .log import log
 from .safefile import kind, open_parent, read_bounded
-from .wsgi import timeval
 
 INHERIT_ENV = "_BINSERVE_LISTEN_FDS"
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network

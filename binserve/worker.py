@@ -37,11 +37,12 @@ import psutil
 from . import signals
 from .app import load_app
 from .config import Config
+from .connection import timeval
 from .core import Core
+from .environ import make_base_environ
 from .log import log
 from .scoreboard import Scoreboard, Slot
 from .sockets import Listener
-from .wsgi import make_base_environ, timeval
 
 RECYCLED = 17  # exit code of a recycled worker (uWSGI's reload code)
 BOOT_ERROR = 3  # exit code of a worker that cannot start: the master stops instead of respawning
