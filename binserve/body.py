@@ -1,8 +1,7 @@
-"""``wsgi.input``: the request body as the app reads it, from the decoder and then the socket.
+"""``wsgi.input``: the request body as the app reads it, pulled through the decoder on demand.
 
-Bytes that came with the request's head are in the decoder already; the rest is read only as
-the app asks for it, each wait bounded by socket-timeout. A body that stops short or stalls is
-the peer's fault and raises as such (ClientDisconnected, BodyReadTimeout), never as the app's.
+A body that stops short or stalls is the peer's fault and raises as such (ClientDisconnected,
+BodyReadTimeout), never as the app's. Requests without a body all share one EmptyInput.
 """
 
 from __future__ import annotations
