@@ -1,16 +1,15 @@
 """One serving loop (a "core", as uWSGI calls it): accept, gather each packet, run the app.
 
 One connection carries one request (nginx never reuses a uwsgi upstream connection). A packet
-that arrived whole is served at once; one that did not is *parked*: its socket joins the core's
-epoll with a deadline of socket-timeout from accept, and the core goes on accepting. A peer
-that sends a few bytes and stalls therefore holds no thread: it is dropped at its deadline
-while everyone else is served. Once the head is complete the request is served to the end (body
-reads and response writes each bounded by socket-timeout). What nginx still sends after the
-answer (the rest of a refused packet, a body the app did not read) is dropped in the loop too:
-the connection is half-closed and parked as *draining*, so a peer that holds it holds no thread
-either.
+that arrived whole is served at once; one that did not is parked (binserve/parking.py) and the
+core goes on accepting. Once the head is complete the request is served to the end, top-down:
+the protocol decodes it, environ.py builds its environ (body.py its wsgi.input), the app runs,
+response.py sends what it returned, all I/O through a connection.Connection bounded by
+socket-timeout. What nginx still sends after the answer is drained in the loop, parked too.
 
-A worker runs one core in its main thread, or ``threads`` cores in threads of their own.
+A worker runs one core in its main thread, or ``threads`` cores in threads of their own. A core
+sees its worker only through ``Host``: what it reads to serve, and the few switches (accepting,
+orphaned, the after-request hook) the worker flips from its signal handlers and threads.
 """
 
 from __future__ import annotations
@@ -22,145 +21,89 @@ import os
 import resource
 import select
 import socket
-import struct
 import tempfile
+import threading
 import time
 import traceback
-from collections import deque
-from collections.abc import Callable
-from typing import IO, TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator
+from typing import IO, Any, Protocol
 
+from .body import EMPTY_INPUT, Input
+from .config import Config
+from .connection import RECV_CHUNK, BodyReadTimeout, ClientDisconnected, Connection, WriteTimeout, timeval
+from .environ import build_environ, make_base_environ, request_line, request_text
 from .listenq import listen_queue
 from .log import log, printable, write_line
+from .parking import Parked, Parking
 from .protocol import CLOSED, NEED_DATA, PONG, Decoder, Head, ProtocolError, RemoteProtocolError, decode_head
 from .protocol.modifiers import PING, VARS_MODIFIERS, describe
+from .response import Exchange, error_response
 from .scoreboard import Slot
 from .sockets import Listener
-from .wsgi import (
-    EMPTY_INPUT,
-    RECV_CHUNK,
-    BodyReadTimeout,
-    ClientDisconnected,
-    Connection,
-    Exchange,
-    Input,
-    WriteTimeout,
-    build_environ,
-)
 
-if TYPE_CHECKING:
-    from .worker import Worker
-
-_STATUS_TEXT = {
-    400: "Bad Request",
-    408: "Request Timeout",
-    413: "Content Too Large",
-    431: "Request Header Fields Too Large",
-}
 # After refusing a bad packet, at most this much of what nginx still sends is read and dropped.
 DRAIN_LIMIT = 1 << 20
 _IN = select.EPOLLIN
-# Stalled connections closed within this many seconds of each other share one log line.
-STALLED_LOG_INTERVAL = 1.0
-# Stalled peers named in that line; the rest are counted.
-STALLED_NAMED = 3
-_ABORT = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends a TCP reset
 
 
-def _error_response(status: int, reason: str) -> bytes:
-    body = f"{status} {_STATUS_TEXT.get(status, 'Error')}: {reason}\n".encode("latin-1", "replace")
-    head = (
-        f"HTTP/1.0 {status} {_STATUS_TEXT.get(status, 'Error')}\r\nContent-Type: text/plain\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    )
-    return head.encode("latin-1") + body
+class Host(Protocol):
+    """What a core needs from the worker that runs it (the worker is one).
 
-
-def _peer_of(conn: _socket.socket, addr: Any, listener: Listener) -> str:
-    """Who sent a bad packet: the TCP address, or the unix socket and the peer's pid."""
-    if not listener.is_unix:
-        return "{}:{}".format(*addr[:2])
-    try:
-        pid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0]
-    except OSError:
-        return f"unix:{listener.name}"
-    return f"unix:{listener.name} (peer pid {pid})"
-
-
-def request_line(environ: dict[str, Any]) -> str:
-    """``METHOD URI`` of a request, for log lines (control characters escaped)."""
-    return printable(_request_text(environ))
-
-
-def _request_text(environ: dict[str, Any]) -> str:
-    uri = environ.get("REQUEST_URI") or environ.get("PATH_INFO", "")
-    return f"{environ.get('REQUEST_METHOD', '-')} {uri}"
-
-
-class Parked:
-    """A connection waiting in the core's epoll: for the rest of its packet, or *draining*.
-
-    A draining connection has been answered and half-closed; what the peer still sends is
-    read and dropped as it arrives, up to ``drain`` more bytes.
+    ``accepting``, ``orphaned`` and ``after_each`` change while the cores run (signals, the
+    master's pipe, the emperor's loyalty message): cores read them live and never set them.
     """
 
-    __slots__ = ("conn", "decoder", "addr", "listener", "deadline", "drain")
+    wid: int
+    pid: int
+    app: Callable[..., Any]
+    config: Config
+    listeners: list[Listener]
+    counter: Iterator[int]  # shared by the worker's cores: next() is atomic
+    lock: threading.Lock  # held while the listeners are put in or taken out of an epoll
+    accepting: bool
+    orphaned: bool  # its listeners are closed under it on purpose
+    after_each: bool  # whether after_request must run after every request
 
-    def __init__(
-        self,
-        conn: Connection,
-        decoder: Decoder | None,
-        addr: Any,
-        listener: Listener,
-        deadline: float,
-        drain: int,
-    ):
-        self.conn = conn
-        self.decoder = decoder
-        self.addr = addr
-        self.listener = listener
-        self.deadline = deadline
-        self.drain = drain
+    def after_request(self, n: int) -> None:
+        """Bookkeeping after request number ``n``."""
 
 
 class Core:
     """One thread's serving loop, with its own epoll, scoreboard slot and buffers."""
 
-    def __init__(self, worker: Worker, slot: Slot | None) -> None:
-        config = worker.config
-        self.worker = worker
-        self.wid = worker.wid
-        self.pid = worker.pid
-        self.app = worker.app
+    def __init__(self, host: Host, slot: Slot | None) -> None:
+        config = host.config
+        self.host = host
+        self.wid = host.wid
+        self.pid = host.pid
+        self.app = host.app
         self.config = config
         self.slot = slot
-        self.counter = worker.counter  # shared by the worker's cores: next() is atomic
+        self.counter = host.counter
         self.log_requests = not config.disable_logging
-        self.timeout = worker.timeout
-        self.socket_timeout = config.socket_timeout
+        self.timeout = timeval(config.socket_timeout)
         self.buffer_size = config.buffer_size
         self.max_body = config.limit_post or None
         self.post_buffering = config.post_buffering
-        self.base_environ = worker.base_environ
+        self.base_environ = make_base_environ(
+            multiprocess=config.processes > 1, multithread=config.threads > 1
+        )
         self.recv_size = self.buffer_size + 4 + 16384
-        self.rbuf = bytearray(RECV_CHUNK)
         self.poller = select.epoll()
         self.others: dict[int, Callable[[], None]] = {}
-        self.parked: dict[int, Parked] = {}
-        self.expiry: deque[Parked] = deque()  # one timeout for all: deadlines come in order
-        self.stalled = 0  # stalled connections closed and not logged yet
-        self.stalled_peers: list[str] = []  # the first few of them
-        self.stalled_first = 0  # bytes of a packet the first one sent
-        self.stalled_log_due = 0.0
         # Parked connections hold descriptors: past this many the core stops accepting (new
         # connections wait in the listen backlog) rather than run out of them.
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         fds = 1 << 20 if soft == resource.RLIM_INFINITY else soft
         self.max_parked = max(16, (fds - 64) // config.threads)
+        self.parking = Parking(
+            self.poller, self.wid, config.socket_timeout, self.max_parked, self._parking_full
+        )
+        self.parked = self.parking.parked
         self.paused = False  # listeners out of the epoll: too many parked, or out of descriptors
         self.paused_until = 0.0
         # Registered here, before the worker tells the master it accepts: then it really does.
-        self.listening = {listener.fileno(): listener for listener in worker.listeners}
+        self.listening = {listener.fileno(): listener for listener in host.listeners}
         self._listen(True)
 
     def watch(self, fd: int, handler: Callable[[], None]) -> None:
@@ -174,23 +117,23 @@ class Core:
 
     def run(self) -> None:
         """Serve until the worker stops accepting and no parked connection is left."""
-        worker = self.worker
+        host, parking = self.host, self.parking
         listening, parked, others = self.listening, self.parked, self.others
-        poll = self.poller.poll
-        timeout = self._expire() if parked else -1.0
+        poll, expire = self.poller.poll, parking.expire
+        timeout = expire() if parked else -1.0
         while True:
             for fd, _ in poll(timeout):
                 found = listening.get(fd)
                 if found is not None:
-                    if worker.accepting:  # an event of this batch may have stopped the worker
+                    if host.accepting:  # an event of this batch may have stopped the worker
                         self._accept(found)
                 elif fd in parked:
                     self._resume(parked[fd])
                 elif fd in others:  # not a listener an orphaned worker closed meanwhile
                     others[fd]()
             # Expire first: dropping the last parked connection may be what lets a stopping core leave.
-            timeout = self._expire() if parked or self.stalled else -1.0
-            if not worker.accepting:
+            timeout = expire() if parked or parking.stalled else -1.0
+            if not host.accepting:
                 if listening:
                     if not self.paused:
                         self._listen(False)
@@ -212,11 +155,14 @@ class Core:
             self._listen(False)
         self.paused_until = time.monotonic() + seconds
 
+    def _parking_full(self, count: int) -> None:
+        self._pause(0.0, f"{count} connections are waiting for their packet")
+
     def _listen(self, on: bool) -> None:
         """Put the listeners in this core's epoll, or take them out (``paused``)."""
         # Under the worker's lock: an orphaned worker drops and closes them from another thread.
-        with self.worker.lock:
-            if on and not self.worker.accepting:
+        with self.host.lock:
+            if on and not self.host.accepting:
                 return
             for fd in self.listening:
                 if on:
@@ -253,7 +199,7 @@ class Core:
                 self._pause(
                     1.0, f"out of file descriptors ({len(self.parked)} connections waiting for their packet)"
                 )
-            elif not (exc.errno == errno.EBADF and self.worker.orphaned):
+            elif not (exc.errno == errno.EBADF and self.host.orphaned):
                 # (An orphan's listeners are closed under it on purpose: nothing to report.)
                 log(f"worker {self.wid}: accept on {listener.name} failed: {exc}")
             return False
@@ -270,7 +216,7 @@ class Core:
         Only those: later ones go to whoever accepts them. A worker leaving because its
         replacement accepts would otherwise go on serving a steady stream from the backlog.
         """
-        for listener in self.worker.listeners:
+        for listener in self.host.listeners:
             for _ in range(self._queued(listener)):
                 if not self._accept(listener):
                     break
@@ -294,7 +240,7 @@ class Core:
         except BlockingIOError:
             data = None
         except OSError as exc:
-            log(f"worker {self.wid}: reading from {_peer_of(sock, addr, listener)} failed: {exc}")
+            log(f"worker {self.wid}: reading from {listener.peer(sock, addr)} failed: {exc}")
             sock.close()
             return
         self._proceed(conn, data, None, addr, listener)
@@ -302,21 +248,16 @@ class Core:
     def _resume(self, parked: Parked) -> None:
         """More bytes (or EOF) for a parked connection."""
         if parked.drain:
-            parked.drain = self._discard(parked.conn.sock, parked.drain)
-            if not parked.drain:
-                self._unpark(parked)
-                parked.conn.sock.close()
+            self.parking.drain_more(parked)
             return
         try:
             data: bytes | None = parked.conn.sock.recv(self.recv_size, socket.MSG_DONTWAIT)
         except BlockingIOError:
             return
         except OSError as exc:
-            self._unpark(parked)
-            log(
-                f"worker {self.wid}: reading from {_peer_of(parked.conn.sock, parked.addr, parked.listener)} "
-                f"failed: {exc}"
-            )
+            self.parking.unpark(parked)
+            peer = parked.listener.peer(parked.conn.sock, parked.addr)
+            log(f"worker {self.wid}: reading from {peer} failed: {exc}")
             parked.conn.sock.close()
             return
         self._proceed(parked.conn, data, parked, parked.addr, parked.listener)
@@ -353,10 +294,10 @@ class Core:
             if head is NEED_DATA:
                 keep = True
                 if parked is None:
-                    self._park(conn, decoder, addr, listener)  # type: ignore[arg-type]
+                    self.parking.park(conn, decoder, addr, listener)
                 return
             if parked is not None:
-                self._unpark(parked)
+                self.parking.unpark(parked)
                 parked = None
             if head is CLOSED:
                 return
@@ -369,31 +310,31 @@ class Core:
             else:
                 log(
                     f"-- unavailable modifier requested: {describe(head.modifier1)} from "
-                    f"{_peer_of(sock, addr, listener)} --"
+                    f"{listener.peer(sock, addr)} --"
                 )
         except ProtocolError as exc:
             log(
-                f"bad uwsgi packet from {_peer_of(sock, addr, listener)}: {printable(exc.message)}; "
+                f"bad uwsgi packet from {listener.peer(sock, addr)}: {printable(exc.message)}; "
                 "connection closed"
             )
             if self._answer(conn, exc.status_hint, "bad uwsgi request"):
                 drain = DRAIN_LIMIT
         except BodyReadTimeout as exc:  # post-buffering's, before the app ran
-            log(f"worker {self.wid}: {exc}, from {_peer_of(sock, addr, listener)}; answered 408")
+            log(f"worker {self.wid}: {exc}, from {listener.peer(sock, addr)}; answered 408")
             self._answer(conn, 408, "the request body stopped arriving")
         except (BrokenPipeError, ConnectionResetError) as exc:
             log(f"worker {self.wid}: nginx closed the connection early ({exc.strerror})")
         except OSError as exc:
             # Any other I/O failure on this connection (or post-buffering's temporary file):
             # this request is lost, the worker is not.
-            log(f"worker {self.wid}: {exc} on a connection from {_peer_of(sock, addr, listener)}; closed")
+            log(f"worker {self.wid}: {exc} on a connection from {listener.peer(sock, addr)}; closed")
         finally:
             if not keep:
                 if parked is not None:
-                    self._unpark(parked)
+                    self.parking.unpark(parked)
                 if decoder is not None and not drain:
                     drain = decoder.unreceived
-                if drain <= 0 or not self._drain(conn, drain, addr, listener):
+                if drain <= 0 or not self.parking.drain(conn, drain, addr, listener):
                     sock.close()
 
     @staticmethod
@@ -403,79 +344,6 @@ class Core:
             return NEED_DATA
         decoder.receive_data(data)
         return decoder.next_event()
-
-    def _park(
-        self, conn: Connection, decoder: Decoder | None, addr: Any, listener: Listener, drain: int = 0
-    ) -> None:
-        parked = Parked(conn, decoder, addr, listener, time.monotonic() + self.socket_timeout, drain)
-        fd = conn.sock.fileno()
-        self.parked[fd] = parked
-        self.expiry.append(parked)
-        self.poller.register(fd, _IN)
-        if len(self.parked) >= self.max_parked:
-            self._pause(0.0, f"{len(self.parked)} connections are waiting for their packet")
-
-    def _unpark(self, parked: Parked) -> None:
-        fd = parked.conn.sock.fileno()
-        if self.parked.pop(fd, None) is parked:
-            self.poller.unregister(fd)
-
-    def _expire(self) -> float:
-        """Drop parked connections past their deadline; seconds until the next one (-1: none).
-
-        Stalled connections are logged together, one line per STALLED_LOG_INTERVAL at most: a
-        client opening thousands of them must not write thousands of lines.
-        """
-        now = time.monotonic()
-        expiry, parked = self.expiry, self.parked
-        wait = -1.0
-        closing = []  # closed after the log line: whoever sees the close finds it logged
-        while expiry:
-            first = expiry[0]
-            if parked.get(first.conn.sock.fileno()) is not first:
-                expiry.popleft()  # served or closed already
-                continue
-            if first.deadline > now:
-                wait = first.deadline - now
-                break
-            expiry.popleft()
-            self._unpark(first)
-            if not first.drain:  # a drain running out of time is no fault worth a line
-                self._stalled(first, now)
-            closing.append(first.conn.sock)
-        if self.stalled:
-            if not parked or now >= self.stalled_log_due:
-                self._log_stalled()
-            else:
-                due = self.stalled_log_due - now
-                wait = due if wait < 0 else min(wait, due)
-        for sock in closing:
-            sock.close()
-        return wait
-
-    def _stalled(self, parked: Parked, now: float) -> None:
-        if not self.stalled:
-            self.stalled_log_due = now + STALLED_LOG_INTERVAL
-            self.stalled_peers = []
-            self.stalled_first = len(parked.decoder.trailing_data) if parked.decoder else 0
-        self.stalled += 1
-        if len(self.stalled_peers) < STALLED_NAMED:
-            self.stalled_peers.append(_peer_of(parked.conn.sock, parked.addr, parked.listener))
-
-    def _log_stalled(self) -> None:
-        count, peers = self.stalled, self.stalled_peers
-        self.stalled = 0
-        if count == 1:
-            log(
-                f"worker {self.wid}: timeout waiting for the request: {self.stalled_first} bytes of a packet "
-                f"arrived, then nothing for socket-timeout, from {peers[0]}; connection closed"
-            )
-            return
-        more = f" and {count - len(peers)} more" if count > len(peers) else ""
-        log(
-            f"worker {self.wid}: closed {count} stalled connections at socket-timeout, their packets "
-            f"incomplete (from: {', '.join(peers)}{more})"
-        )
 
     def _serve(self, conn: Connection, head: Head, decoder: Decoder | None) -> bool:
         """Run the app for one request (``decoder`` reads its body, None when it has none).
@@ -540,15 +408,15 @@ class Core:
             slot.end(time.time() - start, conn.sent, failed)
         if self.log_requests:
             ms = (time.time() - start) * 1000
-            what = f"{environ.get('REMOTE_ADDR', '-')} {_request_text(environ)}"
+            what = f"{environ.get('REMOTE_ADDR', '-')} {request_text(environ)}"
             if not what.isprintable():  # the common case pays this one test
                 what = printable(what)
             write_line(
                 f"[pid: {self.pid}|worker: {self.wid}|req: {n}] {what} "
                 f"=> {exchange.code} {conn.sent} bytes in {ms:.2f} ms\n"
             )
-        if self.worker.after_each:
-            self.worker.after_request(n)
+        if self.host.after_each:
+            self.host.after_request(n)
         if cut_short:
             if exchange.head_sent:  # a 400 now would follow the app's own response: cut that off instead
                 peer = printable(environ.get("REMOTE_ADDR", "-"))
@@ -556,7 +424,7 @@ class Core:
                     f"worker {self.wid}: {printable(cut_short)}, from {peer} during {request_line(environ)}; "
                     "response cut off, connection aborted"
                 )
-                _abort(conn)
+                conn.abort()
                 return True
             raise RemoteProtocolError(cut_short)
         return aborted
@@ -588,7 +456,7 @@ class Core:
                 + traceback.format_exc().rstrip()
             )
             exchange.code = exchange.code or 500
-            _abort(exchange.conn)
+            exchange.conn.abort()
             return True
         log(
             f"worker {self.wid}: the app raised during {request_line(environ)}:\n"
@@ -612,7 +480,7 @@ class Core:
         )
         if late:
             exchange.code = exchange.code or 408
-            _abort(exchange.conn)
+            exchange.conn.abort()
             return True
         exchange.code = 408
         try:
@@ -624,48 +492,7 @@ class Core:
     def _answer(self, conn: Connection, status: int, reason: str) -> bool:
         """Answer a request refused before the app ran with an error status; False when the peer is gone."""
         try:
-            conn.sock.send(_error_response(status, reason), socket.MSG_DONTWAIT)
+            conn.sock.send(error_response(status, reason), socket.MSG_DONTWAIT)
         except OSError:
             return False  # gone, or not reading at all: nothing left to answer or drain
         return True
-
-    def _drain(self, conn: Connection, limit: int, addr: Any, listener: Listener) -> bool:
-        """Half-close after the answer, then drop up to ``limit`` more bytes the peer sends, never waiting.
-
-        nginx must read the answer before the connection closes (a close with unread data is
-        a reset, and the answer would be lost): what has arrived is dropped now, the rest in
-        the loop, the connection parked as draining until EOF, the limit, or socket-timeout.
-        True when it is parked; the caller closes it otherwise.
-        """
-        sock = conn.sock
-        try:
-            sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            return False
-        left = self._discard(sock, limit)
-        if left:
-            self._park(conn, None, addr, listener, left)
-        return left > 0
-
-    def _discard(self, sock: _socket.socket, limit: int) -> int:
-        """Read and drop what has arrived, up to ``limit`` bytes; what is left to drop (0: done)."""
-        rbuf = self.rbuf
-        while limit > 0:
-            try:
-                n = sock.recv_into(rbuf, min(limit, len(rbuf)), socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                return limit
-            except OSError:
-                return 0  # a reset: nothing more will come
-            if not n:
-                return 0
-            limit -= n
-        return 0
-
-
-def _abort(conn: Connection) -> None:
-    """Make the coming close() a reset: nginx then cuts the client's response off instead of ending it."""
-    try:
-        conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _ABORT)
-    except OSError:
-        pass  # the close still ends the response, as it did

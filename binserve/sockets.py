@@ -10,17 +10,20 @@ clear, chmod, chown or vacuum; it goes away with the last descriptor on it.
 
 from __future__ import annotations
 
+import _socket
 import errno
 import ipaddress
 import os
 import socket
 import stat
+import struct
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
+from .connection import timeval
 from .log import log
 from .safefile import kind, open_parent, read_bounded
-from .wsgi import timeval
 
 INHERIT_ENV = "_BINSERVE_LISTEN_FDS"
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -85,6 +88,16 @@ class Listener:
         """Answer only the peers ``peers`` allows (TCP sockets)."""
         self.peers = peers
         self.allow = peers.allows
+
+    def peer(self, sock: _socket.socket, addr: Any) -> str:
+        """Who is at the other end of ``sock``: the TCP address, or this unix socket and the peer's pid."""
+        if not self.is_unix:
+            return "{}:{}".format(*addr[:2])
+        try:
+            pid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0]
+        except OSError:
+            return f"unix:{self.name}"
+        return f"unix:{self.name} (peer pid {pid})"
 
     def refused(self, who: str, peer: str) -> None:
         """Log, within the rate limit, that ``who`` closed a connection from ``peer`` unanswered."""

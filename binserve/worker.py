@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psutil
@@ -41,7 +41,6 @@ from .core import Core
 from .log import log
 from .scoreboard import Scoreboard, Slot
 from .sockets import Listener
-from .wsgi import make_base_environ, timeval
 
 RECYCLED = 17  # exit code of a recycled worker (uWSGI's reload code)
 BOOT_ERROR = 3  # exit code of a worker that cannot start: the master stops instead of respawning
@@ -85,7 +84,7 @@ class Worker:
             os.set_inheritable(emperor_fd, False)  # the app's own subprocesses must not hold it
         self.pid = os.getpid()
         self.started = time.monotonic()
-        self.counter = itertools.count(1)
+        self.counter: Iterator[int] = itertools.count(1)
         # Jitter per worker (max-requests-delta) so the workers do not all recycle together.
         self.max_requests = (
             config.max_requests + random.randint(0, config.max_requests_delta) if config.max_requests else 0
@@ -94,10 +93,6 @@ class Worker:
         self.process = psutil.Process() if self.rss_limit else None
         # Checked after every request only when something needs it: the plain path pays one test.
         self.after_each = bool(self.max_requests or self.rss_limit or emperor_fd is not None)
-        self.timeout = timeval(config.socket_timeout)
-        self.base_environ = make_base_environ(
-            multiprocess=config.processes > 1, multithread=config.threads > 1
-        )
         self.accepting = True
         self.orphaned = False  # the master's pipe closed: finish and leave, without draining the queue
         self.recycling = ""  # why this worker asked to be replaced, once it has
@@ -151,7 +146,7 @@ class Worker:
         self._watch_master()
         done_r, done_w = os.pipe2(os.O_CLOEXEC)
         threads = [
-            threading.Thread(target=_run_core, args=(core, done_w), name=f"core {n}", daemon=True)
+            threading.Thread(target=_run_core, args=(self, core, done_w), name=f"core {n}", daemon=True)
             for n, core in enumerate(cores)
         ]
         for thread in threads:
@@ -283,12 +278,12 @@ def _quit_at_once(signum: int, frame: object) -> None:
     os._exit(0)
 
 
-def _run_core(core: Core, done_w: int) -> None:
+def _run_core(worker: Worker, core: Core, done_w: int) -> None:
     try:
         core.run()
     except BaseException:
-        log(f"worker {core.wid}: a core thread failed:\n" + traceback.format_exc().rstrip())
-        core.worker.stop_accepting()
+        log(f"worker {worker.wid}: a core thread failed:\n" + traceback.format_exc().rstrip())
+        worker.stop_accepting()
     finally:
         os.write(done_w, b"x")
 

@@ -27,18 +27,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from binserve.body import Input
+from binserve.connection import BodyReadTimeout, ClientDisconnected, Connection, timeval
+from binserve.environ import build_environ, make_base_environ, merge_vars
 from binserve.protocol import Decoder, Head, encode_request
 from binserve.protocol.encoder import VarsLike
-from binserve.wsgi import (
-    BodyReadTimeout,
-    ClientDisconnected,
-    Connection,
-    Input,
-    build_environ,
-    make_base_environ,
-    merge_vars,
-    timeval,
-)
 
 CAPTURES_DIR = Path(__file__).parent / "packets" / "nginx-1.22"
 EXPECTED_DIR = CAPTURES_DIR / "expected"
