@@ -42,6 +42,7 @@ lint: $(VENV)/.test
 	$(BIN)/python -m ruff check .
 	$(BIN)/python -m ruff format --check .
 	$(BIN)/python -m mypy
+	$(BIN)/lint-imports
 
 bench: debian-tools $(VENV)/.test
 	$(BIN)/python -m binserve.tools.bench
