@@ -13,6 +13,9 @@ response, a 64 KB POST echo) the harness
 
 The figure to compare is CPU microseconds per request: req/s on a shared 2-core machine mostly says how
 the cores were split between wrk, nginx and the workers, while CPU per request is the server's own cost.
+
+Longer than our other modules because it is one program whose parts share its records: the
+workloads, the measured run, and the report that divides binserve's figures by the references'.
 """
 
 from __future__ import annotations
