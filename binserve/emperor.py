@@ -40,10 +40,18 @@ from typing import Any, NoReturn
 from . import safefile, signals
 from .config import Config, ConfigError, load
 from .log import log, printable
-from .master import EMPEROR_FD_ENV, kill_quietly
+from .signals import kill_quietly
 from .sockets import SocketError, absolute
 from .stats import VERSION, StatsServer, bind_stats
-from .worker import MSG_ACCEPTING, MSG_LOYAL, MSG_SPAWNED
+from .vassal_link import (
+    CMD_GRACEFUL_STOP,
+    CMD_RELOAD,
+    EMPEROR_FD_ENV,
+    MSG_ACCEPTING,
+    MSG_LOYAL,
+    MSG_SPAWNED,
+    MSG_VOLUNTARY,
+)
 
 STATE_NAME = ".binserve-emperor.json"
 # A tyrant's vassal directories are writable by its users: its state lives where only root writes.
@@ -52,10 +60,6 @@ RUN_DIR = "/run/binserve"
 MAX_STATE_BYTES = 16 << 20
 # What a tyrant vassal gets from the emperor's environment; the rest (secrets included) stays.
 TYRANT_ENV = ("PATH", "LANG", "LC_ALL", "TZ")
-
-MSG_VOLUNTARY = 22  # a vassal asking to be stopped (uWSGI's die-on-idle)
-# Emperor -> vassal bytes.
-CMD_STOP, CMD_RELOAD, CMD_GRACEFUL_STOP = b"\x00", b"\x01", b"\x02"
 
 # A vassal file is executed (includes, @(file), %(math)) only in a child bounded by these.
 PROBE_SECONDS = 2.0
@@ -335,7 +339,6 @@ class Emperor:
         self.stopping = False
         self.deadline = 0.0
         self.selector = selectors.DefaultSelector()
-        self.wake_r = self.wake_w = -1
         self.last_problems: set[str] = set()
         self.next_scan = 0.0
         self.dirty = True
@@ -357,10 +360,9 @@ class Emperor:
                 listener, self.config.stats_format, self.config.stats_http, self.config.uwsgi_allow_from
             )
             self.selector.register(self.stats.sock, selectors.EVENT_READ, self.stats)
-        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        signals.install(signals.EMPEROR, self.wake_w)
+        wake = signals.WakePipe(signals.EMPEROR)
         signals.unblock(signals.EMPEROR)  # those that arrived during the start are logged now
-        self.selector.register(self.wake_r, selectors.EVENT_READ, None)
+        self.selector.register(wake, selectors.EVENT_READ, wake)
         self.watch = DirectoryWatch(self.patterns)
         if self.watch.fd is not None:
             self.selector.register(self.watch.fd, selectors.EVENT_READ, self.watch)
@@ -392,8 +394,8 @@ class Emperor:
         if self.probes:
             timeout = min(timeout, max(0.0, min(p.deadline for p in self.probes.values()) - now))
         for key, _ in self.selector.select(timeout):
-            if key.data is None:
-                for signum in os.read(self.wake_r, 256):
+            if isinstance(key.data, signals.WakePipe):
+                for signum in key.data.read():
                     self._on_signal(signum)
             elif key.data is self.stats:
                 self.stats.answer(self.stats_document)
@@ -616,7 +618,7 @@ class Emperor:
 
     def _stop(self, vassal: Vassal) -> None:
         if vassal.state == "stopping":
-            return  # asked again (a vassal repeating message 22): the first deadline stands
+            return  # asked again (a vassal repeating MSG_VOLUNTARY): the first deadline stands
         vassal.state = "stopping"
         vassal.stop_deadline = time.monotonic() + self.config.worker_reload_mercy
         self._command(vassal, CMD_GRACEFUL_STOP, signal.SIGTERM)

@@ -35,22 +35,22 @@ from . import signals
 from .config import Config
 from .log import log, printable
 from .scoreboard import Scoreboard
+from .signals import kill_quietly
 from .sockets import Listener, hand_over, remove_files
 from .stats import STATS_INHERIT_ENV, CpuMeter, Recent, StatsServer, instance_document
-from .worker import (
-    BOOT_ERROR,
-    MB,
+from .vassal_link import (
+    CMD_GRACEFUL_STOP,
+    CMD_RELOAD,
+    CMD_STOP,
+    EMPEROR_FD_ENV,
     MSG_ACCEPTING,
     MSG_SPAWNED,
-    NOTE_ACCEPTING,
-    NOTE_RECYCLING,
-    NOTICE,
-    run_worker,
+    emperor_fd_from_env,
 )
+from .worker import BOOT_ERROR, MB, NOTE_ACCEPTING, NOTE_RECYCLING, NOTICE, run_worker
 
 RETIRING_ENV = "_BINSERVE_RETIRING"
 PROBE_ENV = "_BINSERVE_PROBE"  # the command line loads the config and the app, then exits
-EMPEROR_FD_ENV = "UWSGI_EMPEROR_FD"
 RUNNING, STOPPING, RELOADING = "running", "stopping", "reloading"
 RETRY_AFTER = 10.0  # seconds before trying again to start a worker whose boot failed
 
@@ -120,7 +120,7 @@ class Master:
         self.retire_deadline = 0.0
         self.deadline = 0.0
         self.selector = selectors.DefaultSelector()
-        self.wake_r = self.wake_w = -1
+        self.wake: signals.WakePipe | None = None
         self.life_r = self.life_w = -1
         self.notify_r = self.notify_w = -1
         self.start_cwd = start_cwd  # where binserve started: the reload re-executes from there
@@ -136,9 +136,8 @@ class Master:
         ``execv``) wait in the start's pipe, and ``signals.install`` passes them on.
         """
         signals.block(signals.MASTER)
-        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        signals.install(signals.MASTER, self.wake_w)
-        self.selector.register(self.wake_r, selectors.EVENT_READ)
+        self.wake = signals.WakePipe(signals.MASTER)
+        self.selector.register(self.wake, selectors.EVENT_READ, self.wake)
         if self.emperor_fd is not None:
             self.selector.register(self.emperor_fd, selectors.EVENT_READ)
         if self.stats is not None:
@@ -190,7 +189,7 @@ class Master:
                 log(f"cannot write to the emperor: {exc.strerror}")
 
     def on_emperor(self) -> None:
-        """A command from the emperor: 0 stop now, 1 reload, 2 stop gracefully; EOF: it is gone."""
+        """A command from the emperor: stop now, reload, or stop gracefully; EOF: it is gone."""
         assert self.emperor_fd is not None
         try:
             data = os.read(self.emperor_fd, 64)
@@ -207,11 +206,12 @@ class Master:
             return
         for command in data:
             log(f"received message {command} from the emperor")
-            if command == 0:
+            byte = bytes((command,))
+            if byte == CMD_STOP:
                 self.handle_quit()
-            elif command == 1:
+            elif byte == CMD_RELOAD:
                 self.reload("the emperor")
-            elif command == 2:
+            elif byte == CMD_GRACEFUL_STOP:
                 self.graceful_stop("emperor")
 
     def spawn(self, wid: int, place: int = 0, replacing: bool = False) -> None:
@@ -227,8 +227,8 @@ class Master:
         if pid == 0:
             code = 1
             try:
-                os.close(self.wake_r)
-                os.close(self.wake_w)
+                assert self.wake is not None
+                self.wake.close()
                 os.close(self.life_w)
                 os.close(self.notify_r)
                 if self.retiring_pipe is not None:
@@ -296,8 +296,8 @@ class Master:
         elif self.config.harakiri:
             timeout = min(timeout, self.next_harakiri())
         for key, _ in self.selector.select(timeout):
-            if key.fd == self.wake_r:
-                self.pending += os.read(self.wake_r, 256)
+            if isinstance(key.data, signals.WakePipe):
+                self.pending += key.data.read()
             elif key.fd == self.notify_r:
                 self.on_notices()
             elif self.stats is not None and key.fd == self.stats.fileno():
@@ -738,10 +738,8 @@ class Master:
         signals.block(signals.MASTER)
         # Signals already turned into bytes would die with the pipe on exec: make them pending
         # again (blocked, so they wait for the new image's handlers).
-        try:
-            self.pending += os.read(self.wake_r, 256)
-        except BlockingIOError:
-            pass
+        assert self.wake is not None
+        self.pending += self.wake.read()
         for signum in set(self.pending) - {signal.SIGCHLD}:
             signal.raise_signal(signum)
         hand_over(self.listeners)
@@ -819,20 +817,6 @@ def abandon_reload(mercy: float) -> None:
         kill_quietly(pid, signal.SIGKILL)
 
 
-def emperor_fd_from_env() -> int | None:
-    """The socket to the emperor when running as a vassal (``UWSGI_EMPEROR_FD``, kept for reloads)."""
-    value = os.environ.get(EMPEROR_FD_ENV)
-    if not value or not value.isdigit():
-        return None
-    fd = int(value)
-    try:
-        os.set_blocking(fd, False)
-    except OSError:
-        log(f"{EMPEROR_FD_ENV}={value} is not an open descriptor: running without the emperor")
-        return None
-    return fd
-
-
 def _previous_image() -> tuple[int, set[int]] | None:
     """The life pipe and worker pids a reloading image handed over, if this is a reload."""
     spec = os.environ.pop(RETIRING_ENV, "")
@@ -848,11 +832,3 @@ def _mtime(path: str) -> float | None:
         return os.stat(path).st_mtime
     except OSError:
         return None
-
-
-def kill_quietly(pid: int, signum: int) -> None:
-    """Signal ``pid``; one that has already exited is not an error."""
-    try:
-        os.kill(pid, signum)
-    except ProcessLookupError:
-        pass
