@@ -206,7 +206,7 @@ class WakePipe:
             return b""
 
     def close(self) -> None:
-        """Close both ends (a forked worker, before it makes its own)."""
+        """Close both ends: the start's pipe once passed on, the master's in a forked worker."""
         os.close(self.read_end)
         os.close(self.write_end)
 
