@@ -5,30 +5,23 @@ the next deadline. Signal handlers do nothing; ``signal.set_wakeup_fd`` turns ea
 into a byte on a pipe that the loop reads (gunicorn crashed for years from work done inside a
 SIGCHLD handler). What each signal means is binserve/signals.py's MASTER table: HUP graceful
 reload (binserve/reload.py), TERM and INT graceful stop with a deadline, QUIT fast stop; the
-others are logged or ignored. Plan: the policies of binserve/supervision.py read the table of
-children (one record per process) and the time, and return actions. Act: this module carries
-them out: it forks, signals and reaps. The emperor's commands arrive as
-binserve/vassal_link.py names them.
+others are logged or ignored. The emperor's commands are the bytes binserve/vassal_link.py
+names. Plan: the policies of binserve/supervision.py read the table of children and the time,
+and return actions. Act: this module carries them out.
 
-Workers write short notices on one pipe: "accepting" when they start serving, "recycling"
-when they want to be replaced (max-requests, reload-on-rss, a SIGHUP sent to the worker).
-The master replaces a worker (for those, and for max-worker-lifetime and chain reloads) by
-spawning the replacement beside it, in the worker's other scoreboard place; the old one goes
-on serving and gets SIGTERM only once the new one accepts. A replacement that fails to boot
-(lazy-apps with broken code) leaves the old worker serving.
-
-Longer than ~500 lines: one class, because every handler here reads and writes the same
-table of children and the same phase; what can be said without them (the records and the
-policies, the reload handover, the emperor's numbers) is in the modules named above.
+The table holds one record per child process, and binserve/children.py keeps it true as
+workers are spawned, replaced and reaped. Workers write short notices on one pipe:
+"accepting" when they start serving, "recycling" when they want to be replaced
+(max-requests, reload-on-rss, a SIGHUP sent to the worker). The master replaces a worker
+(for those, and for max-worker-lifetime and chain reloads) by spawning the replacement
+beside it; the old one goes on serving and gets SIGTERM only once the new one accepts.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import selectors
 import signal
-import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -37,6 +30,7 @@ from typing import Any, NoReturn
 import psutil
 
 from . import signals, supervision
+from .children import MERCY_PASSED, Children
 from .config import Config
 from .log import log
 from .reload import previous_image, reexec, start_probe
@@ -44,7 +38,7 @@ from .scoreboard import Scoreboard, WorkerStats
 from .signals import kill_quietly
 from .sockets import Listener, remove_files
 from .stats import CpuMeter, Recent, StatsServer, instance_document
-from .supervision import RETRY_AFTER, SERVING, Child, Phase, Role, Seat, Table, has, having, worker
+from .supervision import SERVING, Child, Phase, Role, having
 from .vassal_link import (
     CMD_GRACEFUL_STOP,
     CMD_RELOAD,
@@ -54,8 +48,6 @@ from .vassal_link import (
     emperor_fd_from_env,
 )
 from .worker import BOOT_ERROR, NOTE_ACCEPTING, NOTE_RECYCLING, NOTICE, run_worker
-
-MERCY_PASSED = "still running past worker-reload-mercy"
 
 
 def describe_exit(status: int) -> str:
@@ -86,16 +78,12 @@ class Master:
         self.listeners = listeners
         self.phase = Phase.RUNNING
         self.exit_code = 0
-        self.table: Table = {}  # every child process, by pid
-        self.seats = {wid: Seat() for wid in range(1, config.processes + 1)}
-        self.accepted = False  # a worker has accepted: boot failures from then on are not fatal
-        self.chain: list[int] = []  # wids still to replace in a chain reload
-        self.chain_wait: int | None = None  # the wid being replaced in the chain reload
         self.next_periodic = 0.0  # chain-reload files, lifetimes and memory: checked every second
         self.retiring_pipe: int | None = None  # the previous image's life pipe, until its workers are told
         self.pending = b""  # signal numbers read from the wakeup pipe, not yet handled
         self.emperor_fd = emperor_fd_from_env()
         self.board = Scoreboard(config.processes, config.threads)
+        self.children = Children(config, self.board, self.running, self._serve_as_worker, self.boot_failed)
         self.stats = (
             StatsServer(stats, config.stats_format, config.stats_http, config.uwsgi_allow_from)
             if stats
@@ -147,12 +135,12 @@ class Master:
                 "the code it loaded; set lazy-apps = true for a chain reload to load new code"
             )
         reloaded = self._adopt_previous_image()
-        for wid in self.seats:
-            self.spawn(wid)
+        for wid in self.children.seats:
+            self.children.spawn(wid)
         if self.retiring_pipe is not None:
             os.close(self.retiring_pipe)  # the old workers' life pipe: they finish their request and exit
             self.retiring_pipe = None
-        for child in having(self.table, Role.RETIRING):
+        for child in having(self.children.table, Role.RETIRING):
             kill_quietly(child.pid, signal.SIGTERM)
         signals.unblock(signals.MASTER)
         names = ", ".join(lst.name for lst in self.listeners)
@@ -168,7 +156,7 @@ class Master:
             self.retiring_pipe, pids = previous
             deadline = time.monotonic() + self.config.worker_reload_mercy
             for pid in pids:
-                self.table[pid] = Child(pid, Role.RETIRING, kill_by=deadline, kill_why=MERCY_PASSED)
+                self.children.table[pid] = Child(pid, Role.RETIRING, kill_by=deadline, kill_why=MERCY_PASSED)
         return previous is not None
 
     def _tell_emperor(self, message: int) -> None:
@@ -204,38 +192,14 @@ class Master:
             elif byte == CMD_GRACEFUL_STOP:
                 self.graceful_stop("emperor")
 
-    def spawn(self, wid: int, place: int = 0, replacing: bool = False) -> None:
-        """Fork a process for worker ``wid`` into ``place``; a replacement stays one until it accepts."""
-        when = time.time()  # before the fork: the child may start a request before the parent runs on
-        sys.stdout.flush()
-        sys.stderr.flush()
-        try:
-            pid = signals.fork_worker(signals.MASTER)  # the worker unblocks once its handlers are in place
-        except OSError as exc:  # the user's process limit, a cgroup's pids.max: try again later
-            self.cannot_fork(wid, place, replacing, exc)
-            return
-        if pid == 0:
-            self._serve_as_worker(wid, place)
-        self.board.spawned(wid, pid, place, when)
-        now = time.monotonic()
-        if replacing:
-            old = worker(self.table, wid)
-            assert old is not None
-            mercy = self.config.worker_reload_mercy
-            self.table[pid] = Child(
-                pid,
-                Role.REPLACEMENT,
-                wid,
-                place,
-                now,
-                now + mercy,
-                "did not accept within worker-reload-mercy",
-            )
-            log(f"spawned worker {wid} (pid {pid}) to replace pid {old.pid}")
-        else:
-            self.board.promote(wid, place)
-            self.table[pid] = Child(pid, Role.WORKER, wid, place, now)
-            log(f"spawned worker {wid} (pid {pid})")
+    def running(self) -> bool:
+        """Whether workers may be spawned and replaced: neither stopping nor reloading."""
+        return self.phase is Phase.RUNNING
+
+    def boot_failed(self) -> None:
+        """A worker failed to boot before any accepted: the app cannot serve, stop."""
+        self.exit_code = BOOT_ERROR
+        self.graceful_stop("boot failure")
 
     def _serve_as_worker(self, wid: int, place: int) -> NoReturn:
         """In the forked child: drop the master's descriptors and run the worker."""
@@ -254,31 +218,12 @@ class Master:
             # path stays lean otherwise.
             keep = self.stats is not None or self.config.harakiri
             board = self.board if keep else None
-            code = run_worker(
-                wid,
-                self.app,
-                self.listeners,
-                self.config,
-                self.life_r,
-                self.notify_w,
-                self.emperor_fd,
-                board,
-                place,
-            )
+            args = (self.app, self.listeners, self.config, self.life_r, self.notify_w, self.emperor_fd)
+            code = run_worker(wid, *args, board, place)
         except BaseException:  # a forked child must never return into the master's code
             traceback.print_exc()
         finally:
             os._exit(code)
-
-    def cannot_fork(self, wid: int, place: int, replacing: bool, exc: OSError) -> None:
-        """A worker could not be forked: the one it was to replace serves on, or it is respawned later."""
-        log(f"cannot fork worker {wid}: {exc.strerror}; next try in {RETRY_AFTER:g} s")
-        seat = self.seats[wid]
-        seat.retry_at = time.monotonic() + RETRY_AFTER
-        if replacing:
-            seat.wanted = seat.wanted or "trying again to replace it"
-        else:
-            seat.respawn_place = place
 
     # -- the loop --------------------------------------------------------------------------
     def run(self) -> int:
@@ -295,10 +240,10 @@ class Master:
         if self.phase is Phase.STOPPING:
             timeout = max(0.0, min(timeout, self.stop_deadline - now))
         elif self.config.harakiri:
-            timeout = min(
-                timeout,
-                supervision.next_harakiri(self.table, self.readings(), self.config.harakiri, time.time()),
+            soonest = supervision.next_harakiri(
+                self.children.table, self.readings(), self.config.harakiri, time.time()
             )
+            timeout = min(timeout, soonest)
         for key, _ in self.selector.select(timeout):
             key.data()
         while self.pending:
@@ -311,7 +256,7 @@ class Master:
         if self.phase is Phase.RELOADING:
             assert self.wake is not None
             stats = self.stats.listener if self.stats else None
-            children = [child.pid for child in self.children()]
+            children = [child.pid for child in self.children.workers()]
             reexec(self.wake, self.pending, self.listeners, stats, self.life_w, children, self.start_cwd)
         self.supervise()
 
@@ -325,40 +270,40 @@ class Master:
 
     def document(self) -> dict[str, Any]:
         """The stats document of this master and its workers."""
-        running = self.phase is Phase.RUNNING
+        running = self.running()
         return instance_document(self.board, self.listeners, self.started, self.cpu, self.recent, running)
 
     def supervise(self) -> None:
         """Plan with each policy that applies now; its actions are carried out before the next one plans."""
-        config, now = self.config, time.monotonic()
-        running = self.phase is Phase.RUNNING
+        config, now, running = self.config, time.monotonic(), self.running()
+        table, seats = self.children.table, self.children.seats
         if config.harakiri and running:
             grace = config.harakiri_graceful_timeout
-            self.act(supervision.harakiri(self.table, self.readings(), config.harakiri, grace, time.time()))
+            self.act(supervision.harakiri(table, self.readings(), config.harakiri, grace, time.time()))
         if self.touched and running:
             self.act(supervision.touched(self.touched, {path: _mtime(path) for path in self.touched}))
         if running and now >= self.next_periodic:
             self.next_periodic = now + 1.0
             if self.chain_touched:
                 mtimes = {path: _mtime(path) for path in self.chain_touched}
-                chaining = bool(self.chain) or self.chain_wait is not None
-                wids = [child.wid for child in having(self.table, Role.WORKER)]
+                chaining = bool(self.children.chain) or self.children.chain_wait is not None
+                wids = [child.wid for child in having(table, Role.WORKER)]
                 self.act(supervision.chain_touched(self.chain_touched, mtimes, wids, chaining))
             if config.max_worker_lifetime:
-                self.act(supervision.lifetimes(self.table, self.seats, config.max_worker_lifetime, now))
+                self.act(supervision.lifetimes(table, seats, config.max_worker_lifetime, now))
             if config.evil_reload_on_rss:
-                self.act(supervision.memory(self.table, self.measure(), config.evil_reload_on_rss))
-            self.act(supervision.retries(self.seats, now))
-        self.act(supervision.deadlines(self.table, self.phase, self.stop_deadline, now))
+                self.act(supervision.memory(table, self.measure(), config.evil_reload_on_rss))
+            self.act(supervision.retries(seats, now))
+        self.act(supervision.deadlines(table, self.phase, self.stop_deadline, now))
 
     def readings(self) -> dict[int, WorkerStats]:
         """The scoreboard place of every process of this image that may be in a request, by pid."""
-        return {c.pid: self.board.read_place(c.wid, c.place) for c in having(self.table, *SERVING)}
+        return {c.pid: self.board.read_place(c.wid, c.place) for c in having(self.children.table, *SERVING)}
 
     def measure(self) -> dict[int, int]:
         """The rss of every worker, by pid (none for one that exited meanwhile: it is reaped next)."""
         rss = {}
-        for child in having(self.table, Role.WORKER):
+        for child in having(self.children.table, Role.WORKER):
             try:
                 child.process = child.process or psutil.Process(child.pid)
                 rss[child.pid] = child.process.memory_info().rss
@@ -377,29 +322,29 @@ class Master:
                 case supervision.Kill(pid, line, again):
                     log(line)
                     kill_quietly(pid, signal.SIGKILL)
-                    self.table[pid].kill_by, self.table[pid].sigkilled = again, True
+                    self.children.table[pid].kill_by, self.children.table[pid].sigkilled = again, True
                 case supervision.Harakiri(pid, wid, place, signum, line, kill_at):
                     log(line)
                     self.board.harakiri(wid, place)
                     kill_quietly(pid, signum)
-                    self.table[pid].harakiri_kill = kill_at
+                    self.children.table[pid].harakiri_kill = kill_at
                 case supervision.HarakiriKill(pid, again):
                     kill_quietly(pid, signal.SIGKILL)
-                    self.table[pid].harakiri_kill = again
+                    self.children.table[pid].harakiri_kill = again
                 case supervision.StopDeadline(at):
                     self.stop_deadline = at
                 case supervision.Replace(wid, why):
-                    self.replace(wid, why)
+                    self.children.replace(wid, why)
                 case supervision.Respawn(wid, place):
-                    self.seats[wid].respawn_place = None
-                    self.spawn(wid, place)
+                    self.children.seats[wid].respawn_place = None
+                    self.children.spawn(wid, place)
                 case supervision.Seen(path, mtime, chain):
                     (self.chain_touched if chain else self.touched)[path] = mtime
                 case supervision.Reload(why):
                     self.reload(why)
                 case supervision.StartChain(wids):
-                    self.chain = list(wids)
-                    self.advance_chain()
+                    self.children.chain = list(wids)
+                    self.children.advance_chain()
                 case supervision.Log(line):
                     log(line)
 
@@ -412,65 +357,9 @@ class Master:
             return
         for kind, pid in NOTICE.iter_unpack(data[: len(data) // NOTICE.size * NOTICE.size]):
             if kind == NOTE_ACCEPTING:
-                self.on_accepting(pid)
+                self.children.on_accepting(pid)
             elif kind == NOTE_RECYCLING:
-                self.on_recycling(pid)
-
-    def on_recycling(self, pid: int) -> None:
-        """A worker asks to be recycled (it goes on serving until its replacement accepts)."""
-        child = self.table.get(pid)
-        if child is not None and child.role is Role.WORKER and self.phase is Phase.RUNNING:
-            self.replace(child.wid, "asked by the worker")
-
-    def replace(self, wid: int, why: str) -> None:
-        """Start a replacement for worker ``wid`` in its other place, now or as soon as it can be."""
-        seat = self.seats[wid]
-        seat.wanted = why
-        if self.phase is not Phase.RUNNING or not supervision.replaceable(
-            self.table, seat, wid, time.monotonic()
-        ):
-            return
-        seat.wanted = ""
-        old = worker(self.table, wid)
-        assert old is not None
-        log(f"worker {wid} (pid {old.pid}): {why}; spawning its replacement")
-        self.spawn(wid, 1 - old.place, replacing=True)
-
-    def on_accepting(self, pid: int) -> None:
-        """A replacement accepts: it becomes the worker, and the old process may leave."""
-        self.accepted = True
-        new = self.table.get(pid)
-        if new is None or new.role is not Role.REPLACEMENT:
-            return
-        wid = new.wid
-        old = worker(self.table, wid)
-        self.seats[wid].wanted = ""  # asked for while this one was starting: it is the new process
-        self.board.promote(wid, new.place)
-        new.role, new.kill_by, new.kill_why = Role.WORKER, math.inf, ""
-        if old is not None:
-            old.role, old.kill_why = Role.LEAVING, MERCY_PASSED
-            old.kill_by = time.monotonic() + self.config.worker_reload_mercy
-            log(f"worker {wid} (pid {pid}) accepts: retiring pid {old.pid}")
-            kill_quietly(old.pid, signal.SIGTERM)
-        if wid == self.chain_wait:
-            self.chain_wait = None
-            self.advance_chain()
-
-    def advance_chain(self) -> None:
-        """Chain reload: replace the next worker, once the previous replacement accepts."""
-        if self.chain_wait is None and self.phase is Phase.RUNNING:
-            self.chain_wait, self.chain = supervision.next_in_chain(self.chain, self.table)
-            if self.chain_wait is not None:
-                self.replace(self.chain_wait, "chain reload")
-        if not self.chain and self.chain_wait is None:
-            log("chain reload: every worker replaced")
-
-    def abort_chain(self, why: str) -> None:
-        """Stop a chain reload: the workers not yet replaced keep running."""
-        if self.chain or self.chain_wait is not None:
-            log(f"chain reload stopped: {why}; {len(self.chain) + 1} worker(s) keep their old process")
-        self.chain = []
-        self.chain_wait = None
+                self.children.on_recycling(pid)
 
     # -- signals ---------------------------------------------------------------------------
     def handle_chld(self) -> None:
@@ -482,7 +371,7 @@ class Master:
 
     def reload(self, why: str) -> None:
         """Start the probe of the new image; the workers serve on meanwhile (SIGHUP, touch, emperor)."""
-        if self.phase is not Phase.RUNNING:
+        if not self.running():
             log(f"{why}: no reload, the master is {self.phase.value}")
             return
         if self.probe() is not None:
@@ -496,16 +385,16 @@ class Master:
         except OSError as exc:  # fork failed: the user's process limit, a cgroup's pids.max
             self.refuse_reload(f"{why}: reload refused: cannot start the probe ({exc.strerror})")
             return
-        self.table[pid] = Child(pid, Role.PROBE, kill_by=deadline, kill_why=MERCY_PASSED)
+        self.children.table[pid] = Child(pid, Role.PROBE, kill_by=deadline, kill_why=MERCY_PASSED)
         log(f"{why}: graceful reload, checking that the new image loads (probe pid {pid})")
 
     def probe(self) -> Child | None:
         """The probe of the new image, while a reload waits for it."""
-        return next(iter(having(self.table, Role.PROBE)), None)
+        return next(iter(having(self.children.table, Role.PROBE)), None)
 
     def on_probe_exit(self, probe: Child, how: str, code: int) -> None:
         """The probe is done: re-execute, or refuse the reload and serve on with the same workers."""
-        if self.phase is not Phase.RUNNING:
+        if not self.running():
             return
         if code == 0 and not probe.sigkilled:
             log("the new image loads: re-executing")
@@ -537,7 +426,7 @@ class Master:
         """Fast stop: kill the workers now."""
         log("SIGQUIT: fast stop, killing workers")
         self.cancel_probe()
-        for child in self.children():
+        for child in self.children.workers():
             kill_quietly(child.pid, signal.SIGKILL)
         self.phase = Phase.STOPPING
         self.stop_deadline = time.monotonic() + 5
@@ -551,7 +440,7 @@ class Master:
         self.cancel_probe()
         self.phase = Phase.STOPPING
         self.stop_deadline = time.monotonic() + mercy
-        for child in self.children():
+        for child in self.children.workers():
             kill_quietly(child.pid, signal.SIGTERM)
 
     def cancel_probe(self) -> None:
@@ -560,11 +449,7 @@ class Master:
         if probe is not None:
             kill_quietly(probe.pid, signal.SIGKILL)
             os.waitpid(probe.pid, 0)  # at once: nothing of this master may outlive its stop
-            del self.table[probe.pid]
-
-    def children(self) -> list[Child]:
-        """Every worker process: current, replacements, leaving and those of the previous image."""
-        return [child for child in self.table.values() if child.role is not Role.PROBE]
+            del self.children.table[probe.pid]
 
     # -- reaping ---------------------------------------------------------------------------
     def reap(self) -> None:
@@ -578,80 +463,22 @@ class Master:
                 break
             how = describe_exit(status)
             code = os.waitstatus_to_exitcode(status)
-            child = self.table.pop(pid, None)
+            child = self.children.table.pop(pid, None)
             match child:
                 case None:
                     log(f"reaped unknown child (pid {pid}) {how}")
                 case Child(role=Role.PROBE):
                     self.on_probe_exit(child, how, code)
-                case Child(role=Role.LEAVING, wid=wid):
-                    log(f"worker {wid} (pid {pid}) recycled: {how}")
-                    if self.seats[wid].wanted:  # it was waiting for this place to free up
-                        self.replace(wid, self.seats[wid].wanted)
+                case Child(role=Role.LEAVING):
+                    self.children.left(child, how)
                 case Child(role=Role.RETIRING):
                     log(f"old worker (pid {pid}) {how}")
                 case Child(role=Role.REPLACEMENT):
-                    self.lost_replacement(child, code, how)
+                    self.children.lost_replacement(child, code, how)
                 case Child(role=Role.WORKER):
-                    self.lost_worker(child, code, how)
-        if self.phase is Phase.STOPPING and not self.children():
+                    self.children.lost_worker(child, code, how)
+        if self.phase is Phase.STOPPING and not self.children.workers():
             self.finish()
-
-    def lost_replacement(self, child: Child, code: int, how: str) -> None:
-        """A replacement exited before it accepted: the worker it was to replace goes on serving."""
-        wid, pid = child.wid, child.pid
-        if self.phase is not Phase.RUNNING:
-            log(f"worker {wid}'s replacement (pid {pid}) {how}")
-            return
-        current = worker(self.table, wid)
-        if code == BOOT_ERROR:
-            log(
-                f"worker {wid}'s replacement (pid {pid}) failed to boot (see above); pid "
-                f"{current.pid if current else '-'} goes on serving; next try in {RETRY_AFTER:g} s"
-            )
-        else:
-            log(
-                f"worker {wid}'s replacement (pid {pid}) {how} before accepting; "
-                f"next try in {RETRY_AFTER:g} s"
-            )
-        seat = self.seats[wid]
-        seat.retry_at = time.monotonic() + RETRY_AFTER
-        chained = wid == self.chain_wait
-        if chained:
-            self.abort_chain("a replacement did not start")
-        if current is None:  # the worker it was to replace has left already: respawn later
-            seat.respawn_place = child.place
-        elif not chained:
-            seat.wanted = seat.wanted or "trying again to replace it"
-
-    def lost_worker(self, child: Child, code: int, how: str) -> None:
-        """A worker exited on its own (crash, harakiri, SIGKILL): respawn it in its place."""
-        wid, pid, seat = child.wid, child.pid, self.seats[child.wid]
-        seat.wanted = ""
-        if self.phase is not Phase.RUNNING:
-            log(f"worker {wid} (pid {pid}) {how}")
-            return
-        if has(self.table, wid, Role.REPLACEMENT):
-            # It left without waiting (reload-on-rss): its replacement takes over when it accepts.
-            log(f"worker {wid} (pid {pid}) recycled: {how}; its replacement is starting")
-            return
-        if code == BOOT_ERROR and not self.accepted:
-            log(f"worker {wid} (pid {pid}) failed to boot; stopping instead of respawning")
-            self.exit_code = BOOT_ERROR
-            self.graceful_stop("boot failure")
-            return
-        if code == BOOT_ERROR:
-            # lazy-apps with broken code on disk: the other workers go on; no respawn storm.
-            log(f"worker {wid} (pid {pid}) failed to boot (see above); next try in {RETRY_AFTER:g} s")
-            seat.retry_at, seat.respawn_place = time.monotonic() + RETRY_AFTER, child.place
-            if wid == self.chain_wait:
-                self.abort_chain("a respawned worker did not start")
-            return
-        log(f"worker {wid} (pid {pid}) died: {how}; respawning")
-        self.spawn(wid, child.place)
-        if wid == self.chain_wait:  # the respawn is a new process: this step of the chain is done
-            self.chain_wait = None
-            self.advance_chain()
 
     def finish(self) -> None:
         """Everything has exited: remove the socket files and the pidfile."""
