@@ -4,7 +4,8 @@ Every process the master forked has one record, a ``Child``, in one table (pid -
 gunicorn keeps its WORKERS and circus its Process objects: what it is (its role), the worker
 id and scoreboard place it serves, and the deadlines the master holds it to. Reaping a child
 is one lookup in the table. What the master wants for a worker id apart from any process
-(a replacement to start, a respawn after a failed boot) is that id's ``Seat``.
+(a replacement to start, a respawn after a failed boot) is that id's ``Seat``. The records
+are defined here; binserve/children.py keeps the table true as processes come and go.
 
 The policies (harakiri, max-worker-lifetime, evil-reload-on-rss, the SIGKILL deadlines,
 retries, chain reloads, touch-reload) read the table, the configuration, the time and what
