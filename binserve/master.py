@@ -218,8 +218,10 @@ class Master:
             # path stays lean otherwise.
             keep = self.stats is not None or self.config.harakiri
             board = self.board if keep else None
-            args = (self.app, self.listeners, self.config, self.life_r, self.notify_w, self.emperor_fd)
-            code = run_worker(wid, *args, board, place)
+            life, notify = self.life_r, self.notify_w
+            code = run_worker(
+                wid, self.app, self.listeners, self.config, life, notify, self.emperor_fd, board, place
+            )
         except BaseException:  # a forked child must never return into the master's code
             traceback.print_exc()
         finally:
