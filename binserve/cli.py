@@ -12,8 +12,9 @@ from .app import AppLoadError, load_app, prepare_process
 from .config import Config, ConfigError, load
 from .emperor import Emperor, print_status
 from .log import log, redirect_to
-from .master import PROBE_ENV, RETIRING_ENV, Master, abandon_reload
+from .master import Master
 from .privileges import PrivilegeError, Privileges, nginx_access_warnings
+from .reload import PROBE_ENV, RETIRING_ENV, abandon_reload
 from .safefile import write_replace
 from .sockets import (
     Listener,

@@ -1,21 +1,20 @@
-"""The pre-fork master: one loop that waits on file descriptors and supervises the workers.
+"""The pre-fork master: one loop that waits, plans and acts, supervising the workers.
 
-Signal handlers do nothing; ``signal.set_wakeup_fd`` turns each signal into a byte on a
-pipe that the loop reads (gunicorn crashed for years from work done inside a SIGCHLD
-handler). What each signal means is binserve/signals.py's MASTER table: HUP graceful
-reload, TERM and INT graceful stop with a deadline, QUIT fast stop; the others are logged
-or ignored. A reload first runs a probe of the new image (the same command line, loading the
-config and the app, binding nothing); if it fails the reload is refused and the workers
-serve on. Otherwise the master re-executes with the listening sockets inherited, so the
-new code is loaded fresh while the old workers finish their requests; connections that
-arrive meanwhile wait in the listen backlog.
+Wait: on file descriptors, until a signal, a worker's notice, the emperor, a stats client or
+the next deadline. Signal handlers do nothing; ``signal.set_wakeup_fd`` turns each signal
+into a byte on a pipe that the loop reads (gunicorn crashed for years from work done inside a
+SIGCHLD handler). What each signal means is binserve/signals.py's MASTER table: HUP graceful
+reload (binserve/reload.py), TERM and INT graceful stop with a deadline, QUIT fast stop; the
+others are logged or ignored. The emperor's commands are the bytes binserve/vassal_link.py
+names. Plan: the policies of binserve/supervision.py read the table of children and the time,
+and return actions. Act: this module carries them out.
 
-Workers write short notices on one pipe: "accepting" when they start serving, "recycling"
-when they want to be replaced (max-requests, reload-on-rss, a SIGHUP sent to the worker).
-The master replaces a worker (for those, and for max-worker-lifetime and chain reloads) by
-spawning the replacement beside it, in the worker's other scoreboard place; the old one goes
-on serving and gets SIGTERM only once the new one accepts. A replacement that fails to boot
-(lazy-apps with broken code) leaves the old worker serving.
+The table holds one record per child process, and binserve/children.py keeps it true as
+workers are spawned, replaced and reaped. Workers write short notices on one pipe:
+"accepting" when they start serving, "recycling" when they want to be replaced
+(max-requests, reload-on-rss, a SIGHUP sent to the worker). The master replaces a worker
+(for those, and for max-worker-lifetime and chain reloads) by spawning the replacement
+beside it; the old one goes on serving and gets SIGTERM only once the new one accepts.
 """
 
 from __future__ import annotations
@@ -23,36 +22,32 @@ from __future__ import annotations
 import os
 import selectors
 import signal
-import sys
 import time
 import traceback
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import psutil
 
-from . import signals
+from . import signals, supervision
+from .children import MERCY_PASSED, Children
 from .config import Config
-from .log import log, printable
-from .scoreboard import Scoreboard
-from .sockets import Listener, hand_over, remove_files
-from .stats import STATS_INHERIT_ENV, CpuMeter, Recent, StatsServer, instance_document
-from .worker import (
-    BOOT_ERROR,
-    MB,
+from .log import log
+from .reload import previous_image, reexec, start_probe
+from .scoreboard import Scoreboard, WorkerStats
+from .signals import kill_quietly
+from .sockets import Listener, remove_files
+from .stats import CpuMeter, Recent, StatsServer, instance_document
+from .supervision import SERVING, Child, Phase, Role, having
+from .vassal_link import (
+    CMD_GRACEFUL_STOP,
+    CMD_RELOAD,
+    CMD_STOP,
     MSG_ACCEPTING,
     MSG_SPAWNED,
-    NOTE_ACCEPTING,
-    NOTE_RECYCLING,
-    NOTICE,
-    run_worker,
+    emperor_fd_from_env,
 )
-
-RETIRING_ENV = "_BINSERVE_RETIRING"
-PROBE_ENV = "_BINSERVE_PROBE"  # the command line loads the config and the app, then exits
-EMPEROR_FD_ENV = "UWSGI_EMPEROR_FD"
-RUNNING, STOPPING, RELOADING = "running", "stopping", "reloading"
-RETRY_AFTER = 10.0  # seconds before trying again to start a worker whose boot failed
+from .worker import BOOT_ERROR, NOTE_ACCEPTING, NOTE_RECYCLING, NOTICE, run_worker
 
 
 def describe_exit(status: int) -> str:
@@ -81,50 +76,30 @@ class Master:
         self.config = config
         self.app = app
         self.listeners = listeners
-        self.state = RUNNING
+        self.phase = Phase.RUNNING
         self.exit_code = 0
-        self.workers: dict[int, int] = {}  # wid -> pid
-        self.by_pid: dict[int, int] = {}  # pid -> wid
-        self.born: dict[int, float] = {}  # pid -> when it was spawned (monotonic)
-        self.place: dict[int, int] = {}  # pid -> its place in the scoreboard
-        # A worker is replaced in three steps: its replacement is *incoming* until it accepts,
-        # then it is the worker and the old process is *leaving* (SIGTERM: it finishes its requests).
-        self.incoming: dict[int, int] = {}  # pid -> wid
-        self.leaving: dict[int, int] = {}  # pid -> wid
-        # Incoming and leaving pids -> (SIGKILL past this, what it failed to do): worker-reload-mercy.
-        self.kill_by: dict[int, tuple[float, str]] = {}
-        self.wanted: dict[int, str] = {}  # wid -> why: a replacement to start as soon as it can
-        self.retry_at: dict[int, float] = {}  # wid -> no replacement before (after one failed to boot)
-        self.missing: dict[int, tuple[float, int]] = {}  # wid -> (respawn at, place): its boot failed
-        self.accepted = False  # a worker has accepted: boot failures from then on are not fatal
-        self.chain: list[int] = []  # wids still to replace in a chain reload
-        self.chain_wait: int | None = None  # the wid being replaced in the chain reload
-        self.measured: dict[int, psutil.Process] = {}  # evil-reload-on-rss: pid -> its process
         self.next_periodic = 0.0  # chain-reload files, lifetimes and memory: checked every second
-        self.retiring: set[int] = set()  # workers of the previous image, finishing their requests
-        self.retiring_pipe: int | None = None
+        self.retiring_pipe: int | None = None  # the previous image's life pipe, until its workers are told
         self.pending = b""  # signal numbers read from the wakeup pipe, not yet handled
         self.emperor_fd = emperor_fd_from_env()
         self.board = Scoreboard(config.processes, config.threads)
+        self.children = Children(config, self.board, self.running, self._serve_as_worker, self.boot_failed)
         self.stats = (
             StatsServer(stats, config.stats_format, config.stats_http, config.uwsgi_allow_from)
             if stats
             else None
         )
         self.cpu = CpuMeter()
-        self.harakiri_kills: dict[int, float] = {}  # pid -> when to SIGKILL it
         self.touched = {path: _mtime(path) for path in config.touch_reload}
         self.chain_touched = {path: _mtime(path) for path in config.touch_chain_reload}
         self.recent = Recent()
         self.started = time.time()
-        self.retire_deadline = 0.0
-        self.deadline = 0.0
+        self.stop_deadline = 0.0
         self.selector = selectors.DefaultSelector()
-        self.wake_r = self.wake_w = -1
+        self.wake: signals.WakePipe | None = None
         self.life_r = self.life_w = -1
         self.notify_r = self.notify_w = -1
         self.start_cwd = start_cwd  # where binserve started: the reload re-executes from there
-        self.probe: Probe | None = None  # the new image's check, while a reload waits for it
         self.probe_again = False  # a reload was asked for while the probe ran
 
     # -- setup -----------------------------------------------------------------------------
@@ -136,19 +111,18 @@ class Master:
         ``execv``) wait in the start's pipe, and ``signals.install`` passes them on.
         """
         signals.block(signals.MASTER)
-        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        signals.install(signals.MASTER, self.wake_w)
-        self.selector.register(self.wake_r, selectors.EVENT_READ)
+        self.wake = signals.WakePipe(signals.MASTER)
+        self.selector.register(self.wake, selectors.EVENT_READ, self.on_wake)
         if self.emperor_fd is not None:
-            self.selector.register(self.emperor_fd, selectors.EVENT_READ)
+            self.selector.register(self.emperor_fd, selectors.EVENT_READ, self.on_emperor)
         if self.stats is not None:
-            self.selector.register(self.stats.fileno(), selectors.EVENT_READ)
+            self.selector.register(self.stats.fileno(), selectors.EVENT_READ, self.on_stats)
         # Workers watch the read end: when the master dies, the write end closes and they leave.
         self.life_r, self.life_w = os.pipe2(os.O_CLOEXEC)
         # Workers tell the master when they accept and when they are recycling, on one pipe.
         self.notify_r, self.notify_w = os.pipe2(os.O_CLOEXEC)
         os.set_blocking(self.notify_r, False)
-        self.selector.register(self.notify_r, selectors.EVENT_READ)
+        self.selector.register(self.notify_r, selectors.EVENT_READ, self.on_notices)
         if self.config.harakiri and self.config.threads > 1:
             log(
                 f"harakiri {self.config.harakiri} s with threads {self.config.threads}: harakiri kills the "
@@ -161,36 +135,39 @@ class Master:
                 "the code it loaded; set lazy-apps = true for a chain reload to load new code"
             )
         reloaded = self._adopt_previous_image()
-        for wid in range(1, self.config.processes + 1):
-            self.spawn(wid)
+        for wid in self.children.seats:
+            self.children.spawn(wid)
         if self.retiring_pipe is not None:
             os.close(self.retiring_pipe)  # the old workers' life pipe: they finish their request and exit
             self.retiring_pipe = None
-        for pid in self.retiring:
-            kill_quietly(pid, signal.SIGTERM)
+        for child in having(self.children.table, Role.RETIRING):
+            kill_quietly(child.pid, signal.SIGTERM)
         signals.unblock(signals.MASTER)
         names = ", ".join(lst.name for lst in self.listeners)
         log(f"master ready: {self.config.processes} workers on {names}")
         # As a uWSGI master does: "spawned" on the first boot only, "accepting" every time.
-        self._tell_emperor(b"" if reloaded else bytes((MSG_SPAWNED,)))
-        self._tell_emperor(bytes((MSG_ACCEPTING,)))
+        if not reloaded:
+            self._tell_emperor(MSG_SPAWNED)
+        self._tell_emperor(MSG_ACCEPTING)
 
     def _adopt_previous_image(self) -> bool:
-        previous = _previous_image()
+        previous = previous_image()
         if previous:
-            self.retiring_pipe, self.retiring = previous
-            self.retire_deadline = time.monotonic() + self.config.worker_reload_mercy
+            self.retiring_pipe, pids = previous
+            deadline = time.monotonic() + self.config.worker_reload_mercy
+            for pid in pids:
+                self.children.table[pid] = Child(pid, Role.RETIRING, kill_by=deadline, kill_why=MERCY_PASSED)
         return previous is not None
 
-    def _tell_emperor(self, message: bytes) -> None:
-        if self.emperor_fd is not None and message:
+    def _tell_emperor(self, message: int) -> None:
+        if self.emperor_fd is not None:
             try:
-                os.write(self.emperor_fd, message)
+                os.write(self.emperor_fd, bytes((message,)))
             except OSError as exc:
                 log(f"cannot write to the emperor: {exc.strerror}")
 
     def on_emperor(self) -> None:
-        """A command from the emperor: 0 stop now, 1 reload, 2 stop gracefully; EOF: it is gone."""
+        """A command from the emperor: stop now, reload, or stop gracefully; EOF: it is gone."""
         assert self.emperor_fd is not None
         try:
             data = os.read(self.emperor_fd, 64)
@@ -207,103 +184,70 @@ class Master:
             return
         for command in data:
             log(f"received message {command} from the emperor")
-            if command == 0:
+            byte = bytes((command,))
+            if byte == CMD_STOP:
                 self.handle_quit()
-            elif command == 1:
+            elif byte == CMD_RELOAD:
                 self.reload("the emperor")
-            elif command == 2:
+            elif byte == CMD_GRACEFUL_STOP:
                 self.graceful_stop("emperor")
 
-    def spawn(self, wid: int, place: int = 0, replacing: bool = False) -> None:
-        """Fork a process for worker ``wid`` into ``place``; a replacement stays incoming until it accepts."""
-        when = time.time()  # before the fork: the child may start a request before the parent runs on
-        sys.stdout.flush()
-        sys.stderr.flush()
-        try:
-            pid = signals.fork_worker(signals.MASTER)  # the worker unblocks once its handlers are in place
-        except OSError as exc:  # the user's process limit, a cgroup's pids.max: try again later
-            self.cannot_fork(wid, place, replacing, exc)
-            return
-        if pid == 0:
-            code = 1
-            try:
-                os.close(self.wake_r)
-                os.close(self.wake_w)
-                os.close(self.life_w)
-                os.close(self.notify_r)
-                if self.retiring_pipe is not None:
-                    os.close(self.retiring_pipe)
-                self.selector.close()
-                if self.stats is not None:
-                    self.stats.sock.close()
-                # Counters are kept only when someone reads them (stats, harakiri): the request
-                # path stays lean otherwise.
-                keep = self.stats is not None or self.config.harakiri
-                code = run_worker(
-                    wid,
-                    self.app,
-                    self.listeners,
-                    self.config,
-                    self.life_r,
-                    self.notify_w,
-                    self.emperor_fd,
-                    self.board if keep else None,
-                    place,
-                )
-            except BaseException:  # a forked child must never return into the master's code
-                traceback.print_exc()
-            finally:
-                os._exit(code)
-        self.board.spawned(wid, pid, place, when)
-        self.place[pid] = place
-        self.born[pid] = time.monotonic()
-        if replacing:
-            self.incoming[pid] = wid
-            self.kill_by[pid] = (
-                time.monotonic() + self.config.worker_reload_mercy,
-                "did not accept within worker-reload-mercy",
-            )
-            log(f"spawned worker {wid} (pid {pid}) to replace pid {self.workers[wid]}")
-        else:
-            self.board.promote(wid, place)
-            self.workers[wid] = pid
-            self.by_pid[pid] = wid
-            log(f"spawned worker {wid} (pid {pid})")
+    def running(self) -> bool:
+        """Whether workers may be spawned and replaced: neither stopping nor reloading."""
+        return self.phase is Phase.RUNNING
 
-    def cannot_fork(self, wid: int, place: int, replacing: bool, exc: OSError) -> None:
-        """A worker could not be forked: the one it was to replace serves on, or it is respawned later."""
-        log(f"cannot fork worker {wid}: {exc.strerror}; next try in {RETRY_AFTER:g} s")
-        if replacing:
-            self.retry_at[wid] = time.monotonic() + RETRY_AFTER
-            self.wanted.setdefault(wid, "trying again to replace it")
-        else:
-            self.missing[wid] = (time.monotonic() + RETRY_AFTER, place)
+    def boot_failed(self) -> None:
+        """A worker failed to boot before any accepted: the app cannot serve, stop."""
+        self.exit_code = BOOT_ERROR
+        self.graceful_stop("boot failure")
+
+    def _serve_as_worker(self, wid: int, place: int) -> NoReturn:
+        """In the forked child: drop the master's descriptors and run the worker."""
+        code = 1
+        try:
+            assert self.wake is not None
+            self.wake.close()
+            os.close(self.life_w)
+            os.close(self.notify_r)
+            if self.retiring_pipe is not None:
+                os.close(self.retiring_pipe)
+            self.selector.close()
+            if self.stats is not None:
+                self.stats.sock.close()
+            # Counters are kept only when someone reads them (stats, harakiri): the request
+            # path stays lean otherwise.
+            keep = self.stats is not None or self.config.harakiri
+            board = self.board if keep else None
+            life, notify = self.life_r, self.notify_w
+            code = run_worker(
+                wid, self.app, self.listeners, self.config, life, notify, self.emperor_fd, board, place
+            )
+        except BaseException:  # a forked child must never return into the master's code
+            traceback.print_exc()
+        finally:
+            os._exit(code)
 
     # -- the loop --------------------------------------------------------------------------
     def run(self) -> int:
         """Run until stopped; returns the exit code."""
         self.start()
-        while self.state != "done":
+        while self.phase is not Phase.DONE:
             self.step()
         return self.exit_code
 
     def step(self) -> None:
-        """Wait for a signal or the next deadline, then act on it."""
+        """Wait for a signal or the next deadline, act on it, then on what the policies plan."""
         timeout = 1.0
         now = time.monotonic()
-        if self.state == STOPPING:
-            timeout = max(0.0, min(timeout, self.deadline - now))
+        if self.phase is Phase.STOPPING:
+            timeout = max(0.0, min(timeout, self.stop_deadline - now))
         elif self.config.harakiri:
-            timeout = min(timeout, self.next_harakiri())
+            soonest = supervision.next_harakiri(
+                self.children.table, self.readings(), self.config.harakiri, time.time()
+            )
+            timeout = min(timeout, soonest)
         for key, _ in self.selector.select(timeout):
-            if key.fd == self.wake_r:
-                self.pending += os.read(self.wake_r, 256)
-            elif key.fd == self.notify_r:
-                self.on_notices()
-            elif self.stats is not None and key.fd == self.stats.fileno():
-                self.stats.answer(self.document)
-            else:
-                self.on_emperor()
+            key.data()
         while self.pending:
             signum, self.pending = self.pending[0], self.pending[1:]
             if signals.has_effect(signals.MASTER, signum):
@@ -311,16 +255,102 @@ class Master:
             else:
                 log(signals.received(signals.MASTER, signum))
         self.reap()
-        if self.state == RELOADING:
-            self.reexec()
-        self.check_deadlines()
+        if self.phase is Phase.RELOADING:
+            assert self.wake is not None
+            stats = self.stats.listener if self.stats else None
+            children = [child.pid for child in self.children.workers()]
+            reexec(self.wake, self.pending, self.listeners, stats, self.life_w, children, self.start_cwd)
+        self.supervise()
+
+    def on_wake(self) -> None:
+        assert self.wake is not None
+        self.pending += self.wake.read()
+
+    def on_stats(self) -> None:
+        assert self.stats is not None
+        self.stats.answer(self.document)
 
     def document(self) -> dict[str, Any]:
         """The stats document of this master and its workers."""
-        return instance_document(
-            self.board, self.listeners, self.started, self.cpu, self.recent, self.state == RUNNING
-        )
+        running = self.running()
+        return instance_document(self.board, self.listeners, self.started, self.cpu, self.recent, running)
 
+    def supervise(self) -> None:
+        """Plan with each policy that applies now; its actions are carried out before the next one plans."""
+        config, now, running = self.config, time.monotonic(), self.running()
+        table, seats = self.children.table, self.children.seats
+        if config.harakiri and running:
+            grace = config.harakiri_graceful_timeout
+            self.act(supervision.harakiri(table, self.readings(), config.harakiri, grace, time.time()))
+        if self.touched and running:
+            self.act(supervision.touched(self.touched, {path: _mtime(path) for path in self.touched}))
+        if running and now >= self.next_periodic:
+            self.next_periodic = now + 1.0
+            if self.chain_touched:
+                mtimes = {path: _mtime(path) for path in self.chain_touched}
+                chaining = bool(self.children.chain) or self.children.chain_wait is not None
+                wids = [child.wid for child in having(table, Role.WORKER)]
+                self.act(supervision.chain_touched(self.chain_touched, mtimes, wids, chaining))
+            if config.max_worker_lifetime:
+                self.act(supervision.lifetimes(table, seats, config.max_worker_lifetime, now))
+            if config.evil_reload_on_rss:
+                self.act(supervision.memory(table, self.measure(), config.evil_reload_on_rss))
+            self.act(supervision.retries(seats, now))
+        self.act(supervision.deadlines(table, self.phase, self.stop_deadline, now))
+
+    def readings(self) -> dict[int, WorkerStats]:
+        """The scoreboard place of every process of this image that may be in a request, by pid."""
+        return {c.pid: self.board.read_place(c.wid, c.place) for c in having(self.children.table, *SERVING)}
+
+    def measure(self) -> dict[int, int]:
+        """The rss of every worker, by pid (none for one that exited meanwhile: it is reaped next)."""
+        rss = {}
+        for child in having(self.children.table, Role.WORKER):
+            try:
+                child.process = child.process or psutil.Process(child.pid)
+                rss[child.pid] = child.process.memory_info().rss
+            except psutil.Error:
+                continue
+        return rss
+
+    def act(self, actions: list[supervision.Action]) -> None:
+        """Carry out what a policy planned."""
+        for action in actions:
+            match action:
+                case supervision.Signal(pid, signum, line):
+                    if line:
+                        log(line)
+                    kill_quietly(pid, signum)
+                case supervision.Kill(pid, line, again):
+                    log(line)
+                    kill_quietly(pid, signal.SIGKILL)
+                    self.children.table[pid].kill_by, self.children.table[pid].sigkilled = again, True
+                case supervision.Harakiri(pid, wid, place, signum, line, kill_at):
+                    log(line)
+                    self.board.harakiri(wid, place)
+                    kill_quietly(pid, signum)
+                    self.children.table[pid].harakiri_kill = kill_at
+                case supervision.HarakiriKill(pid, again):
+                    kill_quietly(pid, signal.SIGKILL)
+                    self.children.table[pid].harakiri_kill = again
+                case supervision.StopDeadline(at):
+                    self.stop_deadline = at
+                case supervision.Replace(wid, why):
+                    self.children.replace(wid, why)
+                case supervision.Respawn(wid, place):
+                    self.children.seats[wid].respawn_place = None
+                    self.children.spawn(wid, place)
+                case supervision.Seen(path, mtime, chain):
+                    (self.chain_touched if chain else self.touched)[path] = mtime
+                case supervision.Reload(why):
+                    self.reload(why)
+                case supervision.StartChain(wids):
+                    self.children.chain = list(wids)
+                    self.children.advance_chain()
+                case supervision.Log(line):
+                    log(line)
+
+    # -- workers' notices ------------------------------------------------------------------
     def on_notices(self) -> None:
         """Workers' messages: one accepts now, or one is recycling and wants its replacement."""
         try:
@@ -329,74 +359,11 @@ class Master:
             return
         for kind, pid in NOTICE.iter_unpack(data[: len(data) // NOTICE.size * NOTICE.size]):
             if kind == NOTE_ACCEPTING:
-                self.on_accepting(pid)
+                self.children.on_accepting(pid)
             elif kind == NOTE_RECYCLING:
-                self.on_recycling(pid)
+                self.children.on_recycling(pid)
 
-    def on_recycling(self, pid: int) -> None:
-        """A worker asks to be recycled (it goes on serving until its replacement accepts)."""
-        wid = self.by_pid.get(pid)
-        if wid is not None and self.state == RUNNING:
-            self.replace(wid, "asked by the worker")
-
-    def replace(self, wid: int, why: str) -> None:
-        """Start a replacement for worker ``wid`` in its other place, now or as soon as it can be.
-
-        Not while one is incoming, nor while the process that last left that place is still
-        finishing (its counters are there), nor during the pause after a failed boot.
-        """
-        self.wanted[wid] = why
-        if self.state != RUNNING or wid not in self.workers or wid in self.incoming.values():
-            return
-        if wid in self.leaving.values() or time.monotonic() < self.retry_at.get(wid, 0.0):
-            return
-        del self.wanted[wid]
-        old = self.workers[wid]
-        log(f"worker {wid} (pid {old}): {why}; spawning its replacement")
-        self.spawn(wid, 1 - self.place[old], replacing=True)
-
-    def on_accepting(self, pid: int) -> None:
-        """A replacement accepts: it becomes the worker, and the old process may leave."""
-        self.accepted = True
-        self.kill_by.pop(pid, None)
-        wid = self.incoming.pop(pid, None)
-        if wid is None:
-            return
-        old = self.workers.get(wid)
-        self.wanted.pop(wid, None)  # asked for while this one was starting: it is the new process
-        self.board.promote(wid, self.place[pid])
-        self.workers[wid] = pid
-        self.by_pid[pid] = wid
-        if old is not None:
-            del self.by_pid[old]
-            self.leaving[old] = wid
-            self.kill_by[old] = (
-                time.monotonic() + self.config.worker_reload_mercy,
-                "still running past worker-reload-mercy",
-            )
-            log(f"worker {wid} (pid {pid}) accepts: retiring pid {old}")
-            kill_quietly(old, signal.SIGTERM)
-        if wid == self.chain_wait:
-            self.chain_wait = None
-            self.advance_chain()
-
-    def advance_chain(self) -> None:
-        """Chain reload: replace the next worker, once the previous replacement accepts."""
-        while self.chain and self.chain_wait is None and self.state == RUNNING:
-            wid = self.chain.pop(0)
-            if wid in self.workers:
-                self.chain_wait = wid
-                self.replace(wid, "chain reload")
-        if not self.chain and self.chain_wait is None:
-            log("chain reload: every worker replaced")
-
-    def abort_chain(self, why: str) -> None:
-        """Stop a chain reload: the workers not yet replaced keep running."""
-        if self.chain or self.chain_wait is not None:
-            log(f"chain reload stopped: {why}; {len(self.chain) + 1} worker(s) keep their old process")
-        self.chain = []
-        self.chain_wait = None
-
+    # -- signals ---------------------------------------------------------------------------
     def handle_chld(self) -> None:
         """Children changed state: reaped in ``reap`` after every step."""
 
@@ -406,43 +373,48 @@ class Master:
 
     def reload(self, why: str) -> None:
         """Start the probe of the new image; the workers serve on meanwhile (SIGHUP, touch, emperor)."""
-        if self.state != RUNNING:
-            log(f"{why}: no reload, the master is {self.state}")
+        if not self.running():
+            log(f"{why}: no reload, the master is {self.phase.value}")
             return
-        if self.probe is not None:
+        if self.probe() is not None:
             # The running probe may have read the old files: a failure is checked again.
             log(f"{why}: a reload is already being checked; it is checked again if that fails")
             self.probe_again = True
             return
+        deadline = time.monotonic() + self.config.worker_reload_mercy
         try:
-            self.probe = Probe(self.start_cwd, self.config.worker_reload_mercy, self.emperor_fd)
+            pid = start_probe(self.start_cwd, self.emperor_fd)
         except OSError as exc:  # fork failed: the user's process limit, a cgroup's pids.max
             self.refuse_reload(f"{why}: reload refused: cannot start the probe ({exc.strerror})")
             return
-        log(f"{why}: graceful reload, checking that the new image loads (probe pid {self.probe.pid})")
+        self.children.table[pid] = Child(pid, Role.PROBE, kill_by=deadline, kill_why=MERCY_PASSED)
+        log(f"{why}: graceful reload, checking that the new image loads (probe pid {pid})")
 
-    def on_probe_exit(self, how: str, code: int) -> None:
+    def probe(self) -> Child | None:
+        """The probe of the new image, while a reload waits for it."""
+        return next(iter(having(self.children.table, Role.PROBE)), None)
+
+    def on_probe_exit(self, probe: Child, how: str, code: int) -> None:
         """The probe is done: re-execute, or refuse the reload and serve on with the same workers."""
-        assert self.probe is not None
-        killed, self.probe = self.probe.killed, None
-        if self.state != RUNNING:
+        if not self.running():
             return
-        if code == 0 and not killed:
+        if code == 0 and not probe.sigkilled:
             log("the new image loads: re-executing")
-            self.state = RELOADING  # once every exited child is reaped
+            self.phase = Phase.RELOADING  # once every exited child is reaped
             return
         again, self.probe_again = self.probe_again, False
         if again:
             self.reload("a reload asked for meanwhile")
             return
         mercy = self.config.worker_reload_mercy
-        reason = f"it did not load within worker-reload-mercy ({mercy:g} s)" if killed else f"probe {how}"
+        late = f"it did not load within worker-reload-mercy ({mercy:g} s)"
+        reason = late if probe.sigkilled else f"probe {how}"
         self.refuse_reload(f"reload refused: the new image cannot start ({reason}, see above)")
 
     def refuse_reload(self, why: str) -> None:
         """Serve on with the same workers; a vassal tells its emperor the reload is over."""
         log(f"{why}; the workers serve on")
-        self._tell_emperor(bytes((MSG_ACCEPTING,)))
+        self._tell_emperor(MSG_ACCEPTING)
 
     def handle_term(self) -> None:
         """Graceful stop: workers finish their request and the queued ones, then exit."""
@@ -456,38 +428,32 @@ class Master:
         """Fast stop: kill the workers now."""
         log("SIGQUIT: fast stop, killing workers")
         self.cancel_probe()
-        for pid in self.children():
-            kill_quietly(pid, signal.SIGKILL)
-        self.state = STOPPING
-        self.deadline = time.monotonic() + 5
+        for child in self.children.workers():
+            kill_quietly(child.pid, signal.SIGKILL)
+        self.phase = Phase.STOPPING
+        self.stop_deadline = time.monotonic() + 5
 
     def graceful_stop(self, why: str) -> None:
         """Ask every worker to stop after its request; SIGKILL past worker-reload-mercy."""
-        if self.state == STOPPING:
+        if self.phase is Phase.STOPPING:
             return
         mercy = self.config.worker_reload_mercy
         log(f"{why}: graceful stop, workers have {mercy:g} s to finish")
         self.cancel_probe()
-        self.state = STOPPING
-        self.deadline = time.monotonic() + mercy
-        for pid in self.children():
-            kill_quietly(pid, signal.SIGTERM)
+        self.phase = Phase.STOPPING
+        self.stop_deadline = time.monotonic() + mercy
+        for child in self.children.workers():
+            kill_quietly(child.pid, signal.SIGTERM)
 
     def cancel_probe(self) -> None:
         """A stop while a reload is being checked: the probe is of no use any more."""
-        if self.probe is not None:
-            kill_quietly(self.probe.pid, signal.SIGKILL)
-            os.waitpid(self.probe.pid, 0)  # at once: nothing of this master may outlive its stop
-            self.probe = None
+        probe = self.probe()
+        if probe is not None:
+            kill_quietly(probe.pid, signal.SIGKILL)
+            os.waitpid(probe.pid, 0)  # at once: nothing of this master may outlive its stop
+            del self.children.table[probe.pid]
 
-    def serving(self) -> list[tuple[int, int]]:
-        """(pid, wid) of every process of this image that may be in a request."""
-        return [*self.by_pid.items(), *self.incoming.items(), *self.leaving.items()]
-
-    def children(self) -> list[int]:
-        """Every worker process: current, incoming, leaving and those of the previous image."""
-        return [*self.by_pid, *self.incoming, *self.leaving, *self.retiring]
-
+    # -- reaping ---------------------------------------------------------------------------
     def reap(self) -> None:
         """Collect every exited child; respawn workers that died while running."""
         while True:
@@ -499,231 +465,22 @@ class Master:
                 break
             how = describe_exit(status)
             code = os.waitstatus_to_exitcode(status)
-            if self.probe is not None and pid == self.probe.pid:
-                self.on_probe_exit(how, code)
-                continue
-            self.born.pop(pid, None)
-            self.kill_by.pop(pid, None)
-            self.measured.pop(pid, None)
-            self.harakiri_kills.pop(pid, None)
-            place = self.place.pop(pid, 0)
-            if pid in self.leaving:
-                wid = self.leaving.pop(pid)
-                log(f"worker {wid} (pid {pid}) recycled: {how}")
-                if wid in self.wanted:
-                    self.replace(wid, self.wanted[wid])  # it was waiting for this place to free up
-            elif pid in self.retiring:
-                self.retiring.discard(pid)
-                log(f"old worker (pid {pid}) {how}")
-            elif pid in self.incoming:
-                self.lost_replacement(self.incoming.pop(pid), pid, place, code, how)
-            elif pid in self.by_pid:
-                self.lost_worker(self.by_pid.pop(pid), pid, place, code, how)
-            else:
-                log(f"reaped unknown child (pid {pid}) {how}")
-        if self.state == STOPPING and not self.children():
+            child = self.children.table.pop(pid, None)
+            match child:
+                case None:
+                    log(f"reaped unknown child (pid {pid}) {how}")
+                case Child(role=Role.PROBE):
+                    self.on_probe_exit(child, how, code)
+                case Child(role=Role.LEAVING):
+                    self.children.left(child, how)
+                case Child(role=Role.RETIRING):
+                    log(f"old worker (pid {pid}) {how}")
+                case Child(role=Role.REPLACEMENT):
+                    self.children.lost_replacement(child, code, how)
+                case Child(role=Role.WORKER):
+                    self.children.lost_worker(child, code, how)
+        if self.phase is Phase.STOPPING and not self.children.workers():
             self.finish()
-
-    def lost_replacement(self, wid: int, pid: int, place: int, code: int, how: str) -> None:
-        """A replacement exited before it accepted: the worker it was to replace goes on serving."""
-        if self.state != RUNNING:
-            log(f"worker {wid}'s replacement (pid {pid}) {how}")
-            return
-        if code == BOOT_ERROR:
-            log(
-                f"worker {wid}'s replacement (pid {pid}) failed to boot (see above); pid "
-                f"{self.workers.get(wid, '-')} goes on serving; next try in {RETRY_AFTER:g} s"
-            )
-        else:
-            log(
-                f"worker {wid}'s replacement (pid {pid}) {how} before accepting; "
-                f"next try in {RETRY_AFTER:g} s"
-            )
-        self.retry_at[wid] = time.monotonic() + RETRY_AFTER
-        chained = wid == self.chain_wait
-        if chained:
-            self.abort_chain("a replacement did not start")
-        if wid not in self.workers:  # the worker it was to replace has left already: respawn later
-            self.missing[wid] = (self.retry_at[wid], place)
-        elif not chained:
-            self.wanted.setdefault(wid, "trying again to replace it")
-
-    def lost_worker(self, wid: int, pid: int, place: int, code: int, how: str) -> None:
-        """A worker exited on its own (crash, harakiri, SIGKILL): respawn it in its place."""
-        del self.workers[wid]
-        self.wanted.pop(wid, None)
-        if self.state != RUNNING:
-            log(f"worker {wid} (pid {pid}) {how}")
-            return
-        if wid in self.incoming.values():
-            # It left without waiting (reload-on-rss): its replacement takes over when it accepts.
-            log(f"worker {wid} (pid {pid}) recycled: {how}; its replacement is starting")
-            return
-        if code == BOOT_ERROR and not self.accepted:
-            log(f"worker {wid} (pid {pid}) failed to boot; stopping instead of respawning")
-            self.exit_code = BOOT_ERROR
-            self.graceful_stop("boot failure")
-            return
-        if code == BOOT_ERROR:
-            # lazy-apps with broken code on disk: the other workers go on; no respawn storm.
-            log(f"worker {wid} (pid {pid}) failed to boot (see above); next try in {RETRY_AFTER:g} s")
-            self.missing[wid] = (time.monotonic() + RETRY_AFTER, place)
-            if wid == self.chain_wait:
-                self.abort_chain("a respawned worker did not start")
-            return
-        log(f"worker {wid} (pid {pid}) died: {how}; respawning")
-        self.spawn(wid, place)
-        if wid == self.chain_wait:  # the respawn is a new process: this step of the chain is done
-            self.chain_wait = None
-            self.advance_chain()
-
-    def check_harakiri(self) -> None:
-        """Kill the workers whose request has run longer than harakiri seconds.
-
-        The log names the worker, its pid and the request, so the slow endpoint can be found.
-        With harakiri-graceful-timeout, SIGTERM first (the worker leaves after the request, if
-        it ends in time), then SIGKILL.
-        """
-        limit = self.config.harakiri
-        now = time.time()
-        for pid, wid in self.serving():
-            slot = self.board.read_place(wid, self.place[pid])
-            if pid in self.harakiri_kills:
-                if now >= self.harakiri_kills[pid]:
-                    kill_quietly(pid, signal.SIGKILL)
-                    self.harakiri_kills[pid] = now + 5
-                continue
-            # A request that began before this pid was spawned is its dead predecessor's.
-            if not slot.busy or slot.pid != pid or slot.since < slot.last_spawn or now - slot.since <= limit:
-                continue
-            since = time.strftime("%H:%M:%S", time.localtime(slot.since))
-            log(
-                f"HARAKIRI worker {wid} (pid {pid}): {printable(slot.current)} running since {since} "
-                f"({now - slot.since:.1f} s > harakiri {limit} s)"
-            )
-            self.board.harakiri(wid, self.place[pid])
-            grace = self.config.harakiri_graceful_timeout
-            kill_quietly(pid, signal.SIGTERM if grace else signal.SIGKILL)
-            self.harakiri_kills[pid] = now + grace
-
-    def next_harakiri(self) -> float:
-        """Seconds until the oldest running request reaches harakiri (at most 1), so kills are on time."""
-        now = time.time()
-        soonest = 1.0
-        for pid, wid in self.serving():
-            if pid in self.harakiri_kills:  # already killed: next comes its SIGKILL deadline
-                soonest = min(soonest, self.harakiri_kills[pid] - now)
-                continue
-            slot = self.board.read_place(wid, self.place[pid])
-            if slot.busy and slot.pid == pid and slot.since >= slot.last_spawn:
-                soonest = min(soonest, slot.since + self.config.harakiri - now + 0.01)
-        return max(0.01, soonest)
-
-    def check_touched(self) -> None:
-        """touch-reload: a watched file whose mtime changed triggers a graceful reload."""
-        for path, seen in self.touched.items():
-            mtime = _mtime(path)
-            if mtime != seen:
-                self.touched[path] = mtime  # a refused reload is tried again on the next touch
-                self.reload(f"{path} was touched")
-                return
-
-    def check_chain_touched(self) -> None:
-        """touch-chain-reload: a watched file whose mtime changed starts a chain reload."""
-        for path, seen in self.chain_touched.items():
-            now = _mtime(path)
-            if now == seen:
-                continue
-            self.chain_touched[path] = now
-            if now is None:
-                continue  # removed: nothing to reload
-            if self.chain or self.chain_wait is not None:
-                log(f"{path} was touched: a chain reload is already running, it goes on")
-                return
-            log(f"{path} was touched: chain reload, one worker at a time")
-            self.chain = sorted(self.workers)
-            self.advance_chain()
-            return
-
-    def check_lifetimes(self) -> None:
-        """max-worker-lifetime: replace a worker that has run that long, one at a time.
-
-        Workers started together reach the limit together; replacing them one by one keeps
-        all but one accepting meanwhile.
-        """
-        if self.incoming or self.wanted:
-            return
-        limit = self.config.max_worker_lifetime
-        now = time.monotonic()
-        ages = {wid: now - self.born.get(pid, now) for wid, pid in self.workers.items()}
-        oldest = max(ages, key=ages.__getitem__, default=None)
-        if oldest is not None and ages[oldest] > limit:
-            age = ages[oldest]
-            self.replace(oldest, f"lifetime reached after {age:.0f} s (max-worker-lifetime {limit:g} s)")
-
-    def check_retries(self) -> None:
-        """Respawn workers whose boot failed, and start the replacements that had to wait."""
-        now = time.monotonic()
-        for wid, (at, place) in list(self.missing.items()):
-            if now >= at:
-                del self.missing[wid]
-                self.spawn(wid, place)
-        for wid, why in list(self.wanted.items()):
-            self.replace(wid, why)
-
-    def check_memory(self) -> None:
-        """evil-reload-on-rss: SIGKILL a worker over the limit, even mid-request."""
-        limit = self.config.evil_reload_on_rss * MB
-        for wid, pid in list(self.workers.items()):
-            try:
-                proc = self.measured.get(pid) or self.measured.setdefault(pid, psutil.Process(pid))
-                rss = proc.memory_info().rss
-            except psutil.Error:
-                continue  # exited meanwhile: reaped in the next step
-            if rss > limit:
-                log(
-                    f"EVIL RELOAD worker {wid} (pid {pid}): rss {rss / MB:.1f} MB > evil-reload-on-rss "
-                    f"{self.config.evil_reload_on_rss} MB: SIGKILL"
-                )
-                kill_quietly(pid, signal.SIGKILL)
-
-    def check_deadlines(self) -> None:
-        """Escalate to SIGKILL for workers past their mercy; enforce harakiri and touch-reload."""
-        if self.config.harakiri and self.state == RUNNING:
-            self.check_harakiri()
-        if self.touched and self.state == RUNNING:
-            self.check_touched()
-        now = time.monotonic()
-        if self.state == RUNNING and now >= self.next_periodic:
-            self.next_periodic = now + 1.0
-            if self.chain_touched:
-                self.check_chain_touched()
-            if self.config.max_worker_lifetime:
-                self.check_lifetimes()
-            if self.config.evil_reload_on_rss:
-                self.check_memory()
-            if self.missing or self.wanted:
-                self.check_retries()
-        if self.state == STOPPING and now >= self.deadline:
-            for pid in self.children():
-                log(f"worker (pid {pid}) still running past the deadline: SIGKILL")
-                kill_quietly(pid, signal.SIGKILL)
-            self.deadline = now + 5
-        for pid, (by, what) in list(self.kill_by.items()):
-            if now >= by:
-                role = "replacement" if pid in self.incoming else "replaced worker"
-                log(f"{role} (pid {pid}) {what}: SIGKILL")
-                kill_quietly(pid, signal.SIGKILL)
-                self.kill_by[pid] = (now + 5, what)
-        if self.probe is not None and now >= self.probe.deadline and not self.probe.killed:
-            log(f"reload probe (pid {self.probe.pid}) still running past worker-reload-mercy: SIGKILL")
-            self.probe.killed = True
-            kill_quietly(self.probe.pid, signal.SIGKILL)
-        if self.retiring and now >= self.retire_deadline:
-            for pid in self.retiring:
-                log(f"old worker (pid {pid}) still running past worker-reload-mercy: SIGKILL")
-                kill_quietly(pid, signal.SIGKILL)
-            self.retire_deadline = now + 5
 
     def finish(self) -> None:
         """Everything has exited: remove the socket files and the pidfile."""
@@ -731,115 +488,7 @@ class Master:
         if self.stats is not None:
             self.stats.close()
         log("master stopped")
-        self.state = "done"
-
-    def reexec(self) -> None:
-        """Replace this process with a fresh binserve that inherits the sockets and the workers."""
-        signals.block(signals.MASTER)
-        # Signals already turned into bytes would die with the pipe on exec: make them pending
-        # again (blocked, so they wait for the new image's handlers).
-        try:
-            self.pending += os.read(self.wake_r, 256)
-        except BlockingIOError:
-            pass
-        for signum in set(self.pending) - {signal.SIGCHLD}:
-            signal.raise_signal(signum)
-        hand_over(self.listeners)
-        hand_over([self.stats.listener] if self.stats else [], STATS_INHERIT_ENV)
-        os.set_inheritable(self.life_w, True)
-        # Workers of an earlier image still finishing are handed on too, so the next image
-        # keeps their deadline and reaps them.
-        pids = ",".join(map(str, self.children()))
-        os.environ[RETIRING_ENV] = f"{self.life_w}:{pids}"
-        os.chdir(self.start_cwd)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        signal.set_wakeup_fd(-1)
-        os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
-
-
-class Probe:
-    """The new image, run up to loading its config and app, binding and writing nothing.
-
-    The same command line as the re-execution, from the same directory, as the same user:
-    what it cannot read or import, the new image could not either. Its stderr is the
-    master's log, where it says why it failed.
-    """
-
-    def __init__(self, cwd: str, mercy: float, emperor_fd: int | None) -> None:
-        self.deadline = time.monotonic() + mercy
-        self.killed = False
-        argv = [sys.executable, *sys.orig_argv[1:]]
-        # Not the emperor's channel: what the probe's app does at import must not reach it.
-        env = {key: value for key, value in os.environ.items() if key != EMPEROR_FD_ENV}
-        env[PROBE_ENV] = "1"
-        sys.stdout.flush()
-        sys.stderr.flush()
-        master = os.getpid()
-        self.pid = os.fork()  # the child gets the default signal dispositions back (signals.py)
-        if self.pid == 0:
-            try:
-                # A dead master no longer kills a probe past its mercy: the kernel does then.
-                signals.die_with_parent(signal.SIGKILL)
-                if os.getppid() != master:
-                    os._exit(127)  # the master died before the line above
-                if emperor_fd is not None:
-                    os.close(emperor_fd)
-                os.chdir(cwd)
-                os.execve(argv[0], argv, env)
-            except OSError as exc:
-                log(f"reload probe: cannot run {argv[0]}: {exc.strerror}")
-            os._exit(127)
-
-
-def abandon_reload(mercy: float) -> None:
-    """After a reload whose new image cannot load the app: stop the old workers gracefully.
-
-    They finish the requests they hold (up to ``mercy`` seconds); the caller then exits, and
-    the sockets and pidfile are removed as on any stop.
-    """
-    previous = _previous_image()
-    if not previous:
-        return
-    pipe, retiring = previous
-    os.close(pipe)
-    for pid in retiring:
-        kill_quietly(pid, signal.SIGTERM)
-    deadline = time.monotonic() + mercy
-    while retiring and time.monotonic() < deadline:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid:
-            retiring.discard(pid)
-        else:
-            time.sleep(0.05)
-    for pid in retiring:
-        kill_quietly(pid, signal.SIGKILL)
-
-
-def emperor_fd_from_env() -> int | None:
-    """The socket to the emperor when running as a vassal (``UWSGI_EMPEROR_FD``, kept for reloads)."""
-    value = os.environ.get(EMPEROR_FD_ENV)
-    if not value or not value.isdigit():
-        return None
-    fd = int(value)
-    try:
-        os.set_blocking(fd, False)
-    except OSError:
-        log(f"{EMPEROR_FD_ENV}={value} is not an open descriptor: running without the emperor")
-        return None
-    return fd
-
-
-def _previous_image() -> tuple[int, set[int]] | None:
-    """The life pipe and worker pids a reloading image handed over, if this is a reload."""
-    spec = os.environ.pop(RETIRING_ENV, "")
-    if not spec:
-        return None
-    fd, _, pids = spec.partition(":")
-    return int(fd), {int(p) for p in pids.split(",") if p}
+        self.phase = Phase.DONE
 
 
 def _mtime(path: str) -> float | None:
@@ -848,11 +497,3 @@ def _mtime(path: str) -> float | None:
         return os.stat(path).st_mtime
     except OSError:
         return None
-
-
-def kill_quietly(pid: int, signum: int) -> None:
-    """Signal ``pid``; one that has already exited is not an error."""
-    try:
-        os.kill(pid, signum)
-    except ProcessLookupError:
-        pass

@@ -81,7 +81,7 @@ EMPEROR: Table = {
 _installed: Table | None = None  # the table this process installed, reset in forked children
 _forking_own = False  # a master forking its worker: the child installs its own table
 _held: set[int | signal.Signals] | None = None  # the forking thread's mask while the app forks
-_early: tuple[int, int] | None = None  # the start's wakeup pipe, until a role's table takes it over
+_early: WakePipe | None = None  # the start's wakeup pipe, until a role's table takes it over
 _listening: list[int] = []  # the listening sockets: no process the app forks may hold them
 
 
@@ -130,9 +130,7 @@ def hold_without_meaning() -> None:
     held = signal.pthread_sigmask(signal.SIG_BLOCK, [])
     waiting = {signum for signum in caught(MASTER) if signum in held} | {signal.SIGHUP}
     table = {**_COMMON, **{signum: MASTER[signum] for signum in (*waiting, *STOPS)}}
-    read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    install(table, write_end)
-    _early = read_end, write_end
+    _early = WakePipe(table)
     for signum in STOPS:
         if signum not in waiting:
             signal.signal(signum, _stop_while_starting)
@@ -179,12 +177,38 @@ def _pass_on(wake_w: int) -> None:
     """What was caught before the role's table: into its wakeup pipe, for its loop to act on."""
     global _early
     assert _early is not None
-    read_end, write_end = _early
-    _early = None
-    os.close(write_end)
-    with open(read_end, "rb", buffering=0) as pipe:
-        while data := pipe.read(4096):
-            os.write(wake_w, data)
+    early, _early = _early, None
+    while data := early.read():
+        os.write(wake_w, data)
+    early.close()
+
+
+class WakePipe:
+    """The pipe a role's loop waits on: ``signal.set_wakeup_fd`` writes each caught signal's number.
+
+    Made by installing ``table``; non-blocking, so a loop woken for nothing reads nothing,
+    and close-on-exec, so no program the app executes can write into it.
+    """
+
+    def __init__(self, table: Table) -> None:
+        self.read_end, self.write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        install(table, self.write_end)
+
+    def fileno(self) -> int:
+        """The end to wait on (selectors and poll take the object itself)."""
+        return self.read_end
+
+    def read(self) -> bytes:
+        """The signal numbers caught since the last read, oldest first."""
+        try:
+            return os.read(self.read_end, 256)
+        except BlockingIOError:
+            return b""
+
+    def close(self) -> None:
+        """Close both ends: the start's pipe once passed on, the master's in a forked worker."""
+        os.close(self.read_end)
+        os.close(self.write_end)
 
 
 def listening(fds: list[int]) -> None:
@@ -223,6 +247,14 @@ def die_with_parent(signum: int) -> None:
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signum)
 
 
+def kill_quietly(pid: int, signum: int) -> None:
+    """Signal ``pid``; one that has already exited is not an error."""
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
 def wake_only(signum: int, frame: object) -> None:
     """The handler of every caught signal: the wakeup fd already woke the loop."""
 
@@ -255,8 +287,7 @@ def _reset_in_child() -> None:
     """In a child forked by the app: no wakeup pipe, default dispositions, nothing blocked."""
     global _installed, _forking_own, _held, _early
     if _early is not None:
-        os.close(_early[0])
-        os.close(_early[1])
+        _early.close()
         _early = None
     if _forking_own:
         _forking_own = False  # this worker's own forks (a lazy app's import may fork) are the app's

@@ -41,13 +41,12 @@ from .core import Core
 from .log import log
 from .scoreboard import Scoreboard, Slot
 from .sockets import Listener
+from .vassal_link import MSG_LOYAL
 
 RECYCLED = 17  # exit code of a recycled worker (uWSGI's reload code)
 BOOT_ERROR = 3  # exit code of a worker that cannot start: the master stops instead of respawning
 
 STOPPING = (signal.SIGTERM, signal.SIGINT)
-# Vassal -> emperor messages of uWSGI's emperor protocol (one byte each).
-MSG_SPAWNED, MSG_ACCEPTING, MSG_LOYAL = 1, 5, 17
 # Worker -> master messages on the notify pipe: (kind, pid), one atomic write each.
 NOTICE = struct.Struct("=Bxxxi")
 NOTE_ACCEPTING, NOTE_RECYCLING = 1, 2
@@ -98,14 +97,13 @@ class Worker:
         self.recycling = ""  # why this worker asked to be replaced, once it has
         self.over_memory = False  # over reload-on-rss: it stopped accepting at once
         self.lock = threading.Lock()
-        self.wake_r = self.wake_w = -1
+        self.wake: signals.WakePipe | None = None
         self.stop_r = self.stop_w = -1  # closing stop_w wakes every core
         self.cores: list[Core] = []
 
     def run(self) -> int:
         """Serve until told to stop; returns the exit code."""
-        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        signals.install(signals.WORKER, self.wake_w)
+        self.wake = wake = signals.WakePipe(signals.WORKER)
         # "At once": the loop may be held by the app for a whole request; the handler is not.
         signal.signal(signal.SIGQUIT, _quit_at_once)
         # The master blocked its signals across fork; the worker's handlers are now in place.
@@ -114,13 +112,13 @@ class Worker:
         if self.config.threads == 1:
             core = Core(self, self._slot(0))
             self.cores = cores = [core]
-            core.watch(self.wake_r, self._on_signals)
+            core.watch(wake.fileno(), self._on_signals)
             core.watch(self.stop_r, functools.partial(core.unwatch, self.stop_r))
             self._watch_master()
             self._notify(NOTE_ACCEPTING)
             core.run()
         else:
-            cores = self._run_threads()
+            cores = self._run_threads(wake)
         if self.orphaned:
             return 0
         if self.over_memory:
@@ -128,14 +126,14 @@ class Worker:
         # What is queued is served before leaving: on a stop nobody else may take it.
         for core in cores:
             if self.config.threads > 1:
-                core.watch(self.wake_r, self._on_signals)  # SIGQUIT still works while draining
+                core.watch(wake.fileno(), self._on_signals)  # SIGQUIT still works while draining
             core.drain_backlog()
         return RECYCLED if self.recycling else 0
 
     def _slot(self, core: int) -> Slot | None:
         return self.board.slot(self.wid, core, self.place) if self.board else None
 
-    def _run_threads(self) -> list[Core]:
+    def _run_threads(self, wake: signals.WakePipe) -> list[Core]:
         """``threads`` cores in threads; this thread handles signals until they are all done."""
         cores = self.cores
         for n in range(self.config.threads):
@@ -153,12 +151,12 @@ class Worker:
             thread.start()
         self._notify(NOTE_ACCEPTING)
         poller = select.poll()
-        for fd in (self.wake_r, done_r):
+        for fd in (wake.fileno(), done_r):
             poller.register(fd, select.POLLIN)
         finished = 0
         while finished < len(threads):
             for fd, _ in poller.poll():
-                if fd == self.wake_r:
+                if fd == wake.fileno():
                     self._on_signals()
                 else:
                     finished += len(os.read(done_r, 64))
@@ -167,7 +165,8 @@ class Worker:
         return cores
 
     def _on_signals(self) -> None:
-        for signum in os.read(self.wake_r, 64):
+        assert self.wake is not None
+        for signum in self.wake.read():
             if signum in STOPPING:
                 self.stop_accepting()
             elif signum == signal.SIGHUP:

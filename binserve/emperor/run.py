@@ -21,19 +21,23 @@ from typing import Any
 from .. import safefile, signals
 from ..config import Config
 from ..log import log
-from ..master import EMPEROR_FD_ENV, kill_quietly
+from ..signals import kill_quietly
 from ..sockets import SocketError
 from ..stats import StatsServer, bind_stats
-from ..worker import MSG_ACCEPTING, MSG_LOYAL, MSG_SPAWNED
+from ..vassal_link import (
+    CMD_GRACEFUL_STOP,
+    CMD_RELOAD,
+    EMPEROR_FD_ENV,
+    MSG_ACCEPTING,
+    MSG_LOYAL,
+    MSG_SPAWNED,
+    MSG_VOLUNTARY,
+)
 from .plan import Action, Reload, Spawn, Stop, Vassal, VassalFile, after_death, overdue, plan, wake_timeout
 from .probe import PROBE_OUTPUT, PROBE_SECONDS, Probe, probe_child, reaped
 from .spawn import command_line, die_with_parent, environment, identity, kill_group, warn_if_replaceable
 from .status import default_state_path, state_document, stats_document
 from .watch import DirectoryWatch, FileKey, scan
-
-MSG_VOLUNTARY = 22  # a vassal asking to be stopped (uWSGI's die-on-idle)
-# Emperor -> vassal bytes.
-CMD_STOP, CMD_RELOAD, CMD_GRACEFUL_STOP = b"\x00", b"\x01", b"\x02"
 
 USAGE_ERROR = 2  # as the command's: the emperor's own configuration cannot work
 
@@ -52,7 +56,6 @@ class Emperor:
         self.stopping = False
         self.deadline = 0.0
         self.selector = selectors.DefaultSelector()
-        self.wake_r = self.wake_w = -1
         self.last_problems: set[str] = set()
         self.next_scan = 0.0
         self.dirty = True
@@ -74,10 +77,9 @@ class Emperor:
                 listener, self.config.stats_format, self.config.stats_http, self.config.uwsgi_allow_from
             )
             self.selector.register(self.stats.sock, selectors.EVENT_READ, self.stats)
-        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        signals.install(signals.EMPEROR, self.wake_w)
+        wake = signals.WakePipe(signals.EMPEROR)
         signals.unblock(signals.EMPEROR)  # those that arrived during the start are logged now
-        self.selector.register(self.wake_r, selectors.EVENT_READ, None)
+        self.selector.register(wake, selectors.EVENT_READ, wake)
         self.watch = DirectoryWatch(self.patterns)
         if self.watch.fd is not None:
             self.selector.register(self.watch.fd, selectors.EVENT_READ, self.watch)
@@ -118,8 +120,8 @@ class Emperor:
         deadlines = [p.deadline for p in self.probes.values()]
         timeout = wake_timeout(time.monotonic(), self.stopping, self.deadline, self.next_scan, deadlines)
         for key, _ in self.selector.select(timeout):
-            if key.data is None:
-                for signum in os.read(self.wake_r, 256):
+            if isinstance(key.data, signals.WakePipe):
+                for signum in key.data.read():
                     self._on_signal(signum)
             elif key.data is self.stats:
                 self.stats.answer(self._stats_document)
@@ -320,7 +322,7 @@ class Emperor:
 
     def _stop(self, vassal: Vassal) -> None:
         if vassal.state == "stopping":
-            return  # asked again (a vassal repeating message 22): the first deadline stands
+            return  # asked again (a vassal repeating MSG_VOLUNTARY): the first deadline stands
         vassal.state = "stopping"
         vassal.stop_deadline = time.monotonic() + self.config.worker_reload_mercy
         self._command(vassal, CMD_GRACEFUL_STOP, signal.SIGTERM)

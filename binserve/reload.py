@@ -1,0 +1,128 @@
+"""The master's graceful reload, across two images of the program: probe, re-execute, adopt.
+
+A reload first runs a probe of the new image (the same command line, loading the config and
+the app, binding nothing): what it cannot read or import, the new image could not either, and
+the reload is refused while the workers serve on. Otherwise the master re-executes itself with
+the listening sockets inherited, so the new code is loaded fresh while the old workers finish
+their requests; connections that arrive meanwhile wait in the listen backlog. The old image
+hands the new one its workers' pids and the write end of their life pipe in the environment:
+the new master adopts them as retiring, closes the pipe (they finish their requests and
+exit), and reaps them. A new image that cannot start lets them finish before it exits.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterable
+from typing import NoReturn
+
+from . import signals
+from .log import log
+from .signals import kill_quietly
+from .sockets import Listener, hand_over
+from .stats import STATS_INHERIT_ENV
+from .vassal_link import EMPEROR_FD_ENV
+
+RETIRING_ENV = "_BINSERVE_RETIRING"
+PROBE_ENV = "_BINSERVE_PROBE"  # the command line loads the config and the app, then exits
+
+
+def start_probe(cwd: str, emperor_fd: int | None) -> int:
+    """Fork the probe of the new image; its pid. Raises OSError when it cannot be forked.
+
+    The same command line as the re-execution, from the same directory, as the same user.
+    Its stderr is the master's log, where it says why it failed.
+    """
+    argv = [sys.executable, *sys.orig_argv[1:]]
+    # Not the emperor's channel: what the probe's app does at import must not reach it.
+    env = {key: value for key, value in os.environ.items() if key != EMPEROR_FD_ENV}
+    env[PROBE_ENV] = "1"
+    sys.stdout.flush()
+    sys.stderr.flush()
+    master = os.getpid()
+    pid = os.fork()  # the child gets the default signal dispositions back (signals.py)
+    if pid == 0:
+        try:
+            # A dead master no longer kills a probe past its mercy: the kernel does then.
+            signals.die_with_parent(signal.SIGKILL)
+            if os.getppid() != master:
+                os._exit(127)  # the master died before the line above
+            if emperor_fd is not None:
+                os.close(emperor_fd)
+            os.chdir(cwd)
+            os.execve(argv[0], argv, env)
+        except OSError as exc:
+            log(f"reload probe: cannot run {argv[0]}: {exc.strerror}")
+        os._exit(127)
+    return pid
+
+
+def reexec(
+    wake: signals.WakePipe,
+    pending: bytes,
+    listeners: list[Listener],
+    stats: Listener | None,
+    life_w: int,
+    workers: Iterable[int],
+    cwd: str,
+) -> NoReturn:
+    """Replace this process with a fresh binserve that inherits the sockets and the ``workers``.
+
+    ``pending``: signal numbers read from ``wake`` and not handled yet.
+    """
+    signals.block(signals.MASTER)
+    # Signals already turned into bytes would die with the pipe on exec: make them pending
+    # again (blocked, so they wait for the new image's handlers).
+    pending += wake.read()
+    for signum in set(pending) - {signal.SIGCHLD}:
+        signal.raise_signal(signum)
+    hand_over(listeners)
+    hand_over([stats] if stats else [], STATS_INHERIT_ENV)
+    os.set_inheritable(life_w, True)
+    # Workers of an earlier image still finishing are handed on too, so the next image
+    # keeps their deadline and reaps them.
+    os.environ[RETIRING_ENV] = f"{life_w}:{','.join(map(str, workers))}"
+    os.chdir(cwd)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    signal.set_wakeup_fd(-1)
+    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+
+
+def previous_image() -> tuple[int, set[int]] | None:
+    """The life pipe and worker pids a reloading image handed over, if this is a reload."""
+    spec = os.environ.pop(RETIRING_ENV, "")
+    if not spec:
+        return None
+    fd, _, pids = spec.partition(":")
+    return int(fd), {int(p) for p in pids.split(",") if p}
+
+
+def abandon_reload(mercy: float) -> None:
+    """After a reload whose new image cannot load the app: stop the old workers gracefully.
+
+    They finish the requests they hold (up to ``mercy`` seconds); the caller then exits, and
+    the sockets and pidfile are removed as on any stop.
+    """
+    previous = previous_image()
+    if not previous:
+        return
+    pipe, retiring = previous
+    os.close(pipe)
+    for pid in retiring:
+        kill_quietly(pid, signal.SIGTERM)
+    deadline = time.monotonic() + mercy
+    while retiring and time.monotonic() < deadline:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid:
+            retiring.discard(pid)
+        else:
+            time.sleep(0.05)
+    for pid in retiring:
+        kill_quietly(pid, signal.SIGKILL)
