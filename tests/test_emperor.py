@@ -29,7 +29,7 @@ from binserve.config import load
 from binserve.emperor import Emperor
 from binserve.emperor.plan import Wait, plan
 from binserve.emperor.watch import scan
-from binserve.testing import EmperorProcess, Nginx, alive, location, ping, request, wait_for
+from binserve.testing import EmperorProcess, Nginx, alive, executable, location, ping, request, wait_for
 from binserve.testing.emperor import leftovers
 
 from support import APPS, reachable_prefix, system_users
@@ -572,17 +572,16 @@ def test_emperor_stats_list_vassals_and_binserve_top_drills_into_one(
     emp.wait_serving("a", sock)
     wait_for(stats.exists, 10, "the emperor's stats socket")
     rows: list[str] = []
+    top = executable("binserve-top")
 
     def vassal_row() -> bool:
-        out = subprocess.run(["binserve-top", str(stats), "--once"], capture_output=True, text=True)
+        out = subprocess.run([top, str(stats), "--once"], capture_output=True, text=True)
         rows[:] = [line for line in out.stdout.splitlines() if line.startswith("a.ini")]
         return bool(rows) and "running" in rows[0]
 
     wait_for(vassal_row, 10, "a.ini running in the emperor's stats")
     assert str(emp.master("a")) in rows[0].split() and str(tmp_path / "a.stats") in rows[0]
-    out = subprocess.run(
-        ["binserve-top", str(tmp_path / "a.stats"), "--once"], capture_output=True, text=True
-    )
+    out = subprocess.run([top, str(tmp_path / "a.stats"), "--once"], capture_output=True, text=True)
     workers = [line.split() for line in out.stdout.splitlines() if line[:2] in ("1 ", "2 ")]
     assert {int(w[1]) for w in workers} == emp.workers("a"), out.stdout
 

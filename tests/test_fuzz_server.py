@@ -467,7 +467,7 @@ def test_fuzzed_packets_never_kill_a_worker(
 def _safe_exchange(path: str, packet: bytes) -> bytes | str:
     """The answer, or a string saying why there was none (a hang or a connection error)."""
     try:
-        return exchange(path, packet, half_close=True)
+        return exchange(path, packet, half_close=True, reset_ends=True)
     except OSError as exc:  # TimeoutError: no answer in time
         return f"no answer: {type(exc).__name__}: {exc}"
 

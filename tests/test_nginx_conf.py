@@ -29,6 +29,7 @@ TEMPLATES = sorted(CONF_DIR.glob("*.conf.template"))
 INCLUDED = {"uwsgi_params"}  # loaded by nginx through the templates' include, checked below
 UNITS = {"binserve-emperor.service"}  # systemd units: checked by test_emperor_unit
 DOCS = {"README.md"}
+PACKAGE = {"__init__.py", "__pycache__"}  # what makes the folder installable as binserve.nginx_conf
 PLACEHOLDER = re.compile(r"\$\{(\w+)\}")
 
 ENVIRON_APP = (APPS / "nginx_conf_environ.py").read_text()
@@ -104,7 +105,7 @@ def test_every_file_is_loaded() -> None:
     unloaded = [
         path.name
         for path in sorted(CONF_DIR.iterdir())
-        if path not in TEMPLATES and path.name not in INCLUDED | UNITS | DOCS
+        if path not in TEMPLATES and path.name not in INCLUDED | UNITS | DOCS | PACKAGE
     ]
     assert not unloaded, (
         f"no test loads nginx_conf/{', nginx_conf/'.join(unloaded)}: name a site template *.conf.template "

@@ -82,6 +82,8 @@ def test_max_requests_with_one_process_serves_every_request_and_retires_after_th
         assert [status for status, _, _ in answers] == [200] * 20
         served_by |= {int(body) for _, _, body in answers}
     assert len(served_by) >= 3, f"only {len(served_by)} distinct workers served in 30 s"
+    # Each asked for its replacement at its fifth request, however long the replacement took.
+    assert server.log().count("5 requests served (max-requests 5)") >= 2, server.log()
     # Every worker that asked for its replacement exits once that replacement accepts.
     wait_for(
         lambda: (

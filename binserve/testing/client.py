@@ -165,13 +165,17 @@ def read_all(sock: socket.socket) -> bytes:
     return b"".join(chunks)
 
 
-def exchange(address: Address, data: bytes, timeout: float = 10.0, half_close: bool = False) -> bytes:
+def exchange(
+    address: Address, data: bytes, timeout: float = 10.0, half_close: bool = False, reset_ends: bool = False
+) -> bytes:
     """Send raw ``data`` and return every byte the server answers until it closes.
 
     Sending and reading interleave, so a server that answers before it has read everything (a
-    refused packet, bytes past CONTENT_LENGTH) never deadlocks the client, and a reset ends the
-    answer (Linux resets a close that leaves bytes unread). ``half_close`` shuts the sending side
-    down after ``data``, which nginx never does. ``timeout`` bounds the whole exchange.
+    refused packet, bytes past CONTENT_LENGTH) never deadlocks the client. A reset raises
+    ``ConnectionResetError``; with ``reset_ends`` it ends the answer instead, for a test that
+    sends what the server refuses (Linux resets a close that leaves bytes unread).
+    ``half_close`` shuts the sending side down after ``data``, which nginx never does.
+    ``timeout`` bounds the whole exchange.
     """
     deadline = time.monotonic() + timeout
     with connect(address, timeout) as sock:
@@ -204,7 +208,9 @@ def exchange(address: Address, data: bytes, timeout: float = 10.0, half_close: b
                 except BlockingIOError:
                     continue
                 except ConnectionResetError:
-                    return b"".join(received)
+                    if reset_ends:
+                        return b"".join(received)
+                    raise
                 if not chunk:
                     return b"".join(received)
                 received.append(chunk)

@@ -12,7 +12,7 @@ from typing import Any
 
 from binserve.emperor.status import RUN_DIR, STATE_NAME, tyrant_state_path
 from binserve.testing.client import ping
-from binserve.testing.processes import Process, children, wait_for
+from binserve.testing.processes import Process, children, running, wait_for
 
 # Seconds a vassal's workers get to finish before they are killed on a reload: short, so tests are.
 MERCY = "5"
@@ -20,8 +20,7 @@ MERCY = "5"
 
 def leftovers(vassals: Path) -> str:
     """Processes still running a vassal file of this directory."""
-    out = subprocess.run(["pgrep", "-af", f"binserve --ini {vassals}/"], capture_output=True, text=True)
-    return out.stdout.strip()
+    return "\n".join(running(f"binserve --ini {vassals}/"))
 
 
 def remove_run_state(path: Path) -> None:

@@ -5,7 +5,6 @@ Opt in from a conftest.py: ``pytest_plugins = ["binserve.testing.plugin"]``.
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ from typing import Any
 import pytest
 
 from binserve.testing.emperor import EmperorProcess
-from binserve.testing.processes import Nginx, Server, wait_for
+from binserve.testing.processes import Nginx, Server, running, wait_for
 
 
 @pytest.fixture
@@ -32,9 +31,8 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., Server]]:
     yield start
     for server in started:
         server.stop()
-    pattern = f"binserve --socket {tmp_path}"
-    leftovers = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True)
-    assert not leftovers.stdout.strip(), f"binserve processes left behind: {leftovers.stdout}"
+    leftovers = running(f"binserve --socket {tmp_path}")
+    assert not leftovers, "binserve processes left behind:\n" + "\n".join(leftovers)
 
 
 @pytest.fixture

@@ -20,38 +20,52 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from importlib import resources
 from pathlib import Path
+
+import psutil
 
 from binserve.testing.client import Address, Headers, Response, ping, request
 
 # Taken once: a test may point sys.executable at a wrapper, the tools stay next to the interpreter.
 BIN_DIR = Path(sys.executable).parent
-REPO = Path(__file__).resolve().parent.parent.parent
 DEBIAN_NGINX = Path("/usr/sbin/nginx")
 
 
 def executable(name: str) -> str:
-    """The program ``name`` installed next to this interpreter (binserve, uwsgi, uwsgitop, binserve-top).
+    """The program ``name`` installed next to this interpreter (``binserve``, ``binserve-top``...).
 
     Never PATH: the tools of this environment are the ones installed with the code under test.
     """
     path = BIN_DIR / name
     if not path.exists():
-        raise FileNotFoundError(
-            f"{name} is not installed next to {sys.executable}: pip install 'binserve[test]'"
-        )
+        raise FileNotFoundError(f"{name} is not installed next to {sys.executable}: pip install it there")
     return str(path)
 
 
 def nginx_executable() -> str:
     """Debian's nginx, else one installed next to this interpreter."""
-    return str(DEBIAN_NGINX) if DEBIAN_NGINX.exists() else executable("nginx")
+    if DEBIAN_NGINX.exists():
+        return str(DEBIAN_NGINX)
+    if (BIN_DIR / "nginx").exists():
+        return str(BIN_DIR / "nginx")
+    raise FileNotFoundError(f"this test needs nginx at {DEBIAN_NGINX}: apt-get install nginx")
 
 
 def uwsgi_params() -> Path:
-    """binserve's uwsgi_params in a checkout, else nginx's own (binserve's is nginx's list, annotated)."""
-    ours = REPO / "nginx_conf" / "uwsgi_params"
-    return ours if ours.exists() else Path("/etc/nginx/uwsgi_params")
+    """binserve's uwsgi_params (nginx's list, annotated), shipped as package data."""
+    return Path(str(resources.files("binserve.nginx_conf") / "uwsgi_params"))
+
+
+def running(fragment: str) -> list[str]:
+    """``PID command line`` of every process whose command line contains ``fragment`` (what
+    ``pgrep -af`` prints, read from /proc by psutil so no procps is needed)."""
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        line = " ".join(proc.info["cmdline"] or ())
+        if fragment in line and proc.info["pid"] != os.getpid():
+            found.append(f"{proc.info['pid']} {line}")
+    return found
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 15.0, what: str = "condition") -> None:
@@ -333,8 +347,10 @@ class Nginx(Process):
         """One HTTP/1.1 request through nginx; returns status, headers (lower-case names) and body."""
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
         try:
-            conn.putrequest(method, path, skip_accept_encoding=True)
-            items = headers.items() if isinstance(headers, Mapping) else (headers or [])
+            items = list(headers.items() if isinstance(headers, Mapping) else (headers or []))
+            # A Host given by the test replaces http.client's own: nginx refuses two.
+            own_host = any(name.lower() == "host" for name, _ in items)
+            conn.putrequest(method, path, skip_host=own_host, skip_accept_encoding=True)
             for name, value in items:
                 conn.putheader(name, value)
             if body is not None:
