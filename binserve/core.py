@@ -95,10 +95,8 @@ class Core:
         # connections wait in the listen backlog) rather than run out of them.
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         fds = 1 << 20 if soft == resource.RLIM_INFINITY else soft
-        self.max_parked = max(16, (fds - 64) // config.threads)
-        self.parking = Parking(
-            self.poller, self.wid, config.socket_timeout, self.max_parked, self._parking_full
-        )
+        max_parked = max(16, (fds - 64) // config.threads)
+        self.parking = Parking(self.poller, self.wid, config.socket_timeout, max_parked, self._parking_full)
         self.parked = self.parking.parked
         self.paused = False  # listeners out of the epoll: too many parked, or out of descriptors
         self.paused_until = 0.0
@@ -143,7 +141,7 @@ class Core:
                     return
             elif self.paused:
                 wait = self.paused_until - time.monotonic()
-                if wait <= 0 and len(parked) < self.max_parked:
+                if wait <= 0 and len(parked) < parking.limit:
                     self._listen(True)
                 elif wait > 0:
                     timeout = wait if timeout < 0 else min(timeout, wait)

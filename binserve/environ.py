@@ -27,7 +27,7 @@ def make_base_environ(multiprocess: bool, multithread: bool = False) -> dict[str
         "wsgi.run_once": False,
         "wsgi.file_wrapper": FileWrapper,
         # Reading wsgi.input returns b"" at the end of the body, so frameworks may read to EOF
-        # (werkzeug then handles uploads that arrived chunked, pallets/werkzeug#2346).
+        # (werkzeug then handles uploads that arrived chunked).
         "wsgi.input_terminated": True,
     }
 

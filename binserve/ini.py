@@ -30,7 +30,7 @@ Where binserve differs from uWSGI, on purpose (uWSGI silently keeps going in eac
 * relative names in ``include``, ``inherit`` and ``@(...)`` are relative to the file they are
   written in, not to the working directory, so a file means the same wherever binserve starts.
 * an inherited template's values are defaults (uWSGI applies them last, so they override the
-  vassal: unbit/uwsgi#517), and their ``$()``, ``@()`` and ``%()`` are expanded too.
+  vassal, which surprises its users), and their ``$()``, ``@()`` and ``%()`` are expanded too.
 * text that ``$()``, ``@()`` or ``%()`` inserts is not scanned again for more syntax.
 
 A file may be hostile (a vassal directory others can write), so each load is bounded, and each
