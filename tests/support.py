@@ -17,9 +17,14 @@ from pathlib import Path
 import pytest
 
 from binserve.config import ConfigError, load
+from binserve.testing import request
 
 REPO = Path(__file__).resolve().parent.parent
 APPS = REPO / "tests" / "apps"  # the WSGI apps the tests serve
+
+# The account the privilege tests drop to, and the app it serves (the reload tests use them too).
+USER, EXTRA_GROUP = "binserve-p1", "binserve-p1x"
+PRIVILEGES_APP = (APPS / "privileges_app.py").read_text()
 
 
 # Runs a command in a private mount namespace where the test's interpreter is reachable by
@@ -127,3 +132,29 @@ def system_users(*names: str) -> Iterator[list[pwd.struct_passwd]]:
         yield [pwd.getpwnam(name) for name in names]
     finally:
         remove()
+
+
+def write_vassal(
+    directory: Path, name: str, sock: Path, app: Path, processes: int | str = 2, extra: str = ""
+) -> Path:
+    """A vassal file ``name.ini`` serving ``app`` on ``sock``; the app reports ``VASSAL=name``."""
+    path = directory / f"{name}.ini"
+    path.write_text(
+        "[uwsgi]\n"
+        f"socket = {sock}\n"
+        f"wsgi-file = {app}\n"
+        f"processes = {processes}\n"
+        f"env = VASSAL={name}\n"
+        "disable-logging = true\n"
+        f"{extra}"
+    )
+    return path
+
+
+def get(sock: Path, path: str = "/", query: str = "", timeout: float = 10.0) -> tuple[int, str]:
+    """One GET straight to a vassal's socket over the uwsgi protocol: (status, body); (0, "") on error."""
+    try:
+        response = request(sock, f"{path}?{query}" if query else path, timeout=timeout)
+    except (OSError, AssertionError):
+        return 0, ""
+    return response.status, response.text

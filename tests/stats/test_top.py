@@ -25,7 +25,7 @@ import pytest
 from binserve.testing import executable, wait_for
 from binserve.tools import statsdoc, top
 
-FIXTURES = Path(__file__).resolve().parent / "top_fixtures"
+FIXTURES = Path(__file__).resolve().parent.parent / "top_fixtures"
 TMUX = "/usr/bin/tmux"  # Debian's
 
 Doc = dict[str, Any]

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from test_emperor import get, status_row, status_text, write_vassal
+from test_emperor import status_row, status_text
 
 from binserve import safefile
 from binserve.config import load
@@ -33,7 +33,7 @@ from binserve.emperor.spawn import warn_if_replaceable
 from binserve.emperor.status import RUN_DIR, STATE_NAME, tyrant_state_path
 from binserve.testing import EmperorProcess, ping, read_stats, wait_for
 
-from support import APPS, reachable_prefix, system_users
+from support import APPS, get, reachable_prefix, system_users, write_vassal
 
 # Hostile files would otherwise make the unfixed emperor (and each hostile vassal) take the
 # host's memory: under this bound they fail with MemoryError instead.

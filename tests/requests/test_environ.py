@@ -40,7 +40,7 @@ from binserve.wsgi import (
     timeval,
 )
 
-CAPTURES_DIR = Path(__file__).parent / "packets" / "nginx-1.22"
+CAPTURES_DIR = Path(__file__).parent.parent / "packets" / "nginx-1.22"
 EXPECTED_DIR = CAPTURES_DIR / "expected"
 CAPTURES = sorted(p.stem for p in CAPTURES_DIR.glob("*.uwsgi"))
 

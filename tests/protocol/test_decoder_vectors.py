@@ -30,7 +30,7 @@ from binserve.protocol import (
 )
 from binserve.protocol import modifiers as mods
 
-PACKETS = Path(__file__).parent / "packets"
+PACKETS = Path(__file__).parent.parent / "packets"
 NGINX = PACKETS / "nginx-1.22"
 INVALID = PACKETS / "invalid"
 CAPTURES = sorted(p.stem for p in NGINX.glob("*.uwsgi"))

@@ -19,7 +19,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
-from test_faults import get
+from test_peer_faults import get
 
 from binserve.protocol import encode_request
 from binserve.testing import (

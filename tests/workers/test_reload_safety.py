@@ -16,12 +16,9 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from test_emperor import get, write_vassal
-from test_privileges import USER, account, home  # noqa: F401
-
 from binserve.testing import EmperorProcess, Server, alive, ping, touch_ahead, wait_for
 
-from support import APPS
+from support import APPS, USER, get, write_vassal
 
 APP = (APPS / "reload_safety_app.py").read_text()
 BROKEN = "\nraise ImportError('broken deploy')\n"
@@ -61,8 +58,8 @@ def start(serve: Callable[..., Server], app: Path, *args: str) -> tuple[Server, 
 
 
 def test_sighup_with_an_ini_the_dropped_user_cannot_read_is_refused(
-    account: pwd.struct_passwd,  # noqa: F811
-    home: Path,  # noqa: F811
+    account: pwd.struct_passwd,
+    home: Path,
     venv_interpreter: None,
     serve: Callable[..., Server],
 ) -> None:

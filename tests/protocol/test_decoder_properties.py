@@ -14,7 +14,7 @@ import construct
 import pytest
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
-from test_protocol_vectors import decode
+from test_decoder_vectors import decode
 
 from binserve.protocol import (
     CLOSED,

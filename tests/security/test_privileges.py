@@ -34,33 +34,13 @@ from binserve.privileges import (
 from binserve.sockets import LOOPBACK, MAX_CACHED_PEERS, PeerFilter, SocketError, bind, permitted
 from binserve.testing import Nginx, Server, exchange, free_port, location, ping, request_packet, wait_for
 
-from support import APPS, as_user
+from support import EXTRA_GROUP, USER, as_user
+from support import PRIVILEGES_APP as APP
 
-USER, EXTRA_GROUP = "binserve-p1", "binserve-p1x"
 NGINX_USER = "www-data"
-
-APP = (APPS / "privileges_app.py").read_text()
 
 
 # -- fixtures and helpers -----------------------------------------------------------------------------
-def _remove_account() -> None:
-    subprocess.run(["userdel", USER], capture_output=True)
-    subprocess.run(["groupdel", EXTRA_GROUP], capture_output=True)
-
-
-@pytest.fixture
-def account() -> Iterator[pwd.struct_passwd]:
-    """A system user with a supplementary group, removed afterwards."""
-    assert os.geteuid() == 0, "privileges are tested as root (as CI runs)"
-    _remove_account()
-    subprocess.run(["groupadd", "-r", EXTRA_GROUP], check=True, capture_output=True)
-    subprocess.run(["useradd", "-M", "-r", "-G", EXTRA_GROUP, USER], check=True, capture_output=True)
-    try:
-        yield pwd.getpwnam(USER)
-    finally:
-        _remove_account()
-
-
 @pytest.fixture
 def nginx_user() -> Iterator[pwd.struct_passwd]:
     """www-data, as nginx's Debian package creates it; created for the test where it is missing."""
@@ -76,14 +56,6 @@ def nginx_user() -> Iterator[pwd.struct_passwd]:
     finally:
         if created:
             subprocess.run(["userdel", NGINX_USER], capture_output=True)
-
-
-@pytest.fixture
-def home(account: pwd.struct_passwd, open_dir: Path) -> Path:
-    """The app's directory, owned by the user (so vacuum may remove the socket after the drop)."""
-    (open_dir / "app.py").write_text(APP)
-    os.chown(open_dir, account.pw_uid, account.pw_gid)
-    return open_dir
 
 
 def connects(path: Path) -> str:

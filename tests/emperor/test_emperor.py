@@ -29,10 +29,10 @@ from binserve.config import load
 from binserve.emperor import Emperor
 from binserve.emperor.plan import Wait, plan
 from binserve.emperor.watch import scan
-from binserve.testing import EmperorProcess, Nginx, alive, location, ping, request, wait_for
+from binserve.testing import EmperorProcess, Nginx, alive, location, ping, wait_for
 from binserve.testing.emperor import leftovers
 
-from support import APPS, reachable_prefix, system_users
+from support import APPS, get, reachable_prefix, system_users, write_vassal
 
 APP = (APPS / "emperor_app.py").read_text()
 
@@ -53,32 +53,6 @@ WAITING_NOTE = r"throttled for [\d.]+ s more: died \d+ time\(s\) without serving
 
 
 # -- helpers ---------------------------------------------------------------------------------
-def write_vassal(
-    directory: Path, name: str, sock: Path, app: Path, processes: int | str = 2, extra: str = ""
-) -> Path:
-    """A vassal file ``name.ini`` serving ``app`` on ``sock``; the app reports ``VASSAL=name``."""
-    path = directory / f"{name}.ini"
-    path.write_text(
-        "[uwsgi]\n"
-        f"socket = {sock}\n"
-        f"wsgi-file = {app}\n"
-        f"processes = {processes}\n"
-        f"env = VASSAL={name}\n"
-        "disable-logging = true\n"
-        f"{extra}"
-    )
-    return path
-
-
-def get(sock: Path, path: str = "/", query: str = "", timeout: float = 10.0) -> tuple[int, str]:
-    """One GET straight to a vassal's socket over the uwsgi protocol: (status, body); (0, "") on error."""
-    try:
-        response = request(sock, f"{path}?{query}" if query else path, timeout=timeout)
-    except (OSError, AssertionError):
-        return 0, ""
-    return response.status, response.text
-
-
 def status_text(target: Path) -> str:
     """What ``binserve --emperor-status TARGET`` prints."""
     out = subprocess.run(

@@ -9,12 +9,9 @@ import socket
 from collections.abc import Callable
 from pathlib import Path
 
-from test_emperor import get, write_vassal
-from test_privileges import USER, account, home  # noqa: F401
-
 from binserve.testing import EmperorProcess, Server, exchange, request_packet, send, wait_for
 
-from support import APPS
+from support import APPS, USER, get, write_vassal
 
 APP = (APPS / "attack_runtime_app.py").read_text()
 
@@ -261,8 +258,8 @@ def serve_limited(serve: Callable[..., Server], where: Path) -> tuple[Server, se
 
 
 def test_a_reload_whose_probe_cannot_be_forked_is_refused(
-    account: pwd.struct_passwd,  # noqa: F811
-    home: Path,  # noqa: F811
+    account: pwd.struct_passwd,
+    home: Path,
     venv_interpreter: None,
     serve: Callable[..., Server],
 ) -> None:
@@ -276,8 +273,8 @@ def test_a_reload_whose_probe_cannot_be_forked_is_refused(
 
 
 def test_a_replacement_that_cannot_be_forked_leaves_the_worker_serving(
-    account: pwd.struct_passwd,  # noqa: F811
-    home: Path,  # noqa: F811
+    account: pwd.struct_passwd,
+    home: Path,
     venv_interpreter: None,
     serve: Callable[..., Server],
 ) -> None:

@@ -51,7 +51,7 @@ BATCH = 200  # one request through nginx per batch
 CLIENTS = 4
 MAX_VARS_SIZE = 65535  # binserve's default buffer-size, the limit the server decodes with
 CAPTURES = [
-    p.read_bytes() for p in sorted((Path(__file__).parent / "packets" / "nginx-1.22").glob("*.uwsgi"))
+    p.read_bytes() for p in sorted((Path(__file__).parent.parent / "packets" / "nginx-1.22").glob("*.uwsgi"))
 ]
 SMALL_CAPTURES = [p for p in CAPTURES if len(p) < 100_000]
 BIG_CAPTURES = [p for p in CAPTURES if len(p) >= 100_000]

@@ -15,7 +15,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from test_emperor import get, write_vassal
 
 from binserve import signals
 from binserve.testing import (
@@ -29,7 +28,7 @@ from binserve.testing import (
     wait_for,
 )
 
-from support import APPS
+from support import APPS, get, write_vassal
 
 LOGGED = [
     signal.SIGUSR1,

@@ -33,7 +33,7 @@ from binserve.testing import Nginx, Server, exchange, location, parse_response, 
 
 from support import APPS
 
-CAPTURES_DIR = Path(__file__).parent / "packets" / "nginx-1.22"
+CAPTURES_DIR = Path(__file__).parent.parent / "packets" / "nginx-1.22"
 EXPECTED_DIR = CAPTURES_DIR / "expected"
 CAPTURES = sorted(p.stem for p in CAPTURES_DIR.glob("*.uwsgi"))
 
