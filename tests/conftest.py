@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -106,3 +107,14 @@ def home(account: pwd.struct_passwd, open_dir: Path) -> Path:
     (open_dir / "app.py").write_text(PRIVILEGES_APP)
     os.chown(open_dir, account.pw_uid, account.pw_gid)
     return open_dir
+
+
+@pytest.fixture
+def pool() -> Iterator[ThreadPoolExecutor]:
+    """Threads for requests that must run alongside the test.
+
+    Not waited for: a thread stuck in a request ends when ``serve`` kills the server.
+    """
+    executor = ThreadPoolExecutor(4)
+    yield executor
+    executor.shutdown(wait=False, cancel_futures=True)

@@ -31,7 +31,12 @@ from binserve.emperor.plan import Vassal
 from binserve.emperor.probe import Probe
 from binserve.emperor.spawn import warn_if_replaceable
 from binserve.emperor.status import RUN_DIR, STATE_NAME, tyrant_state_path
-from binserve.testing import EmperorProcess, ping, read_stats, wait_for
+from binserve.testing import (
+    EmperorProcess,
+    ping,
+    read_stats,
+    wait_for,
+)
 
 from support import APPS, get, reachable_prefix, system_users, write_vassal
 
@@ -380,3 +385,19 @@ def test_a_vassal_file_whose_name_could_forge_log_lines_is_refused(
     log = emp.log()
     assert "\n2026-01-01 00:00:00 [binserve pid 1]" not in log, log
     assert "spawned vassal x" not in log and not (tmp_path / "forged.sock").exists(), log
+
+
+HANG_ON_RELOAD = (APPS / "attack_runtime_hang_on_reload.py").read_text()
+
+
+def test_a_vassal_file_name_cannot_forge_an_emperor_log_line(
+    emperor: Callable[..., EmperorProcess], vassal_dir: Path, tmp_path: Path
+) -> None:
+    """Whoever may write the vassal directory chooses the file names the emperor logs."""
+    app = tmp_path / "app.py"
+    app.write_text(HANG_ON_RELOAD)
+    write_vassal(vassal_dir, "x\n2026-01-01 00:00:00 [binserve pid 1] FORGED", tmp_path / "v.sock", app, 1)
+    process = emperor(vassal_dir)
+    wait_for(lambda: "control characters" in process.log(), 10, "the file to be refused")
+    assert "\n2026-01-01" not in process.log(), process.log()
+    assert "x\\x0a2026-01-01" in process.log(), process.log()

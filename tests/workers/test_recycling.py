@@ -27,6 +27,8 @@ from binserve.testing import Nginx, Server, answers_in_background, location, sen
 
 from support import APPS
 
+SLEEP_APP = (APPS / "supervision_app.py").read_text()
+
 PID_APP = (APPS / "pid_app.py").read_text()
 GROWING_APP = (APPS / "recycling_growing.py").read_text()
 EVIL_APP = (APPS / "recycling_evil.py").read_text()
@@ -545,3 +547,32 @@ def test_a_recycling_worker_with_a_stalled_peer_parked_is_still_replaced(
         assert stalled.recv(16) == b"", "the stalled connection was closed"
     status, _, body = front.request("GET", "/", timeout=4)
     assert status == 200 and int(body) != pid and took < 2.5, (status, body, took, server.log())
+
+
+def test_max_requests_recycles_workers_without_a_failed_request(
+    serve: Callable[..., Server], nginx: Callable[[str], Nginx], app_file: Callable[[str], Path]
+) -> None:
+    server = serve(
+        "--wsgi-file",
+        str(app_file(SLEEP_APP)),
+        "--processes",
+        "2",
+        "--max-requests",
+        "10",
+        "--max-requests-delta",
+        "5",
+        "--min-worker-lifetime",
+        "0",
+    )
+    front = nginx(location(server.socket))
+    answers = front.burst(200)
+    assert [status for status, _, _ in answers] == [200] * 200
+    # A recycling worker serves on until its replacement accepts, and its own replacement waits
+    # until the process before it has left: how many more than max-requests a generation serves
+    # depends on the machine's speed. Both worker ids must have been replaced at least once.
+    pids = {body for _, _, body in answers}
+    assert len(pids) >= 4, f"only {len(pids)} distinct workers served 200 requests"
+    wait_for(
+        lambda: server.log().count(") recycled: exited with code 17") >= 4, 10, "recycled workers to exit"
+    )
+    assert server.log().count("requests served (max-requests") >= 4

@@ -16,9 +16,19 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from binserve.testing import EmperorProcess, Server, alive, ping, touch_ahead, wait_for
+from binserve.testing import (
+    EmperorProcess,
+    Server,
+    alive,
+    ping,
+    touch_ahead,
+    wait_for,
+)
 
-from support import APPS, USER, get, write_vassal
+from support import APPS, USER, get, serve_limited, write_vassal
+
+EXITING_APP = (APPS / "attack_runtime_app.py").read_text()
+HANG_ON_RELOAD = (APPS / "attack_runtime_hang_on_reload.py").read_text()
 
 APP = (APPS / "reload_safety_app.py").read_text()
 BROKEN = "\nraise ImportError('broken deploy')\n"
@@ -226,3 +236,53 @@ def test_a_probe_gets_no_channel_to_the_emperor(tmp_path: Path) -> None:
     finally:
         emperor.stop()
     wait_for(emperor.all_gone, 10, "every vassal to be gone")
+
+
+def test_an_app_that_exits_zero_at_import_fails_the_probe(
+    serve: Callable[..., Server], tmp_path: Path
+) -> None:
+    """sys.exit(0) at import is a failed load, not a probe that passed: the workers serve on."""
+    app = tmp_path / "app.py"
+    app.write_text(EXITING_APP)
+    server = serve("--wsgi-file", str(app), "--processes", "2")
+    wait_for(lambda: len(server.worker_pids()) == 2, 10, "two workers")
+    workers = server.worker_pids()
+    (tmp_path / "exit").write_text("0")
+    os.kill(server.pid, signal.SIGHUP)
+    wait_for(lambda: "reload refused" in server.log() or server.proc.poll() is not None, 15, "the probe")
+    assert server.proc.poll() is None, server.log()
+    assert "SystemExit" in server.log(), server.log()
+    assert server.worker_pids() == workers
+    assert get(server.socket)[0] == 200
+
+
+def test_a_probe_stopped_by_sigterm_refuses_the_reload(serve: Callable[..., Server], tmp_path: Path) -> None:
+    """A stop sent to the probe alone (a cgroup-wide kill, a pkill) is no proof that the new image loads."""
+    app = tmp_path / "app.py"
+    app.write_text(HANG_ON_RELOAD)
+    server = serve("--wsgi-file", str(app))
+    wait_for(lambda: len(server.worker_pids()) == 1, 10, "the worker")
+    workers = server.worker_pids()
+    (tmp_path / "hang").touch()
+    os.kill(server.pid, signal.SIGHUP)
+    wait_for((tmp_path / "hanging").exists, 10, "the probe to hang in the import")
+    probe = int(server.log().split("probe pid ")[1].split(")")[0])
+    os.kill(probe, signal.SIGTERM)
+    wait_for(lambda: "reload refused" in server.log(), 10, "the reload to be refused")
+    assert server.worker_pids() == workers
+    assert get(server.socket)[0] == 200
+
+
+def test_a_reload_whose_probe_cannot_be_forked_is_refused(
+    account: pwd.struct_passwd,
+    home: Path,
+    venv_interpreter: None,
+    serve: Callable[..., Server],
+) -> None:
+    """fork() failing (the user's process limit) for the probe must not end the master."""
+    server, workers = serve_limited(serve, home)
+    os.kill(server.pid, signal.SIGHUP)
+    wait_for(lambda: "reload refused" in server.log() or server.proc.poll() is not None, 10, "the reload")
+    assert server.proc.poll() is None, server.log()
+    assert server.worker_pids() == workers
+    assert get(server.socket)[0] == 200

@@ -11,6 +11,7 @@ processes. Waits poll a condition; the only timed wait watches for something tha
 from __future__ import annotations
 
 import os
+import pwd
 import re
 import signal
 import time
@@ -19,6 +20,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from binserve.testing import (
     Nginx,
@@ -32,7 +35,8 @@ from binserve.testing import (
     wait_for,
 )
 
-from support import APPS
+from support import APPS, get, serve_limited
+from support import PROCESS_APP as APP
 
 VERSION_APP = (APPS / "replacement_version.py").read_text()
 PID_APP = (APPS / "pid_app.py").read_text()
@@ -312,3 +316,43 @@ def test_a_replacement_that_never_accepts_is_killed_and_the_old_worker_serves_on
     wait_for(lambda: "before accepting; next try in 10 s" in server.log(), 5, "the replacement to be reaped")
     assert server.worker_pids() == {old}, server.log()
     assert front.request("GET", "/")[2] == str(old).encode()
+
+
+@pytest.fixture
+def app(app_file: Callable[[str], Path]) -> Path:
+    return app_file(APP)
+
+
+def test_worker_killed_with_sigkill_is_respawned(serve: Callable[..., Server], app: Path) -> None:
+    server = serve("--wsgi-file", str(app), "--processes", "3")
+    before = server.wait_workers(3)
+    victim = min(before)
+    os.kill(victim, signal.SIGKILL)
+
+    def respawned() -> bool:
+        now = server.worker_pids()
+        return len(now) == 3 and victim not in now and before - {victim} <= now
+
+    wait_for(respawned, 10, "a new worker in place of the killed one")
+    wait_for(lambda: "respawning" in server.log(), 5, "the death to be logged")
+    assert re.search(
+        rf"worker \d \(pid {victim}\) died: killed by signal 9 \(SIGKILL\); respawning", server.log()
+    )
+    assert get(server.socket, "/")[0] == 200
+    assert server.proc.poll() is None
+
+
+def test_a_replacement_that_cannot_be_forked_leaves_the_worker_serving(
+    account: pwd.struct_passwd,
+    home: Path,
+    venv_interpreter: None,
+    serve: Callable[..., Server],
+) -> None:
+    """fork() failing for a worker's replacement (SIGHUP to the worker) must not end the master."""
+    server, workers = serve_limited(serve, home)
+    os.kill(next(iter(workers)), signal.SIGHUP)
+    wait_for(lambda: "cannot fork" in server.log() or server.proc.poll() is not None, 10, "the replacement")
+    assert server.proc.poll() is None, server.log()
+    assert "cannot fork worker 1: Resource temporarily unavailable; next try in 10 s" in server.log()
+    assert server.worker_pids() == workers
+    assert get(server.socket)[0] == 200

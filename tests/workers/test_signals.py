@@ -30,6 +30,8 @@ from binserve.testing import (
 
 from support import APPS, get, write_vassal
 
+SLOW = (APPS / "attack_runtime_slow.py").read_text()
+
 LOGGED = [
     signal.SIGUSR1,
     signal.SIGUSR2,
@@ -280,3 +282,48 @@ def test_a_process_the_app_starts_at_import_gets_its_signals(
                 os.kill(int(path.read_text()), signal.SIGKILL)
     os.kill(server.pid, signal.SIGTERM)
     assert server.proc.wait(10) == 0, server.log()
+
+
+def test_sighup_while_the_app_is_imported_at_startup_does_not_kill_the_master(
+    serve: Callable[..., Server], tmp_path: Path
+) -> None:
+    """SIGHUP has a meaning: sent while the master still imports the app, it must not end it silently."""
+    app = tmp_path / "app.py"
+    app.write_text(SLOW)
+    server = serve("--wsgi-file", str(app), ready=False)
+    wait_for((tmp_path / "importing").exists, 10, "the import to start")
+    os.kill(server.pid, signal.SIGHUP)
+    server.wait_ready()
+    assert get(server.socket)[0] == 200
+    os.kill(server.pid, signal.SIGTERM)
+    assert server.proc.wait(10) == 0, server.log()
+
+
+def test_sigterm_while_the_app_is_imported_at_startup_is_logged_and_cleans_up(
+    serve: Callable[..., Server], tmp_path: Path
+) -> None:
+    app = tmp_path / "app.py"
+    app.write_text(SLOW)
+    server = serve("--wsgi-file", str(app), ready=False)
+    wait_for((tmp_path / "importing").exists, 10, "the import to start")
+    os.kill(server.pid, signal.SIGTERM)
+    assert server.proc.wait(10) == 0, server.log()
+    assert "SIGTERM received while the app was being imported: stopped" in server.log(), server.log()
+    assert not server.socket.exists()
+
+
+HELPER_PID = (APPS / "attack_runtime_helper_pid.py").read_text()
+
+
+def test_a_helper_the_app_forks_at_import_blocks_no_signal(
+    serve: Callable[..., Server], tmp_path: Path
+) -> None:
+    """Signals binserve holds while it starts are not held in a helper the app forks meanwhile."""
+    app = tmp_path / "app.py"
+    app.write_text(HELPER_PID)
+    serve("--wsgi-file", str(app))
+    helper = tmp_path / "helper"
+    wait_for(helper.exists, 10, "the helper")
+    status = Path(f"/proc/{helper.read_text()}/status").read_text()
+    blocked = next(line for line in status.splitlines() if line.startswith("SigBlk:"))
+    assert int(blocked.split()[1], 16) == 0, blocked

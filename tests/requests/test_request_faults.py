@@ -27,6 +27,7 @@ from binserve.testing import (
     Server,
     alive,
     connect,
+    exchange,
     free_port,
     location,
     read_all,
@@ -35,7 +36,8 @@ from binserve.testing import (
     wait_for,
 )
 
-from support import APPS
+from support import APPS, log_lines
+from support import get as get_text
 
 APP = (APPS / "request_faults_app.py").read_text()
 
@@ -43,10 +45,6 @@ APP = (APPS / "request_faults_app.py").read_text()
 @pytest.fixture
 def app(app_file: Callable[[str], Path]) -> Path:
     return app_file(APP)
-
-
-def log_lines(server: Server, text: str) -> list[str]:
-    return [line for line in server.log().splitlines() if text in line]
 
 
 # -- the master dies while a worker is busy ------------------------------------------------------
@@ -295,55 +293,37 @@ def _expired(log: str) -> int:
 
 
 # -- harakiri with threads -----------------------------------------------------------------------
-def test_harakiri_with_threads_warns_once_at_startup(serve: Callable[..., Server], app: Path) -> None:
-    server = serve("--wsgi-file", str(app), "--harakiri", "30", "--threads", "2", "--processes", "2")
-    server.wait_workers(2)
-    assert get(server.socket, "/")[0] == 200
-    wait_for(lambda: bool(log_lines(server, "harakiri-graceful-timeout")), 5, "the warning")
-    lines = log_lines(server, "harakiri-graceful-timeout")
-    assert len(lines) == 1, lines
-    assert "with threads 2" in lines[0] and "processes instead of threads" in lines[0], lines
 
 
-def test_no_harakiri_warning_without_threads(serve: Callable[..., Server], app: Path) -> None:
-    server = serve("--wsgi-file", str(app), "--harakiri", "30")
-    server.wait_workers(1)
-    assert get(server.socket, "/")[0] == 200
-    assert not log_lines(server, "harakiri-graceful-timeout")
+READ_LATE = (APPS / "attack_runtime_read_late.py").read_text()
 
 
-THREADED_HARAKIRI_APP = (APPS / "request_faults_threaded_harakiri.py").read_text()
-
-
-@pytest.mark.parametrize(
-    ("grace", "short_answered"), [("2.5", True), ("0", False)], ids=["graceful", "at-once"]
-)
-def test_harakiri_graceful_timeout_lets_the_other_threads_finish(
-    serve: Callable[..., Server], app_file: Callable[[str], Path], grace: str, short_answered: bool
+def test_a_body_cut_short_after_the_headers_gets_no_second_response(
+    serve: Callable[..., Server], tmp_path: Path
 ) -> None:
-    """What the README tells users of harakiri with threads to do, and why."""
-    server = serve(
-        "--wsgi-file",
-        str(app_file(THREADED_HARAKIRI_APP)),
-        "--threads",
-        "2",
-        "--harakiri",
-        "1",
-        "--harakiri-graceful-timeout",
-        grace,
-    )
-    first = server.wait_workers(1)
-    stuck = connect(server.socket)
-    stuck.sendall(request_packet("/stuck"))
-    time.sleep(0.3)  # the stuck request first: it is the one past harakiri
-    short = connect(server.socket)
-    short.sendall(request_packet("/short"))
-    answer = read_all(short)
-    wait_for(lambda: bool(log_lines(server, "HARAKIRI")), 10, "the harakiri")
-    if short_answered:
-        assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"done"), answer
-    else:
-        assert answer == b"", answer
-    wait_for(lambda: not server.worker_pids() & first, 10, "the stuck worker killed past its grace")
-    stuck.close()
-    short.close()
+    """The peer ends its body early once the app's headers are out: the 400 must not follow the 200."""
+    app = tmp_path / "app.py"
+    app.write_text(READ_LATE)
+    server = serve("--wsgi-file", str(app))
+    packet = request_packet("/", body=b"0123456789", CONTENT_LENGTH="100")
+    raw = exchange(server.socket, packet, half_close=True)
+    assert raw.startswith(b"HTTP/1.1 200 OK"), raw
+    assert b"HTTP/1.0 400" not in raw, raw
+    wait_for(lambda: "response cut off, connection aborted" in server.log(), 5, "the line naming the cut")
+
+
+ODD_RESULT = (APPS / "attack_runtime_odd_result.py").read_text()
+
+
+def test_a_response_whose_attributes_raise_does_not_end_the_worker(
+    serve: Callable[..., Server], tmp_path: Path
+) -> None:
+    """Looking up the response's close() is the app's code too: what it raises is the app's error."""
+    app = tmp_path / "app.py"
+    app.write_text(ODD_RESULT)
+    server = serve("--wsgi-file", str(app))
+    wait_for(lambda: len(server.worker_pids()) == 1, 10, "the worker")
+    (worker,) = server.worker_pids()
+    exchange(server.socket, request_packet("/"))
+    assert get_text(server.socket) == (200, str(worker)), server.log()
+    assert server.worker_pids() == {worker}, server.log()
