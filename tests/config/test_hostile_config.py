@@ -285,6 +285,7 @@ def test_a_directory_as_wsgi_file_says_so(serve: Callable[..., Server]) -> None:
     assert "Traceback" not in server.log()
 
 
+@pytest.mark.process
 def test_an_unreadable_wsgi_file_says_permission_denied() -> None:
     # A directory every user may enter, so only the file's own mode keeps nobody out.
     base = Path(tempfile.mkdtemp())
@@ -304,6 +305,7 @@ def test_an_unreadable_wsgi_file_says_permission_denied() -> None:
 
 
 # -- through the command -----------------------------------------------------------------------------
+@pytest.mark.process
 def test_process_exits_2_with_one_line(tmp_path: Path) -> None:
     make_fifo("pipe.ini")
     write("app.ini", "include = /dev/zero")

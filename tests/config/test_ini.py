@@ -678,6 +678,7 @@ def test_error(files: dict[str, str], argv: tuple[str, ...], environ: dict[str, 
     assert failure(files, argv, environ) == message
 
 
+@pytest.mark.process
 def test_cli_bad_ini_exits_2_with_one_line() -> None:
     write({"bad.ini": uwsgi("socket = x.sock", "module = app", "include = common.ini")})
     env = {k: v for k, v in os.environ.items() if not k.startswith("BINSERVE_")}

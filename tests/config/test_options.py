@@ -346,6 +346,7 @@ def test_uwsgi_only_names_do_not_shadow_real_options() -> None:
 
 
 # -- through the command ----------------------------------------------------------------------------
+@pytest.mark.process
 def test_cli_bad_ini_exits_2_with_one_line() -> None:
     name = ini("[uwsgi]\nsocket = x.sock\nmodule = app\nprocesess = 4\n", "bad.ini")
     result = run_binserve("--ini", name)
@@ -354,6 +355,7 @@ def test_cli_bad_ini_exits_2_with_one_line() -> None:
     assert result.stdout == ""
 
 
+@pytest.mark.process
 def test_cli_bad_environment_exits_2_with_one_line() -> None:
     result = run_binserve("--socket", "x.sock", "--module", "app", env={"BINSERVE_BUFFER_SIZE": "huge"})
     assert result.returncode == 2
@@ -364,6 +366,7 @@ def test_cli_bad_environment_exits_2_with_one_line() -> None:
     assert not Path("x.sock").exists()
 
 
+@pytest.mark.process
 def test_cli_help_options_prints_the_table() -> None:
     result = run_binserve("--help-options")
     assert result.returncode == 0

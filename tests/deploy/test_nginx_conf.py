@@ -122,6 +122,7 @@ def test_every_file_is_loaded() -> None:
     assert not undocumented, f"nginx_conf/README.md does not describe {undocumented}"
 
 
+@pytest.mark.nginx
 @pytest.mark.parametrize("template", TEMPLATES, ids=[t.name for t in TEMPLATES])
 def test_nginx_accepts_template(template: Path, tmp_path: Path) -> None:
     conf = write_config(
@@ -133,6 +134,7 @@ def test_nginx_accepts_template(template: Path, tmp_path: Path) -> None:
     assert not complaints, "\n".join(complaints)
 
 
+@pytest.mark.nginx
 def test_nginx_t_rejects_a_broken_site(tmp_path: Path) -> None:
     """The check above can fail: a site nginx cannot load is refused, naming the problem."""
     broken = f"server {{ listen 127.0.0.1:{free_port()}; location / {{ uwsgi_pass; }} }}"
@@ -141,6 +143,7 @@ def test_nginx_t_rejects_a_broken_site(tmp_path: Path) -> None:
 
 
 # -- the templates serve -----------------------------------------------------------------------
+@pytest.mark.nginx
 def test_site_serves_static_files_from_nginx_and_the_rest_from_binserve(
     serve: Callable[..., Server], site_nginx: Callable[[Path, Server], Nginx], tmp_path: Path
 ) -> None:
@@ -171,6 +174,7 @@ def test_site_serves_static_files_from_nginx_and_the_rest_from_binserve(
     assert "/static/" not in log, f"static requests reached binserve:\n{log}"
 
 
+@pytest.mark.nginx
 def test_mounted_site_strips_the_prefix(
     serve: Callable[..., Server],
     site_nginx: Callable[[Path, Server], Nginx],
@@ -192,6 +196,7 @@ def test_mounted_site_strips_the_prefix(
 MOUNT_APP = (APPS / "nginx_conf_mount.py").read_text()
 
 
+@pytest.mark.nginx
 def test_two_apps_site_routes_each_prefix_to_its_own_socket(
     serve: Callable[..., Server], site_nginx: Callable[[Path, Server], Nginx], tmp_path: Path
 ) -> None:

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from binserve.testing import request_vars
 
 from support import REPO
@@ -22,6 +24,7 @@ def readme_files() -> dict[str, str]:
     return {name: body for name, body in blocks}
 
 
+@pytest.mark.nginx
 def test_the_readme_example_passes(tmp_path: Path) -> None:
     files = readme_files()
     assert set(files) == {"conftest.py", "hello.py", "test_hello.py"}, files

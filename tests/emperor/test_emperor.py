@@ -513,6 +513,7 @@ def test_emperor_tyrant_runs_each_vassal_as_its_files_owner_and_refuses_root(
 
 
 # -- the executor ---------------------------------------------------------------------------------------
+@pytest.mark.process
 def test_a_vassal_that_cannot_be_started_waits_out_its_throttle(tmp_path: Path, app: Path) -> None:
     """A failed start (missing wrapper, unreachable interpreter...) must be throttled like a crash.
 

@@ -184,6 +184,7 @@ def test_a_linked_vassals_relative_stats_address_is_taken_from_where_it_runs(
     assert addresses == [str(home / "a.stats")]
 
 
+@pytest.mark.process
 def test_a_stats_reader_that_dies_without_answering_is_logged(
     tmp_path: Path, vassal_dir: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
@@ -227,6 +228,7 @@ def test_a_link_planted_at_the_state_file_or_its_temporary_is_never_written_thro
     assert not (vassal_dir / STATE_NAME).is_symlink()
 
 
+@pytest.mark.process
 def test_an_explicit_state_file_is_kept_where_it_is_named_even_by_a_tyrant(
     tmp_path: Path, vassal_dir: Path
 ) -> None:

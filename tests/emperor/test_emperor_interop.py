@@ -31,6 +31,8 @@ from binserve.testing import Process, alive, children, cmdline, exchange, execut
 
 from support import APPS
 
+pytestmark = pytest.mark.process  # uWSGI and binserve emperors and vassals, started by the tests' own fixture
+
 APP = (APPS / "emperor_interop_app.py").read_text()
 
 

@@ -33,6 +33,8 @@ from binserve.testing import Nginx, Server, location, send, wait_for
 
 from support import APPS
 
+pytestmark = pytest.mark.load  # wrk's many connections at once against binserve behind nginx
+
 WRK = "/usr/bin/wrk"  # Debian's
 LOAD_CAP_S = 55  # wrk's -d for loads that the scenario ends itself, once its faults are done
 MIB = 1024 * 1024

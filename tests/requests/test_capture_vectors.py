@@ -305,6 +305,7 @@ def test_every_capture_is_covered() -> None:
     assert sorted(SPECIFIC) == CAPTURES and len(CAPTURES) == 17
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("name", CAPTURES)
 def test_raw_replay(server: Server, name: str) -> None:
     reply = uwsgi_exchange(server.socket, capture(name))
@@ -327,6 +328,7 @@ def unread_by_peer(sock: socket.socket) -> int:
     return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
 
 
+@pytest.mark.process
 def test_raw_two_processes_serve(server: Server) -> None:
     """wsgi.multiprocess is true: with one worker held by a half-sent body, the other one answers."""
     head, body = capture_parts("post_form")
@@ -343,6 +345,7 @@ def test_raw_two_processes_serve(server: Server) -> None:
     assert first["wsgi"]["multiprocess"] is other["wsgi"]["multiprocess"] is True
 
 
+@pytest.mark.process
 def test_raw_magic_vars_never_honoured(server: Server, workdir: Path) -> None:
     magic = dict(
         MAGIC_PARAMS, UWSGI_FILE=str(workdir / "hijack_file.py"), UWSGI_CHDIR=str(workdir / "elsewhere")
@@ -384,6 +387,7 @@ def through(
     return doc
 
 
+@pytest.mark.nginx
 def test_nginx_get_root(front: Nginx) -> None:
     doc = through(front, "GET", "/")
     env = doc["environ"]
@@ -397,17 +401,20 @@ def test_nginx_get_root(front: Nginx) -> None:
     assert "CONTENT_LENGTH" not in doc["keys"] and doc["body"] == digest(b"")
 
 
+@pytest.mark.nginx
 def test_nginx_get_query(front: Nginx) -> None:
     env = through(front, "GET", "/search?q=hello+world&lang=en&x=%2F%3F")["environ"]
     assert env["QUERY_STRING"] == "q=hello+world&lang=en&x=%2F%3F"
     assert env["PATH_INFO"] == "/search"
 
 
+@pytest.mark.nginx
 def test_nginx_unicode_path(front: Nginx) -> None:
     env = through(front, "GET", "/caf%C3%A9/na%C3%AFve%20path")["environ"]
     assert env["PATH_INFO"] == "/cafÃ©/naÃ¯ve path"
 
 
+@pytest.mark.nginx
 def test_nginx_repeated_headers_merged(front: Nginx) -> None:
     headers = [
         ("X-Forwarded-For", "203.0.113.7"),
@@ -425,6 +432,7 @@ def test_nginx_repeated_headers_merged(front: Nginx) -> None:
     assert env["HTTP_X_FORWARDED_FOR"] == "203.0.113.7" and env["HTTP_X_REQUEST_ID"] == "1234"
 
 
+@pytest.mark.nginx
 @pytest.mark.parametrize("name", ["post_form", "post_json", "post_multipart", "post_binary_300k"])
 def test_nginx_post(front: Nginx, name: str) -> None:
     head, body = capture_parts(name)
@@ -435,6 +443,7 @@ def test_nginx_post(front: Nginx, name: str) -> None:
     assert (env["CONTENT_TYPE"], env["CONTENT_LENGTH"]) == (vars["CONTENT_TYPE"], str(len(body)))
 
 
+@pytest.mark.nginx
 @pytest.mark.parametrize("path", ["/upload", "/unbuffered"])
 @pytest.mark.parametrize("mode", ["read", "chunks", "lines", "iter", "readlines"])
 def test_nginx_300k_body_every_reader(front: Nginx, path: str, mode: str) -> None:
@@ -444,6 +453,7 @@ def test_nginx_300k_body_every_reader(front: Nginx, path: str, mode: str) -> Non
     assert doc["environ"]["CONTENT_LENGTH"] == "300000"
 
 
+@pytest.mark.nginx
 def test_nginx_chunked_upload(front: Nginx) -> None:
     _, body = capture_parts("post_chunked")
     conn = http.client.HTTPConnection("127.0.0.1", front.port, timeout=30)
@@ -468,6 +478,7 @@ def test_nginx_chunked_upload(front: Nginx) -> None:
     assert doc["body"] == digest(body)  # intact, not de-chunked a second time
 
 
+@pytest.mark.nginx
 def test_nginx_put_empty_and_delete(front: Nginx) -> None:
     doc = through(front, "PUT", "/empty")
     assert "CONTENT_LENGTH" not in doc["keys"] and doc["body"] == digest(b"")
@@ -475,11 +486,13 @@ def test_nginx_put_empty_and_delete(front: Nginx) -> None:
     assert doc["environ"]["PATH_INFO"] == "/item/42"
 
 
+@pytest.mark.nginx
 def test_nginx_head(front: Nginx) -> None:
     doc = through(front, "HEAD", "/head")
     assert doc["environ"]["PATH_INFO"] == "/head"
 
 
+@pytest.mark.nginx
 @pytest.mark.parametrize(
     ("path", "path_info"),
     [("/app2/sub/path", "/sub/path"), ("/app2", ""), ("/app2/", "/"), ("/app20/x", "/app20/x")],
@@ -489,17 +502,20 @@ def test_nginx_modifier1_30(front: Nginx, path: str, path_info: str) -> None:
     assert (env["SCRIPT_NAME"], env["PATH_INFO"]) == ("/app2", path_info)
 
 
+@pytest.mark.nginx
 def test_nginx_https(front: Nginx) -> None:
     env = through(front, "GET", "/https/x")["environ"]
     assert (env["wsgi.url_scheme"], env["HTTPS"], env["UWSGI_SCHEME"]) == ("https", "on", "https")
     assert env["PATH_INFO"] == "/https/x"
 
 
+@pytest.mark.nginx
 def test_nginx_long_header(front: Nginx) -> None:
     env = through(front, "GET", "/long", headers={"X-Long": "a" * 6000})["environ"]
     assert env["HTTP_X_LONG"] == "a" * 6000
 
 
+@pytest.mark.nginx
 def test_nginx_http10(front: Nginx) -> None:
     request = f"GET /old HTTP/1.0\r\nHost: 127.0.0.1:{front.port}\r\n\r\n".encode()
     reply = Reply(
@@ -512,6 +528,7 @@ def test_nginx_http10(front: Nginx) -> None:
     assert doc["environ"]["PATH_INFO"] == "/old"
 
 
+@pytest.mark.nginx
 def test_nginx_magic_vars_never_honoured(front: Nginx, workdir: Path) -> None:
     for _ in range(4):
         env = through(front, "GET", "/magic/x")["environ"]  # through() checks the app, cwd and env var
@@ -521,6 +538,7 @@ def test_nginx_magic_vars_never_honoured(front: Nginx, workdir: Path) -> None:
     assert not list(workdir.glob("HIJACKED-*"))
 
 
+@pytest.mark.nginx
 def test_nginx_overridden_params_are_not_joined(front: Nginx) -> None:
     """A uwsgi_param set again after the include reaches binserve twice; only HTTP_* headers are joined.
 

@@ -21,6 +21,8 @@ from binserve.testing import Nginx, Server, location
 
 from support import APPS
 
+pytestmark = pytest.mark.nginx  # the sites behind nginx are module fixtures, started before any test
+
 FRAMEWORKS = ("flask", "django", "bottle")
 
 

@@ -27,6 +27,8 @@ from binserve.testing import Nginx, Server, exchange, location, parse_response, 
 
 from support import APPS
 
+pytestmark = pytest.mark.nginx  # the stack behind nginx is a module fixture, started before any test
+
 Response = tuple[int, dict[str, str], bytes]
 BIG_FILE_SIZE = 50 * 1024 * 1024
 

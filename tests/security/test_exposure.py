@@ -175,6 +175,7 @@ def refusals(server: Server, peer: str) -> list[str]:
 
 
 # -- the default policy: local infrastructure ----------------------------------------------------------
+@pytest.mark.process
 def test_all_interfaces_answer_private_and_loopback_peers_and_refuse_public_ones(
     netns: Namespaces, serve_in: Callable[..., NsServer], tmp_path: Path
 ) -> None:
@@ -204,6 +205,7 @@ def test_all_interfaces_answer_private_and_loopback_peers_and_refuse_public_ones
     assert not refusals(server, "10.77.0.2") and not refusals(server, "127.0.0.1")
 
 
+@pytest.mark.process
 def test_a_dual_stack_socket_judges_ipv6_and_ipv4_mapped_peers_alike(
     netns: Namespaces, serve_in: Callable[..., NsServer], tmp_path: Path
 ) -> None:
@@ -224,6 +226,7 @@ def test_a_dual_stack_socket_judges_ipv6_and_ipv4_mapped_peers_alike(
     assert netns.probe(netns.server, ("ping", "::1", PORT), ("read", "::1", STATS)) == ["answered"] * 2
 
 
+@pytest.mark.process
 def test_a_flood_from_one_refused_peer_is_one_log_line(
     netns: Namespaces, serve_in: Callable[..., NsServer], tmp_path: Path
 ) -> None:
@@ -237,6 +240,7 @@ def test_a_flood_from_one_refused_peer_is_one_log_line(
 
 
 # -- uwsgi-allow-from: exactly the listed networks -------------------------------------------------------
+@pytest.mark.process
 def test_an_explicit_list_is_exact_and_narrows_even_loopback_away(
     netns: Namespaces, serve_in: Callable[..., NsServer], tmp_path: Path
 ) -> None:
@@ -263,6 +267,7 @@ def test_an_explicit_list_is_exact_and_narrows_even_loopback_away(
     assert all(line.endswith(": not in uwsgi-allow-from") for line in refusals(server, "127.0.0.1"))
 
 
+@pytest.mark.process
 def test_an_explicit_list_widens_to_a_public_peer(
     netns: Namespaces, serve_in: Callable[..., NsServer], tmp_path: Path
 ) -> None:
@@ -288,6 +293,7 @@ def test_an_explicit_list_widens_to_a_public_peer(
     assert netns.probe(netns.server, ("ping", "127.0.0.1", PORT)) == ["answered"]
 
 
+@pytest.mark.process
 def test_the_emperor_stats_server_answers_local_infrastructure_only(
     netns: Namespaces, serve_in: Callable[..., NsServer], tmp_path: Path
 ) -> None:

@@ -110,6 +110,7 @@ def test_a_link_planted_at_the_pidfile_is_replaced_not_written_through(
     assert not pidfile.exists() and roots_file.read_text() == ROOTS
 
 
+@pytest.mark.process
 def test_a_pidfile_that_could_not_be_replaced_is_left_alone(app: Path, tmp_path: Path) -> None:
     """A full disk, simulated by a file size limit of 0: the other server's pidfile stays intact."""
     pidfile = tmp_path / "app.pid"
@@ -237,6 +238,7 @@ def test_stats_in_a_root_only_directory_answer_after_a_reload_as_the_uid_user(
     assert server.proc.wait(10) == 0, server.log()
 
 
+@pytest.mark.process
 def test_an_emperor_stats_address_in_use_is_one_line(tmp_path: Path) -> None:
     vassals = tmp_path / "vassals"
     vassals.mkdir()
@@ -373,6 +375,7 @@ def test_a_link_planted_at_the_log_before_a_reload_leaves_logging_as_it_was(
     assert server.proc.wait(10) == 0
 
 
+@pytest.mark.process
 def test_chown_socket_never_gives_away_the_file_a_link_at_the_socket_path_points_to(
     account: pwd.struct_passwd, roots_file: Path, tmp_path: Path
 ) -> None:

@@ -77,6 +77,7 @@ def _tenant_home(tmp_path: Path, account: pwd.struct_passwd) -> tuple[Path, Path
     return home, guarded
 
 
+@pytest.mark.process
 def test_logto_and_pidfile_refuse_a_tenant_link_in_a_directory_above_them(
     tmp_path: Path, tenant: pwd.struct_passwd
 ) -> None:
@@ -108,6 +109,7 @@ def test_links_owned_by_root_on_the_way_are_still_followed(tmp_path: Path) -> No
         write_replace(str(tmp_path / "loop" / "app.pid"), b"1\n")
 
 
+@pytest.mark.process
 def test_a_tyrant_scan_never_takes_a_flipping_file_for_another_users(
     tmp_path: Path, tenant: pwd.struct_passwd
 ) -> None:
@@ -141,6 +143,7 @@ def test_a_tyrant_scan_never_takes_a_flipping_file_for_another_users(
     assert owners == {tenant.pw_uid}
 
 
+@pytest.mark.process
 @pytest.mark.parametrize(
     "planted",
     ['{"pid": "x"}', "[]", '{"pid": 1, "emperor": ["d"], "vassals": [{"id": 1}]}', '{"pid": 1e400}'],
@@ -153,6 +156,7 @@ def test_emperor_status_names_a_planted_state_file_in_one_line(tmp_path: Path, p
     assert result.stderr.count("\n") == 1 and "is not an emperor state" in result.stderr, result.stderr
 
 
+@pytest.mark.process
 def test_chown_socket_never_follows_a_tenant_link_above_the_socket(
     tmp_path: Path, tenant: pwd.struct_passwd
 ) -> None:
@@ -167,6 +171,7 @@ def test_chown_socket_never_follows_a_tenant_link_above_the_socket(
     assert (theirs.stat().st_uid, theirs.stat().st_gid) == (0, 0)
 
 
+@pytest.mark.process
 def test_vacuum_as_root_never_follows_a_tenant_link_above_the_socket(
     tmp_path: Path, tenant: pwd.struct_passwd
 ) -> None:
@@ -180,6 +185,7 @@ def test_vacuum_as_root_never_follows_a_tenant_link_above_the_socket(
     assert theirs.exists()
 
 
+@pytest.mark.process
 def test_a_socket_path_through_a_tenant_link_is_refused_before_bind(
     tmp_path: Path, tenant: pwd.struct_passwd
 ) -> None:

@@ -86,6 +86,7 @@ def test_read_bounded_without_follow_refuses_a_symlink(tmp_path: Path) -> None:
         read_bounded(str(tmp_path / "link.ini"), follow=False)
 
 
+@pytest.mark.process
 def test_write_replace_rewrites_our_own_file_in_a_directory_we_cannot_write() -> None:
     """An unprivileged server whose pidfile an admin created for it in a root-only directory."""
     nobody = pwd.getpwnam("nobody")

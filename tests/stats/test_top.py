@@ -328,6 +328,7 @@ def test_odd_documents_still_render(doc: Doc) -> None:
 # -------------------------------------------------------------------------------------- --once text
 
 
+@pytest.mark.process
 def test_once_msgpack(tmp_path: Path, fakes: Callable[..., FakeStats]) -> None:
     """One snapshot as text: header with queue per socket, then one row per worker beginning with its id."""
     fake = fakes(tmp_path / "s.sock", instance_doc())
@@ -360,6 +361,7 @@ def test_once_msgpack(tmp_path: Path, fakes: Callable[..., FakeStats]) -> None:
     assert [line.split()[0] for line in sorted_run.stdout.splitlines()[3:]] == ["2", "1", "3"]
 
 
+@pytest.mark.process
 def test_once_json_and_http(tmp_path: Path, fakes: Callable[..., FakeStats]) -> None:
     """uWSGI's JSON, plain, HTTP-wrapped over a unix socket that waits for a request, and http://."""
     sample = json.loads((FIXTURES / "uwsgi-stats.json").read_text())
@@ -378,6 +380,7 @@ def test_once_json_and_http(tmp_path: Path, fakes: Callable[..., FakeStats]) -> 
     assert list(rows(result.stdout)) == ["1", "2", "3"]
 
 
+@pytest.mark.process
 def test_once_emperor(tmp_path: Path, fakes: Callable[..., FakeStats]) -> None:
     """An emperor document: one row per vassal beginning with its id, uWSGI states derived."""
     sample = json.loads((FIXTURES / "uwsgi-emperor-stats.json").read_text())
@@ -391,6 +394,7 @@ def test_once_emperor(tmp_path: Path, fakes: Callable[..., FakeStats]) -> None:
     assert "attempt 2" in " ".join(found["crashy.ini"])
 
 
+@pytest.mark.process
 def test_once_errors(tmp_path: Path, fakes: Callable[..., FakeStats]) -> None:
     """Exit 1 with one clear line when nothing listens or the bytes are not a stats document."""
     result = once(str(tmp_path / "nobody.sock"))
@@ -405,6 +409,7 @@ def test_once_errors(tmp_path: Path, fakes: Callable[..., FakeStats]) -> None:
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.process
 def test_once_real_uwsgi(tmp_path: Path) -> None:
     """A real uWSGI master with 2 workers and --stats: rows for workers 1 and 2."""
     app = tmp_path / "app.py"
@@ -524,6 +529,7 @@ def tmux_top(tmp_path: Path) -> Iterator[Callable[..., Tmux]]:
         session.kill()
 
 
+@pytest.mark.process
 def test_tmux_workers_sort_keys_and_quit(
     tmp_path: Path, fakes: Callable[..., FakeStats], tmux_top: Callable[..., Tmux]
 ) -> None:
@@ -551,6 +557,7 @@ def test_tmux_workers_sort_keys_and_quit(
     assert view.err.read_text() == ""
 
 
+@pytest.mark.process
 def test_tmux_emperor_drill_down(
     tmp_path: Path, fakes: Callable[..., FakeStats], tmux_top: Callable[..., Tmux]
 ) -> None:
@@ -598,6 +605,7 @@ def test_tmux_emperor_drill_down(
     wait_for(lambda: not view.alive(), 5, "binserve-top to quit on q")
 
 
+@pytest.mark.process
 def test_tmux_server_goes_away_and_resize(
     tmp_path: Path, fakes: Callable[..., FakeStats], tmux_top: Callable[..., Tmux]
 ) -> None:

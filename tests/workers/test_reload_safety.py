@@ -16,6 +16,8 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from binserve.testing import (
     EmperorProcess,
     Server,
@@ -188,6 +190,7 @@ def test_a_probe_dies_with_its_master(serve: Callable[..., Server], tmp_path: Pa
     wait_for(lambda: not alive(probe), 5, "the probe to die with its master")
 
 
+@pytest.mark.process
 def test_an_emperor_reload_of_a_broken_vassal_is_refused(tmp_path: Path) -> None:
     vassals = tmp_path / "vassals"
     vassals.mkdir()
@@ -210,6 +213,7 @@ def test_an_emperor_reload_of_a_broken_vassal_is_refused(tmp_path: Path) -> None
     wait_for(emperor.all_gone, 10, "every vassal to be gone")
 
 
+@pytest.mark.process
 def test_a_probe_gets_no_channel_to_the_emperor(tmp_path: Path) -> None:
     """The probe imports the app: code run at import must not be able to talk to the emperor."""
     vassals = tmp_path / "vassals"

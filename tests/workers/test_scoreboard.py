@@ -183,6 +183,7 @@ def test_threads_writing_their_own_cores_lose_no_count() -> None:
     assert board.read(2).requests == 0
 
 
+@pytest.mark.process
 def test_a_forked_worker_s_writes_are_read_by_the_master() -> None:
     board = Scoreboard(2, 2)
     pid = os.fork()

@@ -169,6 +169,7 @@ def emperor_process(tmp_path: Path) -> Iterator[Callable[[Path], EmperorProcess]
         wait_for(process.all_gone, 10, "every vassal to be gone")
 
 
+@pytest.mark.process
 def test_an_emperor_logs_signals_without_a_meaning_and_its_vassals_serve_on(
     tmp_path: Path, app_file: Callable[[str], Path], emperor_process: Callable[[Path], EmperorProcess]
 ) -> None:
@@ -236,6 +237,7 @@ except BlockingIOError:
 """
 
 
+@pytest.mark.process
 def test_a_sigterm_sent_right_after_the_app_forks_reaches_the_child_not_the_worker() -> None:
     """The window between fork and the child's reset: the signal waits, then takes its default action."""
     done = subprocess.run([sys.executable, "-c", RACE], capture_output=True, text=True, timeout=60)
