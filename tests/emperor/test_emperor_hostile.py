@@ -4,7 +4,7 @@ Vassal files that crash, block or exhaust whatever parses them, a sparse file of
 links planted at the state file's names, links to another user's vassal file, secrets in the
 emperor's environment. The emperor and the other vassals must carry on, root must not write
 through a link, and a tyrant's vassal must not run another user's file nor see root's
-environment. Processes are real (the helpers of test_emperor); the tyrant tests create two
+environment, nor forge the emperor's log lines with its name. Processes are real; the tyrant tests create two
 system users and remove them, and remove the state file they leave under /run.
 """
 

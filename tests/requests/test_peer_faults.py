@@ -1,4 +1,4 @@
-"""Faulty peers and bad options: a worker is never held past socket-timeout, and bad starts exit 2.
+"""Faulty peers: a worker is never held past socket-timeout by a client that misbehaves.
 
 Every test talks to binserve's unix socket with raw uwsgi packets (no nginx), so the peer can
 misbehave on purpose: never read the answer, stall in the middle of a body, trickle bytes.

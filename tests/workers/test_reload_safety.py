@@ -3,8 +3,9 @@
 Before re-executing itself, the master runs a probe: the same command line, as the same
 user, loading the config and the app and binding nothing. These tests break what the new
 image needs (the ini closed to the user the master runs as, the app's code, an import that
-hangs) and check that SIGHUP, touch-reload and the emperor's reload leave the same workers
-serving, with the reason in the log; once the cause is fixed, the reload goes through.
+hangs or exits, a probe that cannot be forked) and check that SIGHUP, touch-reload and the
+emperor's reload leave the same workers serving, with the reason in the log; once the cause is
+fixed, the reload goes through.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 A signal without a meaning is logged and changes nothing; ignored ones change nothing either;
 afterwards the process still serves and SIGTERM still stops it cleanly. Processes the app
-forks do not inherit the worker's signal handling.
+forks do not inherit the worker's signal handling, and signals that come while the app is
+imported at startup are neither lost nor fatal.
 """
 
 from __future__ import annotations

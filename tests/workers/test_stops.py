@@ -1,5 +1,6 @@
 """Stops with real processes: SIGTERM and SIGINT finish the requests in flight, SIGQUIT cuts them,
-worker-reload-mercy bounds both, and nothing of the server is left behind.
+worker-reload-mercy bounds both, and nothing of the server is left behind: no helper the app
+started keeps the socket, and a worker still importing leaves with its master.
 """
 
 from __future__ import annotations
