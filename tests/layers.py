@@ -2,9 +2,9 @@
 
 ``make test-fast`` (``pytest -m unit``) runs the unit layer in seconds; ``make test`` runs them
 all. A test's layer is its own mark, else its module's ``pytestmark``, else what it uses says:
-an nginx fixture puts it in nginx, a fixture that starts binserve in process, and nothing of
-the kind in unit. A unit test that starts a process fails and says which layer it belongs in,
-so the fast layer stays fast and the marks stay true.
+an nginx fixture puts it in nginx, a fixture that starts binserve or another process in
+process, and nothing of the kind in unit. A unit test that starts a process fails and says
+which layer it belongs in, so the fast layer stays fast and the marks stay true.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ LAYERS = {
     "load": "many connections at once from a load generator (wrk)",
 }
 NGINX_FIXTURES = {"nginx"}
-PROCESS_FIXTURES = {"serve", "emperor", "venv_interpreter"}
+# binserve.testing.plugin's serve and emperor, and conftest.py's venv_interpreter and account (useradd).
+PROCESS_FIXTURES = {"serve", "emperor", "venv_interpreter", "account"}
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -171,7 +171,6 @@ def test_sighup_reload_after_the_drop_serves_as_the_same_user(
     assert not sock.exists()
 
 
-@pytest.mark.process
 def test_drop_is_a_no_op_for_the_current_user_and_an_error_for_another(account: pwd.struct_passwd) -> None:
     same = Privileges(uid=account.pw_uid, gid=account.pw_gid, user=USER)
     assert as_user(account, same.drop) == "ok"  # drop returned None
@@ -207,7 +206,6 @@ def test_unknown_users_and_groups_are_named(args: list[str], message: str) -> No
     assert message in str(caught.value)
 
 
-@pytest.mark.process
 def test_names_and_numbers_resolve_alike(account: pwd.struct_passwd) -> None:
     extra = grp.getgrnam(EXTRA_GROUP).gr_gid
     by_name = Privileges.from_config(load(["--uid", USER, "--chown-socket", f"{USER}:{EXTRA_GROUP}"], {}))
