@@ -208,9 +208,3 @@ def test_no_content_length_on_204_and_304(serve: Callable[..., Server], app: Pat
     reply = request(server.socket, "/abc")
     assert (reply.status, reply.body) == (200, b"abc")
     assert "Content-Length: 3" in reply.header_lines, reply.header_lines
-
-
-# -- 6. bad option values refused at start -------------------------------------------------------
-
-
-# -- 7. a second socket that cannot be bound -----------------------------------------------------

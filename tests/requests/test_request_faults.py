@@ -292,7 +292,7 @@ def _expired(log: str) -> int:
     return together + log.count("timeout waiting for the request")
 
 
-# -- harakiri with threads -----------------------------------------------------------------------
+# -- a peer that ends its body after the headers are out; a response whose attributes raise --------
 
 
 READ_LATE = (APPS / "attack_runtime_read_late.py").read_text()
