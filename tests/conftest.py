@@ -1,20 +1,24 @@
-"""The repository's fixtures: binserve.testing's (serve, nginx, emperor) and a few of its own."""
+"""The repository's fixtures: binserve.testing's (serve, nginx, emperor), the layers, a few of its own."""
 
 from __future__ import annotations
 
+import os
+import pwd
 import shlex
 import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from support import reachable_prefix
+from support import EXTRA_GROUP, PRIVILEGES_APP, USER, reachable_prefix
 
-pytest_plugins = ["binserve.testing.plugin", "fault_report"]
+pytest_plugins = ["binserve.testing.plugin", "fault_report", "layers"]
 
 
 @pytest.fixture
@@ -77,3 +81,40 @@ def venv_interpreter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     wrapper.write_text(f'#!/bin/sh\nexec {command} "$@"\n')
     wrapper.chmod(0o755)
     monkeypatch.setattr(sys, "executable", str(wrapper))
+
+
+def _remove_account() -> None:
+    subprocess.run(["userdel", USER], capture_output=True)
+    subprocess.run(["groupdel", EXTRA_GROUP], capture_output=True)
+
+
+@pytest.fixture
+def account() -> Iterator[pwd.struct_passwd]:
+    """The privilege tests' system user (USER, in EXTRA_GROUP too), removed afterwards."""
+    assert os.geteuid() == 0, "privileges are tested as root (as CI runs)"
+    _remove_account()
+    subprocess.run(["groupadd", "-r", EXTRA_GROUP], check=True, capture_output=True)
+    subprocess.run(["useradd", "-M", "-r", "-G", EXTRA_GROUP, USER], check=True, capture_output=True)
+    try:
+        yield pwd.getpwnam(USER)
+    finally:
+        _remove_account()
+
+
+@pytest.fixture
+def home(account: pwd.struct_passwd, open_dir: Path) -> Path:
+    """The app's directory, owned by the user (so vacuum may remove the socket after the drop)."""
+    (open_dir / "app.py").write_text(PRIVILEGES_APP)
+    os.chown(open_dir, account.pw_uid, account.pw_gid)
+    return open_dir
+
+
+@pytest.fixture
+def pool() -> Iterator[ThreadPoolExecutor]:
+    """Threads for requests that must run alongside the test.
+
+    Not waited for: a thread stuck in a request ends when ``serve`` kills the server.
+    """
+    executor = ThreadPoolExecutor(4)
+    yield executor
+    executor.shutdown(wait=False, cancel_futures=True)

@@ -1,4 +1,5 @@
-"""Test helpers of this repository only: system users, and an interpreter they can reach.
+"""Test helpers of this repository only: system users, an interpreter they can reach, and what
+several test files share (the vassal and process apps' helpers).
 
 Processes, the uwsgi client and the fixtures are binserve.testing's.
 """
@@ -11,15 +12,21 @@ import stat
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from binserve.config import ConfigError, load
+from binserve.testing import Server, exchange, parse_response, request, request_packet, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 APPS = REPO / "tests" / "apps"  # the WSGI apps the tests serve
+
+# The account the privilege tests drop to, and the app it serves (the reload tests use them too).
+USER, EXTRA_GROUP = "binserve-p1", "binserve-p1x"
+PRIVILEGES_APP = (APPS / "privileges_app.py").read_text()
 
 
 # Runs a command in a private mount namespace where the test's interpreter is reachable by
@@ -127,3 +134,84 @@ def system_users(*names: str) -> Iterator[list[pwd.struct_passwd]]:
         yield [pwd.getpwnam(name) for name in names]
     finally:
         remove()
+
+
+def write_vassal(
+    directory: Path, name: str, sock: Path, app: Path, processes: int | str = 2, extra: str = ""
+) -> Path:
+    """A vassal file ``name.ini`` serving ``app`` on ``sock``; the app reports ``VASSAL=name``."""
+    path = directory / f"{name}.ini"
+    path.write_text(
+        "[uwsgi]\n"
+        f"socket = {sock}\n"
+        f"wsgi-file = {app}\n"
+        f"processes = {processes}\n"
+        f"env = VASSAL={name}\n"
+        "disable-logging = true\n"
+        f"{extra}"
+    )
+    return path
+
+
+def get(sock: Path, path: str = "/", query: str = "", timeout: float = 10.0) -> tuple[int, str]:
+    """One GET straight to a vassal's socket over the uwsgi protocol: (status, body); (0, "") on error."""
+    try:
+        response = request(sock, f"{path}?{query}" if query else path, timeout=timeout)
+    except (OSError, AssertionError):
+        return 0, ""
+    return response.status, response.text
+
+
+# -- the process app (tests/apps/process_app.py): it records each call in ``calls`` next to it --
+PROCESS_APP = (APPS / "process_app.py").read_text()
+SLOW_BODY = b"".join(b"%05d" % i for i in range(20000))
+
+
+def get_bytes(address: str | Path, path: str, query: str = "", timeout: float = 10.0) -> tuple[int, bytes]:
+    """A GET straight over the uwsgi protocol: (status, body); (0, b"") when closed unanswered."""
+    return status_body(exchange(address, request_packet(f"{path}?{query}" if query else path), timeout))
+
+
+def status_body(raw: bytes) -> tuple[int, bytes]:
+    """Status and body of a raw HTTP/1.x response (status 0 when nothing came back)."""
+    if not raw:
+        return 0, b""
+    reply = parse_response(raw)
+    return reply.status, reply.body
+
+
+def calls(tmp_path: Path) -> list[str]:
+    """The paths the app has been called with, in order."""
+    path = tmp_path / "calls"
+    return [line.split(" ", 1)[1] for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def group_processes(pgid: int) -> str:
+    """pgrep's listing of the processes still in a process group ("" when none)."""
+    return subprocess.run(["pgrep", "-g", str(pgid)], capture_output=True, text=True).stdout.strip()
+
+
+def start_slow(pool: ThreadPoolExecutor, tmp_path: Path, fetch: Callable[[], tuple[int, bytes]]) -> Future:
+    """Start a slow request in a thread and wait until the app is running it."""
+    before = calls(tmp_path).count("/slow")
+    future = pool.submit(fetch)
+    wait_for(lambda: calls(tmp_path).count("/slow") > before, 10, "the slow request to reach the app")
+    return future
+
+
+def log_lines(server: Server, text: str) -> list[str]:
+    """The lines of the server's log that contain ``text``."""
+    return [line for line in server.log().splitlines() if text in line]
+
+
+# The app lowers its own process limit: the next fork fails (the reload and replacement tests).
+LIMITED = (APPS / "attack_runtime_limited.py").read_text()
+
+
+def serve_limited(serve: Callable[..., Server], where: Path) -> tuple[Server, set[int]]:
+    """binserve as USER (whose process limit the app lowers) from ``where``; its one worker once forked."""
+    (where / "app.py").write_text(LIMITED)
+    server = serve(
+        "--wsgi-file", str(where / "app.py"), "--uid", USER, socket_path=where / "app.sock", cwd=where
+    )
+    return server, server.wait_workers(1)

@@ -1,4 +1,4 @@
-"""Served by tests/test_attack_hardening.py (APP)."""
+"""Served by tests/security/test_hostile_links.py (APP)."""
 
 
 def application(environ, start_response):

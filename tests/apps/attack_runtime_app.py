@@ -1,4 +1,6 @@
-"""Served by tests/test_attack_runtime.py (APP)."""
+"""Served by tests/workers/test_lazy_apps.py (EXITING_APP),
+tests/workers/test_reload_safety.py (EXITING_APP).
+"""
 
 import os
 import sys

@@ -1,4 +1,4 @@
-"""Served by tests/test_attack_runtime.py (BUSY)."""
+"""Served by tests/workers/test_stops.py (BUSY)."""
 
 import os
 import time

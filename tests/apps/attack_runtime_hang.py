@@ -1,4 +1,4 @@
-"""Served by tests/test_attack_runtime.py (HANG)."""
+"""Served by tests/workers/test_harakiri.py (HANG)."""
 
 import time
 

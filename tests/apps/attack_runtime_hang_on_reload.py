@@ -1,4 +1,6 @@
-"""Served by tests/test_attack_runtime.py (HANG_ON_RELOAD)."""
+"""Served by tests/emperor/test_emperor_hostile.py (HANG_ON_RELOAD),
+tests/workers/test_reload_safety.py (HANG_ON_RELOAD).
+"""
 
 import os
 import time

@@ -1,4 +1,4 @@
-"""Served by tests/test_attack_runtime.py (HELPER)."""
+"""Served by tests/workers/test_stops.py (HELPER)."""
 
 import os
 import time

@@ -1,4 +1,4 @@
-"""Served by tests/test_attack_runtime.py (HELPER_PID)."""
+"""Served by tests/workers/test_signals.py (HELPER_PID)."""
 
 import os
 import time

@@ -1,4 +1,4 @@
-"""Served by tests/test_attack_runtime.py (LIMITED)."""
+"""Served by tests/support.py (LIMITED)."""
 
 import os
 import resource

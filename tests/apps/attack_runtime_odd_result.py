@@ -1,4 +1,4 @@
-"""Served by tests/test_attack_runtime.py (ODD_RESULT)."""
+"""Served by tests/requests/test_request_faults.py (ODD_RESULT)."""
 
 import os
 

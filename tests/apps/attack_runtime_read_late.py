@@ -1,4 +1,4 @@
-"""Served by tests/test_attack_runtime.py (READ_LATE)."""
+"""Served by tests/requests/test_request_faults.py (READ_LATE)."""
 
 
 def application(environ, start_response):

@@ -1,4 +1,4 @@
-"""Served by tests/test_attack_runtime.py (SLOW)."""
+"""Served by tests/workers/test_signals.py (SLOW), tests/workers/test_stops.py (SLOW)."""
 
 import os
 import time

@@ -1,4 +1,4 @@
-"""Served by tests/test_emperor.py (APP)."""
+"""Served by tests/emperor/test_emperor.py (APP)."""
 
 import os
 import time

@@ -1,4 +1,4 @@
-"""Served by tests/test_emperor_interop.py (APP)."""
+"""Served by tests/emperor/test_emperor_interop.py (APP)."""
 
 import os
 

@@ -1,4 +1,4 @@
-"""Served by tests/test_exposure.py (APP)."""
+"""Served by tests/security/test_exposure.py (APP)."""
 
 
 def application(environ, start_response):

@@ -1,4 +1,4 @@
-"""Served by tests/test_fault_suite.py (APP)."""
+"""Served by tests/load/test_under_load.py (APP)."""
 
 import os
 import time

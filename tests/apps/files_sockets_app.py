@@ -1,4 +1,4 @@
-"""Served by tests/test_files_sockets.py (APP)."""
+"""Served by tests/security/test_hostile_files.py (APP)."""
 
 
 def application(environ, start_response):

@@ -1,4 +1,4 @@
-"""Served by tests/test_fuzz_server.py (ECHO_APP)."""
+"""Served by tests/requests/test_fuzz.py (ECHO_APP)."""
 
 
 def application(environ, start_response):

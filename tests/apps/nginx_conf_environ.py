@@ -1,4 +1,4 @@
-"""Served by tests/test_nginx_conf.py (ENVIRON_APP)."""
+"""Served by tests/deploy/test_nginx_conf.py (ENVIRON_APP)."""
 
 
 def application(environ, start_response):

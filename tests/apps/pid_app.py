@@ -1,4 +1,7 @@
-"""Served by tests/test_recycling.py (PID_APP)."""
+"""Served by tests/workers/test_recycling.py (PID_APP),
+tests/workers/test_replacement.py (PID_APP),
+tests/workers/test_signals.py (APP).
+"""
 
 import os
 

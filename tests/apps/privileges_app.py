@@ -1,4 +1,4 @@
-"""Served by tests/test_privileges.py (APP)."""
+"""Served by tests/support.py (PRIVILEGES_APP)."""
 
 import os
 

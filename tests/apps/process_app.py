@@ -1,4 +1,4 @@
-"""Served by tests/test_process.py (APP)."""
+"""Served by tests/support.py (PROCESS_APP)."""
 
 import os
 import sys

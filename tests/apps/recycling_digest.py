@@ -1,4 +1,4 @@
-"""Served by tests/test_recycling.py (DIGEST_APP)."""
+"""Served by tests/workers/test_recycling.py (DIGEST_APP)."""
 
 import hashlib
 

@@ -1,4 +1,4 @@
-"""Served by tests/test_recycling.py (EVIL_APP)."""
+"""Served by tests/workers/test_recycling.py (EVIL_APP)."""
 
 import os
 import time

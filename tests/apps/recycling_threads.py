@@ -1,4 +1,4 @@
-"""Served by tests/test_recycling.py (THREADS_APP)."""
+"""Served by tests/workers/test_recycling.py (THREADS_APP)."""
 
 import os
 import threading

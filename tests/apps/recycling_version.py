@@ -1,4 +1,4 @@
-"""Served by tests/test_recycling.py (VERSION_APP)."""
+"""Served by tests/workers/test_recycling.py (VERSION_APP)."""
 
 import os
 

@@ -1,4 +1,4 @@
-"""Served by tests/test_reload_safety.py (APP)."""
+"""Served by tests/workers/test_reload_safety.py (APP)."""
 
 import os
 import time

@@ -1,4 +1,4 @@
-"""Served by tests/test_replacement.py (HANGING_APP)."""
+"""Served by tests/workers/test_replacement.py (HANGING_APP)."""
 
 import os
 import time

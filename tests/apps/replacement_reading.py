@@ -1,4 +1,4 @@
-"""Served by tests/test_replacement.py (READING_APP)."""
+"""Served by tests/workers/test_replacement.py (READING_APP)."""
 
 
 def application(environ, start_response):

@@ -1,4 +1,4 @@
-"""Served by tests/test_replacement.py (VERSION_APP)."""
+"""Served by tests/workers/test_replacement.py (VERSION_APP)."""
 
 import os
 

@@ -1,4 +1,4 @@
-"""Served by tests/test_request_faults.py (APP)."""
+"""Served by tests/requests/test_request_faults.py (APP), tests/workers/test_harakiri.py (FAULTS_APP)."""
 
 import os
 import time

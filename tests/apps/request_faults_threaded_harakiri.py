@@ -1,4 +1,4 @@
-"""Served by tests/test_request_faults.py (THREADED_HARAKIRI_APP)."""
+"""Served by tests/workers/test_harakiri.py (THREADED_HARAKIRI_APP)."""
 
 import time
 

@@ -1,4 +1,4 @@
-"""Served by tests/test_signals.py (FORKING_APP)."""
+"""Served by tests/workers/test_signals.py (FORKING_APP)."""
 
 import multiprocessing
 import os

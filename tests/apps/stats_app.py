@@ -1,4 +1,4 @@
-"""The app behind the stats server tests (tests/test_stats.py).
+"""The app behind the stats server tests (tests/stats/test_stats.py).
 
 * ``/bytes?N`` (or ``/bytes?N&anything``) answers with N bytes, so responses differ in size
   and ``tx`` has something to add up;

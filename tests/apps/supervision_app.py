@@ -1,4 +1,7 @@
-"""Served by tests/test_supervision.py (APP)."""
+"""Served by tests/workers/test_harakiri.py (SLEEP_APP),
+tests/workers/test_recycling.py (SLEEP_APP),
+tests/workers/test_reloads.py (SLEEP_APP).
+"""
 
 import os
 import time

@@ -1,4 +1,4 @@
-"""Served by tests/test_supervision.py (IMPORT_RECORDER)."""
+"""Served by tests/workers/test_lazy_apps.py (IMPORT_RECORDER)."""
 
 import os
 

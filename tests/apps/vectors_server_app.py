@@ -1,4 +1,4 @@
-"""Served by tests/test_vectors_server.py (APP)."""
+"""Served by tests/requests/test_capture_vectors.py (APP)."""
 
 import hashlib
 import json

@@ -1,0 +1,109 @@
+"""Options seen working in a running binserve: sockets, chmod-socket, env, chdir, pythonpath
+and logging (logto, disable-logging, the request lines).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import stat
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from binserve.testing import (
+    Server,
+    free_port,
+    ping,
+)
+
+from support import PROCESS_APP as APP
+from support import get_bytes as get
+
+
+@pytest.fixture
+def app(app_file: Callable[[str], Path]) -> Path:
+    return app_file(APP)
+
+
+def test_chmod_socket(serve: Callable[..., Server], app: Path) -> None:
+    server = serve("--wsgi-file", str(app), "--chmod-socket", "660")
+    assert stat.S_IMODE(os.stat(server.socket).st_mode) == 0o660
+
+
+def test_logto_collects_master_worker_and_app_output(
+    serve: Callable[..., Server], app: Path, tmp_path: Path
+) -> None:
+    logfile = tmp_path / "logto.log"
+    server = serve("--wsgi-file", str(app), "--logto", str(logfile))
+    assert get(server.socket, "/print") == (200, b"printed")
+    text = logfile.read_text()
+    assert "master ready: 1 workers" in text
+    assert "spawned worker 1" in text
+    assert "GET /print => 200" in text
+    assert "printed by the app" in text
+    assert server.log() == ""
+
+
+def test_disable_logging_keeps_errors(serve: Callable[..., Server], app: Path) -> None:
+    server = serve("--wsgi-file", str(app), "--disable-logging")
+    assert get(server.socket, "/quiet")[0] == 200
+    assert get(server.socket, "/boom")[0] == 500
+    log = server.log()
+    assert "/quiet" not in log
+    assert "=> 500" not in log
+    assert "the app raised during GET /boom" in log
+    assert "RuntimeError: the app blew up on purpose" in log
+
+
+def test_request_lines_logged_by_default(serve: Callable[..., Server], app: Path) -> None:
+    server = serve("--wsgi-file", str(app))
+    assert get(server.socket, "/loud")[0] == 200
+    assert re.search(
+        r"\[pid: \d+\|worker: 1\|req: 1\] 127\.0\.0\.1 GET /loud => 200 \d+ bytes in", server.log()
+    )
+
+
+def test_env_option_is_visible_to_the_app(serve: Callable[..., Server], app: Path) -> None:
+    server = serve("--wsgi-file", str(app), "--env", "GREETING=hello world=1")
+    assert get(server.socket, "/env") == (200, b"hello world=1")
+
+
+def test_chdir_and_pythonpath(serve: Callable[..., Server], tmp_path: Path) -> None:
+    appdir = tmp_path / "site"
+    libdir = tmp_path / "lib"
+    appdir.mkdir()
+    libdir.mkdir()
+    (libdir / "helperlib.py").write_text("VALUE = 'from the pythonpath'\n")
+    (appdir / "siteapp.py").write_text(
+        "import os\nimport helperlib\n\n"
+        "def application(environ, start_response):\n"
+        "    body = f'{os.getcwd()}|{helperlib.VALUE}'.encode()\n"
+        "    start_response('200 OK', [('Content-Length', str(len(body)))])\n"
+        "    return [body]\n"
+    )
+    # The module is found only through chdir (the current directory is importable), the helper
+    # only through pythonpath.
+    server = serve("--chdir", str(appdir), "--pythonpath", str(libdir), "--module", "siteapp")
+    assert get(server.socket, "/") == (200, f"{appdir}|from the pythonpath".encode())
+
+
+def test_tcp_socket(serve: Callable[..., Server], app: Path) -> None:
+    address = f"127.0.0.1:{free_port()}"
+    server = serve("--wsgi-file", str(app), socket_path=address)
+    assert get(address, "/tcp") == (200, b"ok")
+    assert f"on {address}" in server.log()
+
+
+def test_two_sockets_both_serve(serve: Callable[..., Server], app: Path, tmp_path: Path) -> None:
+    second = tmp_path / "second.sock"
+    server = serve("--wsgi-file", str(app), "--socket", str(second))
+    assert ping(second)
+    assert get(server.socket, "/one") == (200, b"ok")
+    assert get(second, "/two") == (200, b"ok")
+    assert f"on {server.socket}, {second}" in server.log()
+    os.kill(server.pid, signal.SIGTERM)
+    assert server.proc.wait(timeout=10) == 0
+    assert not server.socket.exists() and not second.exists()

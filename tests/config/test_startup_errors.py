@@ -1,0 +1,94 @@
+"""Starts that cannot succeed: bad option values, an unbindable socket, an app that fails to
+import or lacks its callable. binserve exits at once with its code and leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from binserve.testing import (
+    Server,
+)
+
+from support import PROCESS_APP as APP
+
+
+@pytest.fixture
+def app(app_file: Callable[[str], Path]) -> Path:
+    return app_file(APP)
+
+
+BROKEN = """
+import os
+with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "imported"), "a") as f:
+    f.write("x")
+raise RuntimeError("kaboom at import time")
+"""
+
+
+@pytest.mark.parametrize("how", ["--module", "--wsgi-file"])
+def test_app_that_fails_to_import_exits_at_once(
+    serve: Callable[..., Server], app_file: Callable[[str], Path], tmp_path: Path, how: str
+) -> None:
+    broken = app_file(BROKEN)
+    target = broken.stem if how == "--module" else str(broken)
+    started = time.monotonic()
+    server = serve(how, target, "--processes", "2", ready=False)
+    code = server.proc.wait(timeout=15)
+    assert time.monotonic() - started < 5
+    assert code == 4
+    log = server.log()
+    assert "Traceback (most recent call last)" in log
+    assert "RuntimeError: kaboom at import time" in log
+    assert log.count("cannot load the app") == 1
+    assert "spawned worker" not in log
+    assert (tmp_path / "imported").read_text() == "x", "the app was imported more than once"
+    assert not server.socket.exists()
+
+
+@pytest.mark.parametrize("how", ["--module", "--wsgi-file"])
+def test_missing_callable_is_named(serve: Callable[..., Server], app: Path, how: str) -> None:
+    target = app.stem if how == "--module" else str(app)
+    pidfile = app.parent / "binserve.pid"
+    server = serve(how, target, "--callable", "nope", "--pidfile", str(pidfile), ready=False)
+    assert server.proc.wait(timeout=15) == 4
+    kind = f"module {app.stem}" if how == "--module" else f"wsgi-file {app}"
+    assert f"cannot load the app: {kind} has no callable 'nope'" in server.log()
+    assert "Traceback" not in server.log()
+    assert not pidfile.exists(), "the pidfile of a server that never started is removed"
+
+
+@pytest.mark.parametrize(
+    ("option", "value"), [("limit-post", "-1"), ("socket-timeout", "0")], ids=["limit-post", "socket-timeout"]
+)
+def test_bad_option_value_is_refused_at_start(
+    serve: Callable[..., Server], app: Path, option: str, value: str
+) -> None:
+    server = serve("--wsgi-file", str(app), f"--{option}", value, ready=False)
+    try:
+        code = server.proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"--{option} {value} was accepted; binserve is running:\n{server.log()}")
+    assert code == 2, server.log()
+    assert option in server.log()
+    assert not server.socket.exists()
+
+
+def test_second_socket_unbindable_exits_2_and_leaves_no_socket_file(
+    serve: Callable[..., Server], app: Path, tmp_path: Path
+) -> None:
+    bad = tmp_path / "no-such-dir" / "second.sock"
+    server = serve("--wsgi-file", str(app), "--socket", str(bad), ready=False)
+    try:
+        code = server.proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"binserve kept running with an unbindable socket:\n{server.log()}")
+    assert code == 2, server.log()
+    assert str(bad) in server.log()
+    assert not bad.exists()
+    assert not server.socket.exists(), f"the first socket {server.socket} was left behind"

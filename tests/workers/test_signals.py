@@ -1,0 +1,332 @@
+"""Every signal an operator may send to a master, a worker or an emperor, with real processes.
+
+A signal without a meaning is logged and changes nothing; ignored ones change nothing either;
+afterwards the process still serves and SIGTERM still stops it cleanly. Processes the app
+forks do not inherit the worker's signal handling, and signals that come while the app is
+imported at startup are neither lost nor fatal.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from binserve import signals
+from binserve.testing import (
+    EmperorProcess,
+    Server,
+    alive,
+    ping,
+    read_response,
+    request_packet,
+    send,
+    wait_for,
+)
+
+from support import APPS, get, write_vassal
+
+SLOW = (APPS / "attack_runtime_slow.py").read_text()
+
+LOGGED = [
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+    signal.SIGALRM,
+    signal.SIGTTIN,
+    signal.SIGTTOU,
+    signal.SIGPWR,
+    signal.SIGRTMIN,
+]
+IGNORED = [signal.SIGWINCH, signal.SIGPIPE]
+
+APP = (APPS / "pid_app.py").read_text()
+
+SLOW_IMPORT_APP = (
+    """
+import os
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+open(os.path.join(HERE, "importing"), "w").close()
+while not os.path.exists(os.path.join(HERE, "go-on")):
+    time.sleep(0.02)
+"""
+    + APP
+)
+
+FORKING_APP = (APPS / "signals_forking.py").read_text()
+
+
+def fetch(sock: Path, path: str) -> str:
+    """The body of a GET, read up to its Content-Length: a child the app forked keeps the
+    connection open, so the end of the answer cannot be its close."""
+    with send(sock, request_packet(path)) as conn:
+        reply = read_response(conn)
+    assert reply.header("Content-Length") == str(len(reply.body)), f"closed after {reply}"
+    assert reply.status == 200, reply.status_line
+    return reply.text
+
+
+def send_each(
+    pid: int, log: Callable[[], str], line: Callable[[int], str], serves: Callable[[], bool]
+) -> None:
+    """Send every operator signal to ``pid``: each logged one leaves ``line(signum)`` in the log,
+    and the process serves after every one.
+
+    An ignored signal leaves no trace of its own: SIGRTMIN follows it, and its line shows the
+    process lived through the first (a pending real-time signal is delivered after the others).
+    """
+    for signum in [*LOGGED, *IGNORED]:
+        marker = signum if signum in LOGGED else signal.SIGRTMIN
+        expected = line(marker)
+        before = log().count(expected)
+        os.kill(pid, signum)
+        if marker != signum:
+            os.kill(pid, marker)
+        wait_for(lambda: log().count(expected) > before, 10, f"{expected!r} in the log")  # noqa: B023
+        assert serves(), f"not serving after {signals.name(signum)}:\n{log()}"
+    for signum in IGNORED:
+        assert f"{signals.name(signum)} received" not in log()
+
+
+def test_the_table_covers_every_signal_that_would_end_or_stop_a_process() -> None:
+    for table in (signals.MASTER, signals.WORKER, signals.EMPEROR):
+        more = (signal.SIGVTALRM, signal.SIGPROF, signal.SIGIO, signal.SIGXCPU, signal.SIGXFSZ)
+        for signum in (*LOGGED, *more):
+            assert table[signum] == signals.NO_EFFECT
+        assert set(range(signal.SIGRTMIN, signal.SIGRTMAX + 1)) <= set(table)
+        for fault in (signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL, signal.SIGABRT):
+            assert fault not in table
+        assert signals.has_effect(table, signal.SIGHUP) and signals.has_effect(table, signal.SIGTERM)
+    assert signals.received(signals.MASTER, signal.SIGRTMIN + 2) == "SIGRTMIN+2 received: no effect"
+
+
+def test_a_master_logs_signals_without_a_meaning_and_serves_on(
+    serve: Callable[..., Server], app_file: Callable[[str], Path]
+) -> None:
+    server = serve("--wsgi-file", str(app_file(APP)))
+    wait_for(lambda: len(server.worker_pids()) == 1, 10, "the worker")
+    workers = server.worker_pids()
+
+    def serves() -> bool:
+        return server.proc.poll() is None and ping(server.socket)
+
+    send_each(server.pid, server.log, lambda signum: f"{signals.name(signum)} received: no effect", serves)
+    assert server.worker_pids() == workers
+    os.kill(server.pid, signal.SIGTERM)
+    assert server.proc.wait(10) == 0, server.log()
+    assert not server.socket.exists()
+
+
+def test_a_signal_without_a_meaning_during_the_first_start_is_logged_once_the_master_runs(
+    serve: Callable[..., Server], app_file: Callable[[str], Path], tmp_path: Path
+) -> None:
+    server = serve("--wsgi-file", str(app_file(SLOW_IMPORT_APP)), ready=False)
+    wait_for((tmp_path / "importing").exists, 15, "the app's import to start")
+    os.kill(server.pid, signal.SIGUSR1)
+    os.kill(server.pid, signal.SIGRTMIN)
+    (tmp_path / "go-on").touch()
+    server.wait_ready()
+    wait_for(lambda: "SIGRTMIN received: no effect" in server.log(), 10, "the held signals in the log")
+    assert "SIGUSR1 received: no effect" in server.log()
+    os.kill(server.pid, signal.SIGTERM)
+    assert server.proc.wait(10) == 0, server.log()
+
+
+def test_a_worker_logs_signals_without_a_meaning_and_serves_on(
+    serve: Callable[..., Server], app_file: Callable[[str], Path]
+) -> None:
+    server = serve("--wsgi-file", str(app_file(APP)))
+    wait_for(lambda: len(server.worker_pids()) == 1, 10, "the worker")
+    (worker,) = server.worker_pids()
+
+    def serves() -> bool:
+        return get(server.socket) == (200, str(worker))
+
+    line = lambda signum: f"worker 1 (pid {worker}): {signals.name(signum)} received: no effect"  # noqa: E731
+    send_each(worker, server.log, line, serves)
+    assert server.worker_pids() == {worker}
+    os.kill(server.pid, signal.SIGTERM)
+    assert server.proc.wait(10) == 0, server.log()
+
+
+@pytest.fixture
+def emperor_process(tmp_path: Path) -> Iterator[Callable[[Path], EmperorProcess]]:
+    started: list[EmperorProcess] = []
+
+    def start(vassals: Path) -> EmperorProcess:
+        started.append(EmperorProcess(tmp_path, vassals, (), []))
+        return started[-1]
+
+    yield start
+    for process in started:
+        process.stop()
+    for process in started:
+        wait_for(process.all_gone, 10, "every vassal to be gone")
+
+
+@pytest.mark.process
+def test_an_emperor_logs_signals_without_a_meaning_and_its_vassals_serve_on(
+    tmp_path: Path, app_file: Callable[[str], Path], emperor_process: Callable[[Path], EmperorProcess]
+) -> None:
+    vassals = tmp_path / "vassals"
+    vassals.mkdir()
+    sock = tmp_path / "one.sock"
+    write_vassal(vassals, "one", sock, app_file(APP), processes=1)
+    emperor = emperor_process(vassals)
+    emperor.wait_serving("one", sock)
+    wait_for(lambda: emperor.master("one") is not None, 10, "the vassal in the state file")
+    master = emperor.master("one")
+
+    def serves() -> bool:
+        emperor.check_running()
+        return ping(sock)
+
+    line = lambda signum: f"emperor: {signals.name(signum)} received: no effect"  # noqa: E731
+    send_each(emperor.pid, emperor.log, line, serves)
+    assert emperor.master("one") == master
+    os.kill(emperor.pid, signal.SIGTERM)
+    assert emperor.proc.wait(15) == 0, emperor.log()
+    assert "emperor stopped: every vassal has exited" in emperor.log()
+
+
+@pytest.mark.parametrize("when", ["in a request", "at a lazy app's import"])
+def test_a_process_the_app_forks_dies_of_sigterm_and_the_worker_serves_on(
+    serve: Callable[..., Server], app_file: Callable[[str], Path], when: str
+) -> None:
+    app = str(app_file(FORKING_APP))
+    if when == "in a request":
+        server = serve("--wsgi-file", app)
+        worker = int(fetch(server.socket, "/start").split()[0])
+    else:  # forked by the worker before it installs its own signal table
+        server = serve("--wsgi-file", app, "--lazy-apps", "--env", "FORK_AT_IMPORT=1")
+        wait_for(lambda: len(server.worker_pids()) == 1, 10, "the worker")
+        (worker,) = server.worker_pids()
+    assert fetch(server.socket, "/terminate") == f"{worker} {-signal.SIGTERM}", server.log()
+    assert server.worker_pids() == {worker}
+    assert fetch(server.socket, "/start").split()[0] == str(worker)
+    os.kill(worker, 0)  # still there: it was not told to stop by its child's signal
+    assert "recycl" not in server.log() and "exited" not in server.log()
+    os.kill(server.pid, signal.SIGTERM)
+    assert server.proc.wait(10) == 0, server.log()
+
+
+RACE = """
+import os, signal, time
+from binserve import signals
+
+wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+signals.install(signals.WORKER, wake_w)
+signals.unblock(signals.WORKER)
+for _ in range(20):
+    pid = os.fork()
+    if pid == 0:
+        time.sleep(5)
+        os._exit(0)
+    os.kill(pid, signal.SIGTERM)  # most often before the child has run a single instruction
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == -signal.SIGTERM, status
+try:
+    print("woken by", list(os.read(wake_r, 64)))
+except BlockingIOError:
+    print("the worker's wakeup pipe is empty")
+"""
+
+
+@pytest.mark.process
+def test_a_sigterm_sent_right_after_the_app_forks_reaches_the_child_not_the_worker() -> None:
+    """The window between fork and the child's reset: the signal waits, then takes its default action."""
+    done = subprocess.run([sys.executable, "-c", RACE], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "the worker's wakeup pipe is empty"
+
+
+HELPER_AT_IMPORT_APP = (
+    """
+import os
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+with open(os.path.join(HERE, f"helper-of-{os.getpid()}"), "w") as out:
+    out.write(str(helper.pid))
+"""
+    + APP
+)
+
+
+@pytest.mark.parametrize(
+    ("when", "signum"), [("first start", signal.SIGUSR1), ("after a reload", signal.SIGTERM)]
+)
+def test_a_process_the_app_starts_at_import_gets_its_signals(
+    serve: Callable[..., Server], app_file: Callable[[str], Path], tmp_path: Path, when: str, signum: int
+) -> None:
+    """Signals held for the master while the app is imported (those without a meaning; after a
+    reload the master's own too) are not held in the processes the app starts meanwhile."""
+    server = serve("--wsgi-file", str(app_file(HELPER_AT_IMPORT_APP)))
+    pid_file = tmp_path / f"helper-of-{server.pid}"  # the master keeps its pid across a reload
+    first = int(pid_file.read_text())
+    try:
+        if when == "after a reload":
+            os.kill(server.pid, signal.SIGHUP)
+            wait_for(lambda: pid_file.read_text() not in ("", str(first)), 15, "the new image's helper")
+        helper = int(pid_file.read_text())
+        os.kill(helper, signum)
+        wait_for(lambda: not alive(helper), 5, f"the helper to die of {signals.name(signum)}")
+    finally:
+        for path in tmp_path.glob("helper-of-*"):
+            if alive(int(path.read_text())):
+                os.kill(int(path.read_text()), signal.SIGKILL)
+    os.kill(server.pid, signal.SIGTERM)
+    assert server.proc.wait(10) == 0, server.log()
+
+
+def test_sighup_while_the_app_is_imported_at_startup_does_not_kill_the_master(
+    serve: Callable[..., Server], tmp_path: Path
+) -> None:
+    """SIGHUP has a meaning: sent while the master still imports the app, it must not end it silently."""
+    app = tmp_path / "app.py"
+    app.write_text(SLOW)
+    server = serve("--wsgi-file", str(app), ready=False)
+    wait_for((tmp_path / "importing").exists, 10, "the import to start")
+    os.kill(server.pid, signal.SIGHUP)
+    server.wait_ready()
+    assert get(server.socket)[0] == 200
+    os.kill(server.pid, signal.SIGTERM)
+    assert server.proc.wait(10) == 0, server.log()
+
+
+def test_sigterm_while_the_app_is_imported_at_startup_is_logged_and_cleans_up(
+    serve: Callable[..., Server], tmp_path: Path
+) -> None:
+    app = tmp_path / "app.py"
+    app.write_text(SLOW)
+    server = serve("--wsgi-file", str(app), ready=False)
+    wait_for((tmp_path / "importing").exists, 10, "the import to start")
+    os.kill(server.pid, signal.SIGTERM)
+    assert server.proc.wait(10) == 0, server.log()
+    assert "SIGTERM received while the app was being imported: stopped" in server.log(), server.log()
+    assert not server.socket.exists()
+
+
+HELPER_PID = (APPS / "attack_runtime_helper_pid.py").read_text()
+
+
+def test_a_helper_the_app_forks_at_import_blocks_no_signal(
+    serve: Callable[..., Server], tmp_path: Path
+) -> None:
+    """Signals binserve holds while it starts are not held in a helper the app forks meanwhile."""
+    app = tmp_path / "app.py"
+    app.write_text(HELPER_PID)
+    serve("--wsgi-file", str(app))
+    helper = tmp_path / "helper"
+    wait_for(helper.exists, 10, "the helper")
+    status = Path(f"/proc/{helper.read_text()}/status").read_text()
+    blocked = next(line for line in status.splitlines() if line.startswith("SigBlk:"))
+    assert int(blocked.split()[1], 16) == 0, blocked
