@@ -68,7 +68,7 @@ def connects(path: Path) -> str:
 def uwsgi_get(address: str | Path, path: str = "/") -> bytes:
     """The raw answer to a GET sent straight over the uwsgi protocol (b"" when closed unanswered:
     a close with the request unread may come as a reset)."""
-    return exchange(address, request_packet(path))
+    return exchange(address, request_packet(path), reset_ends=True)
 
 
 def ids_of(pid: int) -> tuple[set[int], set[int]]:
