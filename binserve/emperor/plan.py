@@ -10,11 +10,24 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the loop's handles on a vassal: the plan only carries them along
     import socket
     import subprocess
+
+
+class State(StrEnum):
+    """Where a vassal is in its life; the state file and the stats document show the value."""
+
+    NEW = "new"
+    STARTING = "starting"  # spawned, not yet accepting
+    RUNNING = "running"
+    RELOADING = "reloading"  # told to reload, not yet accepting again
+    STOPPING = "stopping"  # told to stop; SIGKILL at its deadline
+    WAITING = "waiting"  # died; respawned after a pause
+    STOPPED = "stopped"
 
 
 @dataclass(frozen=True)
@@ -39,7 +52,7 @@ class Vassal:
     uid: int = 0
     gid: int = 0
     pid: int | None = None
-    state: str = "new"  # starting, running, reloading, stopping, waiting, stopped
+    state: State = State.NEW
     born: float = 0.0
     last_reload: float = 0.0
     respawns: int = 0
@@ -89,7 +102,7 @@ class Wait:
 
 Action = Spawn | Reload | Stop | Wait
 
-LIVE = ("starting", "running", "reloading")
+LIVE = (State.STARTING, State.RUNNING, State.RELOADING)
 
 
 def plan(desired: dict[str, VassalFile], actual: dict[str, Vassal], now: float) -> list[Action]:
@@ -101,9 +114,9 @@ def plan(desired: dict[str, VassalFile], actual: dict[str, Vassal], now: float) 
     actions: list[Action] = []
     for path, wanted in desired.items():
         vassal = actual.get(path)
-        if vassal is None or vassal.state == "stopped":
+        if vassal is None or vassal.state == State.STOPPED:
             actions.append(Spawn(path))
-        elif vassal.state == "waiting":
+        elif vassal.state == State.WAITING:
             # A fixed file is worth trying at once; an unchanged one waits out its throttle.
             if now >= vassal.next_attempt or wanted.digest != vassal.digest:
                 actions.append(Spawn(path))
@@ -114,7 +127,7 @@ def plan(desired: dict[str, VassalFile], actual: dict[str, Vassal], now: float) 
         elif vassal.state in LIVE and (wanted.digest != vassal.digest or wanted.mtime > vassal.mtime):
             actions.append(Reload(path))
     for path, vassal in actual.items():
-        if path not in desired and vassal.state in (*LIVE, "waiting"):
+        if path not in desired and vassal.state in (*LIVE, State.WAITING):
             actions.append(Stop(path))
     return actions
 
@@ -155,7 +168,7 @@ def overdue(actual: dict[str, Vassal], now: float, stopping: bool, deadline: flo
     return [
         path
         for path, v in actual.items()
-        if v.state == "stopping" and v.pid is not None and 0 < v.stop_deadline <= now
+        if v.state == State.STOPPING and v.pid is not None and 0 < v.stop_deadline <= now
     ]
 
 

@@ -33,7 +33,19 @@ from ..vassal_link import (
     MSG_SPAWNED,
     MSG_VOLUNTARY,
 )
-from .plan import Action, Reload, Spawn, Stop, Vassal, VassalFile, after_death, overdue, plan, wake_timeout
+from .plan import (
+    Action,
+    Reload,
+    Spawn,
+    State,
+    Stop,
+    Vassal,
+    VassalFile,
+    after_death,
+    overdue,
+    plan,
+    wake_timeout,
+)
 from .probe import PROBE_OUTPUT, PROBE_SECONDS, Probe, probe_child, reaped
 from .spawn import command_line, die_with_parent, environment, identity, kill_group, warn_if_replaceable
 from .status import default_state_path, state_document, stats_document
@@ -145,12 +157,12 @@ class Emperor:
             for vassal in self.vassals.values():
                 if vassal.pid is not None:
                     self._command(vassal, CMD_GRACEFUL_STOP, signal.SIGTERM)
-                    vassal.state = "stopping"
+                    vassal.state = State.STOPPING
             self.dirty = True
         elif signum == signal.SIGHUP and not self.stopping:
             log("emperor: SIGHUP, reloading every vassal")
             for vassal in self.vassals.values():
-                if vassal.state in ("starting", "running"):
+                if vassal.state in (State.STARTING, State.RUNNING):
                     self._reload(vassal)
 
     def _on_message(self, vassal: Vassal) -> None:
@@ -172,8 +184,8 @@ class Emperor:
                 if not vassal.accepting:
                     log(f"vassal {name} is ready to accept requests")
                 vassal.accepting = True
-                if vassal.state in ("starting", "reloading"):
-                    vassal.state = "running"
+                if vassal.state in (State.STARTING, State.RELOADING):
+                    vassal.state = State.RUNNING
             elif byte == MSG_LOYAL:
                 if not vassal.loyal:
                     log(f"vassal {name} is now loyal")
@@ -205,13 +217,13 @@ class Emperor:
                 self._reload(vassal)
             elif isinstance(action, Stop):
                 vassal = self.vassals[action.path]
-                if vassal.state == "waiting":
+                if vassal.state == State.WAITING:
                     del self.vassals[action.path]
                     self.dirty = True
                 else:
                     log(f"vassal {os.path.basename(action.path)} removed or reowned: stopping it")
                     self._stop(vassal)
-        for path in [p for p, v in self.vassals.items() if v.state == "stopped" and p not in desired]:
+        for path in [p for p, v in self.vassals.items() if v.state == State.STOPPED and p not in desired]:
             del self.vassals[path]
             self.dirty = True
 
@@ -256,7 +268,7 @@ class Emperor:
         # Reading a tyrant vassal's file would expand its @(file) and $(ENV) as root.
         if not self.config.emperor_tyrant:
             self._probe(vassal, cwd)
-        vassal.state, vassal.born, vassal.accepting = "starting", time.time(), False
+        vassal.state, vassal.born, vassal.accepting = State.STARTING, time.time(), False
         vassal.loyal = False
         self.selector.register(ours, selectors.EVENT_READ, vassal)
         log(f"spawned vassal {os.path.basename(wanted.path)} (pid {proc.pid})")
@@ -315,15 +327,15 @@ class Emperor:
             log(f"vassal {name}: no stats address: reading its file failed ({failure})")
 
     def _reload(self, vassal: Vassal) -> None:
-        vassal.state, vassal.accepting = "reloading", False
+        vassal.state, vassal.accepting = State.RELOADING, False
         vassal.last_reload = time.time()
         self._command(vassal, CMD_RELOAD, signal.SIGHUP)
         self.dirty = True
 
     def _stop(self, vassal: Vassal) -> None:
-        if vassal.state == "stopping":
+        if vassal.state == State.STOPPING:
             return  # asked again (a vassal repeating MSG_VOLUNTARY): the first deadline stands
-        vassal.state = "stopping"
+        vassal.state = State.STOPPING
         vassal.stop_deadline = time.monotonic() + self.config.worker_reload_mercy
         self._command(vassal, CMD_GRACEFUL_STOP, signal.SIGTERM)
         self.dirty = True
@@ -354,9 +366,9 @@ class Emperor:
                 vassal.pipe.close()
                 vassal.pipe = None
             vassal.proc, vassal.pid = None, None
-            if vassal.state == "stopping" or self.stopping:
+            if vassal.state == State.STOPPING or self.stopping:
                 log(f"vassal {name} stopped ({how})")
-                vassal.state = "stopped"
+                vassal.state = State.STOPPED
             else:
                 log(f"vassal {name} died ({how})")
                 self._died(vassal, now)
@@ -368,7 +380,11 @@ class Emperor:
         if respawn.failures == 1:
             vassal.first_failure = time.time()
         vassal.failures = respawn.failures
-        vassal.state, vassal.next_attempt, vassal.waiting_why = "waiting", now + respawn.delay, respawn.why
+        vassal.state, vassal.next_attempt, vassal.waiting_why = (
+            State.WAITING,
+            now + respawn.delay,
+            respawn.why,
+        )
         if respawn.failures:
             name = os.path.basename(vassal.path)
             log(f"vassal {name} {vassal.waiting_why}: throttled, next attempt in {respawn.delay:g} s")

@@ -20,7 +20,7 @@ from typing import Any
 from .. import safefile
 from ..log import log
 from ..stats import VERSION
-from .plan import Vassal, throttle
+from .plan import State, Vassal, throttle
 
 STATE_NAME = ".binserve-emperor.json"
 # A tyrant's vassal directories are writable by its users: its state lives where only root writes.
@@ -70,7 +70,7 @@ def state_document(vassals: Iterable[Vassal], patterns: list[str]) -> dict[str, 
             "accepting": vassal.accepting,
             "failures": vassal.failures,
         }
-        if vassal.state == "waiting":
+        if vassal.state == State.WAITING:
             entry["throttled_until"] = round(now + max(0.0, vassal.next_attempt - now_mono), 1)
             entry["why"] = vassal.waiting_why
         entries.append(entry)
@@ -88,7 +88,7 @@ def stats_document(
     entries, blacklist = [], []
     for vassal in vassals:
         name = os.path.basename(vassal.path)
-        waiting = vassal.state == "waiting"
+        waiting = vassal.state == State.WAITING
         entries.append(
             {
                 "id": name,
