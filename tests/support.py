@@ -24,6 +24,8 @@ from binserve.testing import Server, exchange, parse_response, request, request_
 REPO = Path(__file__).resolve().parent.parent
 APPS = REPO / "tests" / "apps"  # the WSGI apps the tests serve
 
+AppFile = Callable[..., Path]  # the app_file fixture
+
 # The account the privilege tests drop to, and the app it serves (the reload tests use them too).
 USER, EXTRA_GROUP = "binserve-p1", "binserve-p1x"
 PRIVILEGES_APP = (APPS / "privileges_app.py").read_text()

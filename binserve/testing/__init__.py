@@ -19,6 +19,7 @@ from binserve.testing.client import (
     send,
 )
 from binserve.testing.emperor import EmperorProcess
+from binserve.testing.fixture_types import Serve, StartEmperor, StartNginx
 from binserve.testing.processes import (
     Nginx,
     Process,
@@ -43,7 +44,10 @@ __all__ = [
     "Nginx",
     "Process",
     "Response",
+    "Serve",
     "Server",
+    "StartEmperor",
+    "StartNginx",
     "alive",
     "answers_in_background",
     "children",

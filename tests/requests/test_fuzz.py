@@ -41,9 +41,9 @@ from binserve.protocol import (
     RemoteProtocolError,
     encode_request,
 )
-from binserve.testing import Nginx, Server, exchange, location, ping, wait_for
+from binserve.testing import Serve, StartNginx, exchange, ping, wait_for
 
-from support import APPS
+from support import APPS, AppFile
 
 SEED = int(os.environ.get("FUZZ_SEED", "20240611"))
 PACKETS = 10_000
@@ -379,12 +379,10 @@ def exceptions_in(log: str) -> Counter[str]:
 
 
 # -- the test ----------------------------------------------------------------------------------
-def test_fuzzed_packets_never_kill_a_worker(
-    serve: Callable[..., Server], nginx: Callable[[str], Nginx], app_file: Callable[[str], Path]
-) -> None:
+def test_fuzzed_packets_never_kill_a_worker(serve: Serve, nginx: StartNginx, app_file: AppFile) -> None:
     started = time.monotonic()
     server = serve("--wsgi-file", str(app_file(ECHO_APP)), "--processes", "2", "--socket-timeout", "1")
-    front = nginx(location(server.socket))
+    front = nginx(server)
     wait_for(lambda: len(server.worker_pids()) == 2, what="2 workers")
     workers = server.worker_pids()
     rng = random.Random(SEED)

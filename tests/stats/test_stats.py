@@ -30,12 +30,13 @@ from binserve.scoreboard import Scoreboard
 from binserve.stats import CpuMeter, Recent, instance_document
 from binserve.testing import (
     Nginx,
+    Serve,
     Server,
+    StartNginx,
     connect,
     exchange,
     executable,
     free_port,
-    location,
     read_all,
     request_packet,
     send,
@@ -181,9 +182,7 @@ def release(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def stats_server(
-    serve: Callable[..., Server], tmp_path: Path, release: Path
-) -> Callable[..., tuple[Server, str]]:
+def stats_server(serve: Serve, tmp_path: Path, release: Path) -> Callable[..., tuple[Server, str]]:
     """``stats_server(*args, stats=None)`` starts binserve serving stats_app with ``--stats``.
 
     Returns the server and the stats address (a unix path in tmp_path unless ``stats`` is given).
@@ -244,11 +243,11 @@ def test_request_counts_match_the_log(
     args: list[str],
     tcp: bool,
     stats_server: Callable[..., tuple[Server, str]],
-    nginx: Callable[[str], Nginx],
+    nginx: StartNginx,
 ) -> None:
     address = f"127.0.0.1:{free_port()}" if tcp else None
     server, address = stats_server("--processes", str(PROCESSES), *args, stats=address)
-    front = nginx(location(server.socket))
+    front = nginx(server)
 
     statuses = load_through_nginx(front, REQUESTS)
     assert statuses == Counter({200: REQUESTS}), f"nginx answered {statuses}"
@@ -315,11 +314,9 @@ def test_request_counts_match_the_log(
     assert [w["tx"] for w in again["workers"]] == [w["tx"] for w in doc["workers"]]
 
 
-def test_exceptions_are_counted(
-    stats_server: Callable[..., tuple[Server, str]], nginx: Callable[[str], Nginx]
-) -> None:
+def test_exceptions_are_counted(stats_server: Callable[..., tuple[Server, str]], nginx: StartNginx) -> None:
     server, address = stats_server("--processes", "2")
-    front = nginx(location(server.socket))
+    front = nginx(server)
     for _ in range(3):
         assert front.request("GET", "/raise")[0] == 500
     for _ in range(2):

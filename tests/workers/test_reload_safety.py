@@ -14,13 +14,13 @@ import os
 import pwd
 import signal
 import subprocess
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from binserve.testing import (
     EmperorProcess,
+    Serve,
     Server,
     alive,
     ping,
@@ -61,7 +61,7 @@ def wait_refused(server: Server, count: int = 1) -> str:
     return server.log()
 
 
-def start(serve: Callable[..., Server], app: Path, *args: str) -> tuple[Server, set[int]]:
+def start(serve: Serve, app: Path, *args: str) -> tuple[Server, set[int]]:
     server = serve("--wsgi-file", str(app), "--processes", "2", *args)
     wait_for(lambda: len(server.worker_pids()) == 2, 10, "two workers")
     workers = server.worker_pids()
@@ -71,10 +71,7 @@ def start(serve: Callable[..., Server], app: Path, *args: str) -> tuple[Server, 
 
 
 def test_sighup_with_an_ini_the_dropped_user_cannot_read_is_refused(
-    account: pwd.struct_passwd,
-    home: Path,
-    venv_interpreter: None,
-    serve: Callable[..., Server],
+    account: pwd.struct_passwd, home: Path, venv_interpreter: None, serve: Serve
 ) -> None:
     ini = home / "app.ini"
     ini.write_text(f"[uwsgi]\nwsgi-file = {home / 'app.py'}\nuid = {USER}\nprocesses = 2\n")
@@ -94,7 +91,7 @@ def test_sighup_with_an_ini_the_dropped_user_cannot_read_is_refused(
 
 
 def test_sighup_with_broken_code_keeps_the_old_code_serving_until_it_is_fixed(
-    serve: Callable[..., Server], tmp_path: Path
+    serve: Serve, tmp_path: Path
 ) -> None:
     app = tmp_path / "app.py"
     version(app, "v1")
@@ -112,9 +109,7 @@ def test_sighup_with_broken_code_keeps_the_old_code_serving_until_it_is_fixed(
     assert server.log().count("master ready") == 2
 
 
-def test_touch_reload_with_broken_code_keeps_the_old_code_serving(
-    serve: Callable[..., Server], tmp_path: Path
-) -> None:
+def test_touch_reload_with_broken_code_keeps_the_old_code_serving(serve: Serve, tmp_path: Path) -> None:
     app, touch = tmp_path / "app.py", tmp_path / "reload.touch"
     version(app, "v1")
     touch.touch()
@@ -131,7 +126,7 @@ def test_touch_reload_with_broken_code_keeps_the_old_code_serving(
     assert answer(server)[0] == "v2"
 
 
-def test_lazy_apps_is_probed_too(serve: Callable[..., Server], tmp_path: Path) -> None:
+def test_lazy_apps_is_probed_too(serve: Serve, tmp_path: Path) -> None:
     """With lazy-apps the master never imports the app: the probe does, where the workers would fail."""
     app = tmp_path / "app.py"
     version(app, "v1")
@@ -143,7 +138,7 @@ def test_lazy_apps_is_probed_too(serve: Callable[..., Server], tmp_path: Path) -
 
 
 def test_a_probe_past_the_mercy_is_killed_and_a_second_sighup_meanwhile_is_coalesced(
-    serve: Callable[..., Server], tmp_path: Path
+    serve: Serve, tmp_path: Path
 ) -> None:
     app = tmp_path / "app.py"
     version(app, "v1")
@@ -163,7 +158,7 @@ def test_a_probe_past_the_mercy_is_killed_and_a_second_sighup_meanwhile_is_coale
     assert "reload refused" not in log
 
 
-def test_sigterm_while_the_probe_runs_stops_cleanly(serve: Callable[..., Server], tmp_path: Path) -> None:
+def test_sigterm_while_the_probe_runs_stops_cleanly(serve: Serve, tmp_path: Path) -> None:
     app = tmp_path / "app.py"
     version(app, "v1")
     server, _ = start(serve, app)
@@ -178,7 +173,7 @@ def test_sigterm_while_the_probe_runs_stops_cleanly(serve: Callable[..., Server]
     assert out.stdout == "", f"left behind: {out.stdout} (probe {probe})"
 
 
-def test_a_probe_dies_with_its_master(serve: Callable[..., Server], tmp_path: Path) -> None:
+def test_a_probe_dies_with_its_master(serve: Serve, tmp_path: Path) -> None:
     """Killed, the master can no longer bound the probe: the probe goes with it."""
     app = tmp_path / "app.py"
     version(app, "v1")
@@ -244,9 +239,7 @@ def test_a_probe_gets_no_channel_to_the_emperor(tmp_path: Path) -> None:
     wait_for(emperor.all_gone, 10, "every vassal to be gone")
 
 
-def test_an_app_that_exits_zero_at_import_fails_the_probe(
-    serve: Callable[..., Server], tmp_path: Path
-) -> None:
+def test_an_app_that_exits_zero_at_import_fails_the_probe(serve: Serve, tmp_path: Path) -> None:
     """sys.exit(0) at import is a failed load, not a probe that passed: the workers serve on."""
     app = tmp_path / "app.py"
     app.write_text(EXITING_APP)
@@ -262,7 +255,7 @@ def test_an_app_that_exits_zero_at_import_fails_the_probe(
     assert get(server.socket)[0] == 200
 
 
-def test_a_probe_stopped_by_sigterm_refuses_the_reload(serve: Callable[..., Server], tmp_path: Path) -> None:
+def test_a_probe_stopped_by_sigterm_refuses_the_reload(serve: Serve, tmp_path: Path) -> None:
     """A stop sent to the probe alone (a cgroup-wide kill, a pkill) is no proof that the new image loads."""
     app = tmp_path / "app.py"
     app.write_text(HANG_ON_RELOAD)
@@ -280,10 +273,7 @@ def test_a_probe_stopped_by_sigterm_refuses_the_reload(serve: Callable[..., Serv
 
 
 def test_a_reload_whose_probe_cannot_be_forked_is_refused(
-    account: pwd.struct_passwd,
-    home: Path,
-    venv_interpreter: None,
-    serve: Callable[..., Server],
+    account: pwd.struct_passwd, home: Path, venv_interpreter: None, serve: Serve
 ) -> None:
     """fork() failing (the user's process limit) for the probe must not end the master."""
     server, workers = serve_limited(serve, home)

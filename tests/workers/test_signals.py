@@ -20,7 +20,7 @@ import pytest
 from binserve import signals
 from binserve.testing import (
     EmperorProcess,
-    Server,
+    Serve,
     alive,
     ping,
     read_response,
@@ -29,7 +29,7 @@ from binserve.testing import (
     wait_for,
 )
 
-from support import APPS, get, write_vassal
+from support import APPS, AppFile, get, write_vassal
 
 SLOW = (APPS / "attack_runtime_slow.py").read_text()
 
@@ -106,9 +106,7 @@ def test_the_table_covers_every_signal_that_would_end_or_stop_a_process() -> Non
     assert signals.received(signals.MASTER, signal.SIGRTMIN + 2) == "SIGRTMIN+2 received: no effect"
 
 
-def test_a_master_logs_signals_without_a_meaning_and_serves_on(
-    serve: Callable[..., Server], app_file: Callable[[str], Path]
-) -> None:
+def test_a_master_logs_signals_without_a_meaning_and_serves_on(serve: Serve, app_file: AppFile) -> None:
     server = serve("--wsgi-file", str(app_file(APP)))
     wait_for(lambda: len(server.worker_pids()) == 1, 10, "the worker")
     workers = server.worker_pids()
@@ -124,7 +122,7 @@ def test_a_master_logs_signals_without_a_meaning_and_serves_on(
 
 
 def test_a_signal_without_a_meaning_during_the_first_start_is_logged_once_the_master_runs(
-    serve: Callable[..., Server], app_file: Callable[[str], Path], tmp_path: Path
+    serve: Serve, app_file: AppFile, tmp_path: Path
 ) -> None:
     server = serve("--wsgi-file", str(app_file(SLOW_IMPORT_APP)), ready=False)
     wait_for((tmp_path / "importing").exists, 15, "the app's import to start")
@@ -138,9 +136,7 @@ def test_a_signal_without_a_meaning_during_the_first_start_is_logged_once_the_ma
     assert server.proc.wait(10) == 0, server.log()
 
 
-def test_a_worker_logs_signals_without_a_meaning_and_serves_on(
-    serve: Callable[..., Server], app_file: Callable[[str], Path]
-) -> None:
+def test_a_worker_logs_signals_without_a_meaning_and_serves_on(serve: Serve, app_file: AppFile) -> None:
     server = serve("--wsgi-file", str(app_file(APP)))
     wait_for(lambda: len(server.worker_pids()) == 1, 10, "the worker")
     (worker,) = server.worker_pids()
@@ -172,7 +168,7 @@ def emperor_process(tmp_path: Path) -> Iterator[Callable[[Path], EmperorProcess]
 
 @pytest.mark.process
 def test_an_emperor_logs_signals_without_a_meaning_and_its_vassals_serve_on(
-    tmp_path: Path, app_file: Callable[[str], Path], emperor_process: Callable[[Path], EmperorProcess]
+    tmp_path: Path, app_file: AppFile, emperor_process: Callable[[Path], EmperorProcess]
 ) -> None:
     vassals = tmp_path / "vassals"
     vassals.mkdir()
@@ -197,7 +193,7 @@ def test_an_emperor_logs_signals_without_a_meaning_and_its_vassals_serve_on(
 
 @pytest.mark.parametrize("when", ["in a request", "at a lazy app's import"])
 def test_a_process_the_app_forks_dies_of_sigterm_and_the_worker_serves_on(
-    serve: Callable[..., Server], app_file: Callable[[str], Path], when: str
+    serve: Serve, app_file: AppFile, when: str
 ) -> None:
     app = str(app_file(FORKING_APP))
     if when == "in a request":
@@ -265,7 +261,7 @@ with open(os.path.join(HERE, f"helper-of-{os.getpid()}"), "w") as out:
     ("when", "signum"), [("first start", signal.SIGUSR1), ("after a reload", signal.SIGTERM)]
 )
 def test_a_process_the_app_starts_at_import_gets_its_signals(
-    serve: Callable[..., Server], app_file: Callable[[str], Path], tmp_path: Path, when: str, signum: int
+    serve: Serve, app_file: AppFile, tmp_path: Path, when: str, signum: int
 ) -> None:
     """Signals held for the master while the app is imported (those without a meaning; after a
     reload the master's own too) are not held in the processes the app starts meanwhile."""
@@ -288,7 +284,7 @@ def test_a_process_the_app_starts_at_import_gets_its_signals(
 
 
 def test_sighup_while_the_app_is_imported_at_startup_does_not_kill_the_master(
-    serve: Callable[..., Server], tmp_path: Path
+    serve: Serve, tmp_path: Path
 ) -> None:
     """SIGHUP has a meaning: sent while the master still imports the app, it must not end it silently."""
     app = tmp_path / "app.py"
@@ -303,7 +299,7 @@ def test_sighup_while_the_app_is_imported_at_startup_does_not_kill_the_master(
 
 
 def test_sigterm_while_the_app_is_imported_at_startup_is_logged_and_cleans_up(
-    serve: Callable[..., Server], tmp_path: Path
+    serve: Serve, tmp_path: Path
 ) -> None:
     app = tmp_path / "app.py"
     app.write_text(SLOW)
@@ -318,9 +314,7 @@ def test_sigterm_while_the_app_is_imported_at_startup_is_logged_and_cleans_up(
 HELPER_PID = (APPS / "attack_runtime_helper_pid.py").read_text()
 
 
-def test_a_helper_the_app_forks_at_import_blocks_no_signal(
-    serve: Callable[..., Server], tmp_path: Path
-) -> None:
+def test_a_helper_the_app_forks_at_import_blocks_no_signal(serve: Serve, tmp_path: Path) -> None:
     """Signals binserve holds while it starts are not held in a helper the app forks meanwhile."""
     app = tmp_path / "app.py"
     app.write_text(HELPER_PID)
