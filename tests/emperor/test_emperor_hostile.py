@@ -387,11 +387,10 @@ HANG_ON_RELOAD = (APPS / "attack_runtime_hang_on_reload.py").read_text()
 
 
 def test_a_vassal_file_name_cannot_forge_an_emperor_log_line(
-    emperor: StartEmperor, vassal_dir: Path, tmp_path: Path
+    emperor: StartEmperor, vassal_dir: Path, tmp_path: Path, app_file: AppFile
 ) -> None:
     """Whoever may write the vassal directory chooses the file names the emperor logs."""
-    app = tmp_path / "app.py"
-    app.write_text(HANG_ON_RELOAD)
+    app = app_file(HANG_ON_RELOAD)
     write_vassal(vassal_dir, "x\n2026-01-01 00:00:00 [binserve pid 1] FORGED", tmp_path / "v.sock", app, 1)
     process = emperor(vassal_dir)
     wait_for(lambda: "control characters" in process.log(), 10, "the file to be refused")

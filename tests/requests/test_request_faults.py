@@ -291,10 +291,9 @@ def _expired(log: str) -> int:
 READ_LATE = (APPS / "attack_runtime_read_late.py").read_text()
 
 
-def test_a_body_cut_short_after_the_headers_gets_no_second_response(serve: Serve, tmp_path: Path) -> None:
+def test_a_body_cut_short_after_the_headers_gets_no_second_response(serve: Serve, app_file: AppFile) -> None:
     """The peer ends its body early once the app's headers are out: the 400 must not follow the 200."""
-    app = tmp_path / "app.py"
-    app.write_text(READ_LATE)
+    app = app_file(READ_LATE)
     server = serve("--wsgi-file", str(app))
     packet = request_packet("/", body=b"0123456789", CONTENT_LENGTH="100")
     raw = exchange(server.socket, packet, half_close=True)
@@ -306,10 +305,9 @@ def test_a_body_cut_short_after_the_headers_gets_no_second_response(serve: Serve
 ODD_RESULT = (APPS / "attack_runtime_odd_result.py").read_text()
 
 
-def test_a_response_whose_attributes_raise_does_not_end_the_worker(serve: Serve, tmp_path: Path) -> None:
+def test_a_response_whose_attributes_raise_does_not_end_the_worker(serve: Serve, app_file: AppFile) -> None:
     """Looking up the response's close() is the app's code too: what it raises is the app's error."""
-    app = tmp_path / "app.py"
-    app.write_text(ODD_RESULT)
+    app = app_file(ODD_RESULT)
     server = serve("--wsgi-file", str(app))
     wait_for(lambda: len(server.worker_pids()) == 1, 10, "the worker")
     (worker,) = server.worker_pids()

@@ -112,12 +112,10 @@ HANG = (APPS / "attack_runtime_hang.py").read_text()
 
 
 def test_a_harakiri_line_escapes_the_control_characters_of_the_request_uri(
-    serve: Serve, tmp_path: Path
+    serve: Serve, app_file: AppFile
 ) -> None:
     """The master names the killed request: a URI with CR LF must not start a forged log line there."""
-    app = tmp_path / "app.py"
-    app.write_text(HANG)
-    server = serve("--wsgi-file", str(app), "--harakiri", "1")
+    server = serve("--wsgi-file", str(app_file(HANG)), "--harakiri", "1")
     forged = "/x\r\n2026-01-01 00:00:00 [binserve pid 1] FORGED"
     exchange(server.socket, request_packet(forged, REQUEST_URI=forged), timeout=10)
     wait_for(lambda: "HARAKIRI" in server.log(), 10, "the harakiri line")

@@ -52,12 +52,10 @@ EXITING_APP = (APPS / "attack_runtime_app.py").read_text()
 
 
 def test_a_lazy_app_that_exits_at_import_is_a_boot_failure_not_a_respawn_storm(
-    serve: Serve, tmp_path: Path
+    serve: Serve, app_file: AppFile, tmp_path: Path
 ) -> None:
-    app = tmp_path / "app.py"
-    app.write_text(EXITING_APP)
     (tmp_path / "exit").write_text("1")
-    server = serve("--wsgi-file", str(app), "--lazy-apps", "--processes", "2", ready=False)
+    server = serve("--wsgi-file", str(app_file(EXITING_APP)), "--lazy-apps", "--processes", "2", ready=False)
     assert server.proc.wait(10) == 3, server.log()
     assert server.log().count("spawned worker") <= 2, server.log()
     assert not server.socket.exists()

@@ -28,7 +28,7 @@ from binserve.testing import (
     wait_for,
 )
 
-from support import APPS, USER, get, serve_limited, write_vassal
+from support import APPS, USER, AppFile, get, serve_limited, write_vassal
 
 EXITING_APP = (APPS / "attack_runtime_app.py").read_text()
 HANG_ON_RELOAD = (APPS / "attack_runtime_hang_on_reload.py").read_text()
@@ -239,11 +239,11 @@ def test_a_probe_gets_no_channel_to_the_emperor(tmp_path: Path) -> None:
     wait_for(emperor.all_gone, 10, "every vassal to be gone")
 
 
-def test_an_app_that_exits_zero_at_import_fails_the_probe(serve: Serve, tmp_path: Path) -> None:
+def test_an_app_that_exits_zero_at_import_fails_the_probe(
+    serve: Serve, app_file: AppFile, tmp_path: Path
+) -> None:
     """sys.exit(0) at import is a failed load, not a probe that passed: the workers serve on."""
-    app = tmp_path / "app.py"
-    app.write_text(EXITING_APP)
-    server = serve("--wsgi-file", str(app), "--processes", "2")
+    server = serve("--wsgi-file", str(app_file(EXITING_APP)), "--processes", "2")
     wait_for(lambda: len(server.worker_pids()) == 2, 10, "two workers")
     workers = server.worker_pids()
     (tmp_path / "exit").write_text("0")
@@ -255,11 +255,11 @@ def test_an_app_that_exits_zero_at_import_fails_the_probe(serve: Serve, tmp_path
     assert get(server.socket)[0] == 200
 
 
-def test_a_probe_stopped_by_sigterm_refuses_the_reload(serve: Serve, tmp_path: Path) -> None:
+def test_a_probe_stopped_by_sigterm_refuses_the_reload(
+    serve: Serve, app_file: AppFile, tmp_path: Path
+) -> None:
     """A stop sent to the probe alone (a cgroup-wide kill, a pkill) is no proof that the new image loads."""
-    app = tmp_path / "app.py"
-    app.write_text(HANG_ON_RELOAD)
-    server = serve("--wsgi-file", str(app))
+    server = serve("--wsgi-file", str(app_file(HANG_ON_RELOAD)))
     wait_for(lambda: len(server.worker_pids()) == 1, 10, "the worker")
     workers = server.worker_pids()
     (tmp_path / "hang").touch()

@@ -284,11 +284,10 @@ def test_a_process_the_app_starts_at_import_gets_its_signals(
 
 
 def test_sighup_while_the_app_is_imported_at_startup_does_not_kill_the_master(
-    serve: Serve, tmp_path: Path
+    serve: Serve, app_file: AppFile, tmp_path: Path
 ) -> None:
     """SIGHUP has a meaning: sent while the master still imports the app, it must not end it silently."""
-    app = tmp_path / "app.py"
-    app.write_text(SLOW)
+    app = app_file(SLOW)
     server = serve("--wsgi-file", str(app), ready=False)
     wait_for((tmp_path / "importing").exists, 10, "the import to start")
     os.kill(server.pid, signal.SIGHUP)
@@ -299,10 +298,9 @@ def test_sighup_while_the_app_is_imported_at_startup_does_not_kill_the_master(
 
 
 def test_sigterm_while_the_app_is_imported_at_startup_is_logged_and_cleans_up(
-    serve: Serve, tmp_path: Path
+    serve: Serve, app_file: AppFile, tmp_path: Path
 ) -> None:
-    app = tmp_path / "app.py"
-    app.write_text(SLOW)
+    app = app_file(SLOW)
     server = serve("--wsgi-file", str(app), ready=False)
     wait_for((tmp_path / "importing").exists, 10, "the import to start")
     os.kill(server.pid, signal.SIGTERM)
@@ -314,10 +312,11 @@ def test_sigterm_while_the_app_is_imported_at_startup_is_logged_and_cleans_up(
 HELPER_PID = (APPS / "attack_runtime_helper_pid.py").read_text()
 
 
-def test_a_helper_the_app_forks_at_import_blocks_no_signal(serve: Serve, tmp_path: Path) -> None:
+def test_a_helper_the_app_forks_at_import_blocks_no_signal(
+    serve: Serve, app_file: AppFile, tmp_path: Path
+) -> None:
     """Signals binserve holds while it starts are not held in a helper the app forks meanwhile."""
-    app = tmp_path / "app.py"
-    app.write_text(HELPER_PID)
+    app = app_file(HELPER_PID)
     serve("--wsgi-file", str(app))
     helper = tmp_path / "helper"
     wait_for(helper.exists, 10, "the helper")

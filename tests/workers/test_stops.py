@@ -24,7 +24,7 @@ from binserve.testing import (
     wait_for,
 )
 
-from support import APPS, SLOW_BODY, calls, group_processes, start_slow, status_body
+from support import APPS, SLOW_BODY, AppFile, calls, group_processes, start_slow, status_body
 from support import get_bytes as get
 
 
@@ -132,11 +132,10 @@ HELPER = (APPS / "attack_runtime_helper.py").read_text()
 
 
 def test_after_the_master_is_killed_no_helper_of_the_app_keeps_the_socket_listening(
-    serve: Serve, tmp_path: Path
+    serve: Serve, app_file: AppFile
 ) -> None:
     """Orphaned workers close the listeners, so connections are refused: no helper of the app holds them."""
-    app = tmp_path / "app.py"
-    app.write_text(HELPER)
+    app = app_file(HELPER)
     server = serve("--wsgi-file", str(app), "--processes", "2")
     os.kill(server.pid, signal.SIGKILL)
     server.proc.wait(5)
@@ -159,12 +158,17 @@ def test_after_the_master_is_killed_no_helper_of_the_app_keeps_the_socket_listen
 
 
 def test_a_lazy_worker_still_importing_when_the_master_is_killed_leaves_and_frees_the_socket(
-    serve: Serve, tmp_path: Path
+    serve: Serve, app_file: AppFile, tmp_path: Path
 ) -> None:
     """An orphaned worker leaves within a bound, also one whose lazy import hangs."""
-    app = tmp_path / "app.py"
-    app.write_text(SLOW.replace("time.sleep(2)", "time.sleep(60)"))
-    server = serve("--wsgi-file", str(app), "--lazy-apps", "--worker-reload-mercy", "2", ready=False)
+    server = serve(
+        "--wsgi-file",
+        str(app_file(SLOW.replace("time.sleep(2)", "time.sleep(60)"))),
+        "--lazy-apps",
+        "--worker-reload-mercy",
+        "2",
+        ready=False,
+    )
     wait_for((tmp_path / "importing").exists, 10, "a worker's import to start")
     wait_for(lambda: len(server.worker_pids()) == 1, 10, "the worker")
     (worker,) = server.worker_pids()
@@ -180,10 +184,11 @@ def _state(pid: int) -> str:
 BUSY = (APPS / "attack_runtime_busy.py").read_text()
 
 
-def test_sigquit_ends_a_worker_at_once_even_in_a_request(serve: Serve, tmp_path: Path) -> None:
+def test_sigquit_ends_a_worker_at_once_even_in_a_request(
+    serve: Serve, app_file: AppFile, tmp_path: Path
+) -> None:
     """The worker's SIGQUIT is "exit at once": not once the app's request is over."""
-    app = tmp_path / "app.py"
-    app.write_text(BUSY)
+    app = app_file(BUSY)
     server = serve("--wsgi-file", str(app))
     wait_for(lambda: len(server.worker_pids()) == 1, 10, "the worker")
     (worker,) = server.worker_pids()
@@ -193,11 +198,9 @@ def test_sigquit_ends_a_worker_at_once_even_in_a_request(serve: Serve, tmp_path:
         wait_for(lambda: worker not in server.worker_pids(), 3, "the worker to exit")
 
 
-def test_sighup_during_a_graceful_stop_is_logged(serve: Serve, tmp_path: Path) -> None:
+def test_sighup_during_a_graceful_stop_is_logged(serve: Serve, app_file: AppFile, tmp_path: Path) -> None:
     """No signal goes unsaid: a reload asked for while the workers finish their requests gets a line."""
-    app = tmp_path / "app.py"
-    app.write_text(BUSY)
-    server = serve("--wsgi-file", str(app), "--worker-reload-mercy", "3")
+    server = serve("--wsgi-file", str(app_file(BUSY)), "--worker-reload-mercy", "3")
     with send(server.socket, request_packet("/"), timeout=None):
         wait_for((tmp_path / "busy").exists, 10, "the request to start")
         os.kill(server.pid, signal.SIGTERM)
