@@ -10,11 +10,7 @@ import signal
 import stat
 from pathlib import Path
 
-from binserve.testing import (
-    Serve,
-    free_port,
-    ping,
-)
+from binserve.testing import Serve, free_port, ping
 
 from support import get_bytes as get
 

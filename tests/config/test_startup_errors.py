@@ -10,9 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from binserve.testing import (
-    Serve,
-)
+from binserve.testing import Serve
 
 from support import AppFile
 

@@ -31,12 +31,7 @@ from binserve.emperor.plan import Vassal
 from binserve.emperor.probe import Probe
 from binserve.emperor.spawn import warn_if_replaceable
 from binserve.emperor.status import RUN_DIR, STATE_NAME, tyrant_state_path
-from binserve.testing import (
-    StartEmperor,
-    ping,
-    read_stats,
-    wait_for,
-)
+from binserve.testing import StartEmperor, ping, read_stats, wait_for
 
 from support import APPS, AppFile, get, reachable_prefix, system_users, write_vassal
 

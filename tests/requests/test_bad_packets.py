@@ -10,15 +10,7 @@ import time
 from pathlib import Path
 
 from binserve.protocol import PING, PONG, encode_header
-from binserve.testing import (
-    Serve,
-    StartNginx,
-    connect,
-    exchange,
-    free_port,
-    read_all,
-    request_packet,
-)
+from binserve.testing import Serve, StartNginx, connect, exchange, free_port, read_all, request_packet
 
 from support import calls, status_body
 from support import get_bytes as get

@@ -32,16 +32,7 @@ from binserve.privileges import (
     permits,
 )
 from binserve.sockets import LOOPBACK, MAX_CACHED_PEERS, PeerFilter, SocketError, bind, permitted
-from binserve.testing import (
-    Serve,
-    StartNginx,
-    exchange,
-    free_port,
-    location,
-    ping,
-    request_packet,
-    wait_for,
-)
+from binserve.testing import Serve, StartNginx, exchange, free_port, location, ping, request_packet, wait_for
 
 from support import EXTRA_GROUP, USER, as_user
 from support import PRIVILEGES_APP as APP

@@ -11,15 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from binserve.testing import (
-    Serve,
-    StartNginx,
-    connect,
-    exchange,
-    read_all,
-    request_packet,
-    wait_for,
-)
+from binserve.testing import Serve, StartNginx, connect, exchange, read_all, request_packet, wait_for
 
 from support import APPS, AppFile, get, log_lines
 

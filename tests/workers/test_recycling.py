@@ -22,15 +22,7 @@ from pathlib import Path
 
 import psutil
 
-from binserve.testing import (
-    Serve,
-    StartNginx,
-    answers_in_background,
-    location,
-    send,
-    touch_ahead,
-    wait_for,
-)
+from binserve.testing import Serve, StartNginx, answers_in_background, location, send, touch_ahead, wait_for
 
 from support import APPS, AppFile
 

@@ -18,15 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from binserve.testing import (
-    EmperorProcess,
-    Serve,
-    Server,
-    alive,
-    ping,
-    touch_ahead,
-    wait_for,
-)
+from binserve.testing import EmperorProcess, Serve, Server, alive, ping, touch_ahead, wait_for
 
 from support import APPS, USER, AppFile, get, serve_limited, write_vassal
 

@@ -18,12 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from binserve.testing import (
-    Nginx,
-    Serve,
-    StartNginx,
-    wait_for,
-)
+from binserve.testing import Nginx, Serve, StartNginx, wait_for
 
 from support import APPS, SLOW_BODY, AppFile, start_slow
 from support import PROCESS_APP as APP

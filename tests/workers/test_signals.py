@@ -18,16 +18,7 @@ from pathlib import Path
 import pytest
 
 from binserve import signals
-from binserve.testing import (
-    EmperorProcess,
-    Serve,
-    alive,
-    ping,
-    read_response,
-    request_packet,
-    send,
-    wait_for,
-)
+from binserve.testing import EmperorProcess, Serve, alive, ping, read_response, request_packet, send, wait_for
 
 from support import APPS, AppFile, get, write_vassal
 

@@ -15,14 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from binserve.testing import (
-    Serve,
-    connect,
-    read_all,
-    request_packet,
-    send,
-    wait_for,
-)
+from binserve.testing import Serve, connect, read_all, request_packet, send, wait_for
 
 from support import APPS, SLOW_BODY, AppFile, calls, group_processes, start_slow, status_body
 from support import get_bytes as get
