@@ -217,3 +217,45 @@ def serve_limited(serve: Callable[..., Server], where: Path) -> tuple[Server, se
         "--wsgi-file", str(where / "app.py"), "--uid", USER, socket_path=where / "app.sock", cwd=where
     )
     return server, server.wait_workers(1)
+
+
+TMUX = "/usr/bin/tmux"  # Debian's
+
+
+class Tmux:
+    """A private tmux server (its socket under the test's tmp_path) running one command detached."""
+
+    def __init__(self, socket_path: Path, name: str) -> None:
+        self.socket_path = socket_path
+        self.name = name
+
+    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run a tmux command against the private server."""
+        # An explicit environment: GNU readline, once loaded in this process, puts LINES=24 and
+        # COLUMNS=80 into the C-level environment (not os.environ); inherited by the tmux server,
+        # they would make curses in the pane believe it is 80 columns wide.
+        env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+        command = [TMUX, "-S", str(self.socket_path), "-f", "/dev/null", *args]
+        return subprocess.run(command, capture_output=True, text=True, timeout=10, env=env)
+
+    def start(self, command: str, width: int, height: int) -> None:
+        """Run ``command`` (a shell line) in a new session of ``width`` x ``height``."""
+        result = self.run("new-session", "-d", "-s", self.name, "-x", str(width), "-y", str(height), command)
+        assert result.returncode == 0, result.stderr
+
+    def alive(self) -> bool:
+        """Whether the session's command is still running."""
+        return self.run("has-session", "-t", self.name).returncode == 0
+
+    def screen(self) -> str:
+        """The visible pane."""
+        return self.run("capture-pane", "-p", "-t", self.name).stdout
+
+    def keys(self, *keys: str) -> None:
+        """Send keys (tmux key names such as Enter, Escape, Down)."""
+        self.run("send-keys", "-t", self.name, *keys)
+
+    def kill(self) -> None:
+        """End the session and the private server."""
+        self.run("kill-session", "-t", self.name)
+        self.run("kill-server")

@@ -13,7 +13,6 @@ import os
 import re
 import signal
 import socket
-import subprocess
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
@@ -44,10 +43,9 @@ from binserve.testing import (
 )
 from binserve.tools import statsdoc
 
-from support import APPS
+from support import APPS, Tmux
 
 APP = APPS / "stats_app.py"
-TMUX = "/usr/bin/tmux"  # Debian's
 
 # [pid: P|worker: W|req: R] ADDR METHOD URI => STATUS BYTES bytes in MS ms
 LOG_LINE = re.compile(
@@ -487,36 +485,9 @@ def test_each_thread_is_a_core_of_its_worker() -> None:
 # 2. The real uwsgitop reads binserve's JSON
 
 
-class Tmux:
-    """A private tmux server (its socket in tmp_path) running one command in a 200x50 pane."""
-
-    def __init__(self, name: str, socket_path: Path) -> None:
-        self.name = name
-        self.socket_path = socket_path
-
-    def _run(self, *args: str) -> subprocess.CompletedProcess[str]:
-        # An explicit environment: GNU readline, once loaded in this process, puts LINES=24 and
-        # COLUMNS=80 into the C-level environment (not os.environ); inherited by the tmux server,
-        # they would make curses in the pane believe it is 80 columns wide.
-        env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
-        command = [TMUX, "-S", str(self.socket_path), "-f", "/dev/null", *args]
-        return subprocess.run(command, capture_output=True, text=True, timeout=10, env=env)
-
-    def start(self, command: str) -> None:
-        result = self._run("new-session", "-d", "-s", self.name, "-x", "200", "-y", "50", command)
-        assert result.returncode == 0, result.stderr
-
-    def screen(self) -> str:
-        return self._run("capture-pane", "-p", "-t", self.name).stdout
-
-    def kill(self) -> None:
-        self._run("kill-session", "-t", self.name)
-        self._run("kill-server")
-
-
 @pytest.fixture
 def tmux(tmp_path: Path) -> Iterator[Tmux]:
-    session = Tmux("uwsgitop", tmp_path / "tmux.sock")
+    session = Tmux(tmp_path / "tmux.sock", "uwsgitop")
     try:
         yield session
     finally:
@@ -565,7 +536,7 @@ def test_real_uwsgitop_shows_the_workers(stats_server: Callable[..., tuple[Serve
     pids = server.worker_pids()
     assert len(pids) == 2
     # If uwsgitop dies, its traceback and exit status stay on the screen instead of closing the pane.
-    tmux.start(f"{executable('uwsgitop')} {address}; echo uwsgitop exited with $?; exec cat")
+    tmux.start(f"{executable('uwsgitop')} {address}; echo uwsgitop exited with $?; exec cat", 200, 50)
     last = {"screen": ""}
 
     def shows(requests: int) -> bool:
