@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from binserve.config import ConfigError, load
-from binserve.testing import Server, exchange, parse_response, request, request_packet, wait_for
+from binserve.testing import Serve, Server, exchange, parse_response, request, request_packet, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 APPS = REPO / "tests" / "apps"  # the WSGI apps the tests serve
@@ -155,6 +155,13 @@ def write_vassal(
     return path
 
 
+def good_vassal(vassal_dir: Path, app: Path) -> Path:
+    """A well-formed vassal ``good`` beside the bad files a test writes; its socket, beside vassal_dir."""
+    sock = vassal_dir.parent / "good.sock"
+    write_vassal(vassal_dir, "good", sock, app)
+    return sock
+
+
 def get(sock: Path, path: str = "/", query: str = "", timeout: float = 10.0) -> tuple[int, str]:
     """One GET straight to a vassal's socket over the uwsgi protocol: (status, body); (0, "") on error."""
     try:
@@ -201,6 +208,16 @@ def start_slow(pool: ThreadPoolExecutor, tmp_path: Path, fetch: Callable[[], tup
     return future
 
 
+def serve_busy(
+    serve: Serve, app: Path, tmp_path: Path, pool: ThreadPoolExecutor, *args: str
+) -> tuple[Server, int, Future]:
+    """binserve serving the process app with one worker, that worker 30 seconds into a request."""
+    server = serve("--wsgi-file", str(app), *args)
+    (worker,) = server.wait_workers(1)
+    slow = start_slow(pool, tmp_path, lambda: get_bytes(server.socket, "/slow", "30", timeout=40))
+    return server, worker, slow
+
+
 def log_lines(server: Server, text: str) -> list[str]:
     """The lines of the server's log that contain ``text``."""
     return [line for line in server.log().splitlines() if text in line]
@@ -210,7 +227,7 @@ def log_lines(server: Server, text: str) -> list[str]:
 LIMITED = (APPS / "attack_runtime_limited.py").read_text()
 
 
-def serve_limited(serve: Callable[..., Server], where: Path) -> tuple[Server, set[int]]:
+def serve_limited(serve: Serve, where: Path) -> tuple[Server, set[int]]:
     """binserve as USER (whose process limit the app lowers) from ``where``; its one worker once forked."""
     (where / "app.py").write_text(LIMITED)
     server = serve(

@@ -32,7 +32,7 @@ from binserve.emperor.watch import scan
 from binserve.testing import EmperorProcess, Nginx, StartEmperor, alive, executable, location, ping, wait_for
 from binserve.testing.emperor import leftovers
 
-from support import APPS, AppFile, get, reachable_prefix, system_users, write_vassal
+from support import APPS, AppFile, get, good_vassal, reachable_prefix, system_users, write_vassal
 
 APP = (APPS / "emperor_app.py").read_text()
 
@@ -277,8 +277,7 @@ def test_fifty_vassals_serve_within_30_s_and_the_idle_emperor_stays_under_1_perc
 def test_bad_vassal_files_give_one_clear_line_each_and_never_stop_the_others(
     tmp_path: Path, vassal_dir: Path, app: Path, emperor: StartEmperor
 ) -> None:
-    good_sock = tmp_path / "good.sock"
-    write_vassal(vassal_dir, "good", good_sock, app)
+    good_sock = good_vassal(vassal_dir, app)
     bad_sock = tmp_path / "bad.sock"
     unknown = write_vassal(vassal_dir, "unknown", bad_sock, app, extra="procesess = 3\n")
     bad_value = write_vassal(vassal_dir, "badvalue", bad_sock, app, processes="many")

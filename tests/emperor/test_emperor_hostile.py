@@ -33,7 +33,7 @@ from binserve.emperor.spawn import warn_if_replaceable
 from binserve.emperor.status import RUN_DIR, STATE_NAME, tyrant_state_path
 from binserve.testing import StartEmperor, ping, read_stats, wait_for
 
-from support import APPS, AppFile, get, reachable_prefix, system_users, write_vassal
+from support import APPS, AppFile, get, good_vassal, reachable_prefix, system_users, write_vassal
 
 # Hostile files would otherwise make the unfixed emperor (and each hostile vassal) take the
 # host's memory: under this bound they fail with MemoryError instead.
@@ -119,8 +119,7 @@ def test_hostile_vassal_files_leave_the_emperor_and_the_good_vassal_running(
 def test_a_huge_vassal_file_is_refused_once_and_costs_no_cpu(
     tmp_path: Path, vassal_dir: Path, app: Path, emperor: StartEmperor
 ) -> None:
-    sock = tmp_path / "good.sock"
-    write_vassal(vassal_dir, "good", sock, app)
+    sock = good_vassal(vassal_dir, app)
     huge = vassal_dir / "huge.ini"
     with open(huge, "wb") as handle:
         handle.truncate(4 << 30)  # sparse: no disk, but 4 GB to whoever reads it whole
@@ -365,8 +364,7 @@ def test_tyrant_vassals_get_a_minimal_environment_without_the_emperors_secrets(
 def test_a_vassal_file_whose_name_could_forge_log_lines_is_refused(
     tmp_path: Path, vassal_dir: Path, app: Path, emperor: StartEmperor
 ) -> None:
-    sock = tmp_path / "good.sock"
-    write_vassal(vassal_dir, "good", sock, app)
+    sock = good_vassal(vassal_dir, app)
     forged = "x\n2026-01-01 00:00:00 [binserve pid 1] vassal y.ini is now loyal\n"
     body = f"[uwsgi]\nsocket = {tmp_path / 'forged.sock'}\nwsgi-file = {app}\n"
     (vassal_dir / f"{forged}.ini").write_text(body)
