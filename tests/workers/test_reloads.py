@@ -20,7 +20,7 @@ import pytest
 
 from binserve.testing import Nginx, Serve, StartNginx, wait_for
 
-from support import APPS, SLOW_BODY, AppFile, start_slow
+from support import APPS, SLOW_BODY, AppFile, serve_busy, start_slow
 from support import PROCESS_APP as APP
 from support import get_bytes as get
 
@@ -164,10 +164,7 @@ def test_second_sighup_keeps_track_of_workers_still_retiring(
     serve: Serve, process_app: Path, tmp_path: Path, pool: ThreadPoolExecutor
 ) -> None:
     """Workers of the first image are still killed at worker-reload-mercy after a second reload."""
-    server = serve("--wsgi-file", str(process_app), "--worker-reload-mercy", "1")
-    (first,) = server.wait_workers(1)
-
-    slow = start_slow(pool, tmp_path, lambda: get(server.socket, "/slow", "30", timeout=40))
+    server, first, slow = serve_busy(serve, process_app, tmp_path, pool, "--worker-reload-mercy", "1")
     os.kill(server.pid, signal.SIGHUP)
     wait_for(lambda: len(server.worker_pids() - {first}) == 1, 10, "the first reload's worker")
     (second,) = server.worker_pids() - {first}

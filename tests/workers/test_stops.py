@@ -17,7 +17,7 @@ import pytest
 
 from binserve.testing import Serve, connect, read_all, request_packet, send, wait_for
 
-from support import APPS, SLOW_BODY, AppFile, calls, group_processes, start_slow, status_body
+from support import APPS, SLOW_BODY, AppFile, calls, group_processes, serve_busy, start_slow, status_body
 from support import get_bytes as get
 
 
@@ -63,10 +63,7 @@ def test_sigquit_stops_fast_and_cuts_the_request(
 def test_graceful_stop_kills_a_worker_past_the_mercy(
     serve: Serve, process_app: Path, tmp_path: Path, pool: ThreadPoolExecutor
 ) -> None:
-    server = serve("--wsgi-file", str(process_app), "--worker-reload-mercy", "1")
-    (worker,) = server.wait_workers(1)
-
-    slow = start_slow(pool, tmp_path, lambda: get(server.socket, "/slow", "30", timeout=40))
+    server, worker, slow = serve_busy(serve, process_app, tmp_path, pool, "--worker-reload-mercy", "1")
     started = time.monotonic()
     os.kill(server.pid, signal.SIGTERM)
     server.proc.wait(timeout=10)
