@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from support import EXTRA_GROUP, PRIVILEGES_APP, PROCESS_APP, USER, AppFile, reachable_prefix
+from binserve.testing import Nginx, Serve, Server, StartNginx
+
+from support import EXTRA_GROUP, PRIVILEGES_APP, PROCESS_APP, USER, AppFile, BehindNginx, reachable_prefix
 
 pytest_plugins = ["binserve.testing.plugin", "fault_report", "layers"]
 
@@ -38,6 +40,17 @@ def app_file(tmp_path: Path) -> AppFile:
 def process_app(app_file: AppFile) -> Path:
     """support.PROCESS_APP written into tmp_path: the app most process tests serve."""
     return app_file(PROCESS_APP)
+
+
+@pytest.fixture
+def behind_nginx(serve: Serve, nginx: StartNginx, app_file: AppFile) -> BehindNginx:
+    """Serve an app's source with binserve (``behind_nginx(source, *args)``), nginx in front of it."""
+
+    def start(source: str, *args: str) -> tuple[Server, Nginx]:
+        server = serve("--wsgi-file", str(app_file(source)), *args)
+        return server, nginx(server)
+
+    return start
 
 
 @pytest.fixture

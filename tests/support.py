@@ -19,12 +19,13 @@ from pathlib import Path
 import pytest
 
 from binserve.config import ConfigError, load
-from binserve.testing import Serve, Server, exchange, parse_response, request, request_packet, wait_for
+from binserve.testing import Nginx, Serve, Server, exchange, parse_response, request, request_packet, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 APPS = REPO / "tests" / "apps"  # the WSGI apps the tests serve
 
 AppFile = Callable[..., Path]  # the app_file fixture
+BehindNginx = Callable[..., tuple[Server, Nginx]]  # the behind_nginx fixture
 
 # The account the privilege tests drop to, and the app it serves (the reload tests use them too).
 USER, EXTRA_GROUP = "binserve-p1", "binserve-p1x"

@@ -11,18 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from binserve.testing import Serve, StartNginx, connect, exchange, read_all, request_packet, wait_for
+from binserve.testing import Serve, connect, exchange, read_all, request_packet, wait_for
 
-from support import APPS, AppFile, get, log_lines
+from support import APPS, AppFile, BehindNginx, get, log_lines
 
 SLEEP_APP = (APPS / "supervision_app.py").read_text()
 
 
-def test_harakiri_kills_a_request_past_its_deadline_and_names_it(
-    serve: Serve, nginx: StartNginx, app_file: AppFile
-) -> None:
-    server = serve("--wsgi-file", str(app_file(SLEEP_APP)), "--processes", "2", "--harakiri", "2")
-    front = nginx(server)
+def test_harakiri_kills_a_request_past_its_deadline_and_names_it(behind_nginx: BehindNginx) -> None:
+    server, front = behind_nginx(SLEEP_APP, "--processes", "2", "--harakiri", "2")
     before = server.worker_pids()
     with ThreadPoolExecutor(8) as pool:
         started = time.monotonic()

@@ -24,7 +24,7 @@ import psutil
 
 from binserve.testing import Serve, StartNginx, answers_in_background, location, send, touch_ahead, wait_for
 
-from support import APPS, AppFile
+from support import APPS, AppFile, BehindNginx
 
 SLEEP_APP = (APPS / "supervision_app.py").read_text()
 
@@ -129,11 +129,8 @@ def test_sighup_to_a_worker_replaces_only_that_worker(serve: Serve, app_file: Ap
 # -- min-worker-lifetime ---------------------------------------------------------------------------
 
 
-def test_default_min_worker_lifetime_holds_off_max_requests(
-    serve: Serve, nginx: StartNginx, app_file: AppFile
-) -> None:
-    server = serve("--wsgi-file", str(app_file(PID_APP)), "--processes", "2", "--max-requests", "3")
-    front = nginx(server)
+def test_default_min_worker_lifetime_holds_off_max_requests(behind_nginx: BehindNginx) -> None:
+    server, front = behind_nginx(PID_APP, "--processes", "2", "--max-requests", "3")
     wait_for(lambda: len(server.worker_pids()) == 2, 10, "two workers")
     before = server.worker_pids()
     answers = [front.request("GET", "/") for _ in range(30)]
@@ -181,10 +178,9 @@ def test_min_worker_lifetime_recycles_only_once_the_worker_has_lived_that_long(
 
 
 def test_max_worker_lifetime_replaces_every_worker_without_a_failed_request(
-    serve: Serve, nginx: StartNginx, app_file: AppFile
+    behind_nginx: BehindNginx,
 ) -> None:
-    server = serve("--wsgi-file", str(app_file(PID_APP)), "--processes", "2", "--max-worker-lifetime", "1")
-    front = nginx(server)
+    server, front = behind_nginx(PID_APP, "--processes", "2", "--max-worker-lifetime", "1")
     wait_for(lambda: len(server.worker_pids()) == 2, 10, "two workers")
     before = server.worker_pids()
     with answers_in_background(front) as answers:
@@ -241,11 +237,8 @@ def test_reload_on_rss_recycles_a_growing_worker_between_requests(
     )
 
 
-def test_evil_reload_on_rss_kills_a_worker_mid_request(
-    serve: Serve, nginx: StartNginx, app_file: AppFile
-) -> None:
-    server = serve("--wsgi-file", str(app_file(EVIL_APP)), "--processes", "1", "--evil-reload-on-rss", "100")
-    front = nginx(server)
+def test_evil_reload_on_rss_kills_a_worker_mid_request(behind_nginx: BehindNginx) -> None:
+    server, front = behind_nginx(EVIL_APP, "--processes", "1", "--evil-reload-on-rss", "100")
     (pid,) = server.worker_pids()
     started = time.monotonic()
     status, _, _ = front.request("GET", "/grow", timeout=15)
@@ -345,11 +338,8 @@ def test_touch_chain_reload_without_lazy_apps_warns_and_keeps_the_masters_code(
 # -- threads ---------------------------------------------------------------------------------------
 
 
-def test_threads_serve_requests_concurrently_in_one_process(
-    serve: Serve, nginx: StartNginx, app_file: AppFile
-) -> None:
-    server = serve("--wsgi-file", str(app_file(THREADS_APP)), "--processes", "1", "--threads", "4")
-    front = nginx(server)
+def test_threads_serve_requests_concurrently_in_one_process(behind_nginx: BehindNginx) -> None:
+    server, front = behind_nginx(THREADS_APP, "--processes", "1", "--threads", "4")
     started = time.monotonic()
     answers = front.burst(8, concurrency=8)
     took = time.monotonic() - started
@@ -360,18 +350,16 @@ def test_threads_serve_requests_concurrently_in_one_process(
     assert len({ident for _, ident in fields}) >= 3, fields
 
 
-def test_one_thread_is_not_multithread(serve: Serve, nginx: StartNginx, app_file: AppFile) -> None:
-    server = serve("--wsgi-file", str(app_file(THREADS_APP)), "--processes", "1")
-    front = nginx(server)
+def test_one_thread_is_not_multithread(behind_nginx: BehindNginx) -> None:
+    server, front = behind_nginx(THREADS_APP, "--processes", "1")
     status, _, body = front.request("GET", "/")
     assert status == 200 and body.split()[0] == b"False"
 
 
 def test_sigterm_with_threads_finishes_the_request_in_flight_and_exits_0(
-    serve: Serve, nginx: StartNginx, app_file: AppFile, tmp_path: Path
+    behind_nginx: BehindNginx, tmp_path: Path
 ) -> None:
-    server = serve("--wsgi-file", str(app_file(THREADS_APP)), "--processes", "1", "--threads", "4")
-    front = nginx(server)
+    server, front = behind_nginx(THREADS_APP, "--processes", "1", "--threads", "4")
     with ThreadPoolExecutor(1) as pool:
         slow = pool.submit(front.request, "GET", "/slow")
         wait_for(lambda: (tmp_path / "in-flight").exists(), 10, "the request to reach the app")
@@ -384,11 +372,8 @@ def test_sigterm_with_threads_finishes_the_request_in_flight_and_exits_0(
 # -- post-buffering --------------------------------------------------------------------------------
 
 
-def test_post_buffering_gives_the_app_a_buffered_body(
-    serve: Serve, nginx: StartNginx, app_file: AppFile
-) -> None:
-    server = serve("--wsgi-file", str(app_file(DIGEST_APP)), "--post-buffering", "4096")
-    front = nginx(server)
+def test_post_buffering_gives_the_app_a_buffered_body(behind_nginx: BehindNginx) -> None:
+    server, front = behind_nginx(DIGEST_APP, "--post-buffering", "4096")
     small, large = os.urandom(1000), os.urandom(1 << 20)
     status, _, body = front.request("POST", "/", small)
     assert (status, body.decode().split()) == (200, ["BytesIO", hashlib.sha256(small).hexdigest()])
@@ -400,11 +385,8 @@ def test_post_buffering_gives_the_app_a_buffered_body(
     assert kind not in ("BytesIO", "Input")
 
 
-def test_without_post_buffering_the_app_reads_the_socket(
-    serve: Serve, nginx: StartNginx, app_file: AppFile
-) -> None:
-    server = serve("--wsgi-file", str(app_file(DIGEST_APP)))
-    front = nginx(server)
+def test_without_post_buffering_the_app_reads_the_socket(behind_nginx: BehindNginx) -> None:
+    server, front = behind_nginx(DIGEST_APP)
     payload = os.urandom(1 << 20)
     status, _, body = front.request("POST", "/", payload)
     assert (status, body.decode().split()) == (200, ["Input", hashlib.sha256(payload).hexdigest()])

@@ -31,7 +31,7 @@ from binserve.testing import (
     wait_for,
 )
 
-from support import APPS, AppFile, get, serve_limited
+from support import APPS, AppFile, BehindNginx, get, serve_limited
 
 VERSION_APP = (APPS / "replacement_version.py").read_text()
 PID_APP = (APPS / "pid_app.py").read_text()
@@ -121,11 +121,8 @@ def test_chain_reload_onto_broken_code_stops_and_the_old_workers_serve_on(
 # -- 2. a master reload while a thread holds a request ----------------------------------------------
 
 
-def test_master_reload_lets_a_thread_finish_its_request(
-    serve: Serve, nginx: StartNginx, app_file: AppFile, tmp_path: Path
-) -> None:
-    server = serve("--wsgi-file", str(app_file(SLOW_APP)), "--processes", "1", "--threads", "2")
-    front = nginx(server)
+def test_master_reload_lets_a_thread_finish_its_request(behind_nginx: BehindNginx, tmp_path: Path) -> None:
+    server, front = behind_nginx(SLOW_APP, "--processes", "1", "--threads", "2")
     (old,) = server.worker_pids()
     with ThreadPoolExecutor(1) as pool:
         slow = pool.submit(front.request, "GET", "/slow")
