@@ -62,6 +62,14 @@ def start(serve: Serve, app: Path, *args: str) -> tuple[Server, set[int]]:
     return server, workers
 
 
+def hang_a_probe(server: Server, tmp_path: Path) -> int:
+    """Reload with SIGHUP, the new image's import made to hang: the pid of the probe hanging in it."""
+    (tmp_path / "hang").touch()
+    os.kill(server.pid, signal.SIGHUP)
+    wait_for((tmp_path / "hanging").exists, 10, "the probe to hang in the app's import")
+    return int(server.log().split("probe pid ")[1].split(")")[0])
+
+
 def test_sighup_with_an_ini_the_dropped_user_cannot_read_is_refused(
     account: pwd.struct_passwd, home: Path, venv_interpreter: None, serve: Serve
 ) -> None:
@@ -154,10 +162,7 @@ def test_sigterm_while_the_probe_runs_stops_cleanly(serve: Serve, tmp_path: Path
     app = tmp_path / "app.py"
     version(app, "v1")
     server, _ = start(serve, app)
-    (tmp_path / "hang").touch()
-    os.kill(server.pid, signal.SIGHUP)
-    wait_for((tmp_path / "hanging").exists, 10, "the probe to hang in the app's import")
-    probe = int(server.log().split("probe pid ")[1].split(")")[0])
+    probe = hang_a_probe(server, tmp_path)
     os.kill(server.pid, signal.SIGTERM)
     assert server.proc.wait(10) == 0, server.log()
     assert not server.socket.exists()
@@ -170,10 +175,7 @@ def test_a_probe_dies_with_its_master(serve: Serve, tmp_path: Path) -> None:
     app = tmp_path / "app.py"
     version(app, "v1")
     server, _ = start(serve, app)
-    (tmp_path / "hang").touch()
-    os.kill(server.pid, signal.SIGHUP)
-    wait_for((tmp_path / "hanging").exists, 10, "the probe to hang in the app's import")
-    probe = int(server.log().split("probe pid ")[1].split(")")[0])
+    probe = hang_a_probe(server, tmp_path)
     os.kill(server.pid, signal.SIGKILL)
     wait_for(lambda: not alive(probe), 5, "the probe to die with its master")
 
@@ -254,10 +256,7 @@ def test_a_probe_stopped_by_sigterm_refuses_the_reload(
     server = serve("--wsgi-file", str(app_file(HANG_ON_RELOAD)))
     wait_for(lambda: len(server.worker_pids()) == 1, 10, "the worker")
     workers = server.worker_pids()
-    (tmp_path / "hang").touch()
-    os.kill(server.pid, signal.SIGHUP)
-    wait_for((tmp_path / "hanging").exists, 10, "the probe to hang in the import")
-    probe = int(server.log().split("probe pid ")[1].split(")")[0])
+    probe = hang_a_probe(server, tmp_path)
     os.kill(probe, signal.SIGTERM)
     wait_for(lambda: "reload refused" in server.log(), 10, "the reload to be refused")
     assert server.worker_pids() == workers
