@@ -18,7 +18,17 @@ from pathlib import Path
 import pytest
 
 from binserve import signals
-from binserve.testing import EmperorProcess, Serve, alive, ping, read_response, request_packet, send, wait_for
+from binserve.testing import (
+    EmperorProcess,
+    Serve,
+    Server,
+    alive,
+    ping,
+    read_response,
+    request_packet,
+    send,
+    wait_for,
+)
 
 from support import APPS, AppFile, get, write_vassal
 
@@ -112,11 +122,17 @@ def test_a_master_logs_signals_without_a_meaning_and_serves_on(serve: Serve, app
     assert not server.socket.exists()
 
 
+def serve_importing(serve: Serve, app: Path) -> Server:
+    """binserve started on ``app``, its master still in the app's import (which the app marks)."""
+    server = serve("--wsgi-file", str(app), ready=False)
+    wait_for((app.parent / "importing").exists, 15, "the app's import to start")
+    return server
+
+
 def test_a_signal_without_a_meaning_during_the_first_start_is_logged_once_the_master_runs(
     serve: Serve, app_file: AppFile, tmp_path: Path
 ) -> None:
-    server = serve("--wsgi-file", str(app_file(SLOW_IMPORT_APP)), ready=False)
-    wait_for((tmp_path / "importing").exists, 15, "the app's import to start")
+    server = serve_importing(serve, app_file(SLOW_IMPORT_APP))
     os.kill(server.pid, signal.SIGUSR1)
     os.kill(server.pid, signal.SIGRTMIN)
     (tmp_path / "go-on").touch()
@@ -275,12 +291,10 @@ def test_a_process_the_app_starts_at_import_gets_its_signals(
 
 
 def test_sighup_while_the_app_is_imported_at_startup_does_not_kill_the_master(
-    serve: Serve, app_file: AppFile, tmp_path: Path
+    serve: Serve, app_file: AppFile
 ) -> None:
     """SIGHUP has a meaning: sent while the master still imports the app, it must not end it silently."""
-    app = app_file(SLOW)
-    server = serve("--wsgi-file", str(app), ready=False)
-    wait_for((tmp_path / "importing").exists, 10, "the import to start")
+    server = serve_importing(serve, app_file(SLOW))
     os.kill(server.pid, signal.SIGHUP)
     server.wait_ready()
     assert get(server.socket)[0] == 200
@@ -289,11 +303,9 @@ def test_sighup_while_the_app_is_imported_at_startup_does_not_kill_the_master(
 
 
 def test_sigterm_while_the_app_is_imported_at_startup_is_logged_and_cleans_up(
-    serve: Serve, app_file: AppFile, tmp_path: Path
+    serve: Serve, app_file: AppFile
 ) -> None:
-    app = app_file(SLOW)
-    server = serve("--wsgi-file", str(app), ready=False)
-    wait_for((tmp_path / "importing").exists, 10, "the import to start")
+    server = serve_importing(serve, app_file(SLOW))
     os.kill(server.pid, signal.SIGTERM)
     assert server.proc.wait(10) == 0, server.log()
     assert "SIGTERM received while the app was being imported: stopped" in server.log(), server.log()
