@@ -30,9 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from binserve import protocol
-from binserve.testing import Serve, StartNginx, exchange, ping, wait_for
+from binserve.testing import exchange, ping, wait_for
 
-from support import APPS, AppFile
+from support import APPS, BehindNginx
 
 SEED = int(os.environ.get("FUZZ_SEED", "20240611"))
 PACKETS = 10_000
@@ -368,10 +368,9 @@ def exceptions_in(log: str) -> Counter[str]:
 
 
 # -- the test ----------------------------------------------------------------------------------
-def test_fuzzed_packets_never_kill_a_worker(serve: Serve, nginx: StartNginx, app_file: AppFile) -> None:
+def test_fuzzed_packets_never_kill_a_worker(behind_nginx: BehindNginx) -> None:
     started = time.monotonic()
-    server = serve("--wsgi-file", str(app_file(ECHO_APP)), "--processes", "2", "--socket-timeout", "1")
-    front = nginx(server)
+    server, front = behind_nginx(ECHO_APP, "--processes", "2", "--socket-timeout", "1")
     wait_for(lambda: len(server.worker_pids()) == 2, what="2 workers")
     workers = server.worker_pids()
     rng = random.Random(SEED)

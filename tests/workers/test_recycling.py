@@ -60,19 +60,11 @@ def recycled_pids(log: str) -> list[int]:
 
 
 def test_max_requests_with_one_process_serves_every_request_and_retires_after_the_replacement(
-    serve: Serve, nginx: StartNginx, app_file: AppFile
+    behind_nginx: BehindNginx,
 ) -> None:
-    server = serve(
-        "--wsgi-file",
-        str(app_file(PID_APP)),
-        "--processes",
-        "1",
-        "--max-requests",
-        "5",
-        "--min-worker-lifetime",
-        "0",
+    server, front = behind_nginx(
+        PID_APP, "--processes", "1", "--max-requests", "5", "--min-worker-lifetime", "0"
     )
-    front = nginx(server)
     # The old worker serves on until its replacement accepts, so a generation serves a few more
     # than 5: on a loaded machine, where a boot is slow, many more. Batches go on until three
     # generations have served, every request answered.
@@ -260,21 +252,14 @@ def _imported_by(tmp_path: Path) -> set[int]:
 
 
 def test_touch_chain_reload_replaces_workers_one_at_a_time_with_the_new_code(
-    serve: Serve, nginx: StartNginx, app_file: AppFile, tmp_path: Path
+    behind_nginx: BehindNginx, tmp_path: Path
 ) -> None:
     (tmp_path / "version.txt").write_text("v1")
     trigger = tmp_path / "chain.trigger"
     trigger.write_text("")
-    server = serve(
-        "--wsgi-file",
-        str(app_file(VERSION_APP)),
-        "--lazy-apps",
-        "--processes",
-        "3",
-        "--touch-chain-reload",
-        str(trigger),
+    server, front = behind_nginx(
+        VERSION_APP, "--lazy-apps", "--processes", "3", "--touch-chain-reload", str(trigger)
     )
-    front = nginx(server)
     wait_for(
         lambda: len(server.worker_pids()) == 3 and _imported_by(tmp_path) == server.worker_pids(),
         10,
@@ -313,15 +298,12 @@ def test_touch_chain_reload_replaces_workers_one_at_a_time_with_the_new_code(
 
 
 def test_touch_chain_reload_without_lazy_apps_warns_and_keeps_the_masters_code(
-    serve: Serve, nginx: StartNginx, app_file: AppFile, tmp_path: Path
+    behind_nginx: BehindNginx, tmp_path: Path
 ) -> None:
     (tmp_path / "version.txt").write_text("v1")
     trigger = tmp_path / "chain.trigger"
     trigger.write_text("")
-    server = serve(
-        "--wsgi-file", str(app_file(VERSION_APP)), "--processes", "2", "--touch-chain-reload", str(trigger)
-    )
-    front = nginx(server)
+    server, front = behind_nginx(VERSION_APP, "--processes", "2", "--touch-chain-reload", str(trigger))
     assert "touch-chain-reload without lazy-apps" in server.log(), server.log()
     wait_for(lambda: len(server.worker_pids()) == 2, 10, "two workers")
     before = server.worker_pids()
@@ -395,14 +377,9 @@ def test_without_post_buffering_the_app_reads_the_socket(behind_nginx: BehindNgi
 # -- stalled partial packets -----------------------------------------------------------------------
 
 
-def test_stalled_partial_packets_do_not_hold_the_only_worker(
-    serve: Serve, nginx: StartNginx, app_file: AppFile
-) -> None:
+def test_stalled_partial_packets_do_not_hold_the_only_worker(behind_nginx: BehindNginx) -> None:
     timeout = 2.0
-    server = serve(
-        "--wsgi-file", str(app_file(PID_APP)), "--processes", "1", "--socket-timeout", str(int(timeout))
-    )
-    front = nginx(server)
+    server, front = behind_nginx(PID_APP, "--processes", "1", "--socket-timeout", str(int(timeout)))
     stalled: list[tuple[socket.socket, float]] = []
     try:
         for _ in range(20):
@@ -477,13 +454,10 @@ def test_a_core_stops_accepting_rather_than_run_out_of_descriptors(
     assert server.proc.poll() is None
 
 
-def test_a_recycling_worker_with_a_stalled_peer_parked_is_still_replaced(
-    serve: Serve, nginx: StartNginx, app_file: AppFile
-) -> None:
+def test_a_recycling_worker_with_a_stalled_peer_parked_is_still_replaced(behind_nginx: BehindNginx) -> None:
     # worker-reload-mercy 2: should the worker hang, the teardown's graceful stop ends in seconds.
-    server = serve(
-        "--wsgi-file",
-        str(app_file(PID_APP)),
+    server, front = behind_nginx(
+        PID_APP,
         "--processes",
         "1",
         "--max-requests",
@@ -495,7 +469,6 @@ def test_a_recycling_worker_with_a_stalled_peer_parked_is_still_replaced(
         "--worker-reload-mercy",
         "2",
     )
-    front = nginx(server)
     (pid,) = server.worker_pids()
     # Queued before nginx's request, so the worker has it parked when it starts recycling.
     with send(server.socket, b"\x00\x10\x00", timeout=None) as stalled:
@@ -513,12 +486,9 @@ def test_a_recycling_worker_with_a_stalled_peer_parked_is_still_replaced(
     assert status == 200 and int(body) != pid and took < 2.5, (status, body, took, server.log())
 
 
-def test_max_requests_recycles_workers_without_a_failed_request(
-    serve: Serve, nginx: StartNginx, app_file: AppFile
-) -> None:
-    server = serve(
-        "--wsgi-file",
-        str(app_file(SLEEP_APP)),
+def test_max_requests_recycles_workers_without_a_failed_request(behind_nginx: BehindNginx) -> None:
+    server, front = behind_nginx(
+        SLEEP_APP,
         "--processes",
         "2",
         "--max-requests",
@@ -528,7 +498,6 @@ def test_max_requests_recycles_workers_without_a_failed_request(
         "--min-worker-lifetime",
         "0",
     )
-    front = nginx(server)
     answers = front.burst(200)
     assert [status for status, _, _ in answers] == [200] * 200
     # A recycling worker serves on until its replacement accepts, and its own replacement waits
