@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import signal
 import stat
 import subprocess
 import sys
@@ -217,6 +218,12 @@ def serve_busy(
     (worker,) = server.wait_workers(1)
     slow = start_slow(pool, tmp_path, lambda: get_bytes(server.socket, "/slow", "30", timeout=40))
     return server, worker, slow
+
+
+def stop_cleanly(server: Server) -> None:
+    """SIGTERM the master: it must exit 0 (the log says why not)."""
+    os.kill(server.pid, signal.SIGTERM)
+    assert server.proc.wait(10) == 0, server.log()
 
 
 def log_lines(server: Server, text: str) -> list[str]:

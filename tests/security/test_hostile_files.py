@@ -34,7 +34,7 @@ from binserve.testing import (
     wait_for,
 )
 
-from support import APPS, AppFile, as_user, system_users
+from support import APPS, AppFile, as_user, stop_cleanly, system_users
 
 USER = "binserve-fs1"
 ROOTS = "root's file\n"
@@ -220,8 +220,7 @@ def test_stats_in_a_root_only_directory_answer_after_a_reload_as_the_uid_user(
     assert (after["pid"], after["uid"]) == (server.pid, account.pw_uid)
     assert after["uptime"] < before["uptime"] + 20 and os.stat(stats).st_ino == inode
     assert "Traceback" not in server.log() and "the reload failed" not in server.log()
-    os.kill(server.pid, signal.SIGTERM)
-    assert server.proc.wait(10) == 0, server.log()
+    stop_cleanly(server)
 
 
 @pytest.mark.process

@@ -20,7 +20,7 @@ import pytest
 
 from binserve.testing import EmperorProcess, Serve, Server, alive, ping, touch_ahead, wait_for
 
-from support import APPS, USER, AppFile, get, serve_limited, write_vassal
+from support import APPS, USER, AppFile, get, serve_limited, stop_cleanly, write_vassal
 
 EXITING_APP = (APPS / "attack_runtime_app.py").read_text()
 HANG_ON_RELOAD = (APPS / "attack_runtime_hang_on_reload.py").read_text()
@@ -86,8 +86,7 @@ def test_sighup_with_an_ini_the_dropped_user_cannot_read_is_refused(
     assert server.worker_pids() == workers
     assert ping(server.socket)
     assert get(server.socket)[0] == 200
-    os.kill(server.pid, signal.SIGTERM)
-    assert server.proc.wait(10) == 0, server.log()
+    stop_cleanly(server)
 
 
 def test_sighup_with_broken_code_keeps_the_old_code_serving_until_it_is_fixed(
@@ -163,8 +162,7 @@ def test_sigterm_while_the_probe_runs_stops_cleanly(serve: Serve, tmp_path: Path
     version(app, "v1")
     server, _ = start(serve, app)
     probe = hang_a_probe(server, tmp_path)
-    os.kill(server.pid, signal.SIGTERM)
-    assert server.proc.wait(10) == 0, server.log()
+    stop_cleanly(server)
     assert not server.socket.exists()
     out = subprocess.run(["pgrep", "-g", str(server.pid)], capture_output=True, text=True)
     assert out.stdout == "", f"left behind: {out.stdout} (probe {probe})"

@@ -30,7 +30,7 @@ from binserve.testing import (
     wait_for,
 )
 
-from support import APPS, AppFile, get, write_vassal
+from support import APPS, AppFile, get, stop_cleanly, write_vassal
 
 SLOW = (APPS / "attack_runtime_slow.py").read_text()
 
@@ -117,8 +117,7 @@ def test_a_master_logs_signals_without_a_meaning_and_serves_on(serve: Serve, app
 
     send_each(server.pid, server.log, lambda signum: f"{signals.name(signum)} received: no effect", serves)
     assert server.worker_pids() == workers
-    os.kill(server.pid, signal.SIGTERM)
-    assert server.proc.wait(10) == 0, server.log()
+    stop_cleanly(server)
     assert not server.socket.exists()
 
 
@@ -139,8 +138,7 @@ def test_a_signal_without_a_meaning_during_the_first_start_is_logged_once_the_ma
     server.wait_ready()
     wait_for(lambda: "SIGRTMIN received: no effect" in server.log(), 10, "the held signals in the log")
     assert "SIGUSR1 received: no effect" in server.log()
-    os.kill(server.pid, signal.SIGTERM)
-    assert server.proc.wait(10) == 0, server.log()
+    stop_cleanly(server)
 
 
 def test_a_worker_logs_signals_without_a_meaning_and_serves_on(serve: Serve, app_file: AppFile) -> None:
@@ -154,8 +152,7 @@ def test_a_worker_logs_signals_without_a_meaning_and_serves_on(serve: Serve, app
     line = lambda signum: f"worker 1 (pid {worker}): {signals.name(signum)} received: no effect"  # noqa: E731
     send_each(worker, server.log, line, serves)
     assert server.worker_pids() == {worker}
-    os.kill(server.pid, signal.SIGTERM)
-    assert server.proc.wait(10) == 0, server.log()
+    stop_cleanly(server)
 
 
 @pytest.fixture
@@ -215,8 +212,7 @@ def test_a_process_the_app_forks_dies_of_sigterm_and_the_worker_serves_on(
     assert fetch(server.socket, "/start").split()[0] == str(worker)
     os.kill(worker, 0)  # still there: it was not told to stop by its child's signal
     assert "recycl" not in server.log() and "exited" not in server.log()
-    os.kill(server.pid, signal.SIGTERM)
-    assert server.proc.wait(10) == 0, server.log()
+    stop_cleanly(server)
 
 
 RACE = """
@@ -286,8 +282,7 @@ def test_a_process_the_app_starts_at_import_gets_its_signals(
         for path in tmp_path.glob("helper-of-*"):
             if alive(int(path.read_text())):
                 os.kill(int(path.read_text()), signal.SIGKILL)
-    os.kill(server.pid, signal.SIGTERM)
-    assert server.proc.wait(10) == 0, server.log()
+    stop_cleanly(server)
 
 
 def test_sighup_while_the_app_is_imported_at_startup_does_not_kill_the_master(
@@ -298,16 +293,14 @@ def test_sighup_while_the_app_is_imported_at_startup_does_not_kill_the_master(
     os.kill(server.pid, signal.SIGHUP)
     server.wait_ready()
     assert get(server.socket)[0] == 200
-    os.kill(server.pid, signal.SIGTERM)
-    assert server.proc.wait(10) == 0, server.log()
+    stop_cleanly(server)
 
 
 def test_sigterm_while_the_app_is_imported_at_startup_is_logged_and_cleans_up(
     serve: Serve, app_file: AppFile
 ) -> None:
     server = serve_importing(serve, app_file(SLOW))
-    os.kill(server.pid, signal.SIGTERM)
-    assert server.proc.wait(10) == 0, server.log()
+    stop_cleanly(server)
     assert "SIGTERM received while the app was being imported: stopped" in server.log(), server.log()
     assert not server.socket.exists()
 
