@@ -1,7 +1,8 @@
 """Test WSGI apps through binserve for real: the uwsgi protocol, a real nginx, real processes.
 
 ``binserve.testing.client`` speaks the uwsgi protocol, ``binserve.testing.processes`` starts and
-always stops binserve and nginx, ``binserve.testing.plugin`` holds the pytest fixtures.
+always stops binserve and nginx, ``binserve.testing.plugin`` holds the pytest fixtures (their
+types, ``Serve``, ``StartNginx`` and ``StartEmperor``, are here for test signatures).
 """
 
 from binserve.testing.client import (
