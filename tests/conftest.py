@@ -10,19 +10,21 @@ import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from support import EXTRA_GROUP, PRIVILEGES_APP, USER, reachable_prefix
+from binserve.testing import Nginx, Serve, Server, StartNginx
+
+from support import EXTRA_GROUP, PRIVILEGES_APP, PROCESS_APP, USER, AppFile, BehindNginx, reachable_prefix
 
 pytest_plugins = ["binserve.testing.plugin", "fault_report", "layers"]
 
 
 @pytest.fixture
-def app_file(tmp_path: Path) -> Callable[..., Path]:
+def app_file(tmp_path: Path) -> AppFile:
     """Write a WSGI app's source into tmp_path (as ``name``, else a new app_N.py) and return its path."""
     counter = iter(range(1000))
 
@@ -32,6 +34,23 @@ def app_file(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return write
+
+
+@pytest.fixture
+def process_app(app_file: AppFile) -> Path:
+    """support.PROCESS_APP written into tmp_path: the app most process tests serve."""
+    return app_file(PROCESS_APP)
+
+
+@pytest.fixture
+def behind_nginx(serve: Serve, nginx: StartNginx, app_file: AppFile) -> BehindNginx:
+    """Serve an app's source with binserve (``behind_nginx(source, *args)``), nginx in front of it."""
+
+    def start(source: str, *args: str) -> tuple[Server, Nginx]:
+        server = serve("--wsgi-file", str(app_file(source)), *args)
+        return server, nginx(server)
+
+    return start
 
 
 @pytest.fixture

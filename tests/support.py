@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import signal
 import stat
 import subprocess
 import sys
@@ -19,10 +20,13 @@ from pathlib import Path
 import pytest
 
 from binserve.config import ConfigError, load
-from binserve.testing import Server, exchange, parse_response, request, request_packet, wait_for
+from binserve.testing import Nginx, Serve, Server, exchange, parse_response, request, request_packet, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 APPS = REPO / "tests" / "apps"  # the WSGI apps the tests serve
+
+AppFile = Callable[..., Path]  # the app_file fixture
+BehindNginx = Callable[..., tuple[Server, Nginx]]  # the behind_nginx fixture
 
 # The account the privilege tests drop to, and the app it serves (the reload tests use them too).
 USER, EXTRA_GROUP = "binserve-p1", "binserve-p1x"
@@ -153,6 +157,13 @@ def write_vassal(
     return path
 
 
+def good_vassal(vassal_dir: Path, app: Path) -> Path:
+    """A well-formed vassal ``good`` beside the bad files a test writes; its socket, beside vassal_dir."""
+    sock = vassal_dir.parent / "good.sock"
+    write_vassal(vassal_dir, "good", sock, app)
+    return sock
+
+
 def get(sock: Path, path: str = "/", query: str = "", timeout: float = 10.0) -> tuple[int, str]:
     """One GET straight to a vassal's socket over the uwsgi protocol: (status, body); (0, "") on error."""
     try:
@@ -199,6 +210,22 @@ def start_slow(pool: ThreadPoolExecutor, tmp_path: Path, fetch: Callable[[], tup
     return future
 
 
+def serve_busy(
+    serve: Serve, app: Path, tmp_path: Path, pool: ThreadPoolExecutor, *args: str
+) -> tuple[Server, int, Future]:
+    """binserve serving the process app with one worker, that worker 30 seconds into a request."""
+    server = serve("--wsgi-file", str(app), *args)
+    (worker,) = server.wait_workers(1)
+    slow = start_slow(pool, tmp_path, lambda: get_bytes(server.socket, "/slow", "30", timeout=40))
+    return server, worker, slow
+
+
+def stop_cleanly(server: Server) -> None:
+    """SIGTERM the master: it must exit 0 (the log says why not)."""
+    os.kill(server.pid, signal.SIGTERM)
+    assert server.proc.wait(10) == 0, server.log()
+
+
 def log_lines(server: Server, text: str) -> list[str]:
     """The lines of the server's log that contain ``text``."""
     return [line for line in server.log().splitlines() if text in line]
@@ -208,10 +235,52 @@ def log_lines(server: Server, text: str) -> list[str]:
 LIMITED = (APPS / "attack_runtime_limited.py").read_text()
 
 
-def serve_limited(serve: Callable[..., Server], where: Path) -> tuple[Server, set[int]]:
+def serve_limited(serve: Serve, where: Path) -> tuple[Server, set[int]]:
     """binserve as USER (whose process limit the app lowers) from ``where``; its one worker once forked."""
     (where / "app.py").write_text(LIMITED)
     server = serve(
         "--wsgi-file", str(where / "app.py"), "--uid", USER, socket_path=where / "app.sock", cwd=where
     )
     return server, server.wait_workers(1)
+
+
+TMUX = "/usr/bin/tmux"  # Debian's
+
+
+class Tmux:
+    """A private tmux server (its socket under the test's tmp_path) running one command detached."""
+
+    def __init__(self, socket_path: Path, name: str) -> None:
+        self.socket_path = socket_path
+        self.name = name
+
+    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run a tmux command against the private server."""
+        # An explicit environment: GNU readline, once loaded in this process, puts LINES=24 and
+        # COLUMNS=80 into the C-level environment (not os.environ); inherited by the tmux server,
+        # they would make curses in the pane believe it is 80 columns wide.
+        env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+        command = [TMUX, "-S", str(self.socket_path), "-f", "/dev/null", *args]
+        return subprocess.run(command, capture_output=True, text=True, timeout=10, env=env)
+
+    def start(self, command: str, width: int, height: int) -> None:
+        """Run ``command`` (a shell line) in a new session of ``width`` x ``height``."""
+        result = self.run("new-session", "-d", "-s", self.name, "-x", str(width), "-y", str(height), command)
+        assert result.returncode == 0, result.stderr
+
+    def alive(self) -> bool:
+        """Whether the session's command is still running."""
+        return self.run("has-session", "-t", self.name).returncode == 0
+
+    def screen(self) -> str:
+        """The visible pane."""
+        return self.run("capture-pane", "-p", "-t", self.name).stdout
+
+    def keys(self, *keys: str) -> None:
+        """Send keys (tmux key names such as Enter, Escape, Down)."""
+        self.run("send-keys", "-t", self.name, *keys)
+
+    def kill(self) -> None:
+        """End the session and the private server."""
+        self.run("kill-session", "-t", self.name)
+        self.run("kill-server")

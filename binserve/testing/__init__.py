@@ -1,7 +1,8 @@
 """Test WSGI apps through binserve for real: the uwsgi protocol, a real nginx, real processes.
 
 ``binserve.testing.client`` speaks the uwsgi protocol, ``binserve.testing.processes`` starts and
-always stops binserve and nginx, ``binserve.testing.plugin`` holds the pytest fixtures.
+always stops binserve and nginx, ``binserve.testing.plugin`` holds the pytest fixtures (their
+types, ``Serve``, ``StartNginx`` and ``StartEmperor``, are here for test signatures).
 """
 
 from binserve.testing.client import (
@@ -19,6 +20,7 @@ from binserve.testing.client import (
     send,
 )
 from binserve.testing.emperor import EmperorProcess
+from binserve.testing.fixture_types import Serve, StartEmperor, StartNginx
 from binserve.testing.processes import (
     Nginx,
     Process,
@@ -43,7 +45,10 @@ __all__ = [
     "Nginx",
     "Process",
     "Response",
+    "Serve",
     "Server",
+    "StartEmperor",
+    "StartNginx",
     "alive",
     "answers_in_background",
     "children",

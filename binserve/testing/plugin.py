@@ -5,18 +5,19 @@ Opt in from a conftest.py: ``pytest_plugins = ["binserve.testing.plugin"]``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from binserve.testing.emperor import EmperorProcess
+from binserve.testing.fixture_types import Serve, StartEmperor, StartNginx
 from binserve.testing.processes import Nginx, Server, running, wait_for
 
 
 @pytest.fixture
-def serve(tmp_path: Path) -> Iterator[Callable[..., Server]]:
+def serve(tmp_path: Path) -> Iterator[Serve]:
     """Start binserve: ``serve(*args, socket_path=None, env=None, ready=True, cwd=None)``.
 
     Each server is stopped after the test, which fails if a binserve process is left behind.
@@ -36,7 +37,7 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., Server]]:
 
 
 @pytest.fixture
-def nginx(tmp_path: Path) -> Iterator[Callable[[str | Server], Nginx]]:
+def nginx(tmp_path: Path) -> Iterator[StartNginx]:
     """Start nginx in front of a server, or with the given ``location`` blocks: ``nginx(server)``."""
     started: list[Nginx] = []
 
@@ -51,7 +52,7 @@ def nginx(tmp_path: Path) -> Iterator[Callable[[str | Server], Nginx]]:
 
 
 @pytest.fixture
-def emperor(tmp_path: Path) -> Iterator[Callable[..., EmperorProcess]]:
+def emperor(tmp_path: Path) -> Iterator[StartEmperor]:
     """Start binserve's emperor: ``emperor(vassal_dir, *extra_args, wrap=[])``; always torn down."""
     started: list[EmperorProcess] = []
 

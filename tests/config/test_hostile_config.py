@@ -21,7 +21,7 @@ import pytest
 from binserve.config import load
 from binserve.ini import MAX_DEPTH, MAX_LINES, MAX_NAME, MAX_READS, MAX_TEXT, MAX_VALUE
 from binserve.options import OPTIONS, Number
-from binserve.testing import Server, exchange, request_packet, run_binserve
+from binserve.testing import Serve, Server, exchange, request_packet, run_binserve
 
 from support import config_error as error
 
@@ -262,7 +262,7 @@ def get(path: Path) -> bytes:
     return exchange(path, request_packet("/"))
 
 
-def test_binserve_starts_and_serves_despite_binserve_home(serve: Callable[..., Server]) -> None:
+def test_binserve_starts_and_serves_despite_binserve_home(serve: Serve) -> None:
     server = serve("--module", "binserve.demo", env={"BINSERVE_HOME": "/nowhere"})
     assert get(server.socket).startswith(b"HTTP/1.1 200")
     assert "warning: ignoring BINSERVE_HOME: binserve has no option 'home'" in server.log()
@@ -276,7 +276,7 @@ def test_module_and_wsgi_file_together_are_a_config_error() -> None:
     )
 
 
-def test_a_directory_as_wsgi_file_says_so(serve: Callable[..., Server]) -> None:
+def test_a_directory_as_wsgi_file_says_so(serve: Serve) -> None:
     os.mkdir("app.py")
     server = serve("--wsgi-file", "app.py", ready=False)
     server.proc.wait(20)

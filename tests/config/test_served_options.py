@@ -8,36 +8,21 @@ import os
 import re
 import signal
 import stat
-from collections.abc import Callable
 from pathlib import Path
 
-import pytest
+from binserve.testing import Serve, free_port, ping
 
-from binserve.testing import (
-    Server,
-    free_port,
-    ping,
-)
-
-from support import PROCESS_APP as APP
 from support import get_bytes as get
 
 
-@pytest.fixture
-def app(app_file: Callable[[str], Path]) -> Path:
-    return app_file(APP)
-
-
-def test_chmod_socket(serve: Callable[..., Server], app: Path) -> None:
-    server = serve("--wsgi-file", str(app), "--chmod-socket", "660")
+def test_chmod_socket(serve: Serve, process_app: Path) -> None:
+    server = serve("--wsgi-file", str(process_app), "--chmod-socket", "660")
     assert stat.S_IMODE(os.stat(server.socket).st_mode) == 0o660
 
 
-def test_logto_collects_master_worker_and_app_output(
-    serve: Callable[..., Server], app: Path, tmp_path: Path
-) -> None:
+def test_logto_collects_master_worker_and_app_output(serve: Serve, process_app: Path, tmp_path: Path) -> None:
     logfile = tmp_path / "logto.log"
-    server = serve("--wsgi-file", str(app), "--logto", str(logfile))
+    server = serve("--wsgi-file", str(process_app), "--logto", str(logfile))
     assert get(server.socket, "/print") == (200, b"printed")
     text = logfile.read_text()
     assert "master ready: 1 workers" in text
@@ -47,8 +32,8 @@ def test_logto_collects_master_worker_and_app_output(
     assert server.log() == ""
 
 
-def test_disable_logging_keeps_errors(serve: Callable[..., Server], app: Path) -> None:
-    server = serve("--wsgi-file", str(app), "--disable-logging")
+def test_disable_logging_keeps_errors(serve: Serve, process_app: Path) -> None:
+    server = serve("--wsgi-file", str(process_app), "--disable-logging")
     assert get(server.socket, "/quiet")[0] == 200
     assert get(server.socket, "/boom")[0] == 500
     log = server.log()
@@ -58,20 +43,20 @@ def test_disable_logging_keeps_errors(serve: Callable[..., Server], app: Path) -
     assert "RuntimeError: the app blew up on purpose" in log
 
 
-def test_request_lines_logged_by_default(serve: Callable[..., Server], app: Path) -> None:
-    server = serve("--wsgi-file", str(app))
+def test_request_lines_logged_by_default(serve: Serve, process_app: Path) -> None:
+    server = serve("--wsgi-file", str(process_app))
     assert get(server.socket, "/loud")[0] == 200
     assert re.search(
         r"\[pid: \d+\|worker: 1\|req: 1\] 127\.0\.0\.1 GET /loud => 200 \d+ bytes in", server.log()
     )
 
 
-def test_env_option_is_visible_to_the_app(serve: Callable[..., Server], app: Path) -> None:
-    server = serve("--wsgi-file", str(app), "--env", "GREETING=hello world=1")
+def test_env_option_is_visible_to_the_app(serve: Serve, process_app: Path) -> None:
+    server = serve("--wsgi-file", str(process_app), "--env", "GREETING=hello world=1")
     assert get(server.socket, "/env") == (200, b"hello world=1")
 
 
-def test_chdir_and_pythonpath(serve: Callable[..., Server], tmp_path: Path) -> None:
+def test_chdir_and_pythonpath(serve: Serve, tmp_path: Path) -> None:
     appdir = tmp_path / "site"
     libdir = tmp_path / "lib"
     appdir.mkdir()
@@ -90,16 +75,16 @@ def test_chdir_and_pythonpath(serve: Callable[..., Server], tmp_path: Path) -> N
     assert get(server.socket, "/") == (200, f"{appdir}|from the pythonpath".encode())
 
 
-def test_tcp_socket(serve: Callable[..., Server], app: Path) -> None:
+def test_tcp_socket(serve: Serve, process_app: Path) -> None:
     address = f"127.0.0.1:{free_port()}"
-    server = serve("--wsgi-file", str(app), socket_path=address)
+    server = serve("--wsgi-file", str(process_app), socket_path=address)
     assert get(address, "/tcp") == (200, b"ok")
     assert f"on {address}" in server.log()
 
 
-def test_two_sockets_both_serve(serve: Callable[..., Server], app: Path, tmp_path: Path) -> None:
+def test_two_sockets_both_serve(serve: Serve, process_app: Path, tmp_path: Path) -> None:
     second = tmp_path / "second.sock"
-    server = serve("--wsgi-file", str(app), "--socket", str(second))
+    server = serve("--wsgi-file", str(process_app), "--socket", str(second))
     assert ping(second)
     assert get(server.socket, "/one") == (200, b"ok")
     assert get(second, "/two") == (200, b"ok")

@@ -6,22 +6,13 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from binserve.testing import (
-    Server,
-)
+from binserve.testing import Serve
 
-from support import PROCESS_APP as APP
-
-
-@pytest.fixture
-def app(app_file: Callable[[str], Path]) -> Path:
-    return app_file(APP)
-
+from support import AppFile
 
 BROKEN = """
 import os
@@ -33,7 +24,7 @@ raise RuntimeError("kaboom at import time")
 
 @pytest.mark.parametrize("how", ["--module", "--wsgi-file"])
 def test_app_that_fails_to_import_exits_at_once(
-    serve: Callable[..., Server], app_file: Callable[[str], Path], tmp_path: Path, how: str
+    serve: Serve, app_file: AppFile, tmp_path: Path, how: str
 ) -> None:
     broken = app_file(BROKEN)
     target = broken.stem if how == "--module" else str(broken)
@@ -52,12 +43,12 @@ def test_app_that_fails_to_import_exits_at_once(
 
 
 @pytest.mark.parametrize("how", ["--module", "--wsgi-file"])
-def test_missing_callable_is_named(serve: Callable[..., Server], app: Path, how: str) -> None:
-    target = app.stem if how == "--module" else str(app)
-    pidfile = app.parent / "binserve.pid"
+def test_missing_callable_is_named(serve: Serve, process_app: Path, how: str) -> None:
+    target = process_app.stem if how == "--module" else str(process_app)
+    pidfile = process_app.parent / "binserve.pid"
     server = serve(how, target, "--callable", "nope", "--pidfile", str(pidfile), ready=False)
     assert server.proc.wait(timeout=15) == 4
-    kind = f"module {app.stem}" if how == "--module" else f"wsgi-file {app}"
+    kind = f"module {process_app.stem}" if how == "--module" else f"wsgi-file {process_app}"
     assert f"cannot load the app: {kind} has no callable 'nope'" in server.log()
     assert "Traceback" not in server.log()
     assert not pidfile.exists(), "the pidfile of a server that never started is removed"
@@ -67,9 +58,9 @@ def test_missing_callable_is_named(serve: Callable[..., Server], app: Path, how:
     ("option", "value"), [("limit-post", "-1"), ("socket-timeout", "0")], ids=["limit-post", "socket-timeout"]
 )
 def test_bad_option_value_is_refused_at_start(
-    serve: Callable[..., Server], app: Path, option: str, value: str
+    serve: Serve, process_app: Path, option: str, value: str
 ) -> None:
-    server = serve("--wsgi-file", str(app), f"--{option}", value, ready=False)
+    server = serve("--wsgi-file", str(process_app), f"--{option}", value, ready=False)
     try:
         code = server.proc.wait(timeout=10)
     except subprocess.TimeoutExpired:
@@ -80,10 +71,10 @@ def test_bad_option_value_is_refused_at_start(
 
 
 def test_second_socket_unbindable_exits_2_and_leaves_no_socket_file(
-    serve: Callable[..., Server], app: Path, tmp_path: Path
+    serve: Serve, process_app: Path, tmp_path: Path
 ) -> None:
     bad = tmp_path / "no-such-dir" / "second.sock"
-    server = serve("--wsgi-file", str(app), "--socket", str(bad), ready=False)
+    server = serve("--wsgi-file", str(process_app), "--socket", str(bad), ready=False)
     try:
         code = server.proc.wait(timeout=10)
     except subprocess.TimeoutExpired:

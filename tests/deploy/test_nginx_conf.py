@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 
 from binserve.config import load
-from binserve.testing import Nginx, Server, free_port, nginx_conf, nginx_executable, wait_for
+from binserve.testing import Nginx, Serve, Server, free_port, nginx_conf, nginx_executable, wait_for
 
-from support import APPS, REPO
+from support import APPS, REPO, AppFile
 
 CONF_DIR = REPO / "nginx_conf"
 TEMPLATES = sorted(CONF_DIR.glob("*.conf.template"))
@@ -146,7 +146,7 @@ def test_nginx_t_rejects_a_broken_site(tmp_path: Path) -> None:
 # -- the templates serve -----------------------------------------------------------------------
 @pytest.mark.nginx
 def test_site_serves_static_files_from_nginx_and_the_rest_from_binserve(
-    serve: Callable[..., Server], site_nginx: Callable[[Path, Server], Nginx], tmp_path: Path
+    serve: Serve, site_nginx: Callable[[Path, Server], Nginx], tmp_path: Path
 ) -> None:
     static = tmp_path / "static"
     static.mkdir()
@@ -177,9 +177,7 @@ def test_site_serves_static_files_from_nginx_and_the_rest_from_binserve(
 
 @pytest.mark.nginx
 def test_mounted_site_strips_the_prefix(
-    serve: Callable[..., Server],
-    site_nginx: Callable[[Path, Server], Nginx],
-    app_file: Callable[[str], Path],
+    serve: Serve, site_nginx: Callable[[Path, Server], Nginx], app_file: AppFile
 ) -> None:
     server = serve("--wsgi-file", str(app_file(ENVIRON_APP)))
     front = site_nginx(CONF_DIR / "mounted.conf.template", server)
@@ -199,7 +197,7 @@ MOUNT_APP = (APPS / "nginx_conf_mount.py").read_text()
 
 @pytest.mark.nginx
 def test_two_apps_site_routes_each_prefix_to_its_own_socket(
-    serve: Callable[..., Server], site_nginx: Callable[[Path, Server], Nginx], tmp_path: Path
+    serve: Serve, site_nginx: Callable[[Path, Server], Nginx], tmp_path: Path
 ) -> None:
     app = tmp_path / "mount_app.py"
     app.write_text(MOUNT_APP.replace("environ['APP']", "__import__('os').environ['APP']"))

@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +29,10 @@ from binserve.config import load
 from binserve.emperor import Emperor
 from binserve.emperor.plan import Wait, plan
 from binserve.emperor.watch import scan
-from binserve.testing import EmperorProcess, Nginx, alive, executable, location, ping, wait_for
+from binserve.testing import EmperorProcess, Nginx, StartEmperor, alive, executable, location, ping, wait_for
 from binserve.testing.emperor import leftovers
 
-from support import APPS, get, reachable_prefix, system_users, write_vassal
+from support import APPS, AppFile, get, good_vassal, reachable_prefix, system_users, write_vassal
 
 APP = (APPS / "emperor_app.py").read_text()
 
@@ -71,7 +71,7 @@ def status_row(text: str, name: str) -> str:
 
 
 @pytest.fixture
-def app(app_file: Callable[..., Path]) -> Path:
+def app(app_file: AppFile) -> Path:
     return app_file(APP, "app.py")
 
 
@@ -134,7 +134,7 @@ class Load:
 
 # -- three vassals behind nginx, under load --------------------------------------------------
 def test_three_vassals_behind_nginx_under_load(
-    tmp_path: Path, vassal_dir: Path, app: Path, emperor: Callable[..., EmperorProcess], nginx: Any
+    tmp_path: Path, vassal_dir: Path, app: Path, emperor: StartEmperor, nginx: Any
 ) -> None:
     socks = {name: tmp_path / f"{name}.sock" for name in ("a", "b", "c", "d", "broken")}
     files = {name: write_vassal(vassal_dir, name, socks[name], app) for name in ("a", "b", "c")}
@@ -238,7 +238,7 @@ def test_three_vassals_behind_nginx_under_load(
 
 # -- many vassals -----------------------------------------------------------------------------
 def test_fifty_vassals_serve_within_30_s_and_the_idle_emperor_stays_under_1_percent_cpu(
-    tmp_path: Path, vassal_dir: Path, app: Path, emperor: Callable[..., EmperorProcess]
+    tmp_path: Path, vassal_dir: Path, app: Path, emperor: StartEmperor
 ) -> None:
     socks = {f"v{i:02d}": tmp_path / f"v{i:02d}.sock" for i in range(50)}
     for name, sock in socks.items():
@@ -275,10 +275,9 @@ def test_fifty_vassals_serve_within_30_s_and_the_idle_emperor_stays_under_1_perc
 
 # -- bad input ----------------------------------------------------------------------------------
 def test_bad_vassal_files_give_one_clear_line_each_and_never_stop_the_others(
-    tmp_path: Path, vassal_dir: Path, app: Path, emperor: Callable[..., EmperorProcess]
+    tmp_path: Path, vassal_dir: Path, app: Path, emperor: StartEmperor
 ) -> None:
-    good_sock = tmp_path / "good.sock"
-    write_vassal(vassal_dir, "good", good_sock, app)
+    good_sock = good_vassal(vassal_dir, app)
     bad_sock = tmp_path / "bad.sock"
     unknown = write_vassal(vassal_dir, "unknown", bad_sock, app, extra="procesess = 3\n")
     bad_value = write_vassal(vassal_dir, "badvalue", bad_sock, app, processes="many")
@@ -327,7 +326,7 @@ def test_bad_vassal_files_give_one_clear_line_each_and_never_stop_the_others(
 
 # -- signals ------------------------------------------------------------------------------------
 def test_sighup_reloads_every_vassal_and_sigterm_stops_them_all_gracefully(
-    tmp_path: Path, vassal_dir: Path, app: Path, emperor: Callable[..., EmperorProcess]
+    tmp_path: Path, vassal_dir: Path, app: Path, emperor: StartEmperor
 ) -> None:
     socks = {name: tmp_path / f"{name}.sock" for name in ("a", "b")}
     for name, sock in socks.items():
@@ -372,7 +371,7 @@ def test_sighup_reloads_every_vassal_and_sigterm_stops_them_all_gracefully(
 
 
 def test_vassals_do_not_outlive_a_killed_emperor(
-    tmp_path: Path, vassal_dir: Path, app: Path, emperor: Callable[..., EmperorProcess]
+    tmp_path: Path, vassal_dir: Path, app: Path, emperor: StartEmperor
 ) -> None:
     socks = {name: tmp_path / f"{name}.sock" for name in ("a", "b")}
     files = {name: write_vassal(vassal_dir, name, sock, app) for name, sock in socks.items()}
@@ -395,12 +394,7 @@ def test_vassals_do_not_outlive_a_killed_emperor(
 
 
 def start_busy_vassal(
-    tmp_path: Path,
-    vassal_dir: Path,
-    app: Path,
-    emperor: Callable[..., EmperorProcess],
-    *args: str,
-    extra: str = "",
+    tmp_path: Path, vassal_dir: Path, app: Path, emperor: StartEmperor, *args: str, extra: str = ""
 ) -> tuple[EmperorProcess, set[int | None]]:
     """An emperor with one vassal whose only worker is 30 s into a request; it and the vassal's pids."""
     sock = tmp_path / "a.sock"
@@ -415,7 +409,7 @@ def start_busy_vassal(
 
 
 def test_sigterm_deadline_kills_the_workers_of_a_vassal_that_overstays(
-    tmp_path: Path, vassal_dir: Path, app: Path, emperor: Callable[..., EmperorProcess]
+    tmp_path: Path, vassal_dir: Path, app: Path, emperor: StartEmperor
 ) -> None:
     """The emperor's deadline (worker-reload-mercy, 1 s here) ends the whole vassal, busy workers included.
 
@@ -430,7 +424,7 @@ def test_sigterm_deadline_kills_the_workers_of_a_vassal_that_overstays(
 
 
 def test_a_busy_worker_does_not_outlive_a_killed_emperor(
-    tmp_path: Path, vassal_dir: Path, app: Path, emperor: Callable[..., EmperorProcess]
+    tmp_path: Path, vassal_dir: Path, app: Path, emperor: StartEmperor
 ) -> None:
     """SIGKILL to the emperor mid-request: the vassal's worker is gone within its mercy (1 s) + 5 s."""
     emp, pids = start_busy_vassal(tmp_path, vassal_dir, app, emperor, extra="worker-reload-mercy = 1\n")
@@ -441,7 +435,7 @@ def test_a_busy_worker_does_not_outlive_a_killed_emperor(
 
 # -- vassals-inherit --------------------------------------------------------------------------------
 def test_vassals_inherit_applies_a_template_to_every_vassal(
-    tmp_path: Path, vassal_dir: Path, app: Path, emperor: Callable[..., EmperorProcess]
+    tmp_path: Path, vassal_dir: Path, app: Path, emperor: StartEmperor
 ) -> None:
     template = tmp_path / "template.ini"
     template.write_text("[uwsgi]\nenv = FROM_TEMPLATE=1\nprocesses = 3\n")
@@ -469,10 +463,7 @@ def tyrant_user() -> Iterator[pwd.struct_passwd]:
 
 
 def test_emperor_tyrant_runs_each_vassal_as_its_files_owner_and_refuses_root(
-    tyrant_user: pwd.struct_passwd,
-    open_dir: Path,
-    tmp_path: Path,
-    emperor: Callable[..., EmperorProcess],
+    tyrant_user: pwd.struct_passwd, open_dir: Path, tmp_path: Path, emperor: StartEmperor
 ) -> None:
     # The user and directory fixtures come first, so they are torn down after the emperor.
     uid, gid = tyrant_user.pw_uid, tyrant_user.pw_gid
@@ -537,7 +528,7 @@ def test_a_vassal_that_cannot_be_started_waits_out_its_throttle(tmp_path: Path, 
 
 
 def test_emperor_stats_list_vassals_and_binserve_top_drills_into_one(
-    tmp_path: Path, vassal_dir: Path, app: Path, emperor: Callable[..., EmperorProcess]
+    tmp_path: Path, vassal_dir: Path, app: Path, emperor: StartEmperor
 ) -> None:
     """A real emperor's stats: each vassal with its state and stats address, read by binserve-top."""
     stats = tmp_path / "emperor.stats"
@@ -562,7 +553,7 @@ def test_emperor_stats_list_vassals_and_binserve_top_drills_into_one(
 
 
 def test_inotify_picks_up_a_new_file_long_before_the_next_scan(
-    tmp_path: Path, vassal_dir: Path, app: Path, emperor: Callable[..., EmperorProcess]
+    tmp_path: Path, vassal_dir: Path, app: Path, emperor: StartEmperor
 ) -> None:
     """With scans 30 s apart, a new vassal file still serves within 2 s: inotify woke the emperor."""
     emp = emperor(vassal_dir, "--emperor-freq", "30")

@@ -17,7 +17,7 @@ import re
 import selectors
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -31,14 +31,9 @@ from binserve.emperor.plan import Vassal
 from binserve.emperor.probe import Probe
 from binserve.emperor.spawn import warn_if_replaceable
 from binserve.emperor.status import RUN_DIR, STATE_NAME, tyrant_state_path
-from binserve.testing import (
-    EmperorProcess,
-    ping,
-    read_stats,
-    wait_for,
-)
+from binserve.testing import StartEmperor, ping, read_stats, wait_for
 
-from support import APPS, get, reachable_prefix, system_users, write_vassal
+from support import APPS, AppFile, get, good_vassal, reachable_prefix, system_users, write_vassal
 
 # Hostile files would otherwise make the unfixed emperor (and each hostile vassal) take the
 # host's memory: under this bound they fail with MemoryError instead.
@@ -51,7 +46,7 @@ APP = (APPS / "emperor_hostile_app.py").read_text()
 
 # -- fixtures ------------------------------------------------------------------------------------------
 @pytest.fixture
-def app(app_file: Callable[..., Path]) -> Path:
+def app(app_file: AppFile) -> Path:
     return app_file(APP, "app.py")
 
 
@@ -93,7 +88,7 @@ def hostile_files(vassals: Path, tmp_path: Path) -> list[str]:
 
 
 def test_hostile_vassal_files_leave_the_emperor_and_the_good_vassal_running(
-    tmp_path: Path, vassal_dir: Path, app: Path, emperor: Callable[..., EmperorProcess]
+    tmp_path: Path, vassal_dir: Path, app: Path, emperor: StartEmperor
 ) -> None:
     """A NUL in @(), a number past int-to-str, 1,200 nested includes, /dev/zero and a FIFO.
 
@@ -122,10 +117,9 @@ def test_hostile_vassal_files_leave_the_emperor_and_the_good_vassal_running(
 
 
 def test_a_huge_vassal_file_is_refused_once_and_costs_no_cpu(
-    tmp_path: Path, vassal_dir: Path, app: Path, emperor: Callable[..., EmperorProcess]
+    tmp_path: Path, vassal_dir: Path, app: Path, emperor: StartEmperor
 ) -> None:
-    sock = tmp_path / "good.sock"
-    write_vassal(vassal_dir, "good", sock, app)
+    sock = good_vassal(vassal_dir, app)
     huge = vassal_dir / "huge.ini"
     with open(huge, "wb") as handle:
         handle.truncate(4 << 30)  # sparse: no disk, but 4 GB to whoever reads it whole
@@ -141,7 +135,7 @@ def test_a_huge_vassal_file_is_refused_once_and_costs_no_cpu(
 
 
 def test_vassal_files_are_read_again_only_when_they_change(
-    tmp_path: Path, vassal_dir: Path, emperor: Callable[..., EmperorProcess]
+    tmp_path: Path, vassal_dir: Path, emperor: StartEmperor
 ) -> None:
     """Forty files just under the size bound, scanned ten times a second, cost (almost) nothing.
 
@@ -163,7 +157,7 @@ def test_vassal_files_are_read_again_only_when_they_change(
 
 
 def test_a_linked_vassals_relative_stats_address_is_taken_from_where_it_runs(
-    tmp_path: Path, vassal_dir: Path, app: Path, emperor: Callable[..., EmperorProcess]
+    tmp_path: Path, vassal_dir: Path, app: Path, emperor: StartEmperor
 ) -> None:
     """The vassal runs in its file's real directory: the emperor reports the stats socket there."""
     home = tmp_path / "home"
@@ -210,7 +204,7 @@ def test_a_stats_reader_that_dies_without_answering_is_logged(
 
 # -- the state file ------------------------------------------------------------------------------------
 def test_a_link_planted_at_the_state_file_or_its_temporary_is_never_written_through(
-    tmp_path: Path, vassal_dir: Path, app: Path, emperor: Callable[..., EmperorProcess]
+    tmp_path: Path, vassal_dir: Path, app: Path, emperor: StartEmperor
 ) -> None:
     precious = {name: tmp_path / name for name in ("at-state", "at-temporary")}
     for path in precious.values():
@@ -289,10 +283,7 @@ def tyrant_layout(base: Path, victim: pwd.struct_passwd, attacker: pwd.struct_pa
 
 
 def test_tyrant_state_stays_out_of_the_vassal_directory_and_status_finds_it(
-    users: tuple[pwd.struct_passwd, pwd.struct_passwd],
-    open_dir: Path,
-    tmp_path: Path,
-    emperor: Callable[..., EmperorProcess],
+    users: tuple[pwd.struct_passwd, pwd.struct_passwd], open_dir: Path, tmp_path: Path, emperor: StartEmperor
 ) -> None:
     victim, attacker = users
     vassals, home = tyrant_layout(open_dir, victim, attacker)
@@ -309,10 +300,7 @@ def test_tyrant_state_stays_out_of_the_vassal_directory_and_status_finds_it(
 
 
 def test_tyrant_refuses_a_link_to_another_users_file_and_runs_vassals_in_their_files_directory(
-    users: tuple[pwd.struct_passwd, pwd.struct_passwd],
-    open_dir: Path,
-    tmp_path: Path,
-    emperor: Callable[..., EmperorProcess],
+    users: tuple[pwd.struct_passwd, pwd.struct_passwd], open_dir: Path, tmp_path: Path, emperor: StartEmperor
 ) -> None:
     victim, attacker = users
     vassals, home = tyrant_layout(open_dir, victim, attacker)
@@ -349,7 +337,7 @@ def test_tyrant_vassals_get_a_minimal_environment_without_the_emperors_secrets(
     users: tuple[pwd.struct_passwd, pwd.struct_passwd],
     open_dir: Path,
     tmp_path: Path,
-    emperor: Callable[..., EmperorProcess],
+    emperor: StartEmperor,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     victim, attacker = users
@@ -374,10 +362,9 @@ def test_tyrant_vassals_get_a_minimal_environment_without_the_emperors_secrets(
 
 
 def test_a_vassal_file_whose_name_could_forge_log_lines_is_refused(
-    tmp_path: Path, vassal_dir: Path, app: Path, emperor: Callable[..., EmperorProcess]
+    tmp_path: Path, vassal_dir: Path, app: Path, emperor: StartEmperor
 ) -> None:
-    sock = tmp_path / "good.sock"
-    write_vassal(vassal_dir, "good", sock, app)
+    sock = good_vassal(vassal_dir, app)
     forged = "x\n2026-01-01 00:00:00 [binserve pid 1] vassal y.ini is now loyal\n"
     body = f"[uwsgi]\nsocket = {tmp_path / 'forged.sock'}\nwsgi-file = {app}\n"
     (vassal_dir / f"{forged}.ini").write_text(body)
@@ -393,11 +380,10 @@ HANG_ON_RELOAD = (APPS / "attack_runtime_hang_on_reload.py").read_text()
 
 
 def test_a_vassal_file_name_cannot_forge_an_emperor_log_line(
-    emperor: Callable[..., EmperorProcess], vassal_dir: Path, tmp_path: Path
+    emperor: StartEmperor, vassal_dir: Path, tmp_path: Path, app_file: AppFile
 ) -> None:
     """Whoever may write the vassal directory chooses the file names the emperor logs."""
-    app = tmp_path / "app.py"
-    app.write_text(HANG_ON_RELOAD)
+    app = app_file(HANG_ON_RELOAD)
     write_vassal(vassal_dir, "x\n2026-01-01 00:00:00 [binserve pid 1] FORGED", tmp_path / "v.sock", app, 1)
     process = emperor(vassal_dir)
     wait_for(lambda: "control characters" in process.log(), 10, "the file to be refused")

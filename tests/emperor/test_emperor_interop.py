@@ -29,7 +29,7 @@ import pytest
 
 from binserve.testing import Process, alive, children, cmdline, exchange, executable, request_packet, wait_for
 
-from support import APPS
+from support import APPS, AppFile
 
 pytestmark = pytest.mark.process  # uWSGI and binserve emperors and vassals, started by the tests' own fixture
 
@@ -135,13 +135,14 @@ def emperors(tmp_path: Path) -> Iterator[list[Emperor]]:
 
 
 # -- binserve vassal under uWSGI's emperor -------------------------------------------------------
-def test_binserve_vassal_under_uwsgi_emperor(tmp_path: Path, emperors: list[Emperor]) -> None:
+def test_binserve_vassal_under_uwsgi_emperor(
+    tmp_path: Path, app_file: AppFile, emperors: list[Emperor]
+) -> None:
     """uWSGI's emperor spawns binserve, reloads it on touch (byte 1) and stops it on removal (byte 0)."""
     uwsgi, binserve = executable("uwsgi"), executable("binserve")
     vassals = tmp_path / "vassals"
     vassals.mkdir()
-    app = tmp_path / "app.py"
-    app.write_text(APP)
+    app = app_file(APP)
     sock = tmp_path / "app.sock"
     ini = vassals / "app.ini"
     ini.write_text(f"[uwsgi]\nsocket = {sock}\nwsgi-file = {app}\nprocesses = 2\n")
@@ -188,13 +189,14 @@ def test_binserve_vassal_under_uwsgi_emperor(tmp_path: Path, emperors: list[Empe
 
 
 # -- uWSGI vassal under binserve's emperor -------------------------------------------------------
-def test_uwsgi_vassal_under_binserve_emperor(tmp_path: Path, emperors: list[Emperor]) -> None:
+def test_uwsgi_vassal_under_binserve_emperor(
+    tmp_path: Path, app_file: AppFile, emperors: list[Emperor]
+) -> None:
     """binserve's emperor spawns uWSGI, reloads it on touch (byte 1) and stops it on removal (byte 2)."""
     uwsgi, binserve = executable("uwsgi"), executable("binserve")
     vassals = tmp_path / "vassals"
     vassals.mkdir()
-    app = tmp_path / "app.py"
-    app.write_text(APP)
+    app = app_file(APP)
     sock = tmp_path / "u.sock"
     ini = vassals / "u.ini"
     # pyuwsgi has the python plugin built in: no plugins line. No vacuum: after a reload uWSGI 2.0.30

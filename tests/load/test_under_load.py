@@ -29,9 +29,9 @@ import psutil
 import pytest
 from fault_report import FaultTable
 
-from binserve.testing import Nginx, Server, location, send, wait_for
+from binserve.testing import Nginx, Serve, Server, StartNginx, send, wait_for
 
-from support import APPS
+from support import APPS, AppFile
 
 pytestmark = pytest.mark.load  # wrk's many connections at once against binserve behind nginx
 
@@ -133,9 +133,7 @@ class Wrk:
 
 
 @pytest.fixture
-def stack(
-    serve: Callable[..., Server], nginx: Callable[[str], Nginx], app_file: Callable[[str], Path]
-) -> Callable[..., tuple[Server, Nginx]]:
+def stack(serve: Serve, nginx: StartNginx, app_file: AppFile) -> Callable[..., tuple[Server, Nginx]]:
     """binserve serving APP with ``args`` behind its own nginx, once every worker is up.
 
     Request logging is off: wrk's thousands of requests a second would only fill the log.
@@ -146,7 +144,7 @@ def stack(
         common = ("--wsgi-file", str(app), "--disable-logging", "--processes", str(processes))
         server = serve(*common, *args, socket_path=socket_path)
         wait_for(lambda: len(server.worker_pids()) == processes, 15, f"{processes} workers")
-        front = nginx(location(server.socket))
+        front = nginx(server)
         status, _, _ = front.request("GET", "/")
         assert status == 200, f"binserve does not answer through nginx:\n{server.log()}"
         return server, front

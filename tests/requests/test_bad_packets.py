@@ -7,38 +7,20 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
 from binserve.protocol import PING, PONG, encode_header
-from binserve.testing import (
-    Nginx,
-    Server,
-    connect,
-    exchange,
-    free_port,
-    location,
-    read_all,
-    request_packet,
-)
+from binserve.testing import Serve, StartNginx, connect, exchange, free_port, read_all, request_packet
 
-from support import PROCESS_APP as APP
 from support import calls, status_body
 from support import get_bytes as get
 
 
-@pytest.fixture
-def app(app_file: Callable[[str], Path]) -> Path:
-    return app_file(APP)
-
-
 def test_vars_block_over_buffer_size_gets_431_and_an_orderly_close(
-    serve: Callable[..., Server], nginx: Callable[[str], Nginx], app: Path
+    serve: Serve, nginx: StartNginx, process_app: Path
 ) -> None:
     address = f"127.0.0.1:{free_port()}"
-    server = serve("--wsgi-file", str(app), "--buffer-size", "4096", "--socket", address)
+    server = serve("--wsgi-file", str(process_app), "--buffer-size", "4096", "--socket", address)
     packet = request_packet("/big", HTTP_X_BIG="b" * 6000)
     size = len(packet) - 4
     for where in (address, server.socket):
@@ -52,13 +34,13 @@ def test_vars_block_over_buffer_size_gets_431_and_an_orderly_close(
     assert log.count(f"invalid request block size: {size} (max 4096)") == 2
     assert get(address, "/after") == (200, b"ok")
 
-    front = nginx(location(server.socket))
+    front = nginx(server)
     status, _, body = front.request("GET", "/big-through-nginx", headers={"X-Big": "c" * 6000})
     assert status == 431, (status, body, front.error_log()[-2000:])
 
 
-def test_ping_is_answered_without_the_app(serve: Callable[..., Server], app: Path, tmp_path: Path) -> None:
-    server = serve("--wsgi-file", str(app))
+def test_ping_is_answered_without_the_app(serve: Serve, process_app: Path, tmp_path: Path) -> None:
+    server = serve("--wsgi-file", str(process_app))
     assert exchange(server.socket, PING) == PONG
     assert exchange(server.socket, PING) == bytes.fromhex("64000001")
     assert calls(tmp_path) == []
@@ -66,10 +48,8 @@ def test_ping_is_answered_without_the_app(serve: Callable[..., Server], app: Pat
     assert calls(tmp_path) == ["/"]
 
 
-def test_unsupported_modifier_is_logged_and_closed(
-    serve: Callable[..., Server], app: Path, tmp_path: Path
-) -> None:
-    server = serve("--wsgi-file", str(app))
+def test_unsupported_modifier_is_logged_and_closed(serve: Serve, process_app: Path, tmp_path: Path) -> None:
+    server = serve("--wsgi-file", str(process_app))
     pids = server.wait_workers(1)
     assert exchange(server.socket, encode_header(5, 0)) == b""
     assert "unavailable modifier requested: 5 (PSGI (Perl))" in server.log()
@@ -78,8 +58,8 @@ def test_unsupported_modifier_is_logged_and_closed(
     assert server.worker_pids() == pids
 
 
-def test_stalled_header_is_closed_at_socket_timeout(serve: Callable[..., Server], app: Path) -> None:
-    server = serve("--wsgi-file", str(app), "--socket-timeout", "1")
+def test_stalled_header_is_closed_at_socket_timeout(serve: Serve, process_app: Path) -> None:
+    server = serve("--wsgi-file", str(process_app), "--socket-timeout", "1")
     pids = server.wait_workers(1)
     with connect(server.socket, timeout=10) as sock:
         sock.sendall(PING[:3])
@@ -93,9 +73,9 @@ def test_stalled_header_is_closed_at_socket_timeout(serve: Callable[..., Server]
 
 
 def test_malformed_packet_is_logged_once_and_the_worker_lives_on(
-    serve: Callable[..., Server], app: Path, tmp_path: Path
+    serve: Serve, process_app: Path, tmp_path: Path
 ) -> None:
-    server = serve("--wsgi-file", str(app), "--processes", "2")
+    server = serve("--wsgi-file", str(process_app), "--processes", "2")
     pids = server.wait_workers(2)
     block = b"\x00\x00\x00\x00"  # a key of length 0, then a value of length 0
     answer = exchange(server.socket, encode_header(0, len(block)) + block)

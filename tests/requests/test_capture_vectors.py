@@ -20,7 +20,6 @@ import http.client
 import json
 import socket
 import struct
-import subprocess
 import termios
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -30,6 +29,7 @@ import pytest
 
 from binserve.protocol import Body, Decoder, Head, encode_request
 from binserve.testing import Nginx, Server, exchange, location, parse_response, read_all, send, wait_for
+from binserve.testing.processes import running
 
 from support import APPS
 
@@ -61,8 +61,8 @@ def server(workdir: Path) -> Iterator[Server]:
     srv = Server(workdir, ["--wsgi-file", str(workdir / "environ_app.py"), "--processes", "2"])
     yield srv
     srv.stop()
-    left = subprocess.run(["pgrep", "-f", f"binserve --socket {workdir}"], capture_output=True, text=True)
-    assert not left.stdout.strip(), f"binserve processes left behind: {left.stdout}"
+    leftovers = running(f"binserve --socket {workdir}")
+    assert not leftovers, "binserve processes left behind:\n" + "\n".join(leftovers)
 
 
 MAGIC_PARAMS = {

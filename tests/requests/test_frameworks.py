@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from dataclasses import dataclass
 import pytest
 
 from binserve.testing import Nginx, Server, location
+from binserve.testing.processes import running
 
 from support import APPS
 
@@ -65,8 +65,8 @@ def sites(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Site]]
     finally:
         for proc in reversed(started):
             proc.stop()
-    leftovers = subprocess.run(["pgrep", "-f", f"binserve --socket {tmp}"], capture_output=True, text=True)
-    assert not leftovers.stdout.strip(), f"binserve processes left behind: {leftovers.stdout}"
+    leftovers = running(f"binserve --socket {tmp}")
+    assert not leftovers, "binserve processes left behind:\n" + "\n".join(leftovers)
 
 
 def form_body(fields: list[tuple[str, str]]) -> tuple[bytes, dict[str, str]]:

@@ -29,21 +29,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from binserve.protocol import (
-    CLOSED,
-    NEED_DATA,
-    PING,
-    PONG,
-    Body,
-    Decoder,
-    End,
-    Head,
-    RemoteProtocolError,
-    encode_request,
-)
-from binserve.testing import Nginx, Server, exchange, location, ping, wait_for
+from binserve import protocol
+from binserve.testing import exchange, ping, wait_for
 
-from support import APPS
+from support import APPS, BehindNginx
 
 SEED = int(os.environ.get("FUZZ_SEED", "20240611"))
 PACKETS = 10_000
@@ -107,7 +96,7 @@ def built_packet(rng: random.Random) -> bytes:
         pairs.append(("SERVER_PROTOCOL", rng.choice(["HTTP/1.1", "HTTP/1.0", "HTTP/2.0", "bogus"])))
     body = random_bytes(rng, rng.choice((0, 0, 1, 17, 500, 5000)))
     modifier1 = 30 if rng.random() < 0.15 else 0
-    return encode_request(pairs, body, modifier1=modifier1, modifier2=rng.randrange(256))
+    return protocol.encode_request(pairs, body, modifier1=modifier1, modifier2=rng.randrange(256))
 
 
 def valid_packet(rng: random.Random) -> bytes:
@@ -117,7 +106,7 @@ def valid_packet(rng: random.Random) -> bytes:
     if roll < 0.5:
         return rng.choice(SMALL_CAPTURES)
     if roll < 0.53:
-        return PING
+        return protocol.PING
     return built_packet(rng)
 
 
@@ -208,7 +197,7 @@ def huge_content_length(rng: random.Random) -> bytes:
     length = rng.choice((10**6, 2**31, 10**12, 10**17, 999_999_999_999_999_999, 10**18, 10**40))
     body = random_bytes(rng, rng.choice((0, 1, 10, 1000)))
     pairs = [("REQUEST_METHOD", "POST"), ("PATH_INFO", "/upload"), ("CONTENT_LENGTH", str(length))]
-    return encode_request(pairs, body)
+    return protocol.encode_request(pairs, body)
 
 
 def change_modifier(rng: random.Random, packet: bytes) -> bytes:
@@ -270,33 +259,33 @@ class Expected:
 
 def classify(packet: bytes) -> Expected:
     """What the server must do with ``packet`` followed by end of stream, decided by the decoder alone."""
-    decoder = Decoder(MAX_VARS_SIZE)
+    decoder = protocol.Decoder(MAX_VARS_SIZE)
     decoder.receive_data(packet)
     eof = not packet
-    head: Head | None = None
+    head: protocol.Head | None = None
     body: list[bytes] = []
     try:
         while True:
             event = decoder.next_event()
-            if event is NEED_DATA:
+            if event is protocol.NEED_DATA:
                 assert not eof, "the decoder asked for data after end of stream"
                 decoder.receive_data(b"")
                 eof = True
-            elif event is CLOSED:
+            elif event is protocol.CLOSED:
                 return Expected("empty")
-            elif isinstance(event, Head):
+            elif isinstance(event, protocol.Head):
                 head = event
                 if head.modifier1 == 100:
                     return Expected("ping")
                 if head.modifier1 not in (0, 30):
                     return Expected("unsupported")
-            elif isinstance(event, Body):
+            elif isinstance(event, protocol.Body):
                 body.append(event.data)
-            elif isinstance(event, End):
+            elif isinstance(event, protocol.End):
                 assert head is not None
                 methods = [v for k, v in head.vars if k == "REQUEST_METHOD"]
                 return Expected("valid", body=b"".join(body), head_only=methods == ["HEAD"])
-    except RemoteProtocolError as exc:
+    except protocol.RemoteProtocolError as exc:
         return Expected("invalid", exc.message, exc.status_hint, in_body=head is not None)
 
 
@@ -314,7 +303,7 @@ def check_answer(expected: Expected, answer: bytes | str) -> str | None:
             return None
         return f"expected an HTTP/1.0 {expected.status} error response"
     if expected.kind == "ping":
-        return None if answer == PONG else "expected PONG"
+        return None if answer == protocol.PONG else "expected PONG"
     return None if answer == b"" else "expected no answer"
 
 
@@ -379,12 +368,9 @@ def exceptions_in(log: str) -> Counter[str]:
 
 
 # -- the test ----------------------------------------------------------------------------------
-def test_fuzzed_packets_never_kill_a_worker(
-    serve: Callable[..., Server], nginx: Callable[[str], Nginx], app_file: Callable[[str], Path]
-) -> None:
+def test_fuzzed_packets_never_kill_a_worker(behind_nginx: BehindNginx) -> None:
     started = time.monotonic()
-    server = serve("--wsgi-file", str(app_file(ECHO_APP)), "--processes", "2", "--socket-timeout", "1")
-    front = nginx(location(server.socket))
+    server, front = behind_nginx(ECHO_APP, "--processes", "2", "--socket-timeout", "1")
     wait_for(lambda: len(server.worker_pids()) == 2, what="2 workers")
     workers = server.worker_pids()
     rng = random.Random(SEED)

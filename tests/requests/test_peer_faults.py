@@ -12,14 +12,13 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from binserve.protocol import encode_request
 from binserve.testing import (
-    Server,
+    Serve,
     connect,
     exchange,
     parse_response,
@@ -28,6 +27,8 @@ from binserve.testing import (
     request_packet,
     wait_for,
 )
+
+from support import AppFile
 
 TOTAL = 8 * 1024 * 1024
 CHUNK = 32 * 1024
@@ -76,15 +77,13 @@ def peer_closed(sock: socket.socket) -> bool:
 
 
 @pytest.fixture
-def app(app_file: Callable[[str], Path]) -> Path:
+def app(app_file: AppFile) -> Path:
     return app_file(APP)
 
 
 # -- 1. a client that never reads the response ---------------------------------------------------
 @pytest.mark.parametrize("url", ["/stream", "/list"], ids=["streamed-generator", "single-8MB-list"])
-def test_worker_gives_up_on_a_client_that_never_reads(
-    serve: Callable[..., Server], app: Path, url: str
-) -> None:
+def test_worker_gives_up_on_a_client_that_never_reads(serve: Serve, app: Path, url: str) -> None:
     server = serve("--wsgi-file", str(app), "--socket-timeout", "1", "--processes", "1")
     pids = server.wait_workers(1)
     with connect(server.socket) as stuck:
@@ -110,7 +109,7 @@ def test_worker_gives_up_on_a_client_that_never_reads(
 
 # -- 2. a small body sent with the header, ignored by the app ------------------------------------
 def test_small_ignored_body_sent_with_the_header_does_not_hold_the_connection(
-    serve: Callable[..., Server], app: Path
+    serve: Serve, app: Path
 ) -> None:
     server = serve("--wsgi-file", str(app), "--socket-timeout", "5")
     server.wait_workers(1)
@@ -131,9 +130,7 @@ def test_small_ignored_body_sent_with_the_header_does_not_hold_the_connection(
 
 
 # -- 3. a refused packet, then a peer trickling bytes --------------------------------------------
-def test_trickling_peer_after_a_refused_packet_does_not_hold_the_worker(
-    serve: Callable[..., Server], app: Path
-) -> None:
+def test_trickling_peer_after_a_refused_packet_does_not_hold_the_worker(serve: Serve, app: Path) -> None:
     server = serve(
         "--wsgi-file", str(app), "--buffer-size", "100", "--processes", "1", "--socket-timeout", "1"
     )
@@ -177,7 +174,7 @@ def test_trickling_peer_after_a_refused_packet_does_not_hold_the_worker(
 
 
 # -- 4. a big body the app ignores, of which the client sends 10 bytes and stalls ----------------
-def test_stalled_unread_body_is_closed_within_socket_timeout(serve: Callable[..., Server], app: Path) -> None:
+def test_stalled_unread_body_is_closed_within_socket_timeout(serve: Serve, app: Path) -> None:
     server = serve("--wsgi-file", str(app), "--socket-timeout", "1")
     pids = server.wait_workers(1)
     head = request_packet("/ignore", "POST", CONTENT_LENGTH="100000")
@@ -197,7 +194,7 @@ def test_stalled_unread_body_is_closed_within_socket_timeout(serve: Callable[...
 
 
 # -- 5. no Content-Length on 204 and 304 ---------------------------------------------------------
-def test_no_content_length_on_204_and_304(serve: Callable[..., Server], app: Path) -> None:
+def test_no_content_length_on_204_and_304(serve: Serve, app: Path) -> None:
     server = serve("--wsgi-file", str(app))
     for url, code in (("/204", 204), ("/304", 304)):
         reply = request(server.socket, url)

@@ -15,7 +15,6 @@ import itertools
 import os
 import random
 import re
-import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from types import ModuleType
 import pytest
 
 from binserve.testing import Nginx, Server, exchange, location, parse_response, request_packet, wait_for
+from binserve.testing.processes import running
 
 from support import APPS
 
@@ -83,8 +83,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     finally:
         for proc in reversed(started):
             proc.stop()
-    leftovers = subprocess.run(["pgrep", "-f", f"binserve --socket {tmp}"], capture_output=True, text=True)
-    assert not leftovers.stdout.strip(), f"binserve processes left behind: {leftovers.stdout}"
+    leftovers = running(f"binserve --socket {tmp}")
+    assert not leftovers, "binserve processes left behind:\n" + "\n".join(leftovers)
     # Complete now that the workers have exited: nothing the validator checks late (a response
     # garbage-collected without close()) can have slipped past the per-test checks.
     validated_log = checked.log()

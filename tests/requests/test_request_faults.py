@@ -14,7 +14,6 @@ import re
 import signal
 import socket
 import time
-from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -23,8 +22,8 @@ from test_peer_faults import get
 
 from binserve.protocol import encode_request
 from binserve.testing import (
-    Nginx,
-    Server,
+    Serve,
+    StartNginx,
     alive,
     connect,
     exchange,
@@ -36,14 +35,14 @@ from binserve.testing import (
     wait_for,
 )
 
-from support import APPS, log_lines
+from support import APPS, AppFile, log_lines
 from support import get as get_text
 
 APP = (APPS / "request_faults_app.py").read_text()
 
 
 @pytest.fixture
-def app(app_file: Callable[[str], Path]) -> Path:
+def app(app_file: AppFile) -> Path:
     return app_file(APP)
 
 
@@ -58,7 +57,7 @@ def app(app_file: Callable[[str], Path]) -> Path:
     ids=["reload-mercy", "harakiri", "threads"],
 )
 def test_orphaned_busy_worker_closes_its_listeners_and_exits_within_the_bound(
-    serve: Callable[..., Server], app: Path, tmp_path: Path, options: tuple[str, ...], bound: float
+    serve: Serve, app: Path, tmp_path: Path, options: tuple[str, ...], bound: float
 ) -> None:
     mark = tmp_path / "slow.mark"
     server = serve("--wsgi-file", str(app), *options, env={"SLOW_MARK": str(mark)})
@@ -94,9 +93,7 @@ BAD = encode_request({"PATH_INFO": "/", "CONTENT_LENGTH": "12x"})
     [BAD, request_packet("/", REQUEST_METHOD="POST", CONTENT_LENGTH="100000")],
     ids=["bad-packet", "content-length-without-body"],
 )
-def test_peers_holding_connections_do_not_block_the_workers(
-    serve: Callable[..., Server], app: Path, held: bytes
-) -> None:
+def test_peers_holding_connections_do_not_block_the_workers(serve: Serve, app: Path, held: bytes) -> None:
     server = serve("--wsgi-file", str(app), "--processes", "2", "--socket-timeout", "5")
     pids = server.wait_workers(2)
     with ExitStack() as stack:
@@ -111,7 +108,7 @@ def test_peers_holding_connections_do_not_block_the_workers(
     assert server.worker_pids() == pids
 
 
-def test_held_peer_still_gets_its_answer_then_the_close(serve: Callable[..., Server], app: Path) -> None:
+def test_held_peer_still_gets_its_answer_then_the_close(serve: Serve, app: Path) -> None:
     server = serve("--wsgi-file", str(app), "--socket-timeout", "1")
     server.wait_workers(1)
     with connect(server.socket) as sock:
@@ -136,9 +133,7 @@ def _closed(sock: socket.socket) -> bool:
     return False
 
 
-def test_nginx_gets_the_400_of_a_bad_packet_with_a_body(
-    serve: Callable[..., Server], nginx: Callable[[str], Nginx], app: Path
-) -> None:
+def test_nginx_gets_the_400_of_a_bad_packet_with_a_body(serve: Serve, nginx: StartNginx, app: Path) -> None:
     server = serve("--wsgi-file", str(app), "--socket-timeout", "5")
     front = nginx(location(server.socket, extra="uwsgi_param CONTENT_LENGTH 12x;"))
     for body in (None, b"b" * 300_000):
@@ -149,11 +144,11 @@ def test_nginx_gets_the_400_of_a_bad_packet_with_a_body(
 
 
 def test_nginx_gets_the_answer_to_a_large_body_the_app_ignores(
-    serve: Callable[..., Server], nginx: Callable[[str], Nginx], app: Path
+    serve: Serve, nginx: StartNginx, app: Path
 ) -> None:
     server = serve("--wsgi-file", str(app), "--socket-timeout", "5")
     (pid,) = server.wait_workers(1)
-    front = nginx(location(server.socket))
+    front = nginx(server)
     for _ in range(3):  # the body is dropped in the loop after the answer: no reset, no wait
         started = time.monotonic()
         assert front.request("POST", "/", body=b"b" * 3_000_000, timeout=10)[::2] == (200, str(pid).encode())
@@ -165,7 +160,7 @@ def test_nginx_gets_the_answer_to_a_large_body_the_app_ignores(
 @pytest.mark.parametrize("where", ["call", "iter", "close"])
 @pytest.mark.parametrize("kind", ["exit", "interrupt"])
 def test_system_exit_from_the_app_is_a_500_and_the_worker_lives(
-    serve: Callable[..., Server], app: Path, where: str, kind: str
+    serve: Serve, app: Path, where: str, kind: str
 ) -> None:
     server = serve("--wsgi-file", str(app))
     pids = server.wait_workers(1)
@@ -180,7 +175,7 @@ def test_system_exit_from_the_app_is_a_500_and_the_worker_lives(
 
 # -- an app failing mid-stream -------------------------------------------------------------------
 def test_app_failing_mid_stream_cuts_the_client_response_off(
-    serve: Callable[..., Server], nginx: Callable[[str], Nginx], app: Path
+    serve: Serve, nginx: StartNginx, app: Path
 ) -> None:
     port = free_port()
     server = serve("--wsgi-file", str(app), "--socket", f"127.0.0.1:{port}")
@@ -211,7 +206,7 @@ def test_app_failing_mid_stream_cuts_the_client_response_off(
     ids=["before-the-headers", "after-the-headers", "post-buffering"],
 )
 def test_body_read_timeout_is_one_line_and_no_exception(
-    serve: Callable[..., Server], app: Path, tmp_path: Path, url: str, options: tuple[str, ...], answer: bytes
+    serve: Serve, app: Path, tmp_path: Path, url: str, options: tuple[str, ...], answer: bytes
 ) -> None:
     stats = tmp_path / "stats.sock"
     server = serve(
@@ -247,9 +242,7 @@ def test_body_read_timeout_is_one_line_and_no_exception(
 
 
 # -- control characters from peers in the log ----------------------------------------------------
-def test_control_characters_from_the_peer_cannot_forge_log_lines(
-    serve: Callable[..., Server], app: Path
-) -> None:
+def test_control_characters_from_the_peer_cannot_forge_log_lines(serve: Serve, app: Path) -> None:
     server = serve("--wsgi-file", str(app))
     server.wait_workers(1)
     forged = "/x\r\n2026-01-01 fake line\x00"
@@ -271,7 +264,7 @@ def test_control_characters_from_the_peer_cannot_forge_log_lines(
 
 
 # -- many stalled connections: a bounded number of log lines -------------------------------------
-def test_stalled_connections_are_logged_in_aggregate(serve: Callable[..., Server], app: Path) -> None:
+def test_stalled_connections_are_logged_in_aggregate(serve: Serve, app: Path) -> None:
     server = serve("--wsgi-file", str(app), "--socket-timeout", "1", "--listen", "256")
     server.wait_workers(1)
     with ExitStack() as stack:
@@ -298,12 +291,9 @@ def _expired(log: str) -> int:
 READ_LATE = (APPS / "attack_runtime_read_late.py").read_text()
 
 
-def test_a_body_cut_short_after_the_headers_gets_no_second_response(
-    serve: Callable[..., Server], tmp_path: Path
-) -> None:
+def test_a_body_cut_short_after_the_headers_gets_no_second_response(serve: Serve, app_file: AppFile) -> None:
     """The peer ends its body early once the app's headers are out: the 400 must not follow the 200."""
-    app = tmp_path / "app.py"
-    app.write_text(READ_LATE)
+    app = app_file(READ_LATE)
     server = serve("--wsgi-file", str(app))
     packet = request_packet("/", body=b"0123456789", CONTENT_LENGTH="100")
     raw = exchange(server.socket, packet, half_close=True)
@@ -315,12 +305,9 @@ def test_a_body_cut_short_after_the_headers_gets_no_second_response(
 ODD_RESULT = (APPS / "attack_runtime_odd_result.py").read_text()
 
 
-def test_a_response_whose_attributes_raise_does_not_end_the_worker(
-    serve: Callable[..., Server], tmp_path: Path
-) -> None:
+def test_a_response_whose_attributes_raise_does_not_end_the_worker(serve: Serve, app_file: AppFile) -> None:
     """Looking up the response's close() is the app's code too: what it raises is the app's error."""
-    app = tmp_path / "app.py"
-    app.write_text(ODD_RESULT)
+    app = app_file(ODD_RESULT)
     server = serve("--wsgi-file", str(app))
     wait_for(lambda: len(server.worker_pids()) == 1, 10, "the worker")
     (worker,) = server.worker_pids()

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from binserve.testing import Nginx, Server, location
+from binserve.testing import Serve, StartNginx
 
 
-def test_demo_app_through_nginx(serve: Callable[..., Server], nginx: Callable[[str], Nginx]) -> None:
+def test_demo_app_through_nginx(serve: Serve, nginx: StartNginx) -> None:
     server = serve("--module", "binserve.demo", "--processes", "2")
-    front = nginx(location(server.socket))
+    front = nginx(server)
     status, headers, body = front.request("GET", "/hello?x=1")
     assert status == 200
     assert body.startswith(b"Hello from binserve!")

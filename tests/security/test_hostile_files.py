@@ -15,15 +15,16 @@ import socket
 import stat
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from binserve.privileges import Privileges
 from binserve.testing import (
-    Nginx,
+    Serve,
     Server,
+    StartNginx,
     exchange,
     free_port,
     location,
@@ -33,7 +34,7 @@ from binserve.testing import (
     wait_for,
 )
 
-from support import APPS, as_user, system_users
+from support import APPS, AppFile, as_user, stop_cleanly, system_users
 
 USER = "binserve-fs1"
 ROOTS = "root's file\n"
@@ -56,7 +57,7 @@ def user_dir(account: pwd.struct_passwd, open_dir: Path) -> Path:
 
 
 @pytest.fixture
-def app(app_file: Callable[..., Path]) -> Path:
+def app(app_file: AppFile) -> Path:
     """The WSGI app, in root's tmp_path."""
     return app_file(APP, "app.py")
 
@@ -92,12 +93,7 @@ def lines(server: Server) -> list[str]:
 # -- pidfile ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("kind", ["symlink", "hardlink"])
 def test_a_link_planted_at_the_pidfile_is_replaced_not_written_through(
-    account: pwd.struct_passwd,
-    user_dir: Path,
-    roots_file: Path,
-    app: Path,
-    serve: Callable[..., Server],
-    kind: str,
+    account: pwd.struct_passwd, user_dir: Path, roots_file: Path, app: Path, serve: Serve, kind: str
 ) -> None:
     pidfile = user_dir / "app.pid"
     plant(account, kind, roots_file, pidfile)
@@ -135,7 +131,7 @@ def test_a_pidfile_that_could_not_be_replaced_is_left_alone(app: Path, tmp_path:
 
 
 def test_a_pidfile_another_process_took_over_is_not_removed_at_exit(
-    app: Path, tmp_path: Path, serve: Callable[..., Server]
+    app: Path, tmp_path: Path, serve: Serve
 ) -> None:
     pidfile = tmp_path / "app.pid"
     server = serve("--wsgi-file", str(app), "--pidfile", str(pidfile))
@@ -157,13 +153,7 @@ def test_a_pidfile_another_process_took_over_is_not_removed_at_exit(
     ],
 )
 def test_a_link_or_fifo_planted_at_the_log_is_refused_in_one_line(
-    account: pwd.struct_passwd,
-    user_dir: Path,
-    roots_file: Path,
-    app: Path,
-    serve: Callable[..., Server],
-    kind: str,
-    why: str,
+    account: pwd.struct_passwd, user_dir: Path, roots_file: Path, app: Path, serve: Serve, kind: str, why: str
 ) -> None:
     logto = user_dir / "app.log"
     if kind == "fifo":
@@ -181,7 +171,7 @@ def test_a_link_or_fifo_planted_at_the_log_is_refused_in_one_line(
 # -- the stats socket -----------------------------------------------------------------------------
 @pytest.mark.parametrize("where", ["tcp", "unix"])
 def test_a_stats_address_in_use_is_one_line_and_leaves_no_socket_or_pidfile(
-    app: Path, tmp_path: Path, serve: Callable[..., Server], where: str
+    app: Path, tmp_path: Path, serve: Serve, where: str
 ) -> None:
     pidfile = tmp_path / "app.pid"
     holder = socket.socket(socket.AF_INET if where == "tcp" else socket.AF_UNIX)
@@ -198,11 +188,7 @@ def test_a_stats_address_in_use_is_one_line_and_leaves_no_socket_or_pidfile(
 
 
 def test_stats_in_a_root_only_directory_answer_after_a_reload_as_the_uid_user(
-    account: pwd.struct_passwd,
-    user_dir: Path,
-    venv_interpreter: None,
-    serve: Callable[..., Server],
-    tmp_path: Path,
+    account: pwd.struct_passwd, user_dir: Path, venv_interpreter: None, serve: Serve, tmp_path: Path
 ) -> None:
     """Bound as root before the drop, handed over on SIGHUP: the unprivileged image never binds it."""
     (user_dir / "app.py").write_text(APP)
@@ -234,8 +220,7 @@ def test_stats_in_a_root_only_directory_answer_after_a_reload_as_the_uid_user(
     assert (after["pid"], after["uid"]) == (server.pid, account.pw_uid)
     assert after["uptime"] < before["uptime"] + 20 and os.stat(stats).st_ino == inode
     assert "Traceback" not in server.log() and "the reload failed" not in server.log()
-    os.kill(server.pid, signal.SIGTERM)
-    assert server.proc.wait(10) == 0, server.log()
+    stop_cleanly(server)
 
 
 @pytest.mark.process
@@ -264,11 +249,7 @@ def abstract_name(tmp_path: Path) -> str:
 
 
 def test_an_abstract_socket_serves_and_makes_no_file_but_nginx_cannot_reach_it(
-    account: pwd.struct_passwd,
-    app: Path,
-    tmp_path: Path,
-    serve: Callable[..., Server],
-    nginx: Callable[[str], Nginx],
+    account: pwd.struct_passwd, app: Path, tmp_path: Path, serve: Serve, nginx: StartNginx
 ) -> None:
     """nginx (1.22, and its source to date) takes ``unix:@name`` for a file name: no abstract sockets."""
     name = abstract_name(tmp_path)
@@ -294,7 +275,7 @@ def test_an_abstract_socket_serves_and_makes_no_file_but_nginx_cannot_reach_it(
 
 
 def test_an_abstract_name_in_use_is_refused_and_the_first_server_keeps_it(
-    app: Path, tmp_path: Path, serve: Callable[..., Server]
+    app: Path, tmp_path: Path, serve: Serve
 ) -> None:
     name = abstract_name(tmp_path)
     first = serve("--wsgi-file", str(app), socket_path=Path(name), ready=False)
@@ -308,9 +289,7 @@ def test_an_abstract_name_in_use_is_refused_and_the_first_server_keeps_it(
 
 # -- misleading socket errors -------------------------------------------------------------------------
 @pytest.mark.parametrize("second", ["same", "relative", "tcp"])
-def test_a_socket_given_twice_is_named_as_such(
-    app: Path, tmp_path: Path, serve: Callable[..., Server], second: str
-) -> None:
+def test_a_socket_given_twice_is_named_as_such(app: Path, tmp_path: Path, serve: Serve, second: str) -> None:
     if second == "tcp":
         address = f"127.0.0.1:{free_port()}"
         args = ["--socket", address, "--socket", address]
@@ -326,7 +305,7 @@ def test_a_socket_given_twice_is_named_as_such(
 
 @pytest.mark.parametrize("kind", ["regular file", "FIFO", "symlink to a stale socket"])
 def test_something_other_than_a_socket_at_the_path_is_named_and_left_alone(
-    app: Path, tmp_path: Path, serve: Callable[..., Server], kind: str
+    app: Path, tmp_path: Path, serve: Serve, kind: str
 ) -> None:
     path = tmp_path / "app.sock"
     if kind == "regular file":
@@ -352,11 +331,7 @@ def test_something_other_than_a_socket_at_the_path_is_named_and_left_alone(
 
 
 def test_a_link_planted_at_the_log_before_a_reload_leaves_logging_as_it_was(
-    account: pwd.struct_passwd,
-    user_dir: Path,
-    roots_file: Path,
-    venv_interpreter: None,
-    serve: Callable[..., Server],
+    account: pwd.struct_passwd, user_dir: Path, roots_file: Path, venv_interpreter: None, serve: Serve
 ) -> None:
     """The re-executed image, unprivileged, keeps the log root opened; the reload goes on."""
     (user_dir / "app.py").write_text(APP)
@@ -389,7 +364,7 @@ def test_chown_socket_never_gives_away_the_file_a_link_at_the_socket_path_points
 
 @pytest.mark.parametrize("stats", ["app.sock", "./app.sock"])
 def test_a_stats_address_that_is_also_a_socket_is_one_line(
-    app: Path, tmp_path: Path, serve: Callable[..., Server], stats: str
+    app: Path, tmp_path: Path, serve: Serve, stats: str
 ) -> None:
     server = serve("--wsgi-file", str(app), "--stats", stats, ready=False)
     assert server.proc.wait(10) == 2

@@ -77,6 +77,16 @@ def _tenant_home(tmp_path: Path, account: pwd.struct_passwd) -> tuple[Path, Path
     return home, guarded
 
 
+def _run_linked_to_their_socket(tmp_path: Path, account: pwd.struct_passwd) -> tuple[Path, Path]:
+    """The tenant's run directory, a link to a guarded one holding another service's ``app.sock``:
+    the socket's path through the link, and that other service's file."""
+    home, guarded = _tenant_home(tmp_path, account)
+    theirs = guarded / "app.sock"
+    theirs.write_text("")
+    _plant_link(account, guarded, home / "run")
+    return home / "run" / "app.sock", theirs
+
+
 @pytest.mark.process
 def test_logto_and_pidfile_refuse_a_tenant_link_in_a_directory_above_them(
     tmp_path: Path, tenant: pwd.struct_passwd
@@ -162,12 +172,9 @@ def test_chown_socket_never_follows_a_tenant_link_above_the_socket(
 ) -> None:
     # Between bind and chown the tenant swaps its run directory for a link to a directory holding
     # another service's socket of the same name (done at once here): that file must stay root's.
-    home, guarded = _tenant_home(tmp_path, tenant)
-    theirs = guarded / "app.sock"
-    theirs.write_text("")
-    _plant_link(tenant, guarded, home / "run")
+    ours, theirs = _run_linked_to_their_socket(tmp_path, tenant)
     with pytest.raises(PrivilegeError, match="symbolic link owned by uid"):
-        Privileges(socket_owner=(tenant.pw_uid, tenant.pw_gid)).chown([str(home / "run" / "app.sock")])
+        Privileges(socket_owner=(tenant.pw_uid, tenant.pw_gid)).chown([str(ours)])
     assert (theirs.stat().st_uid, theirs.stat().st_gid) == (0, 0)
 
 
@@ -177,11 +184,8 @@ def test_vacuum_as_root_never_follows_a_tenant_link_above_the_socket(
 ) -> None:
     # A start that fails after bind vacuums as root: a run directory swapped for a link must
     # not make root delete another file of the socket's name.
-    home, guarded = _tenant_home(tmp_path, tenant)
-    theirs = guarded / "app.sock"
-    theirs.write_text("")
-    _plant_link(tenant, guarded, home / "run")
-    remove_files([Listener(str(home / "run" / "app.sock"), socket.socket(socket.AF_UNIX))], None, vacuum=True)
+    ours, theirs = _run_linked_to_their_socket(tmp_path, tenant)
+    remove_files([Listener(str(ours), socket.socket(socket.AF_UNIX))], None, vacuum=True)
     assert theirs.exists()
 
 

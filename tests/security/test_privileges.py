@@ -16,7 +16,7 @@ import signal
 import socket
 import stat
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -32,7 +32,7 @@ from binserve.privileges import (
     permits,
 )
 from binserve.sockets import LOOPBACK, MAX_CACHED_PEERS, PeerFilter, SocketError, bind, permitted
-from binserve.testing import Nginx, Server, exchange, free_port, location, ping, request_packet, wait_for
+from binserve.testing import Serve, StartNginx, exchange, free_port, location, ping, request_packet, wait_for
 
 from support import EXTRA_GROUP, USER, as_user
 from support import PRIVILEGES_APP as APP
@@ -85,12 +85,7 @@ def stat_result(mode: int, uid: int, gid: int) -> os.stat_result:
 # -- uid and gid -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("how", ["names", "numbers"])
 def test_master_and_workers_run_as_uid_and_gid_after_binding(
-    account: pwd.struct_passwd,
-    home: Path,
-    venv_interpreter: None,
-    serve: Callable[..., Server],
-    nginx: Callable[[str], Nginx],
-    how: str,
+    account: pwd.struct_passwd, home: Path, venv_interpreter: None, serve: Serve, nginx: StartNginx, how: str
 ) -> None:
     uid, extra = account.pw_uid, grp.getgrnam(EXTRA_GROUP).gr_gid
     if how == "names":  # no gid: the user's own group, and its supplementary groups
@@ -121,11 +116,7 @@ def test_master_and_workers_run_as_uid_and_gid_after_binding(
 
 
 def test_sighup_reload_after_the_drop_serves_as_the_same_user(
-    account: pwd.struct_passwd,
-    home: Path,
-    venv_interpreter: None,
-    serve: Callable[..., Server],
-    tmp_path: Path,
+    account: pwd.struct_passwd, home: Path, venv_interpreter: None, serve: Serve, tmp_path: Path
 ) -> None:
     """The new image starts unprivileged: it keeps the sockets, the log file and the pidfile root made."""
     logto = tmp_path / "binserve.log"
@@ -220,9 +211,7 @@ def test_names_and_numbers_resolve_alike(account: pwd.struct_passwd) -> None:
     assert Privileges.from_config(load(["--chown-socket", f":{EXTRA_GROUP}"], {})).socket_owner == (-1, extra)
 
 
-def test_an_unknown_uid_is_a_usage_error_before_anything_is_bound(
-    serve: Callable[..., Server], tmp_path: Path
-) -> None:
+def test_an_unknown_uid_is_a_usage_error_before_anything_is_bound(serve: Serve, tmp_path: Path) -> None:
     (tmp_path / "app.py").write_text(APP)
     server = serve("--wsgi-file", str(tmp_path / "app.py"), "--uid", "no-such-user-x", ready=False)
     assert server.proc.wait(10) == 2
@@ -233,7 +222,7 @@ def test_an_unknown_uid_is_a_usage_error_before_anything_is_bound(
 # -- chown-socket ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("owner", ["user:group", ":group", "user"])
 def test_chown_socket_gives_the_socket_file_its_owner(
-    account: pwd.struct_passwd, serve: Callable[..., Server], tmp_path: Path, owner: str
+    account: pwd.struct_passwd, serve: Serve, tmp_path: Path, owner: str
 ) -> None:
     extra = grp.getgrnam(EXTRA_GROUP).gr_gid
     value = owner.replace("user", USER).replace("group", EXTRA_GROUP)
@@ -265,7 +254,7 @@ def test_chown_socket_gives_the_socket_file_its_owner(
 def test_a_warning_when_nginx_s_user_could_not_connect(
     nginx_user: pwd.struct_passwd,
     open_dir: Path,
-    serve: Callable[..., Server],
+    serve: Serve,
     case: str,
     dir_mode: int,
     args: list[str],
@@ -346,7 +335,7 @@ def test_no_warning_for_users_that_do_not_exist(monkeypatch: pytest.MonkeyPatch,
 
 
 # -- uwsgi-allow-from ------------------------------------------------------------------------------
-def test_a_tcp_socket_answers_loopback_by_default(serve: Callable[..., Server], tmp_path: Path) -> None:
+def test_a_tcp_socket_answers_loopback_by_default(serve: Serve, tmp_path: Path) -> None:
     (tmp_path / "app.py").write_text(APP)
     address = f"127.0.0.1:{free_port()}"
     server = serve("--wsgi-file", str(tmp_path / "app.py"), socket_path=address)
@@ -354,9 +343,7 @@ def test_a_tcp_socket_answers_loopback_by_default(serve: Callable[..., Server], 
     assert "refused a connection" not in server.log()
 
 
-def test_a_peer_outside_uwsgi_allow_from_is_closed_unanswered(
-    serve: Callable[..., Server], tmp_path: Path
-) -> None:
+def test_a_peer_outside_uwsgi_allow_from_is_closed_unanswered(serve: Serve, tmp_path: Path) -> None:
     (tmp_path / "app.py").write_text(APP)
     address = f"127.0.0.1:{free_port()}"
     # Ready once the unix socket answers; the TCP one refuses even a ping.
@@ -369,9 +356,7 @@ def test_a_peer_outside_uwsgi_allow_from_is_closed_unanswered(
     assert uwsgi_get(server.socket).startswith(b"HTTP/1.1 200 OK"), "a unix socket is not filtered"
 
 
-def test_a_wildcard_address_serves_the_peers_in_uwsgi_allow_from(
-    serve: Callable[..., Server], tmp_path: Path
-) -> None:
+def test_a_wildcard_address_serves_the_peers_in_uwsgi_allow_from(serve: Serve, tmp_path: Path) -> None:
     (tmp_path / "app.py").write_text(APP)
     port = free_port()
     server = serve(
@@ -390,7 +375,7 @@ def test_a_wildcard_address_serves_the_peers_in_uwsgi_allow_from(
 
 @pytest.mark.parametrize(("host", "loopback"), [("0.0.0.0", "127.0.0.1"), ("[::]", "[::1]")])
 def test_a_non_loopback_socket_without_uwsgi_allow_from_serves_and_says_who_may_connect(
-    serve: Callable[..., Server], tmp_path: Path, host: str, loopback: str
+    serve: Serve, tmp_path: Path, host: str, loopback: str
 ) -> None:
     (tmp_path / "app.py").write_text(APP)
     port = free_port()
@@ -403,9 +388,7 @@ def test_a_non_loopback_socket_without_uwsgi_allow_from_serves_and_says_who_may_
 
 
 @pytest.mark.parametrize("entry", ["10.0.0.300", "10.0.0.0/33", "nginx.local", ""])
-def test_a_bad_uwsgi_allow_from_entry_is_a_usage_error(
-    serve: Callable[..., Server], tmp_path: Path, entry: str
-) -> None:
+def test_a_bad_uwsgi_allow_from_entry_is_a_usage_error(serve: Serve, tmp_path: Path, entry: str) -> None:
     (tmp_path / "app.py").write_text(APP)
     server = serve("--wsgi-file", str(tmp_path / "app.py"), "--uwsgi-allow-from", entry, ready=False)
     assert server.proc.wait(10) == 2
@@ -414,9 +397,7 @@ def test_a_bad_uwsgi_allow_from_entry_is_a_usage_error(
     assert not server.socket.exists()
 
 
-def test_a_bad_uwsgi_allow_from_line_names_the_file_and_line(
-    serve: Callable[..., Server], tmp_path: Path
-) -> None:
+def test_a_bad_uwsgi_allow_from_line_names_the_file_and_line(serve: Serve, tmp_path: Path) -> None:
     (tmp_path / "app.py").write_text(APP)
     (tmp_path / "app.ini").write_text("[uwsgi]\nwsgi-file = app.py\nuwsgi-allow-from = nginx.local\n")
     server = serve("--ini", str(tmp_path / "app.ini"), ready=False)

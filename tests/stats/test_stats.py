@@ -13,7 +13,6 @@ import os
 import re
 import signal
 import socket
-import subprocess
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
@@ -30,12 +29,13 @@ from binserve.scoreboard import Scoreboard
 from binserve.stats import CpuMeter, Recent, instance_document
 from binserve.testing import (
     Nginx,
+    Serve,
     Server,
+    StartNginx,
     connect,
     exchange,
     executable,
     free_port,
-    location,
     read_all,
     request_packet,
     send,
@@ -43,10 +43,9 @@ from binserve.testing import (
 )
 from binserve.tools import statsdoc
 
-from support import APPS
+from support import APPS, Tmux
 
 APP = APPS / "stats_app.py"
-TMUX = "/usr/bin/tmux"  # Debian's
 
 # [pid: P|worker: W|req: R] ADDR METHOD URI => STATUS BYTES bytes in MS ms
 LOG_LINE = re.compile(
@@ -181,9 +180,7 @@ def release(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def stats_server(
-    serve: Callable[..., Server], tmp_path: Path, release: Path
-) -> Callable[..., tuple[Server, str]]:
+def stats_server(serve: Serve, tmp_path: Path, release: Path) -> Callable[..., tuple[Server, str]]:
     """``stats_server(*args, stats=None)`` starts binserve serving stats_app with ``--stats``.
 
     Returns the server and the stats address (a unix path in tmp_path unless ``stats`` is given).
@@ -244,11 +241,11 @@ def test_request_counts_match_the_log(
     args: list[str],
     tcp: bool,
     stats_server: Callable[..., tuple[Server, str]],
-    nginx: Callable[[str], Nginx],
+    nginx: StartNginx,
 ) -> None:
     address = f"127.0.0.1:{free_port()}" if tcp else None
     server, address = stats_server("--processes", str(PROCESSES), *args, stats=address)
-    front = nginx(location(server.socket))
+    front = nginx(server)
 
     statuses = load_through_nginx(front, REQUESTS)
     assert statuses == Counter({200: REQUESTS}), f"nginx answered {statuses}"
@@ -315,11 +312,9 @@ def test_request_counts_match_the_log(
     assert [w["tx"] for w in again["workers"]] == [w["tx"] for w in doc["workers"]]
 
 
-def test_exceptions_are_counted(
-    stats_server: Callable[..., tuple[Server, str]], nginx: Callable[[str], Nginx]
-) -> None:
+def test_exceptions_are_counted(stats_server: Callable[..., tuple[Server, str]], nginx: StartNginx) -> None:
     server, address = stats_server("--processes", "2")
-    front = nginx(location(server.socket))
+    front = nginx(server)
     for _ in range(3):
         assert front.request("GET", "/raise")[0] == 500
     for _ in range(2):
@@ -490,36 +485,9 @@ def test_each_thread_is_a_core_of_its_worker() -> None:
 # 2. The real uwsgitop reads binserve's JSON
 
 
-class Tmux:
-    """A private tmux server (its socket in tmp_path) running one command in a 200x50 pane."""
-
-    def __init__(self, name: str, socket_path: Path) -> None:
-        self.name = name
-        self.socket_path = socket_path
-
-    def _run(self, *args: str) -> subprocess.CompletedProcess[str]:
-        # An explicit environment: GNU readline, once loaded in this process, puts LINES=24 and
-        # COLUMNS=80 into the C-level environment (not os.environ); inherited by the tmux server,
-        # they would make curses in the pane believe it is 80 columns wide.
-        env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
-        command = [TMUX, "-S", str(self.socket_path), "-f", "/dev/null", *args]
-        return subprocess.run(command, capture_output=True, text=True, timeout=10, env=env)
-
-    def start(self, command: str) -> None:
-        result = self._run("new-session", "-d", "-s", self.name, "-x", "200", "-y", "50", command)
-        assert result.returncode == 0, result.stderr
-
-    def screen(self) -> str:
-        return self._run("capture-pane", "-p", "-t", self.name).stdout
-
-    def kill(self) -> None:
-        self._run("kill-session", "-t", self.name)
-        self._run("kill-server")
-
-
 @pytest.fixture
 def tmux(tmp_path: Path) -> Iterator[Tmux]:
-    session = Tmux("uwsgitop", tmp_path / "tmux.sock")
+    session = Tmux(tmp_path / "tmux.sock", "uwsgitop")
     try:
         yield session
     finally:
@@ -568,7 +536,7 @@ def test_real_uwsgitop_shows_the_workers(stats_server: Callable[..., tuple[Serve
     pids = server.worker_pids()
     assert len(pids) == 2
     # If uwsgitop dies, its traceback and exit status stay on the screen instead of closing the pane.
-    tmux.start(f"{executable('uwsgitop')} {address}; echo uwsgitop exited with $?; exec cat")
+    tmux.start(f"{executable('uwsgitop')} {address}; echo uwsgitop exited with $?; exec cat", 200, 50)
     last = {"screen": ""}
 
     def shows(requests: int) -> bool:

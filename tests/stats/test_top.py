@@ -25,8 +25,9 @@ import pytest
 from binserve.testing import executable, wait_for
 from binserve.tools import statsdoc, top
 
+from support import Tmux
+
 FIXTURES = Path(__file__).resolve().parent.parent / "top_fixtures"
-TMUX = "/usr/bin/tmux"  # Debian's
 
 Doc = dict[str, Any]
 
@@ -359,36 +360,22 @@ def test_once_real_uwsgi(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------- curses
 
 
-class Tmux:
+class TopSession(Tmux):
     """binserve-top running in a detached session of a private tmux server (its socket in tmp_path)."""
 
     def __init__(self, tmp_path: Path, *args: str) -> None:
-        self.server = str(tmp_path / f"tmux-{time.monotonic_ns()}.sock")
-        self.name = "top"
+        super().__init__(tmp_path / f"tmux-{time.monotonic_ns()}.sock", "top")
         self.err = tmp_path / "top.err"
         command = (
             " ".join(_quote(a) for a in [executable("binserve-top"), *args]) + f" 2>{_quote(str(self.err))}"
         )
-        self.tmux("new-session", "-d", "-s", self.name, "-x", "160", "-y", "40", command)
-
-    def tmux(self, *args: str) -> subprocess.CompletedProcess[str]:
-        """Run a tmux command against the private server."""
-        base = [TMUX, "-S", self.server, "-f", "/dev/null"]
-        return subprocess.run([*base, *args], capture_output=True, text=True, timeout=10)
-
-    def alive(self) -> bool:
-        """Whether the session (binserve-top) is still running."""
-        return self.tmux("has-session", "-t", self.name).returncode == 0
+        self.start(command, 160, 40)
 
     def screen(self) -> str:
-        """The visible pane."""
+        """The visible pane, once binserve-top has not exited."""
         if not self.alive():
             raise AssertionError(f"binserve-top exited: {self.err.read_text(errors='replace')}")
-        return self.tmux("capture-pane", "-p", "-t", self.name).stdout
-
-    def keys(self, *keys: str) -> None:
-        """Send keys (tmux key names such as Enter, Escape, Down)."""
-        self.tmux("send-keys", "-t", self.name, *keys)
+        return super().screen()
 
     def wait(self, condition: Callable[[str], bool], what: str, timeout: float = 10) -> str:
         """Poll the screen until ``condition`` holds; return that screen."""
@@ -404,23 +391,18 @@ class Tmux:
             raise AssertionError(f"{exc}; screen:\n{seen[0]}") from None
         return seen[0]
 
-    def kill(self) -> None:
-        """End the session and the private server."""
-        self.tmux("kill-session", "-t", self.name)
-        self.tmux("kill-server")
-
 
 def _quote(text: str) -> str:
     return "'" + text.replace("'", "'\\''") + "'"
 
 
 @pytest.fixture
-def tmux_top(tmp_path: Path) -> Iterator[Callable[..., Tmux]]:
+def tmux_top(tmp_path: Path) -> Iterator[Callable[..., TopSession]]:
     """Run ``binserve-top ARGS`` in tmux: ``tmux_top(*args)``; the session is always killed."""
-    started: list[Tmux] = []
+    started: list[TopSession] = []
 
-    def start(*args: str) -> Tmux:
-        session = Tmux(tmp_path, *args)
+    def start(*args: str) -> TopSession:
+        session = TopSession(tmp_path, *args)
         started.append(session)
         return session
 
@@ -431,7 +413,7 @@ def tmux_top(tmp_path: Path) -> Iterator[Callable[..., Tmux]]:
 
 @pytest.mark.process
 def test_tmux_workers_sort_keys_and_quit(
-    tmp_path: Path, fakes: Callable[..., FakeStats], tmux_top: Callable[..., Tmux]
+    tmp_path: Path, fakes: Callable[..., FakeStats], tmux_top: Callable[..., TopSession]
 ) -> None:
     """Rows appear in id order with a live req/s; m/r/c/a reorder them, a second m reverses, q quits."""
     ticks = iter(range(10**6))
@@ -459,7 +441,7 @@ def test_tmux_workers_sort_keys_and_quit(
 
 @pytest.mark.process
 def test_tmux_emperor_drill_down(
-    tmp_path: Path, fakes: Callable[..., FakeStats], tmux_top: Callable[..., Tmux]
+    tmp_path: Path, fakes: Callable[..., FakeStats], tmux_top: Callable[..., TopSession]
 ) -> None:
     """Enter on a vassal shows its workers (from its own stats server), Esc comes back; no address: a note."""
     vassal = fakes(tmp_path / "v.sock", instance_doc(), encoding="json")
@@ -507,7 +489,7 @@ def test_tmux_emperor_drill_down(
 
 @pytest.mark.process
 def test_tmux_server_goes_away_and_resize(
-    tmp_path: Path, fakes: Callable[..., FakeStats], tmux_top: Callable[..., Tmux]
+    tmp_path: Path, fakes: Callable[..., FakeStats], tmux_top: Callable[..., TopSession]
 ) -> None:
     """A vanished server is an error in the status line and retried; a tiny terminal says so."""
     path = tmp_path / "s.sock"
@@ -519,9 +501,9 @@ def test_tmux_server_goes_away_and_resize(
     assert worker_order(screen) == [1, 2, 3]  # the last data stays on screen
     fakes(path, instance_doc(base=1000), encoding="json")
     view.wait(lambda s: "error:" not in s and "requests 3160" in s, "recovery")
-    view.tmux("resize-window", "-t", view.name, "-x", "30", "-y", "4")
+    view.run("resize-window", "-t", view.name, "-x", "30", "-y", "4")
     view.wait(lambda s: "terminal too small" in s, "the too-small message")
-    view.tmux("resize-window", "-t", view.name, "-x", "120", "-y", "30")
+    view.run("resize-window", "-t", view.name, "-x", "120", "-y", "30")
     view.wait(lambda s: worker_order(s) == [1, 2, 3], "rows after growing back")
     view.keys("q")
     wait_for(lambda: not view.alive(), 5, "binserve-top to quit on q")

@@ -6,33 +6,20 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from binserve.testing import (
-    Nginx,
-    Server,
-    connect,
-    exchange,
-    location,
-    read_all,
-    request_packet,
-    wait_for,
-)
+from binserve.testing import Serve, connect, exchange, read_all, request_packet, wait_for
 
-from support import APPS, get, log_lines
+from support import APPS, AppFile, BehindNginx, get, log_lines
 
 SLEEP_APP = (APPS / "supervision_app.py").read_text()
 
 
-def test_harakiri_kills_a_request_past_its_deadline_and_names_it(
-    serve: Callable[..., Server], nginx: Callable[[str], Nginx], app_file: Callable[[str], Path]
-) -> None:
-    server = serve("--wsgi-file", str(app_file(SLEEP_APP)), "--processes", "2", "--harakiri", "2")
-    front = nginx(location(server.socket))
+def test_harakiri_kills_a_request_past_its_deadline_and_names_it(behind_nginx: BehindNginx) -> None:
+    server, front = behind_nginx(SLEEP_APP, "--processes", "2", "--harakiri", "2")
     before = server.worker_pids()
     with ThreadPoolExecutor(8) as pool:
         started = time.monotonic()
@@ -52,11 +39,11 @@ FAULTS_APP = (APPS / "request_faults_app.py").read_text()
 
 
 @pytest.fixture
-def app(app_file: Callable[[str], Path]) -> Path:
+def app(app_file: AppFile) -> Path:
     return app_file(FAULTS_APP)
 
 
-def test_harakiri_with_threads_warns_once_at_startup(serve: Callable[..., Server], app: Path) -> None:
+def test_harakiri_with_threads_warns_once_at_startup(serve: Serve, app: Path) -> None:
     server = serve("--wsgi-file", str(app), "--harakiri", "30", "--threads", "2", "--processes", "2")
     server.wait_workers(2)
     assert get(server.socket, "/")[0] == 200
@@ -66,7 +53,7 @@ def test_harakiri_with_threads_warns_once_at_startup(serve: Callable[..., Server
     assert "with threads 2" in lines[0] and "processes instead of threads" in lines[0], lines
 
 
-def test_no_harakiri_warning_without_threads(serve: Callable[..., Server], app: Path) -> None:
+def test_no_harakiri_warning_without_threads(serve: Serve, app: Path) -> None:
     server = serve("--wsgi-file", str(app), "--harakiri", "30")
     server.wait_workers(1)
     assert get(server.socket, "/")[0] == 200
@@ -80,7 +67,7 @@ THREADED_HARAKIRI_APP = (APPS / "request_faults_threaded_harakiri.py").read_text
     ("grace", "short_answered"), [("2.5", True), ("0", False)], ids=["graceful", "at-once"]
 )
 def test_harakiri_graceful_timeout_lets_the_other_threads_finish(
-    serve: Callable[..., Server], app_file: Callable[[str], Path], grace: str, short_answered: bool
+    serve: Serve, app_file: AppFile, grace: str, short_answered: bool
 ) -> None:
     """What the README tells users of harakiri with threads to do, and why."""
     server = serve(
@@ -114,12 +101,10 @@ HANG = (APPS / "attack_runtime_hang.py").read_text()
 
 
 def test_a_harakiri_line_escapes_the_control_characters_of_the_request_uri(
-    serve: Callable[..., Server], tmp_path: Path
+    serve: Serve, app_file: AppFile
 ) -> None:
     """The master names the killed request: a URI with CR LF must not start a forged log line there."""
-    app = tmp_path / "app.py"
-    app.write_text(HANG)
-    server = serve("--wsgi-file", str(app), "--harakiri", "1")
+    server = serve("--wsgi-file", str(app_file(HANG)), "--harakiri", "1")
     forged = "/x\r\n2026-01-01 00:00:00 [binserve pid 1] FORGED"
     exchange(server.socket, request_packet(forged, REQUEST_URI=forged), timeout=10)
     wait_for(lambda: "HARAKIRI" in server.log(), 10, "the harakiri line")

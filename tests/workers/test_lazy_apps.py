@@ -4,12 +4,11 @@ that way stops binserve instead of a respawn storm.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
-from binserve.testing import Server, wait_for
+from binserve.testing import Serve, wait_for
 
-from support import APPS
+from support import APPS, AppFile
 
 IMPORT_RECORDER = (APPS / "supervision_import_recorder.py").read_text()
 
@@ -20,7 +19,7 @@ def imported_by(tmp_path: Path) -> set[int]:
 
 
 def test_lazy_apps_loads_the_app_in_each_worker_not_in_the_master(
-    serve: Callable[..., Server], app_file: Callable[[str], Path], tmp_path: Path
+    serve: Serve, app_file: AppFile, tmp_path: Path
 ) -> None:
     server = serve("--wsgi-file", str(app_file(IMPORT_RECORDER)), "--processes", "2", "--lazy-apps")
     wait_for(
@@ -32,14 +31,14 @@ def test_lazy_apps_loads_the_app_in_each_worker_not_in_the_master(
 
 
 def test_without_lazy_apps_the_master_loads_the_app_once(
-    serve: Callable[..., Server], app_file: Callable[[str], Path], tmp_path: Path
+    serve: Serve, app_file: AppFile, tmp_path: Path
 ) -> None:
     serve("--wsgi-file", str(app_file(IMPORT_RECORDER)), "--processes", "2")
     assert len(imported_by(tmp_path)) == 1
 
 
 def test_lazy_apps_that_fail_to_import_stop_binserve_instead_of_respawning(
-    serve: Callable[..., Server], app_file: Callable[[str], Path]
+    serve: Serve, app_file: AppFile
 ) -> None:
     server = serve(
         "--wsgi-file", str(app_file("raise ImportError('lazy and broken')\n")), "--lazy-apps", ready=False
@@ -53,12 +52,10 @@ EXITING_APP = (APPS / "attack_runtime_app.py").read_text()
 
 
 def test_a_lazy_app_that_exits_at_import_is_a_boot_failure_not_a_respawn_storm(
-    serve: Callable[..., Server], tmp_path: Path
+    serve: Serve, app_file: AppFile, tmp_path: Path
 ) -> None:
-    app = tmp_path / "app.py"
-    app.write_text(EXITING_APP)
     (tmp_path / "exit").write_text("1")
-    server = serve("--wsgi-file", str(app), "--lazy-apps", "--processes", "2", ready=False)
+    server = serve("--wsgi-file", str(app_file(EXITING_APP)), "--lazy-apps", "--processes", "2", ready=False)
     assert server.proc.wait(10) == 3, server.log()
     assert server.log().count("spawned worker") <= 2, server.log()
     assert not server.socket.exists()

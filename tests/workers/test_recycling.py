@@ -17,15 +17,14 @@ import signal
 import socket
 import tempfile
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psutil
 
-from binserve.testing import Nginx, Server, answers_in_background, location, send, touch_ahead, wait_for
+from binserve.testing import Serve, StartNginx, answers_in_background, location, send, touch_ahead, wait_for
 
-from support import APPS
+from support import APPS, AppFile, BehindNginx
 
 SLEEP_APP = (APPS / "supervision_app.py").read_text()
 
@@ -61,19 +60,11 @@ def recycled_pids(log: str) -> list[int]:
 
 
 def test_max_requests_with_one_process_serves_every_request_and_retires_after_the_replacement(
-    serve: Callable[..., Server], nginx: Callable[[str], Nginx], app_file: Callable[[str], Path]
+    behind_nginx: BehindNginx,
 ) -> None:
-    server = serve(
-        "--wsgi-file",
-        str(app_file(PID_APP)),
-        "--processes",
-        "1",
-        "--max-requests",
-        "5",
-        "--min-worker-lifetime",
-        "0",
+    server, front = behind_nginx(
+        PID_APP, "--processes", "1", "--max-requests", "5", "--min-worker-lifetime", "0"
     )
-    front = nginx(location(server.socket))
     # The old worker serves on until its replacement accepts, so a generation serves a few more
     # than 5: on a loaded machine, where a boot is slow, many more. Batches go on until three
     # generations have served, every request answered.
@@ -106,9 +97,7 @@ def test_max_requests_with_one_process_serves_every_request_and_retires_after_th
         assert recycling < retiring < recycled, f"pid {pid}: out of order\n{log}"
 
 
-def test_sighup_to_a_worker_replaces_only_that_worker(
-    serve: Callable[..., Server], app_file: Callable[[str], Path]
-) -> None:
+def test_sighup_to_a_worker_replaces_only_that_worker(serve: Serve, app_file: AppFile) -> None:
     server = serve("--wsgi-file", str(app_file(PID_APP)), "--processes", "2")
     wait_for(lambda: len(server.worker_pids()) == 2, 10, "two workers")
     victim, other = sorted(server.worker_pids())
@@ -132,11 +121,8 @@ def test_sighup_to_a_worker_replaces_only_that_worker(
 # -- min-worker-lifetime ---------------------------------------------------------------------------
 
 
-def test_default_min_worker_lifetime_holds_off_max_requests(
-    serve: Callable[..., Server], nginx: Callable[[str], Nginx], app_file: Callable[[str], Path]
-) -> None:
-    server = serve("--wsgi-file", str(app_file(PID_APP)), "--processes", "2", "--max-requests", "3")
-    front = nginx(location(server.socket))
+def test_default_min_worker_lifetime_holds_off_max_requests(behind_nginx: BehindNginx) -> None:
+    server, front = behind_nginx(PID_APP, "--processes", "2", "--max-requests", "3")
     wait_for(lambda: len(server.worker_pids()) == 2, 10, "two workers")
     before = server.worker_pids()
     answers = [front.request("GET", "/") for _ in range(30)]
@@ -147,10 +133,7 @@ def test_default_min_worker_lifetime_holds_off_max_requests(
 
 
 def test_min_worker_lifetime_recycles_only_once_the_worker_has_lived_that_long(
-    serve: Callable[..., Server],
-    nginx: Callable[[str], Nginx],
-    app_file: Callable[[str], Path],
-    tmp_path: Path,
+    serve: Serve, nginx: StartNginx, app_file: AppFile, tmp_path: Path
 ) -> None:
     # nginx first: the worker's first half second is for requests, not for nginx to start.
     front = nginx(location(tmp_path / "app.sock"))
@@ -187,10 +170,9 @@ def test_min_worker_lifetime_recycles_only_once_the_worker_has_lived_that_long(
 
 
 def test_max_worker_lifetime_replaces_every_worker_without_a_failed_request(
-    serve: Callable[..., Server], nginx: Callable[[str], Nginx], app_file: Callable[[str], Path]
+    behind_nginx: BehindNginx,
 ) -> None:
-    server = serve("--wsgi-file", str(app_file(PID_APP)), "--processes", "2", "--max-worker-lifetime", "1")
-    front = nginx(location(server.socket))
+    server, front = behind_nginx(PID_APP, "--processes", "2", "--max-worker-lifetime", "1")
     wait_for(lambda: len(server.worker_pids()) == 2, 10, "two workers")
     before = server.worker_pids()
     with answers_in_background(front) as answers:
@@ -209,15 +191,12 @@ def test_max_worker_lifetime_replaces_every_worker_without_a_failed_request(
 
 
 def test_reload_on_rss_recycles_a_growing_worker_between_requests(
-    serve: Callable[..., Server],
-    nginx: Callable[[str], Nginx],
-    app_file: Callable[[str], Path],
-    tmp_path: Path,
+    serve: Serve, nginx: StartNginx, app_file: AppFile, tmp_path: Path
 ) -> None:
     app = str(app_file(GROWING_APP))
     # A first server measures what an idle worker of this app weighs.
     probe = serve("--wsgi-file", app, "--processes", "1")
-    front = nginx(location(probe.socket))
+    front = nginx(probe)
     status, _, body = front.request("GET", "/")
     assert status == 200
     idle_mb = psutil.Process(int(body)).memory_info().rss >> 20
@@ -235,7 +214,7 @@ def test_reload_on_rss_recycles_a_growing_worker_between_requests(
         "0",
         socket_path=tmp_path / "limited.sock",
     )
-    front = nginx(location(server.socket))
+    front = nginx(server)
     answers = [front.request("GET", "/grow") for _ in range(12)]
     assert [status for status, _, _ in answers] == [200] * 12
     pids = [int(body) for _, _, body in answers]
@@ -250,11 +229,8 @@ def test_reload_on_rss_recycles_a_growing_worker_between_requests(
     )
 
 
-def test_evil_reload_on_rss_kills_a_worker_mid_request(
-    serve: Callable[..., Server], nginx: Callable[[str], Nginx], app_file: Callable[[str], Path]
-) -> None:
-    server = serve("--wsgi-file", str(app_file(EVIL_APP)), "--processes", "1", "--evil-reload-on-rss", "100")
-    front = nginx(location(server.socket))
+def test_evil_reload_on_rss_kills_a_worker_mid_request(behind_nginx: BehindNginx) -> None:
+    server, front = behind_nginx(EVIL_APP, "--processes", "1", "--evil-reload-on-rss", "100")
     (pid,) = server.worker_pids()
     started = time.monotonic()
     status, _, _ = front.request("GET", "/grow", timeout=15)
@@ -276,24 +252,14 @@ def _imported_by(tmp_path: Path) -> set[int]:
 
 
 def test_touch_chain_reload_replaces_workers_one_at_a_time_with_the_new_code(
-    serve: Callable[..., Server],
-    nginx: Callable[[str], Nginx],
-    app_file: Callable[[str], Path],
-    tmp_path: Path,
+    behind_nginx: BehindNginx, tmp_path: Path
 ) -> None:
     (tmp_path / "version.txt").write_text("v1")
     trigger = tmp_path / "chain.trigger"
     trigger.write_text("")
-    server = serve(
-        "--wsgi-file",
-        str(app_file(VERSION_APP)),
-        "--lazy-apps",
-        "--processes",
-        "3",
-        "--touch-chain-reload",
-        str(trigger),
+    server, front = behind_nginx(
+        VERSION_APP, "--lazy-apps", "--processes", "3", "--touch-chain-reload", str(trigger)
     )
-    front = nginx(location(server.socket))
     wait_for(
         lambda: len(server.worker_pids()) == 3 and _imported_by(tmp_path) == server.worker_pids(),
         10,
@@ -332,18 +298,12 @@ def test_touch_chain_reload_replaces_workers_one_at_a_time_with_the_new_code(
 
 
 def test_touch_chain_reload_without_lazy_apps_warns_and_keeps_the_masters_code(
-    serve: Callable[..., Server],
-    nginx: Callable[[str], Nginx],
-    app_file: Callable[[str], Path],
-    tmp_path: Path,
+    behind_nginx: BehindNginx, tmp_path: Path
 ) -> None:
     (tmp_path / "version.txt").write_text("v1")
     trigger = tmp_path / "chain.trigger"
     trigger.write_text("")
-    server = serve(
-        "--wsgi-file", str(app_file(VERSION_APP)), "--processes", "2", "--touch-chain-reload", str(trigger)
-    )
-    front = nginx(location(server.socket))
+    server, front = behind_nginx(VERSION_APP, "--processes", "2", "--touch-chain-reload", str(trigger))
     assert "touch-chain-reload without lazy-apps" in server.log(), server.log()
     wait_for(lambda: len(server.worker_pids()) == 2, 10, "two workers")
     before = server.worker_pids()
@@ -360,11 +320,8 @@ def test_touch_chain_reload_without_lazy_apps_warns_and_keeps_the_masters_code(
 # -- threads ---------------------------------------------------------------------------------------
 
 
-def test_threads_serve_requests_concurrently_in_one_process(
-    serve: Callable[..., Server], nginx: Callable[[str], Nginx], app_file: Callable[[str], Path]
-) -> None:
-    server = serve("--wsgi-file", str(app_file(THREADS_APP)), "--processes", "1", "--threads", "4")
-    front = nginx(location(server.socket))
+def test_threads_serve_requests_concurrently_in_one_process(behind_nginx: BehindNginx) -> None:
+    server, front = behind_nginx(THREADS_APP, "--processes", "1", "--threads", "4")
     started = time.monotonic()
     answers = front.burst(8, concurrency=8)
     took = time.monotonic() - started
@@ -375,23 +332,16 @@ def test_threads_serve_requests_concurrently_in_one_process(
     assert len({ident for _, ident in fields}) >= 3, fields
 
 
-def test_one_thread_is_not_multithread(
-    serve: Callable[..., Server], nginx: Callable[[str], Nginx], app_file: Callable[[str], Path]
-) -> None:
-    server = serve("--wsgi-file", str(app_file(THREADS_APP)), "--processes", "1")
-    front = nginx(location(server.socket))
+def test_one_thread_is_not_multithread(behind_nginx: BehindNginx) -> None:
+    server, front = behind_nginx(THREADS_APP, "--processes", "1")
     status, _, body = front.request("GET", "/")
     assert status == 200 and body.split()[0] == b"False"
 
 
 def test_sigterm_with_threads_finishes_the_request_in_flight_and_exits_0(
-    serve: Callable[..., Server],
-    nginx: Callable[[str], Nginx],
-    app_file: Callable[[str], Path],
-    tmp_path: Path,
+    behind_nginx: BehindNginx, tmp_path: Path
 ) -> None:
-    server = serve("--wsgi-file", str(app_file(THREADS_APP)), "--processes", "1", "--threads", "4")
-    front = nginx(location(server.socket))
+    server, front = behind_nginx(THREADS_APP, "--processes", "1", "--threads", "4")
     with ThreadPoolExecutor(1) as pool:
         slow = pool.submit(front.request, "GET", "/slow")
         wait_for(lambda: (tmp_path / "in-flight").exists(), 10, "the request to reach the app")
@@ -404,11 +354,8 @@ def test_sigterm_with_threads_finishes_the_request_in_flight_and_exits_0(
 # -- post-buffering --------------------------------------------------------------------------------
 
 
-def test_post_buffering_gives_the_app_a_buffered_body(
-    serve: Callable[..., Server], nginx: Callable[[str], Nginx], app_file: Callable[[str], Path]
-) -> None:
-    server = serve("--wsgi-file", str(app_file(DIGEST_APP)), "--post-buffering", "4096")
-    front = nginx(location(server.socket))
+def test_post_buffering_gives_the_app_a_buffered_body(behind_nginx: BehindNginx) -> None:
+    server, front = behind_nginx(DIGEST_APP, "--post-buffering", "4096")
     small, large = os.urandom(1000), os.urandom(1 << 20)
     status, _, body = front.request("POST", "/", small)
     assert (status, body.decode().split()) == (200, ["BytesIO", hashlib.sha256(small).hexdigest()])
@@ -420,11 +367,8 @@ def test_post_buffering_gives_the_app_a_buffered_body(
     assert kind not in ("BytesIO", "Input")
 
 
-def test_without_post_buffering_the_app_reads_the_socket(
-    serve: Callable[..., Server], nginx: Callable[[str], Nginx], app_file: Callable[[str], Path]
-) -> None:
-    server = serve("--wsgi-file", str(app_file(DIGEST_APP)))
-    front = nginx(location(server.socket))
+def test_without_post_buffering_the_app_reads_the_socket(behind_nginx: BehindNginx) -> None:
+    server, front = behind_nginx(DIGEST_APP)
     payload = os.urandom(1 << 20)
     status, _, body = front.request("POST", "/", payload)
     assert (status, body.decode().split()) == (200, ["Input", hashlib.sha256(payload).hexdigest()])
@@ -433,14 +377,9 @@ def test_without_post_buffering_the_app_reads_the_socket(
 # -- stalled partial packets -----------------------------------------------------------------------
 
 
-def test_stalled_partial_packets_do_not_hold_the_only_worker(
-    serve: Callable[..., Server], nginx: Callable[[str], Nginx], app_file: Callable[[str], Path]
-) -> None:
+def test_stalled_partial_packets_do_not_hold_the_only_worker(behind_nginx: BehindNginx) -> None:
     timeout = 2.0
-    server = serve(
-        "--wsgi-file", str(app_file(PID_APP)), "--processes", "1", "--socket-timeout", str(int(timeout))
-    )
-    front = nginx(location(server.socket))
+    server, front = behind_nginx(PID_APP, "--processes", "1", "--socket-timeout", str(int(timeout)))
     stalled: list[tuple[socket.socket, float]] = []
     try:
         for _ in range(20):
@@ -476,7 +415,7 @@ def _expired(log: str) -> int:
 
 
 def test_a_core_stops_accepting_rather_than_run_out_of_descriptors(
-    serve: Callable[..., Server], nginx: Callable[[str], Nginx], app_file: Callable[[str], Path]
+    serve: Serve, nginx: StartNginx, app_file: AppFile
 ) -> None:
     """With 128 descriptors a worker parks at most 64 stalled peers; the rest wait in the backlog."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -494,7 +433,7 @@ def test_a_core_stops_accepting_rather_than_run_out_of_descriptors(
         )
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-    front = nginx(location(server.socket))
+    front = nginx(server)
     stalled = []
     try:
         for _ in range(150):
@@ -515,13 +454,10 @@ def test_a_core_stops_accepting_rather_than_run_out_of_descriptors(
     assert server.proc.poll() is None
 
 
-def test_a_recycling_worker_with_a_stalled_peer_parked_is_still_replaced(
-    serve: Callable[..., Server], nginx: Callable[[str], Nginx], app_file: Callable[[str], Path]
-) -> None:
+def test_a_recycling_worker_with_a_stalled_peer_parked_is_still_replaced(behind_nginx: BehindNginx) -> None:
     # worker-reload-mercy 2: should the worker hang, the teardown's graceful stop ends in seconds.
-    server = serve(
-        "--wsgi-file",
-        str(app_file(PID_APP)),
+    server, front = behind_nginx(
+        PID_APP,
         "--processes",
         "1",
         "--max-requests",
@@ -533,7 +469,6 @@ def test_a_recycling_worker_with_a_stalled_peer_parked_is_still_replaced(
         "--worker-reload-mercy",
         "2",
     )
-    front = nginx(location(server.socket))
     (pid,) = server.worker_pids()
     # Queued before nginx's request, so the worker has it parked when it starts recycling.
     with send(server.socket, b"\x00\x10\x00", timeout=None) as stalled:
@@ -551,12 +486,9 @@ def test_a_recycling_worker_with_a_stalled_peer_parked_is_still_replaced(
     assert status == 200 and int(body) != pid and took < 2.5, (status, body, took, server.log())
 
 
-def test_max_requests_recycles_workers_without_a_failed_request(
-    serve: Callable[..., Server], nginx: Callable[[str], Nginx], app_file: Callable[[str], Path]
-) -> None:
-    server = serve(
-        "--wsgi-file",
-        str(app_file(SLEEP_APP)),
+def test_max_requests_recycles_workers_without_a_failed_request(behind_nginx: BehindNginx) -> None:
+    server, front = behind_nginx(
+        SLEEP_APP,
         "--processes",
         "2",
         "--max-requests",
@@ -566,7 +498,6 @@ def test_max_requests_recycles_workers_without_a_failed_request(
         "--min-worker-lifetime",
         "0",
     )
-    front = nginx(location(server.socket))
     answers = front.burst(200)
     assert [status for status, _, _ in answers] == [200] * 200
     # A recycling worker serves on until its replacement accepts, and its own replacement waits

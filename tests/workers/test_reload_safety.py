@@ -14,21 +14,13 @@ import os
 import pwd
 import signal
 import subprocess
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from binserve.testing import (
-    EmperorProcess,
-    Server,
-    alive,
-    ping,
-    touch_ahead,
-    wait_for,
-)
+from binserve.testing import EmperorProcess, Serve, Server, alive, ping, touch_ahead, wait_for
 
-from support import APPS, USER, get, serve_limited, write_vassal
+from support import APPS, USER, AppFile, get, serve_limited, stop_cleanly, write_vassal
 
 EXITING_APP = (APPS / "attack_runtime_app.py").read_text()
 HANG_ON_RELOAD = (APPS / "attack_runtime_hang_on_reload.py").read_text()
@@ -61,7 +53,7 @@ def wait_refused(server: Server, count: int = 1) -> str:
     return server.log()
 
 
-def start(serve: Callable[..., Server], app: Path, *args: str) -> tuple[Server, set[int]]:
+def start(serve: Serve, app: Path, *args: str) -> tuple[Server, set[int]]:
     server = serve("--wsgi-file", str(app), "--processes", "2", *args)
     wait_for(lambda: len(server.worker_pids()) == 2, 10, "two workers")
     workers = server.worker_pids()
@@ -70,11 +62,16 @@ def start(serve: Callable[..., Server], app: Path, *args: str) -> tuple[Server, 
     return server, workers
 
 
+def hang_a_probe(server: Server, tmp_path: Path) -> int:
+    """Reload with SIGHUP, the new image's import made to hang: the pid of the probe hanging in it."""
+    (tmp_path / "hang").touch()
+    os.kill(server.pid, signal.SIGHUP)
+    wait_for((tmp_path / "hanging").exists, 10, "the probe to hang in the app's import")
+    return int(server.log().split("probe pid ")[1].split(")")[0])
+
+
 def test_sighup_with_an_ini_the_dropped_user_cannot_read_is_refused(
-    account: pwd.struct_passwd,
-    home: Path,
-    venv_interpreter: None,
-    serve: Callable[..., Server],
+    account: pwd.struct_passwd, home: Path, venv_interpreter: None, serve: Serve
 ) -> None:
     ini = home / "app.ini"
     ini.write_text(f"[uwsgi]\nwsgi-file = {home / 'app.py'}\nuid = {USER}\nprocesses = 2\n")
@@ -89,12 +86,11 @@ def test_sighup_with_an_ini_the_dropped_user_cannot_read_is_refused(
     assert server.worker_pids() == workers
     assert ping(server.socket)
     assert get(server.socket)[0] == 200
-    os.kill(server.pid, signal.SIGTERM)
-    assert server.proc.wait(10) == 0, server.log()
+    stop_cleanly(server)
 
 
 def test_sighup_with_broken_code_keeps_the_old_code_serving_until_it_is_fixed(
-    serve: Callable[..., Server], tmp_path: Path
+    serve: Serve, tmp_path: Path
 ) -> None:
     app = tmp_path / "app.py"
     version(app, "v1")
@@ -112,9 +108,7 @@ def test_sighup_with_broken_code_keeps_the_old_code_serving_until_it_is_fixed(
     assert server.log().count("master ready") == 2
 
 
-def test_touch_reload_with_broken_code_keeps_the_old_code_serving(
-    serve: Callable[..., Server], tmp_path: Path
-) -> None:
+def test_touch_reload_with_broken_code_keeps_the_old_code_serving(serve: Serve, tmp_path: Path) -> None:
     app, touch = tmp_path / "app.py", tmp_path / "reload.touch"
     version(app, "v1")
     touch.touch()
@@ -131,7 +125,7 @@ def test_touch_reload_with_broken_code_keeps_the_old_code_serving(
     assert answer(server)[0] == "v2"
 
 
-def test_lazy_apps_is_probed_too(serve: Callable[..., Server], tmp_path: Path) -> None:
+def test_lazy_apps_is_probed_too(serve: Serve, tmp_path: Path) -> None:
     """With lazy-apps the master never imports the app: the probe does, where the workers would fail."""
     app = tmp_path / "app.py"
     version(app, "v1")
@@ -143,7 +137,7 @@ def test_lazy_apps_is_probed_too(serve: Callable[..., Server], tmp_path: Path) -
 
 
 def test_a_probe_past_the_mercy_is_killed_and_a_second_sighup_meanwhile_is_coalesced(
-    serve: Callable[..., Server], tmp_path: Path
+    serve: Serve, tmp_path: Path
 ) -> None:
     app = tmp_path / "app.py"
     version(app, "v1")
@@ -163,30 +157,23 @@ def test_a_probe_past_the_mercy_is_killed_and_a_second_sighup_meanwhile_is_coale
     assert "reload refused" not in log
 
 
-def test_sigterm_while_the_probe_runs_stops_cleanly(serve: Callable[..., Server], tmp_path: Path) -> None:
+def test_sigterm_while_the_probe_runs_stops_cleanly(serve: Serve, tmp_path: Path) -> None:
     app = tmp_path / "app.py"
     version(app, "v1")
     server, _ = start(serve, app)
-    (tmp_path / "hang").touch()
-    os.kill(server.pid, signal.SIGHUP)
-    wait_for((tmp_path / "hanging").exists, 10, "the probe to hang in the app's import")
-    probe = int(server.log().split("probe pid ")[1].split(")")[0])
-    os.kill(server.pid, signal.SIGTERM)
-    assert server.proc.wait(10) == 0, server.log()
+    probe = hang_a_probe(server, tmp_path)
+    stop_cleanly(server)
     assert not server.socket.exists()
     out = subprocess.run(["pgrep", "-g", str(server.pid)], capture_output=True, text=True)
     assert out.stdout == "", f"left behind: {out.stdout} (probe {probe})"
 
 
-def test_a_probe_dies_with_its_master(serve: Callable[..., Server], tmp_path: Path) -> None:
+def test_a_probe_dies_with_its_master(serve: Serve, tmp_path: Path) -> None:
     """Killed, the master can no longer bound the probe: the probe goes with it."""
     app = tmp_path / "app.py"
     version(app, "v1")
     server, _ = start(serve, app)
-    (tmp_path / "hang").touch()
-    os.kill(server.pid, signal.SIGHUP)
-    wait_for((tmp_path / "hanging").exists, 10, "the probe to hang in the app's import")
-    probe = int(server.log().split("probe pid ")[1].split(")")[0])
+    probe = hang_a_probe(server, tmp_path)
     os.kill(server.pid, signal.SIGKILL)
     wait_for(lambda: not alive(probe), 5, "the probe to die with its master")
 
@@ -245,12 +232,10 @@ def test_a_probe_gets_no_channel_to_the_emperor(tmp_path: Path) -> None:
 
 
 def test_an_app_that_exits_zero_at_import_fails_the_probe(
-    serve: Callable[..., Server], tmp_path: Path
+    serve: Serve, app_file: AppFile, tmp_path: Path
 ) -> None:
     """sys.exit(0) at import is a failed load, not a probe that passed: the workers serve on."""
-    app = tmp_path / "app.py"
-    app.write_text(EXITING_APP)
-    server = serve("--wsgi-file", str(app), "--processes", "2")
+    server = serve("--wsgi-file", str(app_file(EXITING_APP)), "--processes", "2")
     wait_for(lambda: len(server.worker_pids()) == 2, 10, "two workers")
     workers = server.worker_pids()
     (tmp_path / "exit").write_text("0")
@@ -262,17 +247,14 @@ def test_an_app_that_exits_zero_at_import_fails_the_probe(
     assert get(server.socket)[0] == 200
 
 
-def test_a_probe_stopped_by_sigterm_refuses_the_reload(serve: Callable[..., Server], tmp_path: Path) -> None:
+def test_a_probe_stopped_by_sigterm_refuses_the_reload(
+    serve: Serve, app_file: AppFile, tmp_path: Path
+) -> None:
     """A stop sent to the probe alone (a cgroup-wide kill, a pkill) is no proof that the new image loads."""
-    app = tmp_path / "app.py"
-    app.write_text(HANG_ON_RELOAD)
-    server = serve("--wsgi-file", str(app))
+    server = serve("--wsgi-file", str(app_file(HANG_ON_RELOAD)))
     wait_for(lambda: len(server.worker_pids()) == 1, 10, "the worker")
     workers = server.worker_pids()
-    (tmp_path / "hang").touch()
-    os.kill(server.pid, signal.SIGHUP)
-    wait_for((tmp_path / "hanging").exists, 10, "the probe to hang in the import")
-    probe = int(server.log().split("probe pid ")[1].split(")")[0])
+    probe = hang_a_probe(server, tmp_path)
     os.kill(probe, signal.SIGTERM)
     wait_for(lambda: "reload refused" in server.log(), 10, "the reload to be refused")
     assert server.worker_pids() == workers
@@ -280,10 +262,7 @@ def test_a_probe_stopped_by_sigterm_refuses_the_reload(serve: Callable[..., Serv
 
 
 def test_a_reload_whose_probe_cannot_be_forked_is_refused(
-    account: pwd.struct_passwd,
-    home: Path,
-    venv_interpreter: None,
-    serve: Callable[..., Server],
+    account: pwd.struct_passwd, home: Path, venv_interpreter: None, serve: Serve
 ) -> None:
     """fork() failing (the user's process limit) for the probe must not end the master."""
     server, workers = serve_limited(serve, home)

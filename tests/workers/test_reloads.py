@@ -12,28 +12,17 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from binserve.testing import (
-    Nginx,
-    Server,
-    location,
-    wait_for,
-)
+from binserve.testing import Nginx, Serve, StartNginx, wait_for
 
-from support import APPS, SLOW_BODY, start_slow
+from support import APPS, SLOW_BODY, AppFile, serve_busy, start_slow
 from support import PROCESS_APP as APP
 from support import get_bytes as get
-
-
-@pytest.fixture
-def app(app_file: Callable[[str], Path]) -> Path:
-    return app_file(APP)
 
 
 @dataclass
@@ -93,17 +82,13 @@ class Burst:
 
 
 def test_sighup_reload_finishes_slow_request_and_drops_nothing(
-    serve: Callable[..., Server],
-    nginx: Callable[[str], Nginx],
-    app: Path,
-    tmp_path: Path,
-    pool: ThreadPoolExecutor,
+    serve: Serve, nginx: StartNginx, process_app: Path, tmp_path: Path, pool: ThreadPoolExecutor
 ) -> None:
     """A reload under load: the request in flight finishes, and every connection made meanwhile is
     served (it waits in the listen backlog while no worker accepts), none refused or cut."""
     clients = 16
-    server = serve("--wsgi-file", str(app), "--processes", "2", "--worker-reload-mercy", "10")
-    front = nginx(location(server.socket))
+    server = serve("--wsgi-file", str(process_app), "--processes", "2", "--worker-reload-mercy", "10")
+    front = nginx(server)
     old_workers = server.wait_workers(2)
 
     budget = time.monotonic() + 20  # for everything below: a hang fails the test in bounded time
@@ -176,13 +161,10 @@ def test_sighup_reload_finishes_slow_request_and_drops_nothing(
 
 
 def test_second_sighup_keeps_track_of_workers_still_retiring(
-    serve: Callable[..., Server], app: Path, tmp_path: Path, pool: ThreadPoolExecutor
+    serve: Serve, process_app: Path, tmp_path: Path, pool: ThreadPoolExecutor
 ) -> None:
     """Workers of the first image are still killed at worker-reload-mercy after a second reload."""
-    server = serve("--wsgi-file", str(app), "--worker-reload-mercy", "1")
-    (first,) = server.wait_workers(1)
-
-    slow = start_slow(pool, tmp_path, lambda: get(server.socket, "/slow", "30", timeout=40))
+    server, first, slow = serve_busy(serve, process_app, tmp_path, pool, "--worker-reload-mercy", "1")
     os.kill(server.pid, signal.SIGHUP)
     wait_for(lambda: len(server.worker_pids() - {first}) == 1, 10, "the first reload's worker")
     (second,) = server.worker_pids() - {first}
@@ -194,7 +176,7 @@ def test_second_sighup_keeps_track_of_workers_still_retiring(
 
 
 def test_a_new_image_that_fails_after_its_probe_passed_stops_cleanly(
-    serve: Callable[..., Server], app_file: Callable[[str], Path], tmp_path: Path
+    serve: Serve, app_file: AppFile, tmp_path: Path
 ) -> None:
     """The code changes between the probe and the re-execution (the one window the probe leaves):
     in-flight requests finish, then binserve exits 4 and cleans up."""
@@ -233,7 +215,7 @@ SLEEP_APP = (APPS / "supervision_app.py").read_text()
 
 
 def test_touch_reload_gives_new_workers_under_the_same_master(
-    serve: Callable[..., Server], app_file: Callable[[str], Path], tmp_path: Path
+    serve: Serve, app_file: AppFile, tmp_path: Path
 ) -> None:
     trigger = tmp_path / "reload.trigger"
     trigger.write_text("")

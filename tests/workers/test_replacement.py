@@ -16,27 +16,22 @@ import re
 import signal
 import time
 from collections import Counter
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from binserve.testing import (
-    Nginx,
-    Server,
+    Serve,
+    StartNginx,
     answers_in_background,
     exchange,
-    location,
     read_stats,
     request_packet,
     touch_ahead,
     wait_for,
 )
 
-from support import APPS, get, serve_limited
-from support import PROCESS_APP as APP
+from support import APPS, AppFile, BehindNginx, get, serve_limited
 
 VERSION_APP = (APPS / "replacement_version.py").read_text()
 PID_APP = (APPS / "pid_app.py").read_text()
@@ -65,10 +60,7 @@ def wait_stats_up(path: Path) -> None:
 
 
 def test_chain_reload_onto_broken_code_stops_and_the_old_workers_serve_on(
-    serve: Callable[..., Server],
-    nginx: Callable[[str], Nginx],
-    app_file: Callable[[str], Path],
-    tmp_path: Path,
+    serve: Serve, nginx: StartNginx, app_file: AppFile, tmp_path: Path
 ) -> None:
     (tmp_path / "version.txt").write_text("v1")
     app = app_file(VERSION_APP)
@@ -77,7 +69,7 @@ def test_chain_reload_onto_broken_code_stops_and_the_old_workers_serve_on(
     server = serve(
         "--wsgi-file", str(app), "--lazy-apps", "--processes", "3", "--touch-chain-reload", str(trigger)
     )
-    front = nginx(location(server.socket))
+    front = nginx(server)
     wait_for(lambda: len(server.worker_pids()) == 3, 10, "three workers")
     before = server.worker_pids()
     assert front.request("GET", "/")[2].startswith(b"v1 ")
@@ -129,14 +121,8 @@ def test_chain_reload_onto_broken_code_stops_and_the_old_workers_serve_on(
 # -- 2. a master reload while a thread holds a request ----------------------------------------------
 
 
-def test_master_reload_lets_a_thread_finish_its_request(
-    serve: Callable[..., Server],
-    nginx: Callable[[str], Nginx],
-    app_file: Callable[[str], Path],
-    tmp_path: Path,
-) -> None:
-    server = serve("--wsgi-file", str(app_file(SLOW_APP)), "--processes", "1", "--threads", "2")
-    front = nginx(location(server.socket))
+def test_master_reload_lets_a_thread_finish_its_request(behind_nginx: BehindNginx, tmp_path: Path) -> None:
+    server, front = behind_nginx(SLOW_APP, "--processes", "1", "--threads", "2")
     (old,) = server.worker_pids()
     with ThreadPoolExecutor(1) as pool:
         slow = pool.submit(front.request, "GET", "/slow")
@@ -163,7 +149,7 @@ def test_master_reload_lets_a_thread_finish_its_request(
 
 
 def test_a_body_cut_short_is_counted_and_never_reaches_harakiri(
-    serve: Callable[..., Server], app_file: Callable[[str], Path], tmp_path: Path
+    serve: Serve, app_file: AppFile, tmp_path: Path
 ) -> None:
     stats = tmp_path / "stats.sock"
     server = serve(
@@ -200,10 +186,7 @@ def test_a_body_cut_short_is_counted_and_never_reaches_harakiri(
 
 
 def test_request_counts_stay_exact_across_replacements(
-    serve: Callable[..., Server],
-    nginx: Callable[[str], Nginx],
-    app_file: Callable[[str], Path],
-    tmp_path: Path,
+    serve: Serve, nginx: StartNginx, app_file: AppFile, tmp_path: Path
 ) -> None:
     stats = tmp_path / "stats.sock"
     server = serve(
@@ -219,7 +202,7 @@ def test_request_counts_stay_exact_across_replacements(
         str(stats),
     )
     wait_stats_up(stats)
-    front = nginx(location(server.socket))
+    front = nginx(server)
     total = 300
     answers = front.burst(total)
     assert [status for status, _, _ in answers] == [200] * total
@@ -265,13 +248,11 @@ def test_request_counts_stay_exact_across_replacements(
 
 
 def test_lazy_apps_respawn_onto_broken_code_does_not_stop_the_server(
-    serve: Callable[..., Server],
-    nginx: Callable[[str], Nginx],
-    app_file: Callable[[str], Path],
+    serve: Serve, nginx: StartNginx, app_file: AppFile
 ) -> None:
     app = app_file(PID_APP)
     server = serve("--wsgi-file", str(app), "--lazy-apps", "--processes", "2")
-    front = nginx(location(server.socket))
+    front = nginx(server)
     wait_for(lambda: len(server.worker_pids()) == 2, 10, "two workers")
     status, _, body = front.request("GET", "/")
     assert status == 200
@@ -301,14 +282,11 @@ def test_lazy_apps_respawn_onto_broken_code_does_not_stop_the_server(
 
 
 def test_a_replacement_that_never_accepts_is_killed_and_the_old_worker_serves_on(
-    serve: Callable[..., Server],
-    nginx: Callable[[str], Nginx],
-    app_file: Callable[[str], Path],
-    tmp_path: Path,
+    serve: Serve, nginx: StartNginx, app_file: AppFile, tmp_path: Path
 ) -> None:
     app = app_file(HANGING_APP)
     server = serve("--wsgi-file", str(app), "--lazy-apps", "--processes", "1", "--worker-reload-mercy", "2")
-    front = nginx(location(server.socket))
+    front = nginx(server)
     (old,) = server.worker_pids()
     (tmp_path / "hang").write_text("")
     os.kill(old, signal.SIGHUP)  # replace this worker: the replacement's import hangs
@@ -318,13 +296,8 @@ def test_a_replacement_that_never_accepts_is_killed_and_the_old_worker_serves_on
     assert front.request("GET", "/")[2] == str(old).encode()
 
 
-@pytest.fixture
-def app(app_file: Callable[[str], Path]) -> Path:
-    return app_file(APP)
-
-
-def test_worker_killed_with_sigkill_is_respawned(serve: Callable[..., Server], app: Path) -> None:
-    server = serve("--wsgi-file", str(app), "--processes", "3")
+def test_worker_killed_with_sigkill_is_respawned(serve: Serve, process_app: Path) -> None:
+    server = serve("--wsgi-file", str(process_app), "--processes", "3")
     before = server.wait_workers(3)
     victim = min(before)
     os.kill(victim, signal.SIGKILL)
@@ -343,10 +316,7 @@ def test_worker_killed_with_sigkill_is_respawned(serve: Callable[..., Server], a
 
 
 def test_a_replacement_that_cannot_be_forked_leaves_the_worker_serving(
-    account: pwd.struct_passwd,
-    home: Path,
-    venv_interpreter: None,
-    serve: Callable[..., Server],
+    account: pwd.struct_passwd, home: Path, venv_interpreter: None, serve: Serve
 ) -> None:
     """fork() failing for a worker's replacement (SIGHUP to the worker) must not end the master."""
     server, workers = serve_limited(serve, home)

@@ -20,6 +20,7 @@ import pytest
 from binserve import signals
 from binserve.testing import (
     EmperorProcess,
+    Serve,
     Server,
     alive,
     ping,
@@ -29,7 +30,7 @@ from binserve.testing import (
     wait_for,
 )
 
-from support import APPS, get, write_vassal
+from support import APPS, AppFile, get, stop_cleanly, write_vassal
 
 SLOW = (APPS / "attack_runtime_slow.py").read_text()
 
@@ -106,9 +107,7 @@ def test_the_table_covers_every_signal_that_would_end_or_stop_a_process() -> Non
     assert signals.received(signals.MASTER, signal.SIGRTMIN + 2) == "SIGRTMIN+2 received: no effect"
 
 
-def test_a_master_logs_signals_without_a_meaning_and_serves_on(
-    serve: Callable[..., Server], app_file: Callable[[str], Path]
-) -> None:
+def test_a_master_logs_signals_without_a_meaning_and_serves_on(serve: Serve, app_file: AppFile) -> None:
     server = serve("--wsgi-file", str(app_file(APP)))
     wait_for(lambda: len(server.worker_pids()) == 1, 10, "the worker")
     workers = server.worker_pids()
@@ -118,29 +117,31 @@ def test_a_master_logs_signals_without_a_meaning_and_serves_on(
 
     send_each(server.pid, server.log, lambda signum: f"{signals.name(signum)} received: no effect", serves)
     assert server.worker_pids() == workers
-    os.kill(server.pid, signal.SIGTERM)
-    assert server.proc.wait(10) == 0, server.log()
+    stop_cleanly(server)
     assert not server.socket.exists()
 
 
+def serve_importing(serve: Serve, app: Path) -> Server:
+    """binserve started on ``app``, its master still in the app's import (which the app marks)."""
+    server = serve("--wsgi-file", str(app), ready=False)
+    wait_for((app.parent / "importing").exists, 15, "the app's import to start")
+    return server
+
+
 def test_a_signal_without_a_meaning_during_the_first_start_is_logged_once_the_master_runs(
-    serve: Callable[..., Server], app_file: Callable[[str], Path], tmp_path: Path
+    serve: Serve, app_file: AppFile, tmp_path: Path
 ) -> None:
-    server = serve("--wsgi-file", str(app_file(SLOW_IMPORT_APP)), ready=False)
-    wait_for((tmp_path / "importing").exists, 15, "the app's import to start")
+    server = serve_importing(serve, app_file(SLOW_IMPORT_APP))
     os.kill(server.pid, signal.SIGUSR1)
     os.kill(server.pid, signal.SIGRTMIN)
     (tmp_path / "go-on").touch()
     server.wait_ready()
     wait_for(lambda: "SIGRTMIN received: no effect" in server.log(), 10, "the held signals in the log")
     assert "SIGUSR1 received: no effect" in server.log()
-    os.kill(server.pid, signal.SIGTERM)
-    assert server.proc.wait(10) == 0, server.log()
+    stop_cleanly(server)
 
 
-def test_a_worker_logs_signals_without_a_meaning_and_serves_on(
-    serve: Callable[..., Server], app_file: Callable[[str], Path]
-) -> None:
+def test_a_worker_logs_signals_without_a_meaning_and_serves_on(serve: Serve, app_file: AppFile) -> None:
     server = serve("--wsgi-file", str(app_file(APP)))
     wait_for(lambda: len(server.worker_pids()) == 1, 10, "the worker")
     (worker,) = server.worker_pids()
@@ -151,8 +152,7 @@ def test_a_worker_logs_signals_without_a_meaning_and_serves_on(
     line = lambda signum: f"worker 1 (pid {worker}): {signals.name(signum)} received: no effect"  # noqa: E731
     send_each(worker, server.log, line, serves)
     assert server.worker_pids() == {worker}
-    os.kill(server.pid, signal.SIGTERM)
-    assert server.proc.wait(10) == 0, server.log()
+    stop_cleanly(server)
 
 
 @pytest.fixture
@@ -172,7 +172,7 @@ def emperor_process(tmp_path: Path) -> Iterator[Callable[[Path], EmperorProcess]
 
 @pytest.mark.process
 def test_an_emperor_logs_signals_without_a_meaning_and_its_vassals_serve_on(
-    tmp_path: Path, app_file: Callable[[str], Path], emperor_process: Callable[[Path], EmperorProcess]
+    tmp_path: Path, app_file: AppFile, emperor_process: Callable[[Path], EmperorProcess]
 ) -> None:
     vassals = tmp_path / "vassals"
     vassals.mkdir()
@@ -197,7 +197,7 @@ def test_an_emperor_logs_signals_without_a_meaning_and_its_vassals_serve_on(
 
 @pytest.mark.parametrize("when", ["in a request", "at a lazy app's import"])
 def test_a_process_the_app_forks_dies_of_sigterm_and_the_worker_serves_on(
-    serve: Callable[..., Server], app_file: Callable[[str], Path], when: str
+    serve: Serve, app_file: AppFile, when: str
 ) -> None:
     app = str(app_file(FORKING_APP))
     if when == "in a request":
@@ -212,8 +212,7 @@ def test_a_process_the_app_forks_dies_of_sigterm_and_the_worker_serves_on(
     assert fetch(server.socket, "/start").split()[0] == str(worker)
     os.kill(worker, 0)  # still there: it was not told to stop by its child's signal
     assert "recycl" not in server.log() and "exited" not in server.log()
-    os.kill(server.pid, signal.SIGTERM)
-    assert server.proc.wait(10) == 0, server.log()
+    stop_cleanly(server)
 
 
 RACE = """
@@ -265,7 +264,7 @@ with open(os.path.join(HERE, f"helper-of-{os.getpid()}"), "w") as out:
     ("when", "signum"), [("first start", signal.SIGUSR1), ("after a reload", signal.SIGTERM)]
 )
 def test_a_process_the_app_starts_at_import_gets_its_signals(
-    serve: Callable[..., Server], app_file: Callable[[str], Path], tmp_path: Path, when: str, signum: int
+    serve: Serve, app_file: AppFile, tmp_path: Path, when: str, signum: int
 ) -> None:
     """Signals held for the master while the app is imported (those without a meaning; after a
     reload the master's own too) are not held in the processes the app starts meanwhile."""
@@ -283,34 +282,25 @@ def test_a_process_the_app_starts_at_import_gets_its_signals(
         for path in tmp_path.glob("helper-of-*"):
             if alive(int(path.read_text())):
                 os.kill(int(path.read_text()), signal.SIGKILL)
-    os.kill(server.pid, signal.SIGTERM)
-    assert server.proc.wait(10) == 0, server.log()
+    stop_cleanly(server)
 
 
 def test_sighup_while_the_app_is_imported_at_startup_does_not_kill_the_master(
-    serve: Callable[..., Server], tmp_path: Path
+    serve: Serve, app_file: AppFile
 ) -> None:
     """SIGHUP has a meaning: sent while the master still imports the app, it must not end it silently."""
-    app = tmp_path / "app.py"
-    app.write_text(SLOW)
-    server = serve("--wsgi-file", str(app), ready=False)
-    wait_for((tmp_path / "importing").exists, 10, "the import to start")
+    server = serve_importing(serve, app_file(SLOW))
     os.kill(server.pid, signal.SIGHUP)
     server.wait_ready()
     assert get(server.socket)[0] == 200
-    os.kill(server.pid, signal.SIGTERM)
-    assert server.proc.wait(10) == 0, server.log()
+    stop_cleanly(server)
 
 
 def test_sigterm_while_the_app_is_imported_at_startup_is_logged_and_cleans_up(
-    serve: Callable[..., Server], tmp_path: Path
+    serve: Serve, app_file: AppFile
 ) -> None:
-    app = tmp_path / "app.py"
-    app.write_text(SLOW)
-    server = serve("--wsgi-file", str(app), ready=False)
-    wait_for((tmp_path / "importing").exists, 10, "the import to start")
-    os.kill(server.pid, signal.SIGTERM)
-    assert server.proc.wait(10) == 0, server.log()
+    server = serve_importing(serve, app_file(SLOW))
+    stop_cleanly(server)
     assert "SIGTERM received while the app was being imported: stopped" in server.log(), server.log()
     assert not server.socket.exists()
 
@@ -319,11 +309,10 @@ HELPER_PID = (APPS / "attack_runtime_helper_pid.py").read_text()
 
 
 def test_a_helper_the_app_forks_at_import_blocks_no_signal(
-    serve: Callable[..., Server], tmp_path: Path
+    serve: Serve, app_file: AppFile, tmp_path: Path
 ) -> None:
     """Signals binserve holds while it starts are not held in a helper the app forks meanwhile."""
-    app = tmp_path / "app.py"
-    app.write_text(HELPER_PID)
+    app = app_file(HELPER_PID)
     serve("--wsgi-file", str(app))
     helper = tmp_path / "helper"
     wait_for(helper.exists, 10, "the helper")

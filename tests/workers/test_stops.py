@@ -10,37 +10,23 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from binserve.testing import (
-    Server,
-    connect,
-    read_all,
-    request_packet,
-    send,
-    wait_for,
-)
+from binserve.testing import Serve, connect, read_all, request_packet, send, wait_for
 
-from support import APPS, SLOW_BODY, calls, group_processes, start_slow, status_body
-from support import PROCESS_APP as APP
+from support import APPS, SLOW_BODY, AppFile, calls, group_processes, serve_busy, start_slow, status_body
 from support import get_bytes as get
-
-
-@pytest.fixture
-def app(app_file: Callable[[str], Path]) -> Path:
-    return app_file(APP)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_graceful_stop_finishes_request_and_leaves_nothing(
-    serve: Callable[..., Server], app: Path, tmp_path: Path, pool: ThreadPoolExecutor, signum: int
+    serve: Serve, process_app: Path, tmp_path: Path, pool: ThreadPoolExecutor, signum: int
 ) -> None:
     pidfile = tmp_path / "binserve.pid"
-    server = serve("--wsgi-file", str(app), "--processes", "2", "--pidfile", str(pidfile))
+    server = serve("--wsgi-file", str(process_app), "--processes", "2", "--pidfile", str(pidfile))
     assert pidfile.read_text().strip() == str(server.pid)
     server.wait_workers(2)
 
@@ -57,9 +43,9 @@ def test_graceful_stop_finishes_request_and_leaves_nothing(
 
 
 def test_sigquit_stops_fast_and_cuts_the_request(
-    serve: Callable[..., Server], app: Path, tmp_path: Path, pool: ThreadPoolExecutor
+    serve: Serve, process_app: Path, tmp_path: Path, pool: ThreadPoolExecutor
 ) -> None:
-    server = serve("--wsgi-file", str(app), "--worker-reload-mercy", "30")
+    server = serve("--wsgi-file", str(process_app), "--worker-reload-mercy", "30")
 
     slow = start_slow(pool, tmp_path, lambda: get(server.socket, "/slow", "30", timeout=40))
     started = time.monotonic()
@@ -75,12 +61,9 @@ def test_sigquit_stops_fast_and_cuts_the_request(
 
 
 def test_graceful_stop_kills_a_worker_past_the_mercy(
-    serve: Callable[..., Server], app: Path, tmp_path: Path, pool: ThreadPoolExecutor
+    serve: Serve, process_app: Path, tmp_path: Path, pool: ThreadPoolExecutor
 ) -> None:
-    server = serve("--wsgi-file", str(app), "--worker-reload-mercy", "1")
-    (worker,) = server.wait_workers(1)
-
-    slow = start_slow(pool, tmp_path, lambda: get(server.socket, "/slow", "30", timeout=40))
+    server, worker, slow = serve_busy(serve, process_app, tmp_path, pool, "--worker-reload-mercy", "1")
     started = time.monotonic()
     os.kill(server.pid, signal.SIGTERM)
     server.proc.wait(timeout=10)
@@ -94,9 +77,9 @@ def test_graceful_stop_kills_a_worker_past_the_mercy(
     assert group_processes(server.pid) == ""
 
 
-def test_sigterm_right_after_sighup_stops_gracefully(serve: Callable[..., Server], app: Path) -> None:
+def test_sigterm_right_after_sighup_stops_gracefully(serve: Serve, process_app: Path) -> None:
     """A stop that arrives while the master re-executes itself is neither lost nor fatal."""
-    server = serve("--wsgi-file", str(app))
+    server = serve("--wsgi-file", str(process_app))
     server.wait_workers(1)
     os.kill(server.pid, signal.SIGHUP)
     deadline = time.monotonic() + 5
@@ -113,9 +96,9 @@ def test_sigterm_right_after_sighup_stops_gracefully(serve: Callable[..., Server
 
 
 def test_sigterm_serves_the_connections_already_queued(
-    serve: Callable[..., Server], app: Path, tmp_path: Path, pool: ThreadPoolExecutor
+    serve: Serve, process_app: Path, tmp_path: Path, pool: ThreadPoolExecutor
 ) -> None:
-    server = serve("--wsgi-file", str(app))
+    server = serve("--wsgi-file", str(process_app))
     server.wait_workers(1)
     slow = start_slow(pool, tmp_path, lambda: get(server.socket, "/slow", "0.5"))
     queued = []
@@ -139,11 +122,10 @@ HELPER = (APPS / "attack_runtime_helper.py").read_text()
 
 
 def test_after_the_master_is_killed_no_helper_of_the_app_keeps_the_socket_listening(
-    serve: Callable[..., Server], tmp_path: Path
+    serve: Serve, app_file: AppFile
 ) -> None:
     """Orphaned workers close the listeners, so connections are refused: no helper of the app holds them."""
-    app = tmp_path / "app.py"
-    app.write_text(HELPER)
+    app = app_file(HELPER)
     server = serve("--wsgi-file", str(app), "--processes", "2")
     os.kill(server.pid, signal.SIGKILL)
     server.proc.wait(5)
@@ -166,12 +148,17 @@ def test_after_the_master_is_killed_no_helper_of_the_app_keeps_the_socket_listen
 
 
 def test_a_lazy_worker_still_importing_when_the_master_is_killed_leaves_and_frees_the_socket(
-    serve: Callable[..., Server], tmp_path: Path
+    serve: Serve, app_file: AppFile, tmp_path: Path
 ) -> None:
     """An orphaned worker leaves within a bound, also one whose lazy import hangs."""
-    app = tmp_path / "app.py"
-    app.write_text(SLOW.replace("time.sleep(2)", "time.sleep(60)"))
-    server = serve("--wsgi-file", str(app), "--lazy-apps", "--worker-reload-mercy", "2", ready=False)
+    server = serve(
+        "--wsgi-file",
+        str(app_file(SLOW.replace("time.sleep(2)", "time.sleep(60)"))),
+        "--lazy-apps",
+        "--worker-reload-mercy",
+        "2",
+        ready=False,
+    )
     wait_for((tmp_path / "importing").exists, 10, "a worker's import to start")
     wait_for(lambda: len(server.worker_pids()) == 1, 10, "the worker")
     (worker,) = server.worker_pids()
@@ -188,11 +175,10 @@ BUSY = (APPS / "attack_runtime_busy.py").read_text()
 
 
 def test_sigquit_ends_a_worker_at_once_even_in_a_request(
-    serve: Callable[..., Server], tmp_path: Path
+    serve: Serve, app_file: AppFile, tmp_path: Path
 ) -> None:
     """The worker's SIGQUIT is "exit at once": not once the app's request is over."""
-    app = tmp_path / "app.py"
-    app.write_text(BUSY)
+    app = app_file(BUSY)
     server = serve("--wsgi-file", str(app))
     wait_for(lambda: len(server.worker_pids()) == 1, 10, "the worker")
     (worker,) = server.worker_pids()
@@ -202,11 +188,9 @@ def test_sigquit_ends_a_worker_at_once_even_in_a_request(
         wait_for(lambda: worker not in server.worker_pids(), 3, "the worker to exit")
 
 
-def test_sighup_during_a_graceful_stop_is_logged(serve: Callable[..., Server], tmp_path: Path) -> None:
+def test_sighup_during_a_graceful_stop_is_logged(serve: Serve, app_file: AppFile, tmp_path: Path) -> None:
     """No signal goes unsaid: a reload asked for while the workers finish their requests gets a line."""
-    app = tmp_path / "app.py"
-    app.write_text(BUSY)
-    server = serve("--wsgi-file", str(app), "--worker-reload-mercy", "3")
+    server = serve("--wsgi-file", str(app_file(BUSY)), "--worker-reload-mercy", "3")
     with send(server.socket, request_packet("/"), timeout=None):
         wait_for((tmp_path / "busy").exists, 10, "the request to start")
         os.kill(server.pid, signal.SIGTERM)
