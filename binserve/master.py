@@ -153,10 +153,12 @@ class Master:
     def _adopt_previous_image(self) -> bool:
         previous = previous_image()
         if previous:
-            self.retiring_pipe, pids = previous
+            self.retiring_pipe, handed = previous
             deadline = time.monotonic() + self.config.worker_reload_mercy
-            for pid in pids:
-                self.children.table[pid] = Child(pid, Role.RETIRING, kill_by=deadline, kill_why=MERCY_PASSED)
+            for pid, kill_by in handed.items():
+                self.children.table[pid] = Child(
+                    pid, Role.RETIRING, kill_by=min(kill_by, deadline), kill_why=MERCY_PASSED
+                )
         return previous is not None
 
     def _tell_emperor(self, message: int) -> None:
@@ -258,7 +260,7 @@ class Master:
         if self.phase is Phase.RELOADING:
             assert self.wake is not None
             stats = self.stats.listener if self.stats else None
-            children = [child.pid for child in self.children.workers()]
+            children = [(child.pid, child.kill_by) for child in self.children.workers()]
             reexec(self.wake, self.pending, self.listeners, stats, self.life_w, children, self.start_cwd)
         self.supervise()
 

@@ -66,12 +66,13 @@ def reexec(
     listeners: list[Listener],
     stats: Listener | None,
     life_w: int,
-    workers: Iterable[int],
+    workers: Iterable[tuple[int, float]],
     cwd: str,
 ) -> NoReturn:
     """Replace this process with a fresh binserve that inherits the sockets and the ``workers``.
 
-    ``pending``: signal numbers read from ``wake`` and not handled yet.
+    ``pending``: signal numbers read from ``wake`` and not handled yet. ``workers``: each
+    worker's pid and its SIGKILL deadline (``math.inf`` for none yet).
     """
     signals.block(signals.MASTER)
     # Signals already turned into bytes would die with the pipe on exec: make them pending
@@ -82,9 +83,10 @@ def reexec(
     hand_over(listeners)
     hand_over([stats] if stats else [], STATS_INHERIT_ENV)
     os.set_inheritable(life_w, True)
-    # Workers of an earlier image still finishing are handed on too, so the next image
-    # keeps their deadline and reaps them.
-    os.environ[RETIRING_ENV] = f"{life_w}:{','.join(map(str, workers))}"
+    # Workers of an earlier image still finishing are handed on too, with their deadline, so
+    # the next image reaps them and reloads in a row cannot keep one alive past its mercy
+    # (the monotonic clock is the system's, the same after exec).
+    os.environ[RETIRING_ENV] = f"{life_w}:{','.join(f'{pid}@{kill_by!r}' for pid, kill_by in workers)}"
     os.chdir(cwd)
     sys.stdout.flush()
     sys.stderr.flush()
@@ -92,13 +94,18 @@ def reexec(
     os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
 
 
-def previous_image() -> tuple[int, set[int]] | None:
-    """The life pipe and worker pids a reloading image handed over, if this is a reload."""
+def previous_image() -> tuple[int, dict[int, float]] | None:
+    """The life pipe and the workers (pid -> SIGKILL deadline) a reloading image handed over,
+    if this is a reload."""
     spec = os.environ.pop(RETIRING_ENV, "")
     if not spec:
         return None
-    fd, _, pids = spec.partition(":")
-    return int(fd), {int(p) for p in pids.split(",") if p}
+    fd, _, workers = spec.partition(":")
+    handed: dict[int, float] = {}
+    for worker in filter(None, workers.split(",")):
+        pid, _, kill_by = worker.partition("@")
+        handed[int(pid)] = float(kill_by)
+    return int(fd), handed
 
 
 def abandon_reload(mercy: float) -> None:
@@ -110,7 +117,8 @@ def abandon_reload(mercy: float) -> None:
     previous = previous_image()
     if not previous:
         return
-    pipe, retiring = previous
+    pipe, handed = previous
+    retiring = set(handed)
     os.close(pipe)
     for pid in retiring:
         kill_quietly(pid, signal.SIGTERM)

@@ -175,6 +175,26 @@ def test_second_sighup_keeps_track_of_workers_still_retiring(
     assert get(server.socket, "/")[0] == 200
 
 
+def test_reloads_in_a_row_keep_a_retiring_worker_to_its_first_deadline(
+    serve: Serve, process_app: Path, tmp_path: Path, pool: ThreadPoolExecutor
+) -> None:
+    """A worker frozen since before a reload is killed at its worker-reload-mercy even while reloads
+    keep coming: each new image inherits its deadline rather than starting another."""
+    server, first, slow = serve_busy(serve, process_app, tmp_path, pool, "--worker-reload-mercy", "3")
+    os.kill(first, signal.SIGSTOP)  # frozen: its own watchdog cannot end it, only the master can
+    reloaded = time.monotonic()
+    os.kill(server.pid, signal.SIGHUP)
+    while first in server.worker_pids() and time.monotonic() - reloaded < 10:
+        time.sleep(1)  # the pace of the reloads, not a wait for anything
+        os.kill(server.pid, signal.SIGHUP)
+    killed_after = time.monotonic() - reloaded
+    assert first not in server.worker_pids(), "the stuck worker outlived 10 s of reloads"
+    assert killed_after < 6, f"killed {killed_after:.1f} s after the first reload (mercy 3 s)"
+    assert re.search(rf"\(pid {first}\).*SIGKILL", server.log()), server.log()
+    assert slow.result(timeout=5)[0] != 200
+    wait_for(lambda: get(server.socket, "/")[0] == 200, 15, "the last image to serve")
+
+
 def test_a_new_image_that_fails_after_its_probe_passed_stops_cleanly(
     serve: Serve, app_file: AppFile, tmp_path: Path
 ) -> None:
