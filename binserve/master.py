@@ -490,6 +490,9 @@ class Master:
         if self.stats is not None:
             self.stats.close()
         log("master stopped")
+        # From here on a signal stays pending and dies with the process: the interpreter's
+        # shutdown restores default actions, and most would end it killed instead of exiting 0.
+        signals.block(signals.MASTER)
         self.phase = Phase.DONE
 
 

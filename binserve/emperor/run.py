@@ -110,6 +110,7 @@ class Emperor:
         if self.stats is not None:
             self.stats.close()
         log("emperor stopped: every vassal has exited")
+        signals.block(signals.EMPEROR)  # as the master does: a late signal must not change the exit
         return 0
 
     def step(self) -> None:

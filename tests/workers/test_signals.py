@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -119,6 +120,35 @@ def test_a_master_logs_signals_without_a_meaning_and_serves_on(serve: Serve, app
     assert server.worker_pids() == workers
     stop_cleanly(server)
     assert not server.socket.exists()
+
+
+def test_a_signal_without_a_meaning_during_the_stop_leaves_the_exit_code_0(
+    serve: Serve, app_file: AppFile
+) -> None:
+    """SIGUSR2 sent again and again while the master stops: it logs them, and still exits 0 (the
+    interpreter's shutdown restores default actions; a late one used to end it killed)."""
+    server = serve("--wsgi-file", str(app_file(APP)))
+    server.wait_workers(1)
+    done = threading.Event()
+
+    def flood() -> None:
+        while not done.is_set():
+            try:
+                os.kill(server.pid, signal.SIGUSR2)
+            except ProcessLookupError:
+                return
+            done.wait(0.0005)
+
+    flooding = threading.Thread(target=flood)
+    flooding.start()
+    try:
+        wait_for(lambda: "SIGUSR2 received: no effect" in server.log(), 10, "the first SIGUSR2")
+        os.kill(server.pid, signal.SIGTERM)
+        assert server.proc.wait(15) == 0, server.log()[-2000:]
+    finally:
+        done.set()
+        flooding.join(5)
+    assert "master stopped" in server.log()
 
 
 def serve_importing(serve: Serve, app: Path) -> Server:
