@@ -320,8 +320,7 @@ class Master:
         for action in actions:
             match action:
                 case supervision.Signal(pid, signum, line):
-                    if line:
-                        log(line)
+                    log(line)
                     kill_quietly(pid, signum)
                 case supervision.Kill(pid, line, again):
                     log(line)

@@ -5,13 +5,15 @@ the app, binding nothing): what it cannot read or import, the new image could no
 the reload is refused while the workers serve on. Otherwise the master re-executes itself with
 the listening sockets inherited, so the new code is loaded fresh while the old workers finish
 their requests; connections that arrive meanwhile wait in the listen backlog. The old image
-hands the new one its workers' pids and the write end of their life pipe in the environment:
+hands the new one its workers' pids, with their SIGKILL deadlines, and the write end of their
+life pipe in the environment:
 the new master adopts them as retiring, closes the pipe (they finish their requests and
 exit), and reaps them. A new image that cannot start lets them finish before it exits.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import sys
@@ -84,9 +86,8 @@ def reexec(
     hand_over([stats] if stats else [], STATS_INHERIT_ENV)
     os.set_inheritable(life_w, True)
     # Workers of an earlier image still finishing are handed on too, with their deadline, so
-    # the next image reaps them and reloads in a row cannot keep one alive past its mercy
-    # (the monotonic clock is the system's, the same after exec).
-    os.environ[RETIRING_ENV] = f"{life_w}:{','.join(f'{pid}@{kill_by!r}' for pid, kill_by in workers)}"
+    # the next image reaps them and reloads in a row cannot keep one alive past its mercy.
+    os.environ[RETIRING_ENV] = retiring_spec(life_w, workers)
     os.chdir(cwd)
     sys.stdout.flush()
     sys.stderr.flush()
@@ -94,18 +95,27 @@ def reexec(
     os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
 
 
-def previous_image() -> tuple[int, dict[int, float]] | None:
-    """The life pipe and the workers (pid -> SIGKILL deadline) a reloading image handed over,
-    if this is a reload."""
-    spec = os.environ.pop(RETIRING_ENV, "")
-    if not spec:
-        return None
+def retiring_spec(life_w: int, workers: Iterable[tuple[int, float]]) -> str:
+    """``FD:PID@DEADLINE,...``: the life pipe and each worker's SIGKILL deadline on the monotonic
+    clock, which is the system's and the same after exec (``inf``: none yet)."""
+    return f"{life_w}:{','.join(f'{pid}@{kill_by!r}' for pid, kill_by in workers)}"
+
+
+def parse_retiring(spec: str) -> tuple[int, dict[int, float]]:
+    """What :func:`retiring_spec` wrote; a bare PID (as an image before deadlines wrote) has none."""
     fd, _, workers = spec.partition(":")
     handed: dict[int, float] = {}
     for worker in filter(None, workers.split(",")):
         pid, _, kill_by = worker.partition("@")
-        handed[int(pid)] = float(kill_by)
+        handed[int(pid)] = float(kill_by) if kill_by else math.inf
     return int(fd), handed
+
+
+def previous_image() -> tuple[int, dict[int, float]] | None:
+    """The life pipe and the workers (pid -> SIGKILL deadline) a reloading image handed over,
+    if this is a reload."""
+    spec = os.environ.pop(RETIRING_ENV, "")
+    return parse_retiring(spec) if spec else None
 
 
 def abandon_reload(mercy: float) -> None:
@@ -118,19 +128,22 @@ def abandon_reload(mercy: float) -> None:
     if not previous:
         return
     pipe, handed = previous
-    retiring = set(handed)
     os.close(pipe)
-    for pid in retiring:
+    for pid in handed:
         kill_quietly(pid, signal.SIGTERM)
+    # Each keeps the deadline it came with, if that is sooner than the mercy from now.
     deadline = time.monotonic() + mercy
-    while retiring and time.monotonic() < deadline:
+    retiring = {pid: min(kill_by, deadline) for pid, kill_by in handed.items()}
+    while retiring:
+        now = time.monotonic()
+        for pid in [pid for pid, kill_by in retiring.items() if kill_by <= now]:
+            kill_quietly(pid, signal.SIGKILL)
+            del retiring[pid]
         try:
             pid, _ = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
             return
         if pid:
-            retiring.discard(pid)
-        else:
+            retiring.pop(pid, None)
+        elif retiring:
             time.sleep(0.05)
-    for pid in retiring:
-        kill_quietly(pid, signal.SIGKILL)

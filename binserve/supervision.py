@@ -11,7 +11,7 @@ The policies (harakiri, max-worker-lifetime, evil-reload-on-rss, the SIGKILL dea
 retries, chain reloads, touch-reload) read the table, the configuration, the time and what
 was measured, and return actions; the master's loop waits, plans, and carries the actions
 out (binserve/master.py). Nothing here reads a clock, a file or a process, so each policy is
-tested from tables of states and times (tests/test_master_plan.py).
+tested from tables of states and times (tests/workers/test_master_plan.py).
 """
 
 from __future__ import annotations
@@ -101,11 +101,11 @@ def has(table: Table, wid: int, role: Role) -> bool:
 # -- actions ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Signal:
-    """Send ``signum`` to ``pid``, logging ``line`` first (if any)."""
+    """Send ``signum`` to ``pid``, logging ``line`` first."""
 
     pid: int
     signum: int
-    line: str = ""
+    line: str
 
 
 @dataclass(frozen=True)

@@ -33,12 +33,15 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def layer_of(item: pytest.Item) -> str | None:
-    """The nearest layer mark: the test's own before its module's."""
+    """The test's layer mark (its own, else its module's: a test has one at most)."""
     return next((mark.name for mark in item.iter_markers() if mark.name in LAYERS), None)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
+        marked = {mark.name for mark in item.iter_markers() if mark.name in LAYERS}
+        if len(marked) > 1:  # -m selects on any mark: such a test would run in two layers
+            raise pytest.UsageError(f"{item.nodeid} is marked {' and '.join(sorted(marked))}: one layer each")
         if layer_of(item) is None:
             used = set(getattr(item, "fixturenames", ()))
             layer = "nginx" if used & NGINX_FIXTURES else "process" if used & PROCESS_FIXTURES else "unit"
@@ -58,7 +61,7 @@ def _unit_tests_start_no_process(request: pytest.FixtureRequest) -> Iterator[Non
         )
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(os, "fork", refuse)
-        patch.setattr(os, "posix_spawn", refuse)
+        for name in ("fork", "forkpty", "posix_spawn", "posix_spawnp", "system"):
+            patch.setattr(os, name, refuse)
         patch.setattr(subprocess.Popen, "_execute_child", refuse)
         yield

@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from binserve.reload import parse_retiring, retiring_spec
 from binserve.scoreboard import WorkerStats
 from binserve.supervision import (
     Action,
@@ -314,3 +315,23 @@ CHAIN_TOUCH_CASES = {
 @pytest.mark.parametrize(("mtimes", "running", "expected"), CHAIN_TOUCH_CASES.values(), ids=CHAIN_TOUCH_CASES)
 def test_touch_chain_reload(mtimes: dict[str, float | None], running: bool, expected: list[Action]) -> None:
     assert chain_touched({"/a": 1.0}, mtimes, [3, 1, 2], running) == expected
+
+
+# -- the reload handover: workers and their deadlines across the re-exec ----------------------------
+
+
+@pytest.mark.parametrize(
+    ("workers", "spec"),
+    [
+        ([], "7:"),
+        ([(101, math.inf)], "7:101@inf"),
+        ([(101, 12.5), (102, 1234567.891011)], "7:101@12.5,102@1234567.891011"),
+    ],
+)
+def test_the_retiring_spec_carries_each_deadline_exactly(workers: list[tuple[int, float]], spec: str) -> None:
+    assert retiring_spec(7, workers) == spec
+    assert parse_retiring(spec) == (7, dict(workers))
+
+
+def test_a_spec_without_deadlines_from_an_older_image_means_none_yet() -> None:
+    assert parse_retiring("7:101,102") == (7, {101: math.inf, 102: math.inf})

@@ -122,19 +122,15 @@ def test_a_master_logs_signals_without_a_meaning_and_serves_on(serve: Serve, app
     assert not server.socket.exists()
 
 
-def test_a_signal_without_a_meaning_during_the_stop_leaves_the_exit_code_0(
-    serve: Serve, app_file: AppFile
-) -> None:
-    """SIGUSR2 sent again and again while the master stops: it logs them, and still exits 0 (the
-    interpreter's shutdown restores default actions; a late one used to end it killed)."""
-    server = serve("--wsgi-file", str(app_file(APP)))
-    server.wait_workers(1)
+def stop_under_a_flood(proc: subprocess.Popen[bytes], log: Callable[[], str], line: str) -> int | None:
+    """SIGUSR2 sent to ``proc`` again and again (its log shows ``line`` for it), then SIGTERM: the
+    exit status, with the flood going on until the process is gone."""
     done = threading.Event()
 
     def flood() -> None:
         while not done.is_set():
             try:
-                os.kill(server.pid, signal.SIGUSR2)
+                os.kill(proc.pid, signal.SIGUSR2)
             except ProcessLookupError:
                 return
             done.wait(0.0005)
@@ -142,12 +138,23 @@ def test_a_signal_without_a_meaning_during_the_stop_leaves_the_exit_code_0(
     flooding = threading.Thread(target=flood)
     flooding.start()
     try:
-        wait_for(lambda: "SIGUSR2 received: no effect" in server.log(), 10, "the first SIGUSR2")
-        os.kill(server.pid, signal.SIGTERM)
-        assert server.proc.wait(15) == 0, server.log()[-2000:]
+        wait_for(lambda: line in log(), 10, "the first SIGUSR2 in the log")
+        os.kill(proc.pid, signal.SIGTERM)
+        return proc.wait(15)
     finally:
         done.set()
         flooding.join(5)
+
+
+def test_a_signal_without_a_meaning_during_the_stop_leaves_the_master_s_exit_code_0(
+    serve: Serve, app_file: AppFile
+) -> None:
+    """The interpreter's shutdown restores default actions: a late SIGUSR2 used to end a master that
+    had stopped cleanly killed by it."""
+    server = serve("--wsgi-file", str(app_file(APP)))
+    server.wait_workers(1)
+    code = stop_under_a_flood(server.proc, server.log, "SIGUSR2 received: no effect")
+    assert code == 0, server.log()[-2000:]
     assert "master stopped" in server.log()
 
 
@@ -222,6 +229,21 @@ def test_an_emperor_logs_signals_without_a_meaning_and_its_vassals_serve_on(
     assert emperor.master("one") == master
     os.kill(emperor.pid, signal.SIGTERM)
     assert emperor.proc.wait(15) == 0, emperor.log()
+    assert "emperor stopped: every vassal has exited" in emperor.log()
+
+
+@pytest.mark.process
+def test_a_signal_without_a_meaning_during_the_stop_leaves_the_emperor_s_exit_code_0(
+    tmp_path: Path, app_file: AppFile, emperor_process: Callable[[Path], EmperorProcess]
+) -> None:
+    vassals = tmp_path / "vassals"
+    vassals.mkdir()
+    sock = tmp_path / "one.sock"
+    write_vassal(vassals, "one", sock, app_file(APP), processes=1)
+    emperor = emperor_process(vassals)
+    emperor.wait_serving("one", sock)
+    line = "emperor: SIGUSR2 received: no effect"
+    assert stop_under_a_flood(emperor.proc, emperor.log, line) == 0, emperor.log()[-2000:]
     assert "emperor stopped: every vassal has exited" in emperor.log()
 
 
