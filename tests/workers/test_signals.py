@@ -193,30 +193,26 @@ def test_a_worker_logs_signals_without_a_meaning_and_serves_on(serve: Serve, app
 
 
 @pytest.fixture
-def emperor_process(tmp_path: Path) -> Iterator[Callable[[Path], EmperorProcess]]:
-    started: list[EmperorProcess] = []
-
-    def start(vassals: Path) -> EmperorProcess:
-        started.append(EmperorProcess(tmp_path, vassals, (), []))
-        return started[-1]
-
-    yield start
-    for process in started:
-        process.stop()
-    for process in started:
-        wait_for(process.all_gone, 10, "every vassal to be gone")
-
-
-@pytest.mark.process
-def test_an_emperor_logs_signals_without_a_meaning_and_its_vassals_serve_on(
-    tmp_path: Path, app_file: AppFile, emperor_process: Callable[[Path], EmperorProcess]
-) -> None:
+def one_vassal(tmp_path: Path, app_file: AppFile) -> Iterator[tuple[EmperorProcess, Path]]:
+    """An emperor serving one vassal, and that vassal's socket; torn down with every vassal gone."""
     vassals = tmp_path / "vassals"
     vassals.mkdir()
     sock = tmp_path / "one.sock"
     write_vassal(vassals, "one", sock, app_file(APP), processes=1)
-    emperor = emperor_process(vassals)
-    emperor.wait_serving("one", sock)
+    emperor = EmperorProcess(tmp_path, vassals, (), [])
+    try:
+        emperor.wait_serving("one", sock)
+        yield emperor, sock
+    finally:
+        emperor.stop()
+        wait_for(emperor.all_gone, 10, "every vassal to be gone")
+
+
+@pytest.mark.process
+def test_an_emperor_logs_signals_without_a_meaning_and_its_vassals_serve_on(
+    one_vassal: tuple[EmperorProcess, Path],
+) -> None:
+    emperor, sock = one_vassal
     wait_for(lambda: emperor.master("one") is not None, 10, "the vassal in the state file")
     master = emperor.master("one")
 
@@ -234,14 +230,9 @@ def test_an_emperor_logs_signals_without_a_meaning_and_its_vassals_serve_on(
 
 @pytest.mark.process
 def test_a_signal_without_a_meaning_during_the_stop_leaves_the_emperor_s_exit_code_0(
-    tmp_path: Path, app_file: AppFile, emperor_process: Callable[[Path], EmperorProcess]
+    one_vassal: tuple[EmperorProcess, Path],
 ) -> None:
-    vassals = tmp_path / "vassals"
-    vassals.mkdir()
-    sock = tmp_path / "one.sock"
-    write_vassal(vassals, "one", sock, app_file(APP), processes=1)
-    emperor = emperor_process(vassals)
-    emperor.wait_serving("one", sock)
+    emperor, _ = one_vassal
     line = "emperor: SIGUSR2 received: no effect"
     assert stop_under_a_flood(emperor.proc, emperor.log, line) == 0, emperor.log()[-2000:]
     assert "emperor stopped: every vassal has exited" in emperor.log()
