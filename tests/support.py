@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from binserve.config import ConfigError, load
-from binserve.testing import Nginx, Serve, Server, exchange, parse_response, request, request_packet, wait_for
+from binserve.testing import Nginx, Serve, Server, exchange, parse_response, request_packet, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 APPS = REPO / "tests" / "apps"  # the WSGI apps the tests serve
@@ -167,10 +167,10 @@ def good_vassal(vassal_dir: Path, app: Path) -> Path:
 def get(sock: Path, path: str = "/", query: str = "", timeout: float = 10.0) -> tuple[int, str]:
     """One GET straight to a vassal's socket over the uwsgi protocol: (status, body); (0, "") on error."""
     try:
-        response = request(sock, f"{path}?{query}" if query else path, timeout=timeout)
+        status, body = get_bytes(sock, path, query, timeout)
     except (OSError, AssertionError):
         return 0, ""
-    return response.status, response.text
+    return status, body.decode()
 
 
 # -- the process app (tests/apps/process_app.py): it records each call in ``calls`` next to it --
@@ -179,8 +179,10 @@ SLOW_BODY = b"".join(b"%05d" % i for i in range(20000))
 
 
 def get_bytes(address: str | Path, path: str, query: str = "", timeout: float = 10.0) -> tuple[int, bytes]:
-    """A GET straight over the uwsgi protocol: (status, body); (0, b"") when closed unanswered."""
-    return status_body(exchange(address, request_packet(f"{path}?{query}" if query else path), timeout))
+    """A GET straight over the uwsgi protocol: (status, body); (0, b"") when closed unanswered
+    (a worker killed in the request, a refused peer: the close may come as a reset)."""
+    packet = request_packet(f"{path}?{query}" if query else path)
+    return status_body(exchange(address, packet, timeout, reset_ends=True))
 
 
 def status_body(raw: bytes) -> tuple[int, bytes]:
