@@ -33,7 +33,7 @@ from .config import Config
 from .connection import RECV_CHUNK, BodyReadTimeout, ClientDisconnected, Connection, WriteTimeout, timeval
 from .environ import build_environ, make_base_environ, request_line, request_text
 from .listenq import listen_queue
-from .log import log, printable, write_line
+from .log import log, printable, write_request
 from .parking import Parked, Parking
 from .protocol import CLOSED, NEED_DATA, PONG, Decoder, Head, ProtocolError, RemoteProtocolError, decode_head
 from .protocol.modifiers import PING, VARS_MODIFIERS, describe
@@ -409,7 +409,7 @@ class Core:
             what = f"{environ.get('REMOTE_ADDR', '-')} {request_text(environ)}"
             if not what.isprintable():  # the common case pays this one test
                 what = printable(what)
-            write_line(
+            write_request(
                 f"[pid: {self.pid}|worker: {self.wid}|req: {n}] {what} "
                 f"=> {exchange.code} {conn.sent} bytes in {ms:.2f} ms\n"
             )

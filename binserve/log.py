@@ -45,6 +45,11 @@ def write_line(line: str) -> None:
         data = data[written:]
 
 
+def write_request(line: str) -> None:
+    """Write one request line where request lines go (today: with everything else, on stderr)."""
+    write_line(line)
+
+
 def redirect_to(path: str) -> None:
     """Point stdout and stderr (fds 1 and 2) at ``path``, appending, as uWSGI's logto does."""
     fd = open_append(path, 0o640)
