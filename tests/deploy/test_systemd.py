@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import configparser
 import json
+import os
 import re
 import shlex
 import shutil
@@ -26,7 +27,17 @@ from pathlib import Path
 import pytest
 
 from binserve.config import load
-from binserve.testing import Nginx, Process, Serve, StartEmperor, free_port, nginx_conf, wait_for
+from binserve.notify import STATUS_INTERVAL, Notifier
+from binserve.testing import (
+    Nginx,
+    Process,
+    Serve,
+    StartEmperor,
+    cmdline,
+    free_port,
+    nginx_conf,
+    wait_for,
+)
 from binserve.testing.client import request as uwsgi_request
 
 from support import APPS, REPO
@@ -101,6 +112,33 @@ NO_VARIABLES = dict.fromkeys(("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LIST
 
 
 # -- Type=notify ---------------------------------------------------------------------------------
+def test_status_updates_are_rate_limited_and_only_sent_when_changed(systemd: Systemd) -> None:
+    notifier = Notifier(str(systemd.path))
+    notifier.ready("1 workers, 0 requests served")
+    assert systemd.receive()[1]["READY"] == "1"
+    notifier.status("1 workers, 5 requests served")  # within STATUS_INTERVAL of the READY=1
+    notifier.status_at -= STATUS_INTERVAL
+    notifier.status("1 workers, 5 requests served")
+    notifier.status("1 workers, 6 requests served")  # within STATUS_INTERVAL of the one before
+    notifier.status_at -= STATUS_INTERVAL
+    notifier.status("1 workers, 6 requests served")
+    notifier.status_at -= STATUS_INTERVAL
+    notifier.status("1 workers, 6 requests served")  # unchanged
+    assert systemd.receive()[1] == {"STATUS": "1 workers, 5 requests served"}
+    assert systemd.receive()[1] == {"STATUS": "1 workers, 6 requests served"}
+    with pytest.raises(AssertionError, match="no message"):
+        systemd.receive(0.2)
+
+
+def test_an_abstract_notify_socket_is_reached(tmp_path: Path) -> None:
+    name = f"binserve-test-{os.getpid()}-{time.monotonic_ns()}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as receiver:
+        receiver.bind("\0" + name)
+        receiver.settimeout(10)
+        Notifier("@" + name).stopping("stopping (SIGTERM)")
+        assert receiver.recv(4096) == b"STOPPING=1\nSTATUS=stopping (SIGTERM)"
+
+
 @pytest.mark.process
 def test_master_notifies_ready_reloading_ready_stopping_in_order(
     serve: Serve, systemd: Systemd, tmp_path: Path
@@ -179,13 +217,16 @@ def test_emperor_is_the_service_and_its_vassals_do_not_notify(
 # -- socket activation -----------------------------------------------------------------------------
 LAUNCHER = """
 import os, socket, sys
-# argv: NAME=ADDRESS ... -- COMMAND...; ADDRESS: a unix path, HOST:PORT, dgram:PATH or file:PATH
+# argv: NAME=ADDRESS ... -- COMMAND...; ADDRESS: a unix path, HOST:PORT, dgram:PATH, file:PATH
+# or pair: (one end of a connected pair, as Accept=yes would pass a connection)
 split = sys.argv.index("--")
 fds, names = [], []
 for item in sys.argv[1:split]:
     name, _, address = item.partition("=")
     if address.startswith("file:"):
         fd = os.open(address[5:], os.O_RDONLY | os.O_CREAT)
+    elif address == "pair:":
+        fd = socket.socketpair()[0].detach()
     elif address.startswith("dgram:"):
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         sock.bind(address[6:])
@@ -245,13 +286,15 @@ def test_passed_sockets_without_socket_options_are_all_served(tmp_path: Path) ->
 
 @pytest.mark.process
 def test_socket_options_take_their_passed_socket_and_bind_the_rest(tmp_path: Path) -> None:
-    passed, bound = tmp_path / "passed.sock", tmp_path / "bound.sock"
+    passed, bound, port = tmp_path / "passed.sock", tmp_path / "bound.sock", free_port()
     options = ["--wsgi-file", str(APP), "--socket", str(bound), "--socket", "passed.sock"]
-    process = launch(tmp_path, [f"app={passed}"], *options)
+    options += ["--socket", f"127.0.0.1:{port}"]
+    process = launch(tmp_path, [f"app={passed}", f"tcp=127.0.0.1:{port}"], *options)
     try:
         wait_for(lambda: process.check_running() or bound.exists(), 20, "the bound socket")
         assert uwsgi_request(passed, "/").status == 200
         assert uwsgi_request(bound, "/").status == 200
+        assert uwsgi_request(f"127.0.0.1:{port}", "/").status == 200
     finally:
         assert process.stop() == 0
     assert passed.exists() and not bound.exists(), "vacuum is for the socket binserve bound, not systemd's"
@@ -274,6 +317,7 @@ def test_a_passed_socket_no_option_names_is_refused(tmp_path: Path) -> None:
     [
         ("file:notes.txt", "descriptor 3 (bad) is a regular file, not a socket"),
         ("dgram:dgram.sock", "descriptor 3 (bad) is a SOCK_DGRAM socket: uwsgi needs a stream socket"),
+        ("pair:", "descriptor 3 (bad) is not a listening socket (a connection, as Accept=yes passes"),
     ],
 )
 def test_a_passed_descriptor_binserve_cannot_serve_is_a_startup_error(
@@ -318,6 +362,8 @@ def test_service_is_type_notify_running_binserve_on_the_ini() -> None:
     service = unit(CONF_DIR / "binserve.service")
     assert service["Service"]["Type"] == "notify"
     assert service["Unit"]["Requires"] == "binserve.socket"
+    assert service["Service"]["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    assert service["Service"]["KillSignal"] == "SIGTERM"
     argv = shlex.split(service["Service"]["ExecStart"])
     assert argv[0].endswith("/binserve") and argv[1:] == ["--ini", "/etc/binserve/app.ini"], argv
     config = load(["--worker-reload-mercy", "60"], {})  # the default mercy, which the unit relies on
@@ -383,6 +429,7 @@ def test_units_serve_through_the_nginx_site_with_systemd_socket_activate(
         conf = tmp_path / "nginx" / "nginx.conf"
         conf.write_text(nginx_conf(conf.parent, f"include {conf.parent / 'site.conf'};"))
         front = Nginx(conf, port)
+        assert Path(cmdline(process.pid)[0]).name == "systemd-socket-activate", "started before a connection"
         # The first connection starts binserve (systemd-socket-activate waits for it), and waits
         # in the backlog meanwhile.
         status, _, body = front.request("GET", "/")
