@@ -108,6 +108,12 @@ def _serve(config: Config, notifier: Notifier, passed: list[Listener]) -> int:
     created = [lst.spec for lst in listeners if lst.is_unix and lst.bound_here and not lst.is_abstract]
     if privileges.socket_owner and any(listener.is_abstract for listener in listeners):
         log("chown-socket ignored for abstract sockets (@name): they have no file to give an owner")
+    modes = config.chmod_socket is not None or privileges.socket_owner
+    if modes and any(listener.activated for listener in listeners):
+        log(
+            "chmod-socket and chown-socket ignored for the sockets systemd passed: set SocketMode=, "
+            "SocketUser= and SocketGroup= in the .socket unit"
+        )
     if config.pidfile and not _write_pidfile(config.pidfile):
         return _give_up(config, opened, USAGE_ERROR, None)  # what is there is not ours to remove
     try:

@@ -36,6 +36,7 @@ from binserve.testing import (
     cmdline,
     free_port,
     nginx_conf,
+    read_stats,
     wait_for,
 )
 from binserve.testing.client import request as uwsgi_request
@@ -273,12 +274,20 @@ def failure(process: Process) -> str:
 def test_passed_sockets_without_socket_options_are_all_served(tmp_path: Path) -> None:
     port = free_port()
     unix = tmp_path / "passed.sock"
-    process = launch(tmp_path, [f"app={unix}", f"tcp=127.0.0.1:{port}"], "--wsgi-file", str(APP))
+    stats = tmp_path / "stats.sock"
+    options = ["--wsgi-file", str(APP), "--chmod-socket", "666", "--listen", "5", "--stats", str(stats)]
+    process = launch(tmp_path, [f"app={unix}", f"tcp=127.0.0.1:{port}"], *options)
     try:
         wait_for(lambda: process.check_running() or unix.exists(), 20, "the passed socket")
         answer = seen(unix)
         assert answer["import"] == answer["worker"] == answer["child"] == NO_VARIABLES, answer
         assert seen(f"127.0.0.1:{port}")["worker"] == NO_VARIABLES
+        # The launcher's (systemd's) mode and backlog stand: chmod-socket and listen are for sockets
+        # binserve binds.
+        assert unix.stat().st_mode & 0o777 != 0o666
+        process.wait_log("chmod-socket and chown-socket ignored for the sockets systemd passed")
+        limits = {entry["name"]: entry["max_queue"] for entry in read_stats(stats)["sockets"]}
+        assert limits == {str(unix): 16, f"127.0.0.1:{port}": 16}, limits
     finally:
         assert process.stop() == 0
     assert unix.exists(), "binserve removed the socket file systemd owns"
@@ -295,6 +304,12 @@ def test_socket_options_take_their_passed_socket_and_bind_the_rest(tmp_path: Pat
         assert uwsgi_request(passed, "/").status == 200
         assert uwsgi_request(bound, "/").status == 200
         assert uwsgi_request(f"127.0.0.1:{port}", "/").status == 200
+        first = seen(passed)["pid"]
+        process.proc.send_signal(signal.SIGHUP)  # the new image finds each socket under its option
+        wait_for(lambda: process.log().count("master ready") == 2, 20, "the reload")
+        assert seen(passed)["pid"] != first
+        assert uwsgi_request(f"127.0.0.1:{port}", "/").status == 200
+        assert "cannot bind" not in process.log(), process.log()
     finally:
         assert process.stop() == 0
     assert passed.exists() and not bound.exists(), "vacuum is for the socket binserve bound, not systemd's"
