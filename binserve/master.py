@@ -86,7 +86,7 @@ class Master:
         self.emperor_fd = emperor_fd_from_env()
         # A vassal's emperor is the service systemd watches: the vassal tells only the emperor.
         self.notifier = notifier if notifier is not None and self.emperor_fd is None else Notifier(None)
-        self.notified_ready = False  # READY=1 sent for this image (once its first worker accepts)
+        self.notified_ready = False  # READY=1 sent to systemd for this image (once its first worker accepts)
         self.board = Scoreboard(config.processes, config.threads)
         self.children = Children(config, self.board, self.running, self._serve_as_worker, self.boot_failed)
         self.stats = (
@@ -376,7 +376,7 @@ class Master:
         for kind, pid in NOTICE.iter_unpack(data[: len(data) // NOTICE.size * NOTICE.size]):
             if kind == NOTE_ACCEPTING:
                 self.children.on_accepting(pid)
-                if not self.notified_ready and self.running():
+                if self.notifier.active and not self.notified_ready and self.running():
                     # The first worker of this image accepts: a request sent now is served.
                     self.notified_ready = True
                     self.notifier.ready(self.status_line())
@@ -436,7 +436,8 @@ class Master:
         """Serve on with the same workers; a vassal tells its emperor the reload is over."""
         log(f"{why}; the workers serve on")
         self._tell_emperor(MSG_ACCEPTING)
-        self.notifier.ready(f"reload refused; {self.status_line()}")
+        if self.notifier.active:
+            self.notifier.ready(f"reload refused; {self.status_line()}")
 
     def handle_term(self) -> None:
         """Graceful stop: workers finish their request and the queued ones, then exit."""

@@ -137,6 +137,8 @@ class Emperor:
     def _notify(self) -> None:
         """systemd: READY=1 once the vassals of the first scan have started (or failed to), then
         the vassals' states in STATUS= now and then."""
+        if not self.notifier.active:
+            return
         counts: dict[str, int] = {}
         for vassal in self.vassals.values():
             counts[vassal.state.value] = counts.get(vassal.state.value, 0) + 1

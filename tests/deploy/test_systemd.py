@@ -109,6 +109,16 @@ def seen(address: str | Path) -> dict[str, object]:
     return answer
 
 
+def old_workers_gone(process: Process, count: int) -> None:
+    """Wait until the ``count`` workers of the image before a reload have exited.
+
+    A connection that arrives while one of them is between an epoll wakeup for it and closing
+    its listeners (EPOLLEXCLUSIVE woke that one alone) waits for the next connection or a signal
+    to wake a new worker: the requests below must not depend on that.
+    """
+    wait_for(lambda: process.log().count("old worker (pid") == count, 20, f"{count} old workers to exit")
+
+
 NO_VARIABLES = dict.fromkeys(("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"))
 
 
@@ -162,6 +172,7 @@ def test_master_notifies_ready_reloading_ready_stopping_in_order(
     assert 0 <= now - int(reloading["MONOTONIC_USEC"]) < 20_000_000, reloading
     pid, ready = systemd.next_state()
     assert pid == server.pid and ready["READY"] == "1" and ready["MAINPID"] == str(server.pid), ready
+    old_workers_gone(server, 2)
     after = seen(server.socket)
     assert after["pid"] != before["pid"], "the reload did not start new workers"
     assert after["import"] == after["worker"] == after["child"] == NO_VARIABLES, after
@@ -307,6 +318,7 @@ def test_socket_options_take_their_passed_socket_and_bind_the_rest(tmp_path: Pat
         first = seen(passed)["pid"]
         process.proc.send_signal(signal.SIGHUP)  # the new image finds each socket under its option
         wait_for(lambda: process.log().count("master ready") == 2, 20, "the reload")
+        old_workers_gone(process, 1)
         assert seen(passed)["pid"] != first
         assert uwsgi_request(f"127.0.0.1:{port}", "/").status == 200
         assert "cannot bind" not in process.log(), process.log()
@@ -457,6 +469,7 @@ def test_units_serve_through_the_nginx_site_with_systemd_socket_activate(
         process.proc.send_signal(signal.SIGHUP)
         assert "RELOADING" in systemd.next_state()[1]
         assert "READY" in systemd.next_state()[1]
+        old_workers_gone(process, 2)
         status, _, body = front.request("GET", "/")
         assert status == 200 and json.loads(body)["pid"] != first["pid"], (body, process.log())
         process.proc.send_signal(signal.SIGTERM)
