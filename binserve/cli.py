@@ -8,11 +8,13 @@ import traceback
 from collections.abc import Sequence
 
 from . import signals
+from .activation import take_passed
 from .app import AppLoadError, load_app, prepare_process
 from .config import Config, ConfigError, load
 from .emperor import Emperor, print_status
 from .log import log, redirect_to
 from .master import Master
+from .notify import Notifier
 from .privileges import PrivilegeError, Privileges, nginx_access_warnings
 from .reload import PROBE_ENV, RETIRING_ENV, abandon_reload
 from .safefile import write_replace
@@ -21,6 +23,7 @@ from .sockets import (
     PeerFilter,
     SocketError,
     absolute,
+    activated_inherited,
     address_key,
     inherited,
     open_all,
@@ -36,10 +39,17 @@ DEFAULT_MERCY = 60.0
 def main(argv: Sequence[str] | None = None) -> int:
     """Load the options and the app, bind the sockets, run the master. Returns the exit code."""
     signals.hold_without_meaning()
+    # Before anything else runs: what systemd hands to the service is not the app's.
+    notifier = Notifier.from_environ()
     config: Config | None = None
+    passed: list[Listener] = []
     try:
+        passed = take_passed()
         config = load(sys.argv[1:] if argv is None else argv)
-        code = _probe(config) if PROBE_ENV in os.environ else _serve(config)
+        code = _probe(config) if PROBE_ENV in os.environ else _serve(config, notifier, passed)
+    except SocketError as exc:
+        log(str(exc))
+        code = USAGE_ERROR
     except ConfigError as exc:
         who = "binserve reload probe" if PROBE_ENV in os.environ else "binserve"
         print(f"{who}: {exc}", file=sys.stderr)
@@ -53,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
-def _serve(config: Config) -> int:
+def _serve(config: Config, notifier: Notifier, passed: list[Listener]) -> int:
     if config.logto:
         try:
             redirect_to(config.logto)
@@ -67,9 +77,12 @@ def _serve(config: Config) -> int:
     if config.emperor_status:
         return print_status(config.emperor_status)
     if config.emperor:
-        return Emperor(config).run()
-    if not config.socket:
-        log("no socket given: set socket (a unix path or HOST:PORT)")
+        if passed:
+            log("socket activation: the emperor serves no socket itself; give each vassal its socket")
+            return USAGE_ERROR
+        return Emperor(config, notifier).run()
+    if not config.socket and not passed and not activated_inherited():
+        log("no socket given: set socket (a unix path or HOST:PORT), or let systemd pass one")
         return USAGE_ERROR
     start_cwd = os.getcwd()
     # Relative unix socket paths are relative to where binserve started, not to chdir.
@@ -78,7 +91,7 @@ def _serve(config: Config) -> int:
         # Names are resolved and the allow list parsed before anything is bound.
         privileges = Privileges.from_config(config)
         peers = PeerFilter(config.uwsgi_allow_from)
-        listeners = open_all(specs, config.listen, config.chmod_socket, config.socket_timeout, peers)
+        listeners = open_all(specs, config.listen, config.chmod_socket, config.socket_timeout, peers, passed)
     except (PrivilegeError, SocketError) as exc:
         log(str(exc))
         return USAGE_ERROR
@@ -95,6 +108,12 @@ def _serve(config: Config) -> int:
     created = [lst.spec for lst in listeners if lst.is_unix and lst.bound_here and not lst.is_abstract]
     if privileges.socket_owner and any(listener.is_abstract for listener in listeners):
         log("chown-socket ignored for abstract sockets (@name): they have no file to give an owner")
+    modes = config.chmod_socket is not None or privileges.socket_owner
+    if modes and any(listener.activated for listener in listeners):
+        log(
+            "chmod-socket and chown-socket ignored for the sockets systemd passed: set SocketMode=, "
+            "SocketUser= and SocketGroup= in the .socket unit"
+        )
     if config.pidfile and not _write_pidfile(config.pidfile):
         return _give_up(config, opened, USAGE_ERROR, None)  # what is there is not ours to remove
     try:
@@ -126,7 +145,7 @@ def _serve(config: Config) -> int:
     except Exception:
         log("cannot load the app, it raised:\n" + traceback.format_exc().rstrip())
         return _give_up(config, opened, APP_LOAD_ERROR, config.pidfile)
-    return Master(config, app, listeners, start_cwd, stats).run()
+    return Master(config, app, listeners, start_cwd, stats, notifier).run()
 
 
 def _stats_address(config: Config, specs: list[str], start_cwd: str) -> str | None:

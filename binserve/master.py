@@ -33,6 +33,7 @@ from . import signals, supervision
 from .children import MERCY_PASSED, Children
 from .config import Config
 from .log import log
+from .notify import Notifier
 from .reload import previous_image, reexec, start_probe
 from .scoreboard import Scoreboard, WorkerStats
 from .signals import kill_quietly
@@ -72,6 +73,7 @@ class Master:
         listeners: list[Listener],
         start_cwd: str,
         stats: Listener | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         self.config = config
         self.app = app
@@ -82,6 +84,9 @@ class Master:
         self.retiring_pipe: int | None = None  # the previous image's life pipe, until its workers are told
         self.pending = b""  # signal numbers read from the wakeup pipe, not yet handled
         self.emperor_fd = emperor_fd_from_env()
+        # A vassal's emperor is the service systemd watches: the vassal tells only the emperor.
+        self.notifier = notifier if notifier is not None and self.emperor_fd is None else Notifier(None)
+        self.notified_ready = False  # READY=1 sent to systemd for this image (once its first worker accepts)
         self.board = Scoreboard(config.processes, config.threads)
         self.children = Children(config, self.board, self.running, self._serve_as_worker, self.boot_failed)
         self.stats = (
@@ -216,9 +221,10 @@ class Master:
             self.selector.close()
             if self.stats is not None:
                 self.stats.sock.close()
-            # Counters are kept only when someone reads them (stats, harakiri): the request
-            # path stays lean otherwise.
-            keep = self.stats is not None or self.config.harakiri
+            self.notifier.close()
+            # Counters are kept only when someone reads them (stats, harakiri, systemd's
+            # status line): the request path stays lean otherwise.
+            keep = self.stats is not None or self.config.harakiri or self.notifier.active
             board = self.board if keep else None
             life, notify = self.life_r, self.notify_w
             code = run_worker(
@@ -261,6 +267,7 @@ class Master:
             assert self.wake is not None
             stats = self.stats.listener if self.stats else None
             children = [(child.pid, child.kill_by) for child in self.children.workers()]
+            self.notifier.hand_over()
             reexec(self.wake, self.pending, self.listeners, stats, self.life_w, children, self.start_cwd)
         self.supervise()
 
@@ -288,6 +295,8 @@ class Master:
             self.act(supervision.touched(self.touched, {path: _mtime(path) for path in self.touched}))
         if running and now >= self.next_periodic:
             self.next_periodic = now + 1.0
+            if self.notified_ready:
+                self.notifier.status(self.status_line())
             if self.chain_touched:
                 mtimes = {path: _mtime(path) for path in self.chain_touched}
                 chaining = bool(self.children.chain) or self.children.chain_wait is not None
@@ -299,6 +308,12 @@ class Master:
                 self.act(supervision.memory(table, self.measure(), config.evil_reload_on_rss))
             self.act(supervision.retries(seats, now))
         self.act(supervision.deadlines(table, self.phase, self.stop_deadline, now))
+
+    def status_line(self) -> str:
+        """What ``systemctl status`` shows: the workers serving and the requests this image served."""
+        workers = len(having(self.children.table, Role.WORKER))
+        served = sum(self.board.read(wid).requests for wid in self.children.seats)
+        return f"{workers} workers, {served} requests served"
 
     def readings(self) -> dict[int, WorkerStats]:
         """The scoreboard place of every process of this image that may be in a request, by pid."""
@@ -361,6 +376,10 @@ class Master:
         for kind, pid in NOTICE.iter_unpack(data[: len(data) // NOTICE.size * NOTICE.size]):
             if kind == NOTE_ACCEPTING:
                 self.children.on_accepting(pid)
+                if self.notifier.active and not self.notified_ready and self.running():
+                    # The first worker of this image accepts: a request sent now is served.
+                    self.notified_ready = True
+                    self.notifier.ready(self.status_line())
             elif kind == NOTE_RECYCLING:
                 self.children.on_recycling(pid)
 
@@ -390,6 +409,7 @@ class Master:
             return
         self.children.table[pid] = Child(pid, Role.PROBE, kill_by=deadline, kill_why=MERCY_PASSED)
         log(f"{why}: graceful reload, checking that the new image loads (probe pid {pid})")
+        self.notifier.reloading(f"reloading ({why}): checking that the new image loads")
 
     def probe(self) -> Child | None:
         """The probe of the new image, while a reload waits for it."""
@@ -416,6 +436,8 @@ class Master:
         """Serve on with the same workers; a vassal tells its emperor the reload is over."""
         log(f"{why}; the workers serve on")
         self._tell_emperor(MSG_ACCEPTING)
+        if self.notifier.active:
+            self.notifier.ready(f"reload refused; {self.status_line()}")
 
     def handle_term(self) -> None:
         """Graceful stop: workers finish their request and the queued ones, then exit."""
@@ -428,6 +450,7 @@ class Master:
     def handle_quit(self) -> None:
         """Fast stop: kill the workers now."""
         log("SIGQUIT: fast stop, killing workers")
+        self.notifier.stopping("fast stop (SIGQUIT)")
         self.cancel_probe()
         for child in self.children.workers():
             kill_quietly(child.pid, signal.SIGKILL)
@@ -440,6 +463,7 @@ class Master:
             return
         mercy = self.config.worker_reload_mercy
         log(f"{why}: graceful stop, workers have {mercy:g} s to finish")
+        self.notifier.stopping(f"stopping ({why})")
         self.cancel_probe()
         self.phase = Phase.STOPPING
         self.stop_deadline = time.monotonic() + mercy
