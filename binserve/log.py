@@ -108,6 +108,7 @@ class Sink:
     def __init__(self, spec: LoggerSpec, fd: int) -> None:
         self.spec = spec
         self.fd = fd
+        self.datagrams = spec.kind == "syslog"  # read for every line: one attribute, not two
         self.head = f"<{spec.facility * 8 + _INFO}>".encode()  # syslog: before the date and the tag
 
     @property
@@ -117,7 +118,7 @@ class Sink:
     def write(self, line: str) -> None:
         """Write one line (a trailing newline included) with one ``write``."""
         data = line.encode("utf-8", "backslashreplace")
-        if self.spec.kind == "syslog":
+        if self.datagrams:
             self._send(data)
         else:
             _write_all(self.fd, data)
