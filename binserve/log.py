@@ -330,6 +330,8 @@ class LineWriter(io.TextIOBase):
         return True
 
     def write(self, text: str) -> int:  # type: ignore[override]
+        if not isinstance(text, str):  # as sys.stdout refuses bytes: they belong in .buffer
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
         self.write_bytes(text.encode("utf-8", self._errors))
         return len(text)
 
