@@ -338,7 +338,8 @@ class Master:
                 kill_quietly(child.pid, signal.SIGUSR1)
         for problem in problems:
             log(f"{why}: cannot reopen {problem}; logging on to the file as it was")
-        log(f"{why}: log files reopened; {self.summary()}")
+        done = f"{len(problems)} log file(s) not reopened (above)" if problems else "log files reopened"
+        log(f"{why}: {done}; {self.summary()}")
 
     def summary(self) -> str:
         """One line of the stats, for the operator who sent SIGUSR1."""

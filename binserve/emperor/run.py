@@ -172,9 +172,9 @@ class Emperor:
         """SIGUSR1: reopen the emperor's logs, then every vassal's (one signal rotates a whole host)."""
         for problem in reopen():
             log(f"emperor: SIGUSR1: cannot reopen {problem}; logging on to the file as it was")
-        running = [vassal for vassal in self.vassals.values() if vassal.pid is not None]
-        for vassal in running:
-            kill_quietly(vassal.pid, signal.SIGUSR1)  # type: ignore[arg-type]
+        running = [vassal.pid for vassal in self.vassals.values() if vassal.pid is not None]
+        for pid in running:
+            kill_quietly(pid, signal.SIGUSR1)
         states = ", ".join(
             f"{os.path.basename(v.path)} {v.state.value}" + (f" (pid {v.pid})" if v.pid else "")
             for v in sorted(self.vassals.values(), key=lambda v: v.path)

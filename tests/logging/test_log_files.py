@@ -323,6 +323,7 @@ def test_a_log_file_that_cannot_be_reopened_is_named_and_kept(serve: Serve, tmp_
     os.kill(server.pid, signal.SIGUSR1)
     line = f"SIGUSR1: cannot reopen {log}: Is a directory; logging on to the file as it was"
     wait_for(lambda: line in read(tmp_path / "app.log.1"), 10, "the refusal in the old file")
+    assert "SIGUSR1: 1 log file(s) not reopened (above); 1 workers (" in read(tmp_path / "app.log.1")
     wait_for(lambda: "worker 1: cannot reopen" in read(tmp_path / "app.log.1"), 10, "the worker's refusal")
     assert server.request("/?req=7").status == 200
     logged(tmp_path / "app.log.1", count=1)
