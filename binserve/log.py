@@ -336,9 +336,9 @@ class LineWriter(io.TextIOBase):
         return len(text)
 
     def write_bytes(self, data: bytes) -> None:
-        pending: bytearray | None = getattr(self._pending, "data", None)
+        pending: _Pending | None = getattr(self._pending, "data", None)
         if pending is None:
-            pending = self._pending.data = bytearray()
+            pending = self._pending.data = _Pending(self._fd)
         pending += data
         end = pending.rfind(b"\n") + 1
         if end == 0 and len(pending) < _MAX_PENDING:
@@ -349,11 +349,23 @@ class LineWriter(io.TextIOBase):
         _write_all(self._fd, out)
 
     def flush(self) -> None:
-        pending: bytearray | None = getattr(self._pending, "data", None)
+        pending: _Pending | None = getattr(self._pending, "data", None)
         if pending:
             out = bytes(pending)
             pending.clear()
             _write_all(self._fd, out)
+
+
+class _Pending(bytearray):
+    """A thread's unfinished line: written when the thread ends, as a shared buffer would have been."""
+
+    def __init__(self, fd: int) -> None:
+        super().__init__()
+        self.fd = fd
+
+    def __del__(self) -> None:
+        if self:
+            _write_all(self.fd, bytes(self))
 
 
 class _LineBytes(io.RawIOBase):

@@ -47,6 +47,11 @@ def test_bytes_go_through_buffer_and_a_flush_writes_a_partial_line(tmp_path: Pat
         os.read(read_end, 100)  # nothing before the newline or a flush
     out.flush()
     assert os.read(read_end, 100) == "café partial".encode()
+    ended = threading.Thread(target=out.write, args=("a thread's last words",))
+    ended.start()
+    ended.join()
+    del ended
+    assert os.read(read_end, 100) == b"a thread's last words"  # written when its thread ended
     with pytest.raises(TypeError):
         out.write(b"bytes")  # type: ignore[arg-type]
     os.close(read_end)
