@@ -83,6 +83,7 @@ def test_a_log_file_that_is_a_link_or_a_directory_stops_the_start(tmp_path: Path
         )
         assert done.returncode == 2
         assert done.stderr.startswith(f"binserve: {option[2:]} file:{target}: {why}"), done.stderr
+        assert done.stderr.count("\n") == 1
     assert not (tmp_path / "elsewhere.log").exists() and not (tmp_path / "s.sock").exists()
 
 
