@@ -59,7 +59,7 @@ def test_logto_and_logger_together_are_refused() -> None:
     )
 
 
-def test_log_date_formats(tmp_path: Path) -> None:
+def test_log_date_formats(in_tmp: Path) -> None:
     assert load([], {}).log_date == DEFAULT_DATE
     assert load(["--log-date", "%H:%M"], {}).log_date == "%H:%M"
     Path("bare.ini").write_text("[uwsgi]\nlogdate\n")
