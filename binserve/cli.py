@@ -12,7 +12,7 @@ from .activation import take_passed
 from .app import AppLoadError, load_app, prepare_process
 from .config import Config, ConfigError, load
 from .emperor import Emperor, print_status
-from .log import log, redirect_to
+from .log import LoggerSpec, SinkError, log, setup
 from .master import Master
 from .notify import Notifier
 from .privileges import PrivilegeError, Privileges, nginx_access_warnings
@@ -64,16 +64,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(config: Config, notifier: Notifier, passed: list[Listener]) -> int:
-    if config.logto:
-        try:
-            redirect_to(config.logto)
-        except OSError as exc:
-            # After a reload as the uid user, the file root opened may be closed to this user, or
-            # replaced by a link (refused); stdout and stderr, inherited through exec, still point at it.
-            if RETIRING_ENV not in os.environ:
-                print(f"binserve: logto {config.logto}: {exc.strerror}", file=sys.stderr)
-                return USAGE_ERROR
-            log(f"logto {config.logto}: {exc.strerror} as uid {os.getuid()}; logging on as before the reload")
+    code = _open_logs(config)
+    if code is not None:
+        return code
     if config.emperor_status:
         return print_status(config.emperor_status)
     if config.emperor:
@@ -146,6 +139,26 @@ def _serve(config: Config, notifier: Notifier, passed: list[Listener]) -> int:
         log("cannot load the app, it raised:\n" + traceback.format_exc().rstrip())
         return _give_up(config, opened, APP_LOAD_ERROR, config.pidfile)
     return Master(config, app, listeners, start_cwd, stats, notifier).run()
+
+
+def _open_logs(config: Config) -> int | None:
+    """Open the log and the request log; a failure stops the start, but not a reloaded image's.
+
+    After a reload as the uid user, a file root opened may be closed to this user, or replaced
+    by a link (refused); stdout and stderr, inherited through exec, still point at the old file.
+    """
+    logger, option = config.logger, "logger"
+    if config.logto:
+        logger, option = LoggerSpec("file", path=config.logto, text=config.logto), "logto"
+    reloaded = RETIRING_ENV in os.environ
+    try:
+        problems = setup(logger, config.req_logger, config.log_date, option, fallback=reloaded)
+    except SinkError as exc:
+        print(f"binserve: {exc}", file=sys.stderr)
+        return USAGE_ERROR
+    for problem in problems:
+        log(f"{problem} as uid {os.getuid()}; logging on as before the reload")
+    return None
 
 
 def _stats_address(config: Config, specs: list[str], start_cwd: str) -> str | None:

@@ -29,6 +29,7 @@ from typing import Any, NoReturn
 
 import psutil
 
+from . import log as logs
 from . import signals, supervision
 from .children import MERCY_PASSED, Children
 from .config import Config
@@ -97,6 +98,7 @@ class Master:
         self.cpu = CpuMeter()
         self.touched = {path: _mtime(path) for path in config.touch_reload}
         self.chain_touched = {path: _mtime(path) for path in config.touch_chain_reload}
+        self.log_touched = {path: _mtime(path) for path in config.touch_logreopen}
         self.recent = Recent()
         self.started = time.time()
         self.stop_deadline = 0.0
@@ -293,8 +295,12 @@ class Master:
             self.act(supervision.harakiri(table, self.readings(), config.harakiri, grace, time.time()))
         if self.touched and running:
             self.act(supervision.touched(self.touched, {path: _mtime(path) for path in self.touched}))
+        if self.log_touched:
+            self.check_log_touched()
         if running and now >= self.next_periodic:
             self.next_periodic = now + 1.0
+            if config.log_maxsize:
+                self.check_log_sizes()
             if self.notified_ready:
                 self.notifier.status(self.status_line())
             if self.chain_touched:
@@ -314,6 +320,58 @@ class Master:
         workers = len(having(self.children.table, Role.WORKER))
         served = sum(self.board.read(wid).requests for wid in self.children.seats)
         return f"{workers} workers, {served} requests served"
+
+    def check_log_touched(self) -> None:
+        """touch-logreopen: a watched file whose mtime changed reopens the logs, once for all of them."""
+        mtimes = {path: _mtime(path) for path in self.log_touched}
+        touched = [path for path, mtime in mtimes.items() if mtime != self.log_touched[path]]
+        self.log_touched = mtimes
+        if touched:
+            self.reopen_logs(f"{touched[0]} was touched")
+
+    def check_log_sizes(self) -> None:
+        """log-maxsize: a log file past it is renamed, and every process reopens its logs."""
+        rotated = []
+        for sink in logs.files():
+            try:
+                open_file, named = os.fstat(sink.fd), os.stat(sink.path)
+                # Only the file this process writes: one already renamed (by logrotate) is not ours to move.
+                if open_file.st_size <= self.config.log_maxsize or open_file.st_ino != named.st_ino:
+                    continue
+                backup = self.config.log_backupname if sink.fd == 2 else None  # the log's own file
+                rotated.append(f"{sink.path} ({open_file.st_size} bytes) to {logs.rotate(sink, backup)}")
+            except OSError as exc:
+                log(f"log-maxsize: cannot rotate {sink.path}: {exc.strerror}")
+        if rotated:
+            self.reopen_logs(f"log-maxsize {self.config.log_maxsize} bytes: renamed {', '.join(rotated)}")
+
+    def reopen_logs(self, why: str) -> None:
+        """Reopen this process's log files, then every worker's (each reopens its own)."""
+        problems = logs.reopen()
+        for child in self.children.table.values():
+            if child.role is not Role.PROBE:
+                kill_quietly(child.pid, signal.SIGUSR1)
+        for problem in problems:
+            log(f"{why}: cannot reopen {problem}; logging on to the file as it was")
+        done = f"{len(problems)} log file(s) not reopened (above)" if problems else "log files reopened"
+        log(f"{why}: {done}; {self.summary()}")
+
+    def summary(self) -> str:
+        """One line of the stats, for the operator who sent SIGUSR1."""
+        document = self.document()
+        workers = document["workers"]
+        rss = sum(worker["rss"] for worker in workers) / (1 << 20)
+        counted = self.stats is not None or self.config.harakiri
+        if counted:
+            busy = sum(worker["status"] == "busy" for worker in workers)
+            requests = sum(worker["requests"] for worker in workers)
+            activity = f"{busy} busy, {requests} requests served"
+        else:
+            activity = "requests not counted (set stats or harakiri)"
+        return (
+            f"{len(workers)} workers ({activity}), listen queue {document['listen_queue']}, "
+            f"workers' rss {rss:.1f} MB, up {document['uptime']:.0f} s"
+        )
 
     def readings(self) -> dict[int, WorkerStats]:
         """The scoreboard place of every process of this image that may be in a request, by pid."""
@@ -386,6 +444,10 @@ class Master:
     # -- signals ---------------------------------------------------------------------------
     def handle_chld(self) -> None:
         """Children changed state: reaped in ``reap`` after every step."""
+
+    def handle_usr1(self) -> None:
+        """Reopen the log files (logrotate's postrotate), everywhere, and log a summary of the stats."""
+        self.reopen_logs("SIGUSR1")
 
     def handle_hup(self) -> None:
         """Graceful reload: once a probe of the new image loads, re-execute with the sockets inherited."""

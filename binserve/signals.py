@@ -60,6 +60,7 @@ MASTER: Table = {
     signal.SIGINT: "graceful stop",
     signal.SIGQUIT: "fast stop: the workers are killed",
     signal.SIGCHLD: "reap the workers that exited",
+    signal.SIGUSR1: "reopen the log files, in every worker too, and log a summary of the stats",
 }
 WORKER: Table = {
     **_COMMON,
@@ -68,6 +69,7 @@ WORKER: Table = {
     signal.SIGINT: "finish the requests in hand and the queued connections, then exit",
     signal.SIGQUIT: "exit at once",
     signal.SIGCHLD: DEFAULT,
+    signal.SIGUSR1: "reopen the log files",
 }
 EMPEROR: Table = {
     **_COMMON,
@@ -76,6 +78,7 @@ EMPEROR: Table = {
     signal.SIGINT: "stop every vassal gracefully, then exit",
     signal.SIGQUIT: "stop every vassal gracefully, then exit",
     signal.SIGCHLD: "reap the vassals that exited",
+    signal.SIGUSR1: "reopen the log files, log a summary of the vassals, and pass SIGUSR1 to every vassal",
 }
 
 _installed: Table | None = None  # the table this process installed, reset in forked children

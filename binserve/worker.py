@@ -38,7 +38,7 @@ from . import signals
 from .app import load_app
 from .config import Config
 from .core import Core
-from .log import log
+from .log import log, reopen
 from .scoreboard import Scoreboard, Slot
 from .sockets import Listener
 from .vassal_link import MSG_LOYAL
@@ -171,6 +171,12 @@ class Worker:
                 self.stop_accepting()
             elif signum == signal.SIGHUP:
                 self.recycle("SIGHUP")
+            elif signum == signal.SIGUSR1:
+                problems = reopen()
+                for problem in problems:
+                    log(f"worker {self.wid}: cannot reopen {problem}; logging on to the file as it was")
+                if not problems:
+                    log(f"worker {self.wid} (pid {self.pid}): log files reopened")
             elif not signals.has_effect(signals.WORKER, signum):
                 log(f"worker {self.wid} (pid {self.pid}): {signals.received(signals.WORKER, signum)}")
 

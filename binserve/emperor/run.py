@@ -20,7 +20,7 @@ from typing import Any
 
 from .. import safefile, signals
 from ..config import Config
-from ..log import log
+from ..log import log, reopen
 from ..notify import Notifier
 from ..signals import kill_quietly
 from ..sockets import SocketError
@@ -184,11 +184,29 @@ class Emperor:
                     self._command(vassal, CMD_GRACEFUL_STOP, signal.SIGTERM)
                     vassal.state = State.STOPPING
             self.dirty = True
+        elif signum == signal.SIGUSR1:
+            self._reopen_logs()
         elif signum == signal.SIGHUP and not self.stopping:
             log("emperor: SIGHUP, reloading every vassal")
             for vassal in self.vassals.values():
                 if vassal.state in (State.STARTING, State.RUNNING):
                     self._reload(vassal)
+
+    def _reopen_logs(self) -> None:
+        """SIGUSR1: reopen the emperor's logs, then every vassal's (one signal rotates a whole host)."""
+        for problem in reopen():
+            log(f"emperor: SIGUSR1: cannot reopen {problem}; logging on to the file as it was")
+        running = [vassal.pid for vassal in self.vassals.values() if vassal.pid is not None]
+        for pid in running:
+            kill_quietly(pid, signal.SIGUSR1)
+        states = ", ".join(
+            f"{os.path.basename(v.path)} {v.state.value}" + (f" (pid {v.pid})" if v.pid else "")
+            for v in sorted(self.vassals.values(), key=lambda v: v.path)
+        )
+        log(
+            f"emperor: SIGUSR1: log files reopened, SIGUSR1 passed to {len(running)} vassals; "
+            f"{len(self.vassals)} vassals: {states or 'none'}"
+        )
 
     def _on_message(self, vassal: Vassal) -> None:
         assert vassal.pipe is not None
