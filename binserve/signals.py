@@ -53,6 +53,10 @@ def _no_effect() -> dict[int, str]:
 
 _COMMON = {**_no_effect(), signal.SIGWINCH: IGNORED, signal.SIGPIPE: IGNORED}
 
+# The master asks a worker for its threads' stacks on harakiri (binserve/stacks.py): a real-time
+# signal no operator habit sends. faulthandler writes them from C before this table's handler runs.
+STACKS = signal.SIGRTMIN + 1
+
 MASTER: Table = {
     **_COMMON,
     signal.SIGHUP: "graceful reload, once a probe of the new image loads the config and the app",
@@ -68,6 +72,7 @@ WORKER: Table = {
     signal.SIGINT: "finish the requests in hand and the queued connections, then exit",
     signal.SIGQUIT: "exit at once",
     signal.SIGCHLD: DEFAULT,
+    STACKS: "write every thread's stack for the master (it sends this on harakiri), then go on",
 }
 EMPEROR: Table = {
     **_COMMON,
