@@ -398,8 +398,10 @@ class Master:
                 self.children.on_accepting(pid)
             elif kind == NOTE_RECYCLING:
                 self.children.on_recycling(pid)
-            elif kind == NOTE_STACKS and pid in self.children.table:
-                self.children.table[pid].stacks_written = True
+            elif kind == NOTE_STACKS:
+                child = self.children.table.get(pid)
+                if child is not None and child.harakiri_strike is not None:  # not a stray signal's
+                    child.stacks_written = True
 
     # -- signals ---------------------------------------------------------------------------
     def handle_chld(self) -> None:
