@@ -32,6 +32,7 @@ import psutil
 from . import signals, supervision
 from .children import MERCY_PASSED, Children
 from .config import Config
+from .core import Core
 from .log import log
 from .reload import previous_image, reexec, start_probe
 from .scoreboard import Scoreboard, WorkerStats
@@ -49,6 +50,9 @@ from .vassal_link import (
     emperor_fd_from_env,
 )
 from .worker import BOOT_ERROR, NOTE_ACCEPTING, NOTE_RECYCLING, NOTE_STACKS, NOTICE, run_worker
+
+# Where a worker's stack enters the app: a harakiri shows the stuck request's stack from there.
+APP_CALL = (Core._serve.__code__.co_filename, Core._serve.__name__)
 
 
 def describe_exit(status: int) -> str:
@@ -379,7 +383,7 @@ class Master:
         stacks = child.stacks
         if stacks is None:
             return
-        lines = report(stacks.read(), stacks.thread, self.config.harakiri_verbose)
+        lines = report(stacks.read(), stacks.thread, self.config.harakiri_verbose, app_call=APP_CALL)
         if not lines:
             lines = [f"no stacks written within {WAIT:g} s"]
         if self.config.harakiri_verbose:

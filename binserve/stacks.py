@@ -110,15 +110,35 @@ def source_reader() -> Source:
     return line
 
 
-def report(text: str, thread: int, verbose: bool, source: Source | None = None) -> list[str]:
-    """The lines that say where ``thread`` was, from the dump ``text``; all threads when ``verbose``."""
+def from_app_call(thread: Thread, app_call: tuple[str, str]) -> Thread:
+    """``thread`` without the frames older than ``app_call`` (path, function): the server's own,
+    from the process's start down to the call of the app, which say nothing about the request."""
+    path, function = app_call
+    for n, frame in enumerate(thread.frames):
+        if frame.path == path and frame.function == function:
+            return Thread(thread.ident, thread.current, thread.frames[: n + 1], [])
+    return thread
+
+
+def report(
+    text: str,
+    thread: int,
+    verbose: bool,
+    source: Source | None = None,
+    app_call: tuple[str, str] | None = None,
+) -> list[str]:
+    """The lines that say where ``thread`` was, from the dump ``text``; all threads when ``verbose``.
+
+    ``app_call``: the frame that calls the app; the stuck thread is shown from there, unless ``verbose``.
+    """
     source = source or source_reader()
     threads = parse(text)
     stuck = next((t for t in threads if t.ident == thread), None)
     lines: list[str] = []
     if stuck is not None:
         lines.append(f"the request was stuck in thread 0x{thread:x} (most recent call last):")
-        lines += traceback_lines(stuck, source)
+        shown = stuck if verbose or app_call is None else from_app_call(stuck, app_call)
+        lines += traceback_lines(shown, source)
     elif threads:
         lines.append(f"no stack of thread 0x{thread:x} among the {len(threads)} written")
     if verbose or (stuck is None and threads):

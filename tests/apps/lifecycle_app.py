@@ -61,4 +61,6 @@ def application(environ, start_response):
     start_response("200 OK", [("Content-Type", "text/plain")])
     if environ["PATH_INFO"] == "/slow":
         return slow_body()
+    if environ["PATH_INFO"] == "/hang":
+        time.sleep(30)
     return [str(os.getpid()).encode()]

@@ -93,6 +93,10 @@ def test_harakiri_graceful_timeout_lets_the_other_threads_finish(
     else:
         assert answer == b"", answer
     wait_for(lambda: not server.worker_pids() & first, 10, "the stuck worker killed past its grace")
+    # Where the request was stuck is logged before the SIGTERM of the grace, as before a SIGKILL.
+    log = server.log()
+    (pid,) = first
+    assert frames(stack_block(log, pid))[-1].endswith("in application"), log
     stuck.close()
     short.close()
 
@@ -171,7 +175,8 @@ def test_harakiri_logs_where_a_request_was_stuck_in_python_and_in_c_code_holding
         # Most recent call last: the app's function, then what it called.
         assert own[-1].endswith(innermost), block
         assert own[-2].endswith("in application") and "/app_0.py" in own[-2], block
-        assert any("in _serve" in line for line in own[:-2]), block
+        # harakiri-verbose: the whole stack, the server's frames down to the app's call included.
+        assert own[-3].endswith("in _serve") and any("in run_worker" in line for line in own), block
         # Each frame with its source line, as a traceback reads.
         app_line = block[block.index(own[-2]) + 1]
         assert app_line.strip() == (
@@ -193,7 +198,7 @@ def test_with_threads_harakiri_logs_the_stuck_thread_s_stack_only(behind_nginx: 
     wait_for(lambda: "killed by signal 9" in server.log(), 10, "the worker killed")
     log = server.log()
     block = stack_block(log, stuck_pid(log, "GET /sleep"))
-    own = frames(block)
-    assert own[-1].endswith("in application") and block[-1].strip() == "time.sleep(30)", block
-    assert any("in _run_core" in line for line in own), block  # a core thread's, not the main thread's
+    # Shown from the server's call of the app: its own frames above say nothing about the request.
+    assert [line.split(", in ")[-1] for line in frames(block)] == ["_serve", "application"], block
+    assert block[-1].strip() == "time.sleep(30)", block
     assert not any(line.startswith(("thread 0x", "--")) for line in block), block

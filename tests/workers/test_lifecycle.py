@@ -162,6 +162,14 @@ def test_hooks_that_raise_are_logged_and_the_worker_serves_on(lifecycle: Lifecyc
     exited_gracefully(out, worker)  # the hooks registered before the broken ones still ran
 
 
+def test_a_worker_killed_on_harakiri_runs_no_exit_hook(lifecycle: Lifecycle, out: Path) -> None:
+    server, front = lifecycle("--harakiri", "1")
+    (worker,) = server.wait_workers(1)
+    assert front.request("GET", "/hang")[0] == 502
+    wait_for(lambda: not alive(worker), 10, "the worker killed")
+    assert count(out, worker) == {"postfork": 1}, records(out)
+
+
 IMPORTED = """
 import os
 from binserve import hooks
