@@ -24,7 +24,7 @@ the master made would be removed by the first worker to leave).
 
 On harakiri the master asks the worker for its threads' stacks (binserve/stacks.py): a signal
 loop that never serves requests tells it when they are written. With ``threads`` it is the
-main thread; with one core in the main thread, a thread of its own.
+main thread; with one core in the main thread, the thread that watches the master's pipe.
 """
 
 from __future__ import annotations
@@ -132,10 +132,9 @@ class Worker:
             core = Core(self, self._slot(0))
             self.cores = cores = [core]
             core.watch(self.stop_r, functools.partial(core.unwatch, self.stop_r))
-            self._watch_master()
-            # Not in the core's loop: a request stuck in the app holds that loop, and the master
-            # waits for the answer to its harakiri stacks request.
-            threading.Thread(target=self._signal_loop, args=(wake,), name="signals", daemon=True).start()
+            # The signals are read there, not in the core's loop: a request stuck in the app
+            # holds that loop, and the master waits for the answer to its harakiri stacks request.
+            self._watch_master(wake)
             self._notify(NOTE_ACCEPTING)
             core.run()
         else:
@@ -185,14 +184,6 @@ class Worker:
             thread.join()
         return cores
 
-    def _signal_loop(self, wake: signals.WakePipe) -> None:
-        """One core in the main thread: the signals are read here, in a thread of their own."""
-        poller = select.poll()
-        poller.register(wake.fileno(), select.POLLIN)
-        while True:
-            poller.poll()
-            self._on_signals()
-
     def _on_signals(self) -> None:
         assert self.wake is not None
         for signum in self.wake.read():
@@ -205,15 +196,31 @@ class Worker:
             elif not signals.has_effect(signals.WORKER, signum):
                 log(f"worker {self.wid} (pid {self.pid}): {signals.received(signals.WORKER, signum)}")
 
-    def _watch_master(self) -> None:
+    def _watch_master(self, wake: signals.WakePipe | None = None) -> None:
         """Watch the master's pipe from a thread of its own: every core may be busy with a request
-        when the master dies. Started once the cores exist, which its wakeup takes out of accepting."""
-        threading.Thread(target=self._await_master_gone, name="master pipe", daemon=True).start()
+        when the master dies. Started once the cores exist, which its wakeup takes out of accepting.
 
-    def _await_master_gone(self) -> None:
-        while os.read(self.master_fd, 64):  # blocks until EOF: the master never writes on it
-            pass
-        self._on_master_gone()
+        With one core in the main thread, that thread reads the ``wake`` pipe too (one thread
+        more would count against a user's process limit).
+        """
+        threading.Thread(
+            target=self._await_master_gone, args=(wake,), name="master pipe", daemon=True
+        ).start()
+
+    def _await_master_gone(self, wake: signals.WakePipe | None) -> None:
+        poller = select.poll()
+        poller.register(self.master_fd, select.POLLIN)
+        if wake is not None:
+            poller.register(wake.fileno(), select.POLLIN)
+        while True:
+            for fd, _ in poller.poll():
+                if fd != self.master_fd:
+                    self._on_signals()
+                elif not os.read(self.master_fd, 64):  # EOF: the master never writes on it
+                    poller.unregister(self.master_fd)
+                    self._on_master_gone()
+                    if wake is None:
+                        return
 
     def _on_master_gone(self) -> None:
         """Close the listeners at once and leave within a bound, the requests in hand finished if they can.
