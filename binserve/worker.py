@@ -97,6 +97,7 @@ class Worker:
         if emperor_fd is not None:
             os.set_inheritable(emperor_fd, False)  # the app's own subprocesses must not hold it
         self.pid = os.getpid()
+        self.who = f"worker {wid} (pid {self.pid})"  # how its log lines name it
         self.started = time.monotonic()
         self.counter: Iterator[int] = itertools.count(1)
         # Jitter per worker (max-requests-delta) so the workers do not all recycle together.
@@ -127,6 +128,9 @@ class Worker:
             faulthandler.register(signals.STACKS, file=self.stack_fd, all_threads=True, chain=True)
         # The master blocked its signals across fork; the worker's handlers are now in place.
         signals.unblock(signals.WORKER)
+        # Once the signals are this worker's: a process a hook starts must not inherit them
+        # blocked, and a stop sent meanwhile waits in the wakeup pipe for the loop.
+        hooks.run_postfork(self.who)
         self.stop_r, self.stop_w = os.pipe2(os.O_CLOEXEC)
         if self.config.threads == 1:
             core = Core(self, self._slot(0))
@@ -340,7 +344,8 @@ def run_worker(
     """Entry point in a freshly forked worker; never returns to the master's code.
 
     ``app`` is None with lazy-apps: the worker loads it itself. The modules of the ``import``
-    option come next, then the postfork hooks; a worker that cannot import them fails to boot.
+    option come next (a worker that cannot import them fails to boot), then, once the worker's
+    signal handlers are in place, the postfork hooks.
     """
     try:
         if app is None:
@@ -350,12 +355,10 @@ def run_worker(
     except Exception:
         log(f"worker {wid} failed to boot:\n" + traceback.format_exc().rstrip())
         return BOOT_ERROR
-    who = f"worker {wid} (pid {worker.pid})"
-    hooks.run_postfork(who)
     try:
         return worker.run()
     finally:
-        _leave(who)
+        _leave(worker.who)
 
 
 def _leave(who: str) -> None:

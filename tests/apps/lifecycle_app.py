@@ -5,6 +5,7 @@ Each record is one line, ``WHAT PID``, appended in one write (the processes shar
 
 import atexit
 import os
+import subprocess
 import time
 
 from binserve import hooks
@@ -45,6 +46,14 @@ if os.environ.get("LIFECYCLE_BROKEN_HOOKS"):
         raise RuntimeError("the atexit hook failed")
 
     atexit.register(lambda: 1 / 0)
+
+
+if os.environ.get("LIFECYCLE_HELPER"):
+
+    @hooks.postfork
+    def start_helper():
+        helper = subprocess.Popen(["sleep", "60"])
+        note(f"helper-{helper.pid}")
 
 
 def slow_body():

@@ -162,6 +162,18 @@ def test_hooks_that_raise_are_logged_and_the_worker_serves_on(lifecycle: Lifecyc
     exited_gracefully(out, worker)  # the hooks registered before the broken ones still ran
 
 
+def test_a_process_a_postfork_hook_starts_has_no_signal_blocked(lifecycle: Lifecycle, out: Path) -> None:
+    server, _ = lifecycle("--env", "LIFECYCLE_HELPER=1")
+    wait_for(lambda: any(what.startswith("helper-") for what, _ in records(out)), 10, "the helper")
+    helper = next(int(what[len("helper-") :]) for what, _ in records(out) if what.startswith("helper-"))
+    try:
+        status = Path(f"/proc/{helper}/status").read_text()
+        blocked = next(line.split()[1] for line in status.splitlines() if line.startswith("SigBlk:"))
+        assert int(blocked, 16) == 0, status  # a SIGTERM sent to it ends it
+    finally:
+        os.kill(helper, signal.SIGKILL)
+
+
 def test_a_worker_killed_on_harakiri_runs_no_exit_hook(lifecycle: Lifecycle, out: Path) -> None:
     server, front = lifecycle("--harakiri", "1")
     (worker,) = server.wait_workers(1)
