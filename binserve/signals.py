@@ -1,7 +1,9 @@
 """What every signal means to a master, a worker and an emperor: the one table per role.
 
 A caught signal's handler does nothing; ``signal.set_wakeup_fd`` turns it into a byte the
-role's loop reads, and the loop acts on it there. Every signal an operator may send either
+role's loop reads, and the loop acts on it there. One exception: a worker's ``STACKS`` goes
+first through faulthandler's C handler, which writes the threads' stacks for the master
+(binserve/stacks.py) when no Python code may be able to run. Every signal an operator may send either
 has a meaning, is logged with no other effect, or is one whose default is harmless: none
 ends a process without a log line. Only the fault signals (SEGV, BUS, FPE, ILL, ABRT, TRAP,
 SYS), which the kernel sends for a bug in the process itself, keep their default action;
