@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 import traceback
@@ -9,7 +10,7 @@ from collections.abc import Sequence
 
 from . import signals
 from .activation import take_passed
-from .app import AppLoadError, load_app, prepare_process
+from .app import AppLoadError, import_modules, load_app, prepare_process
 from .config import Config, ConfigError, load
 from .emperor import Emperor, print_status
 from .log import LoggerSpec, SinkError, log, setup
@@ -173,18 +174,24 @@ def _stats_address(config: Config, specs: list[str], start_cwd: str) -> str | No
 def _probe(config: Config) -> int:
     """Load what a reloaded image would load, as it would, and exit: binding and writing nothing.
 
-    The app is imported even with lazy-apps, where the new workers would fail on it one by one.
+    The app is imported even with lazy-apps, where the new workers would fail on it one by one,
+    and so are the ``import`` option's modules.
     """
     try:
         Privileges.from_config(config).drop()
         prepare_process(config)
         load_app(config)
+        import_modules(config)
     except (PrivilegeError, AppLoadError) as exc:
         log(f"reload probe: {exc}")
         return USAGE_ERROR if isinstance(exc, PrivilegeError) else APP_LOAD_ERROR
     except Exception:
         log("reload probe: the app raised:\n" + traceback.format_exc().rstrip())
         return APP_LOAD_ERROR
+    finally:
+        # The app's exit handlers belong to the processes that serve it: one that deregisters
+        # the host from service discovery must not run because a reload was checked.
+        atexit._clear()
     return 0
 
 

@@ -124,6 +124,7 @@ class Core:
 
     def run(self) -> None:
         """Serve until the worker stops accepting and no parked connection is left."""
+        self._serving_here()
         host, parking = self.host, self.parking
         listening, parked, others = self.listening, self.parked, self.others
         poll, expire = self.poller.poll, parking.expire
@@ -170,6 +171,11 @@ class Core:
             for _ in range(self.config.listen):
                 if not self.host.accepting or self.paused or not self._accept(listener):
                     break
+
+    def _serving_here(self) -> None:
+        """Name the calling thread in the slot: on harakiri, the master wants the stack of this one."""
+        if self.slot is not None:
+            self.slot.serving_thread(threading.get_ident(), threading.get_native_id())
 
     def _pause(self, seconds: float, why: str) -> None:
         """Take the listeners out of the epoll for ``seconds`` and until fewer are parked."""
@@ -239,6 +245,7 @@ class Core:
         Only those: later ones go to whoever accepts them. A worker leaving because its
         replacement accepts would otherwise go on serving a steady stream from the backlog.
         """
+        self._serving_here()  # with threads, the worker's main thread drains once the core threads end
         for listener in self.host.listeners:
             for _ in range(self._queued(listener)):
                 if not self._accept(listener):

@@ -33,12 +33,14 @@ from . import log as logs
 from . import signals, supervision
 from .children import MERCY_PASSED, Children
 from .config import Config
+from .core import Core
 from .log import log
 from .notify import Notifier
 from .reload import previous_image, reexec, start_probe
 from .scoreboard import Scoreboard, WorkerStats
 from .signals import kill_quietly
 from .sockets import Listener, remove_files
+from .stacks import WAIT, StackFile, kernel_lines, report
 from .stats import CpuMeter, Recent, StatsServer, instance_document
 from .supervision import SERVING, Child, Phase, Role, having
 from .vassal_link import (
@@ -49,7 +51,10 @@ from .vassal_link import (
     MSG_SPAWNED,
     emperor_fd_from_env,
 )
-from .worker import BOOT_ERROR, NOTE_ACCEPTING, NOTE_RECYCLING, NOTICE, run_worker
+from .worker import BOOT_ERROR, NOTE_ACCEPTING, NOTE_RECYCLING, NOTE_STACKS, NOTICE, run_worker
+
+# Where a worker's stack enters the app: a harakiri shows the stuck request's stack from there.
+APP_CALL = (Core._serve.__code__.co_filename, Core._serve.__name__)
 
 
 def describe_exit(status: int) -> str:
@@ -210,12 +215,15 @@ class Master:
         self.exit_code = BOOT_ERROR
         self.graceful_stop("boot failure")
 
-    def _serve_as_worker(self, wid: int, place: int) -> NoReturn:
+    def _serve_as_worker(self, wid: int, place: int, stacks: StackFile | None) -> NoReturn:
         """In the forked child: drop the master's descriptors and run the worker."""
         code = 1
         try:
             assert self.wake is not None
             self.wake.close()
+            for child in self.children.table.values():  # the other workers' stack files
+                if child.stacks is not None:
+                    child.stacks.close()
             os.close(self.life_w)
             os.close(self.notify_r)
             if self.retiring_pipe is not None:
@@ -229,8 +237,18 @@ class Master:
             keep = self.stats is not None or self.config.harakiri or self.notifier.active
             board = self.board if keep else None
             life, notify = self.life_r, self.notify_w
+            stack_fd = stacks.fd if stacks is not None else None
             code = run_worker(
-                wid, self.app, self.listeners, self.config, life, notify, self.emperor_fd, board, place
+                wid,
+                self.app,
+                self.listeners,
+                self.config,
+                life,
+                notify,
+                self.emperor_fd,
+                board,
+                place,
+                stack_fd,
             )
         except BaseException:  # a forked child must never return into the master's code
             traceback.print_exc()
@@ -399,11 +417,20 @@ class Master:
                     log(line)
                     kill_quietly(pid, signal.SIGKILL)
                     self.children.table[pid].kill_by, self.children.table[pid].sigkilled = again, True
-                case supervision.Harakiri(pid, wid, place, signum, line, kill_at):
+                case supervision.Harakiri(pid, wid, place, line, thread, tid, strike_at):
                     log(line)
                     self.board.harakiri(wid, place)
+                    child = self.children.table[pid]
+                    child.harakiri_strike = strike_at
+                    if child.stacks is None:
+                        child.stacks_written = True  # nothing to wait for
+                    else:
+                        child.stacks.ask(pid, thread, tid, signals.STACKS)
+                case supervision.HarakiriStrike(pid, signum, kill_at):
+                    child = self.children.table[pid]
+                    self.log_stacks(child)
                     kill_quietly(pid, signum)
-                    self.children.table[pid].harakiri_kill = kill_at
+                    child.harakiri_strike, child.harakiri_kill = None, kill_at
                 case supervision.HarakiriKill(pid, again):
                     kill_quietly(pid, signal.SIGKILL)
                     self.children.table[pid].harakiri_kill = again
@@ -424,6 +451,18 @@ class Master:
                 case supervision.Log(line):
                     log(line)
 
+    def log_stacks(self, child: Child) -> None:
+        """Where the harakiri'd request of ``child`` was stuck, in one log write (before it is struck)."""
+        stacks = child.stacks
+        if stacks is None:
+            return
+        lines = report(stacks.read(), stacks.thread, self.config.harakiri_verbose, app_call=APP_CALL)
+        if not lines:
+            lines = [f"no stacks written within {WAIT:g} s"]
+        if self.config.harakiri_verbose:
+            lines += kernel_lines(child.pid, stacks.tid)
+        log(f"HARAKIRI worker {child.wid} (pid {child.pid}): " + "\n".join(lines))
+
     # -- workers' notices ------------------------------------------------------------------
     def on_notices(self) -> None:
         """Workers' messages: one accepts now, or one is recycling and wants its replacement."""
@@ -440,6 +479,10 @@ class Master:
                     self.notifier.ready(self.status_line())
             elif kind == NOTE_RECYCLING:
                 self.children.on_recycling(pid)
+            elif kind == NOTE_STACKS:
+                child = self.children.table.get(pid)
+                if child is not None and child.harakiri_strike is not None:  # not a stray signal's
+                    child.stacks_written = True
 
     # -- signals ---------------------------------------------------------------------------
     def handle_chld(self) -> None:
@@ -552,7 +595,7 @@ class Master:
                 break
             how = describe_exit(status)
             code = os.waitstatus_to_exitcode(status)
-            child = self.children.table.pop(pid, None)
+            child = self.children.forget(pid)
             match child:
                 case None:
                     log(f"reaped unknown child (pid {pid}) {how}")

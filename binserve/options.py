@@ -484,6 +484,15 @@ _OPTIONS = [
         metavar="SECONDS",
     ),
     Option(
+        "harakiri-verbose",
+        to_bool,
+        False,
+        MASTER,
+        "on harakiri, log every thread's stack, not only the stuck request's, and the stuck thread's "
+        "kernel wait channel and system call from /proc (as uWSGI's)",
+        flag=True,
+    ),
+    Option(
         "max-requests",
         Number(0, 10**9),
         0,
@@ -507,6 +516,16 @@ _OPTIONS = [
         "load the app in each worker after fork, not once in the master (for apps that open "
         "connections or threads at import)",
         flag=True,
+    ),
+    Option(
+        "import",
+        to_str,
+        [],
+        WORKER,
+        "import this Python module in each worker after fork, after the app (repeatable); a module "
+        "that fails to import fails the worker's boot, as the app would",
+        repeatable=True,
+        metavar="MODULE",
     ),
     Option(
         "touch-reload",
@@ -684,14 +703,14 @@ ALIASES = {
 UWSGI_ONLY = frozenset(
     """
     http http-socket https https-socket fastcgi-socket scgi-socket shared-socket http-to
-    harakiri-verbose reload-on-as lazy cheaper
+    reload-on-as lazy cheaper
     cheaper-algo cheaper-initial cheaper-step idle touch-workers-reload
     offload-threads static-map static-map2
     route route-if spooler mule mules cron attach-daemon attach-daemon2 smart-attach-daemon
     virtualenv home venv pyhome py-autoreload python-autoreload thunder-lock daemonize daemonize2
     memory-report log-format log-x-forwarded-for add-header
     del-header manage-script-name mount socket-protocol protocol procname procname-prefix
-    procname-prefix-spaced auto-procname master-fifo hook-pre-app exec-pre-app import shared-import
+    procname-prefix-spaced auto-procname master-fifo hook-pre-app exec-pre-app shared-import
     cache cache2 async ugreen gevent enable-metrics carbon subscribe-to fastrouter
     """.split()
 )

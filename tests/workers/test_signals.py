@@ -254,6 +254,9 @@ def test_a_process_the_app_forks_dies_of_sigterm_and_the_worker_serves_on(
     assert fetch(server.socket, "/start").split()[0] == str(worker)
     os.kill(worker, 0)  # still there: it was not told to stop by its child's signal
     assert "recycl" not in server.log() and "exited" not in server.log()
+    # A worker's graceful exit runs Python's atexit handlers, and multiprocessing's waits for
+    # the children still running, as any Python program's exit does.
+    fetch(server.socket, "/terminate")
     stop_cleanly(server)
 
 
