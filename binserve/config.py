@@ -118,6 +118,29 @@ def _one_app(config: Config, origins: Mapping[str, str]) -> None:
         )
 
 
+def _cheaper_bounds(config: Config, origins: Mapping[str, str]) -> None:
+    """cheaper below processes (as uWSGI requires), cheaper-initial between them, busyness min below max."""
+    if not config.cheaper:
+        return
+    if config.cheaper >= config.processes:
+        raise ConfigError(
+            f"{origins['cheaper']}: option 'cheaper' ({config.cheaper}) must be below option 'processes' "
+            f"({config.processes}): cheaper is the fewest workers, processes the most"
+        )
+    initial = config.cheaper_initial
+    if initial and not config.cheaper <= initial <= config.processes:
+        raise ConfigError(
+            f"{origins['cheaper-initial']}: option 'cheaper-initial' ({initial}) must be within option "
+            f"'cheaper' ({config.cheaper}) .. option 'processes' ({config.processes})"
+        )
+    if config.cheaper_busyness_min >= config.cheaper_busyness_max:
+        where = origins.get("cheaper-busyness-min") or origins["cheaper-busyness-max"]
+        raise ConfigError(
+            f"{where}: option 'cheaper-busyness-min' ({config.cheaper_busyness_min}) must be below option "
+            f"'cheaper-busyness-max' ({config.cheaper_busyness_max})"
+        )
+
+
 def load(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Config:
     """Build the Config from command-line ``argv`` (without the program name) and ``environ``."""
     environ = os.environ if environ is None else environ
@@ -157,4 +180,5 @@ def load(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Confi
         config.set(opt.name, _convert(opt, raw, where, name))
         origins[opt.name] = where
     _one_app(config, origins)
+    _cheaper_bounds(config, origins)
     return config

@@ -1,11 +1,13 @@
 """What every signal means to a master, a worker and an emperor: the one table per role.
 
-A caught signal's handler does nothing; ``signal.set_wakeup_fd`` turns it into a byte the
-role's loop reads, and the loop acts on it there. Every signal an operator may send either
-has a meaning, is logged with no other effect, or is one whose default is harmless: none
-ends a process without a log line. Only the fault signals (SEGV, BUS, FPE, ILL, ABRT, TRAP,
-SYS), which the kernel sends for a bug in the process itself, keep their default action;
-KILL and STOP cannot be caught.
+A caught signal's handler only records its number (``take`` hands the loop what was recorded);
+``signal.set_wakeup_fd`` writes a byte that wakes the role's loop, and the loop acts on the
+signal there. The byte only wakes: under a flood the pipe fills and bytes are dropped, but the
+record keeps every signal's meaning (a SIGTERM after thousands of SIGUSR2 still stops). Every
+signal an operator may send either has a meaning, is logged with no other effect, or is one
+whose default is harmless: none ends a process without a log line. Only the fault signals
+(SEGV, BUS, FPE, ILL, ABRT, TRAP, SYS), which the kernel sends for a bug in the process itself,
+keep their default action; KILL and STOP cannot be caught.
 
 Giving a signal a meaning is one line in a table (and the role's handler for it).
 
@@ -22,7 +24,7 @@ import signal
 from collections.abc import Mapping
 
 NO_EFFECT = "no effect"  # caught and logged: its default action would end or stop the process
-IGNORED = "ignored"  # the kernel drops it (PIPE: failed writes are reported as errors instead)
+IGNORED = "ignored"  # dropped without a log line (PIPE: failed writes are reported as errors instead)
 DEFAULT = "default action"  # left to the process (a worker's SIGCHLD belongs to the app)
 
 Table = Mapping[int, str]
@@ -34,7 +36,6 @@ def _no_effect() -> dict[int, str]:
     names = (
         "SIGUSR1",
         "SIGUSR2",
-        "SIGALRM",
         "SIGVTALRM",
         "SIGPROF",
         "SIGIO",
@@ -51,7 +52,10 @@ def _no_effect() -> dict[int, str]:
     return dict.fromkeys(sorted(found), NO_EFFECT)
 
 
-_COMMON = {**_no_effect(), signal.SIGWINCH: IGNORED, signal.SIGPIPE: IGNORED}
+_COMMON = {**_no_effect(), signal.SIGWINCH: IGNORED, signal.SIGPIPE: IGNORED, signal.SIGALRM: IGNORED}
+# Ignored by a handler that drops them, not by SIG_IGN: their default action ends a process, and
+# SIG_IGN would pass on to the programs an app executes, which may count on that default.
+_DROPPED = frozenset({signal.SIGALRM})
 
 MASTER: Table = {
     **_COMMON,
@@ -60,6 +64,8 @@ MASTER: Table = {
     signal.SIGINT: "graceful stop",
     signal.SIGQUIT: "fast stop: the workers are killed",
     signal.SIGCHLD: "reap the workers that exited",
+    signal.SIGTTIN: "one worker more, up to `processes`; refused (and logged) at that bound",
+    signal.SIGTTOU: "one worker fewer, down to `cheaper` (without it, 1); refused (and logged) at that bound",
 }
 WORKER: Table = {
     **_COMMON,
@@ -83,6 +89,7 @@ _forking_own = False  # a master forking its worker: the child installs its own 
 _held: set[int | signal.Signals] | None = None  # the forking thread's mask while the app forks
 _early: WakePipe | None = None  # the start's wakeup pipe, until a role's table takes it over
 _listening: list[int] = []  # the listening sockets: no process the app forks may hold them
+_recorded: dict[int, int] = {}  # signal -> how many times it was caught since the loop last took them
 
 
 def name(signum: int) -> str:
@@ -97,7 +104,11 @@ def name(signum: int) -> str:
 
 def caught(table: Table) -> list[int]:
     """The signals ``table`` gives a handler (the wakeup fd turns them into bytes)."""
-    return [signum for signum, meaning in table.items() if meaning not in (IGNORED, DEFAULT)]
+    return [
+        signum
+        for signum, meaning in table.items()
+        if meaning not in (IGNORED, DEFAULT) or (meaning == IGNORED and signum in _DROPPED)
+    ]
 
 
 def has_effect(table: Table, signum: int) -> bool:
@@ -105,9 +116,25 @@ def has_effect(table: Table, signum: int) -> bool:
     return table.get(signum, NO_EFFECT) != NO_EFFECT
 
 
-def received(table: Table, signum: int) -> str:
-    """The log line for a signal: ``SIGUSR1 received: no effect``."""
-    return f"{name(signum)} received: {table.get(signum, NO_EFFECT)}"
+def received(table: Table, signum: int, times: int = 1) -> str:
+    """The log line for a signal: ``SIGUSR1 received: no effect``, ``(N times)`` for a batch."""
+    batch = f" ({times} times)" if times > 1 else ""
+    return f"{name(signum)} received: {table.get(signum, NO_EFFECT)}{batch}"
+
+
+def take() -> dict[int, int]:
+    """The signals caught since the last call, each with how many times, in the order they came.
+
+    Swapped out whole: a handler that runs meanwhile records into the next batch.
+    """
+    global _recorded
+    taken, _recorded = _recorded, {}
+    return taken
+
+
+def waiting() -> bool:
+    """Whether signals were caught that the loop has not taken yet (its wakeup byte may be read)."""
+    return bool(_recorded)
 
 
 def block(table: Table) -> None:
@@ -160,31 +187,34 @@ def install(table: Table, wake_w: int) -> None:
     Signals stay as blocked as they were: the caller unblocks once its loop can read them.
     """
     global _installed
+    # A full pipe only drops wakeups: the handler has recorded the signal itself.
     signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
     for signum, meaning in table.items():
-        if meaning == IGNORED:
+        if meaning == IGNORED and signum in _DROPPED:
+            signal.signal(signum, _drop)
+        elif meaning == IGNORED:
             signal.signal(signum, _fresh(signum))
         elif meaning == DEFAULT:
             signal.signal(signum, signal.SIG_DFL)
         else:
-            signal.signal(signum, wake_only)
+            signal.signal(signum, record)
     _installed = table
     if _early is not None:
         _pass_on(wake_w)
 
 
 def _pass_on(wake_w: int) -> None:
-    """What was caught before the role's table: into its wakeup pipe, for its loop to act on."""
+    """What was caught before the role's table stays recorded; its wakeup pipe wakes the role's loop."""
     global _early
     assert _early is not None
     early, _early = _early, None
-    while data := early.read():
-        os.write(wake_w, data)
     early.close()
+    if _recorded:
+        os.write(wake_w, b"\0")
 
 
 class WakePipe:
-    """The pipe a role's loop waits on: ``signal.set_wakeup_fd`` writes each caught signal's number.
+    """The pipe a role's loop waits on: ``signal.set_wakeup_fd`` writes a byte for each caught signal.
 
     Made by installing ``table``; non-blocking, so a loop woken for nothing reads nothing,
     and close-on-exec, so no program the app executes can write into it.
@@ -198,12 +228,19 @@ class WakePipe:
         """The end to wait on (selectors and poll take the object itself)."""
         return self.read_end
 
-    def read(self) -> bytes:
-        """The signal numbers caught since the last read, oldest first."""
-        try:
-            return os.read(self.read_end, 256)
-        except BlockingIOError:
-            return b""
+    def take(self) -> dict[int, int]:
+        """Empty the pipe, then take the signals recorded (``take``): each with how many times.
+
+        Emptied first: a byte read belongs to a signal already recorded, since the handler
+        runs before the loop's next line; one written after is read at the next wakeup.
+        """
+        while True:
+            try:
+                if not os.read(self.read_end, 4096):
+                    break
+            except BlockingIOError:
+                break
+        return take()
 
     def close(self) -> None:
         """Close both ends: the start's pipe once passed on, the master's in a forked worker."""
@@ -255,8 +292,13 @@ def kill_quietly(pid: int, signum: int) -> None:
         pass
 
 
-def wake_only(signum: int, frame: object) -> None:
-    """The handler of every caught signal: the wakeup fd already woke the loop."""
+def record(signum: int, frame: object) -> None:
+    """The handler of every caught signal: note it for the loop (the wakeup fd wakes the loop)."""
+    _recorded[signum] = _recorded.get(signum, 0) + 1
+
+
+def _drop(signum: int, frame: object) -> None:
+    """The handler of a signal ignored whose default would end the process (SIGALRM)."""
 
 
 def _fresh(signum: int) -> signal.Handlers:
@@ -286,6 +328,7 @@ def _release_in_parent() -> None:
 def _reset_in_child() -> None:
     """In a child forked by the app: no wakeup pipe, default dispositions, nothing blocked."""
     global _installed, _forking_own, _held, _early
+    _recorded.clear()  # the parent's signals: its loop acts on them, not this child
     if _early is not None:
         _early.close()
         _early = None

@@ -166,13 +166,13 @@ class Worker:
 
     def _on_signals(self) -> None:
         assert self.wake is not None
-        for signum in self.wake.read():
+        for signum, times in self.wake.take().items():
             if signum in STOPPING:
                 self.stop_accepting()
             elif signum == signal.SIGHUP:
                 self.recycle("SIGHUP")
             elif not signals.has_effect(signals.WORKER, signum):
-                log(f"worker {self.wid} (pid {self.pid}): {signals.received(signals.WORKER, signum)}")
+                log(f"worker {self.wid} (pid {self.pid}): {signals.received(signals.WORKER, signum, times)}")
 
     def _watch_master(self) -> None:
         """Watch the master's pipe from a thread of its own: every core may be busy with a request
