@@ -19,6 +19,7 @@ from typing import Any
 # ConfigError lives in ini.py, the lowest module that raises it; it is re-exported here.
 from .ini import ConfigError, closest, read, split_placeholder
 from .options import ALIASES, OPTIONS, Option, options_table, resolve
+from .signals import signals_table
 
 __all__ = ["Config", "ConfigError", "load"]
 
@@ -67,6 +68,9 @@ def _parser() -> argparse.ArgumentParser:
         argument_default=argparse.SUPPRESS,
     )
     parser.add_argument("--help-options", action="store_true", help="print every option as a markdown table")
+    parser.add_argument(
+        "--help-signals", action="store_true", help="print what each signal means as a markdown table"
+    )
     for opt in OPTIONS.values():
         flags = [f"--{opt.name}"] + [f"--{a}" for a, target in ALIASES.items() if target == opt.name]
         # argparse %-formats help texts; "%(NAME)" in a help text is meant literally.
@@ -147,6 +151,9 @@ def load(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Confi
     args = vars(_parser().parse_args(list(argv)))
     if args.pop("help_options", False):
         print(options_table())
+        raise SystemExit(0)
+    if args.pop("help_signals", False):
+        print(signals_table())
         raise SystemExit(0)
     ini_specs = ([environ[INI_ENV]] if INI_ENV in environ else []) + list(args.pop("ini", []))
     # The environment and the command line, in rising precedence. They are read before the ini

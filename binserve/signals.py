@@ -29,6 +29,7 @@ DEFAULT = "default action"  # left to the process (a worker's SIGCHLD belongs to
 
 Table = Mapping[int, str]
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
+PIPE_CAPACITY = 65536  # Linux's default pipe size
 
 
 def _no_effect() -> dict[int, str]:
@@ -57,11 +58,16 @@ _COMMON = {**_no_effect(), signal.SIGWINCH: IGNORED, signal.SIGPIPE: IGNORED, si
 # SIG_IGN would pass on to the programs an app executes, which may count on that default.
 _DROPPED = frozenset({signal.SIGALRM})
 
+_GRACEFUL_STOP = (
+    "graceful stop: workers finish their request and the queued ones, then exit; "
+    "past `worker-reload-mercy` they are killed"
+)
+_VASSALS_STOP = "stop every vassal gracefully, SIGKILL past `worker-reload-mercy`, then exit"
 MASTER: Table = {
     **_COMMON,
     signal.SIGHUP: "graceful reload, once a probe of the new image loads the config and the app",
-    signal.SIGTERM: "graceful stop",
-    signal.SIGINT: "graceful stop",
+    signal.SIGTERM: _GRACEFUL_STOP,
+    signal.SIGINT: _GRACEFUL_STOP,
     signal.SIGQUIT: "fast stop: the workers are killed",
     signal.SIGCHLD: "reap the workers that exited",
     signal.SIGTTIN: "one worker more, up to `processes`; refused (and logged) at that bound",
@@ -69,7 +75,7 @@ MASTER: Table = {
 }
 WORKER: Table = {
     **_COMMON,
-    signal.SIGHUP: "recycle: a replacement is started, then this worker leaves",
+    signal.SIGHUP: "recycle: a replacement starts beside it, and it leaves once the replacement accepts",
     signal.SIGTERM: "finish the requests in hand and the queued connections, then exit",
     signal.SIGINT: "finish the requests in hand and the queued connections, then exit",
     signal.SIGQUIT: "exit at once",
@@ -78,11 +84,20 @@ WORKER: Table = {
 EMPEROR: Table = {
     **_COMMON,
     signal.SIGHUP: "reload every vassal",
-    signal.SIGTERM: "stop every vassal gracefully, then exit",
-    signal.SIGINT: "stop every vassal gracefully, then exit",
-    signal.SIGQUIT: "stop every vassal gracefully, then exit",
+    signal.SIGTERM: _VASSALS_STOP,
+    signal.SIGINT: _VASSALS_STOP,
+    signal.SIGQUIT: _VASSALS_STOP,
     signal.SIGCHLD: "reap the vassals that exited",
 }
+
+# Not in the tables: the kernel's own, shown in the README's table after them.
+UNCAUGHT = (
+    (
+        "SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT, SIGTRAP, SIGSYS",
+        "default action: these report a fault in the process itself",
+    ),
+    ("SIGKILL, SIGSTOP", "cannot be caught"),
+)
 
 _installed: Table | None = None  # the table this process installed, reset in forked children
 _forking_own = False  # a master forking its worker: the child installs its own table
@@ -100,6 +115,39 @@ def name(signum: int) -> str:
         if signal.SIGRTMIN < signum < signal.SIGRTMAX:
             return f"SIGRTMIN+{signum - signal.SIGRTMIN}"
         return f"signal {signum}"
+
+
+def signals_table() -> str:
+    """The three tables as one markdown table, for the README: a row per set of signals that
+    mean the same to each role."""
+    rows: dict[tuple[str, str, str], list[int]] = {}
+    for signum in sorted({*MASTER, *WORKER, *EMPEROR}):
+        meanings = tuple(_cell(table.get(signum, NO_EFFECT)) for table in (MASTER, WORKER, EMPEROR))
+        rows.setdefault((meanings[0], meanings[1], meanings[2]), []).append(signum)
+    lines = ["| signal | master | worker | emperor |", "| --- | --- | --- | --- |"]
+    for (master, worker, emperor), signums in rows.items():
+        lines.append(f"| {_names(signums)} | {master} | {worker} | {emperor} |")
+    lines += [f"| {names} | {meaning} | same | same |" for names, meaning in UNCAUGHT]
+    return "\n".join(lines)
+
+
+def _cell(meaning: str) -> str:
+    if meaning == NO_EFFECT:
+        return "logged, nothing else"
+    if meaning == DEFAULT:
+        return "default action (the app's)"
+    return meaning
+
+
+def _names(signums: list[int]) -> str:
+    """``SIGUSR2, SIGTSTP, SIGRTMIN … SIGRTMAX``: the real-time range written as one."""
+    realtime = [s for s in signums if signal.SIGRTMIN <= s <= signal.SIGRTMAX]
+    names = [name(s) for s in signums if s not in realtime]
+    if len(realtime) == signal.SIGRTMAX - signal.SIGRTMIN + 1:
+        names.append("SIGRTMIN … SIGRTMAX")
+    else:
+        names += [name(s) for s in realtime]
+    return ", ".join(names)
 
 
 def caught(table: Table) -> list[int]:
@@ -231,15 +279,14 @@ class WakePipe:
     def take(self) -> dict[int, int]:
         """Empty the pipe, then take the signals recorded (``take``): each with how many times.
 
-        Emptied first: a byte read belongs to a signal already recorded, since the handler
+        Emptied first, in one read of what a pipe holds (reading until it is empty would never
+        end under a flood): a byte read belongs to a signal already recorded, since the handler
         runs before the loop's next line; one written after is read at the next wakeup.
         """
-        while True:
-            try:
-                if not os.read(self.read_end, 4096):
-                    break
-            except BlockingIOError:
-                break
+        try:
+            os.read(self.read_end, PIPE_CAPACITY)
+        except BlockingIOError:
+            pass
         return take()
 
     def close(self) -> None:

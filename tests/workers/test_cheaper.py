@@ -1,0 +1,132 @@
+"""Adaptive workers (cheaper) and SIGTTIN/SIGTTOU, with real processes, real signals and nginx.
+
+The worker count is read from the stats document (a cheap seat shows pid 0 and status
+``cheap``, as uWSGI's) and from the master's children.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from binserve.testing import Nginx, Serve, Server, StartNginx, read_stats, wait_for
+
+from support import APPS, AppFile, stop_cleanly
+
+SLOW = (APPS / "cheaper_slow.py").read_text()
+
+
+def running(stats: Path) -> list[int]:
+    """The worker ids that have a process, as the stats document shows them."""
+    return [w["id"] for w in read_stats(stats)["workers"] if w["status"] != "cheap"]
+
+
+def cheap(stats: Path) -> list[dict[str, object]]:
+    """The stats document's cheap workers."""
+    return [w for w in read_stats(stats)["workers"] if w["status"] == "cheap"]
+
+
+@contextmanager
+def slow_load(front: Nginx, clients: int) -> Iterator[list[int]]:
+    """``clients`` threads sending slow GETs through nginx until the block ends; yields the statuses."""
+    statuses: list[int] = []
+    done = threading.Event()
+
+    def client() -> None:
+        while not done.is_set():
+            try:
+                status, _, _ = front.request("GET", "/slow", timeout=30)
+            except OSError:
+                status = -1
+            statuses.append(status)
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    try:
+        yield statuses
+    finally:
+        done.set()
+        for thread in threads:
+            thread.join(30)
+
+
+def test_one_worker_idle_at_least_three_under_load_and_one_again_after(
+    serve: Serve, nginx: StartNginx, app_file: AppFile, tmp_path: Path
+) -> None:
+    stats = tmp_path / "stats.sock"
+    server = serve(
+        "--wsgi-file", str(app_file(SLOW)), "--processes", "4", "--cheaper", "1",
+        "--cheaper-overload", "1", "--cheaper-idle", "1", "--stats", str(stats),
+    )  # fmt: skip
+    front = nginx(server)
+    assert "master ready: 1 workers (cheaper: 1..4)" in server.log()
+    assert running(stats) == [1] and len(server.worker_pids()) == 1
+    assert [(w["id"], w["pid"]) for w in cheap(stats)] == [(2, 0), (3, 0), (4, 0)]
+    with slow_load(front, 6) as statuses:
+        wait_for(lambda: len(running(stats)) >= 3, 30, "at least 3 workers under 6 slow clients")
+        assert "cheaper: every worker busy for" in server.log()
+    assert statuses and set(statuses) == {200}, statuses  # no request lost while workers came and went
+    wait_for(lambda: running(stats) == [1], 30, "back to one worker once the load stops")
+    wait_for(lambda: len(server.worker_pids()) == 1, 10, "the retired workers to exit")
+    retired = [line for line in server.log().splitlines() if "cheaped: exited with code 0" in line]
+    assert len(retired) >= 2, server.log()[-3000:]
+    assert front.request("GET", "/")[0] == 200
+    stop_cleanly(server)
+
+
+def count(server: Server, workers: int) -> None:
+    wait_for(lambda: len(server.worker_pids()) == workers, 15, f"{workers} workers")
+
+
+def test_ttin_and_ttou_add_and_retire_workers_within_1_and_processes(serve: Serve, app_file: AppFile) -> None:
+    server = serve("--wsgi-file", str(app_file(SLOW)), "--processes", "3")
+    count(server, 3)
+    for left in (2, 1):
+        os.kill(server.pid, signal.SIGTTOU)
+        count(server, left)
+    server.wait_log(r"SIGTTOU: retiring worker 2, 1 left")
+    os.kill(server.pid, signal.SIGTTOU)
+    server.wait_log(r"SIGTTOU refused: 1 worker\(s\) run, the fewest binserve \(1\) allows")
+    assert len(server.worker_pids()) == 1
+    os.kill(server.pid, signal.SIGTTIN)
+    count(server, 2)
+    os.kill(server.pid, signal.SIGTTIN)
+    count(server, 3)
+    os.kill(server.pid, signal.SIGTTIN)
+    server.wait_log(r"SIGTTIN refused: 3 workers run, the most processes \(3\) allows")
+    # A reload starts the configured count again, whatever TTIN and TTOU did before.
+    os.kill(server.pid, signal.SIGTTOU)
+    count(server, 2)
+    os.kill(server.pid, signal.SIGHUP)
+    wait_for(lambda: server.log().count("master ready: 3 workers") == 2, 20, "the reloaded image")
+    count(server, 3)
+    stop_cleanly(server)
+
+
+def test_ttin_and_ttou_stay_within_cheaper_and_processes_and_show_cheap_seats(
+    serve: Serve, app_file: AppFile, tmp_path: Path
+) -> None:
+    stats = tmp_path / "stats.sock"
+    server = serve(
+        "--wsgi-file", str(app_file(SLOW)), "--processes", "3", "--cheaper", "1",
+        "--cheaper-initial", "2", "--cheaper-idle", "3600", "--stats", str(stats),
+    )  # fmt: skip
+    count(server, 2)
+    assert running(stats) == [1, 2]
+    os.kill(server.pid, signal.SIGTTIN)
+    count(server, 3)
+    wait_for(lambda: running(stats) == [1, 2, 3], 10, "worker 3 in the stats")
+    # One at a time: the kernel keeps one of a kind pending, so two sent at once may count once.
+    for left in (2, 1):
+        os.kill(server.pid, signal.SIGTTOU)
+        count(server, left)
+    os.kill(server.pid, signal.SIGTTOU)
+    server.wait_log(r"SIGTTOU refused: 1 worker\(s\) run, the fewest cheaper \(1\) allows")
+    assert running(stats) == [1]
+    assert {w["id"]: w["pid"] for w in cheap(stats)} == {2: 0, 3: 0}
+    stop_cleanly(server)
