@@ -10,6 +10,7 @@ import os
 import signal
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -79,6 +80,11 @@ def test_one_worker_idle_at_least_three_under_load_and_one_again_after(
     stop_cleanly(server)
 
 
+def running_requests(server: Server) -> list[str]:
+    """The slow requests the app has begun and not finished (it marks each in its directory)."""
+    return [p.name for p in server.tmp_path.glob("slow-*")]
+
+
 def count(server: Server, workers: int) -> None:
     wait_for(lambda: len(server.worker_pids()) == workers, 15, f"{workers} workers")
 
@@ -86,9 +92,17 @@ def count(server: Server, workers: int) -> None:
 def test_ttin_and_ttou_add_and_retire_workers_within_1_and_processes(serve: Serve, app_file: AppFile) -> None:
     server = serve("--wsgi-file", str(app_file(SLOW)), "--processes", "3")
     count(server, 3)
-    for left in (2, 1):
+    # Every worker in a slow request: the one retired finishes it before it exits.
+    with ThreadPoolExecutor(3) as pool:
+        answers = [pool.submit(server.request, "/slow") for _ in range(3)]
+        wait_for(lambda: len(running_requests(server)) == 3, 10, "three requests in progress")
         os.kill(server.pid, signal.SIGTTOU)
-        count(server, left)
+        assert [answer.result(15).status for answer in answers] == [200, 200, 200]
+    server.wait_log(r"SIGTTOU: retiring worker 3, 2 left")
+    server.wait_log(r"worker 3 \(pid \d+\) cheaped: exited with code 0")
+    count(server, 2)
+    os.kill(server.pid, signal.SIGTTOU)
+    count(server, 1)
     server.wait_log(r"SIGTTOU: retiring worker 2, 1 left")
     os.kill(server.pid, signal.SIGTTOU)
     server.wait_log(r"SIGTTOU refused: 1 worker\(s\) run, the fewest binserve \(1\) allows")
@@ -129,4 +143,8 @@ def test_ttin_and_ttou_stay_within_cheaper_and_processes_and_show_cheap_seats(
     server.wait_log(r"SIGTTOU refused: 1 worker\(s\) run, the fewest cheaper \(1\) allows")
     assert running(stats) == [1]
     assert {w["id"]: w["pid"] for w in cheap(stats)} == {2: 0, 3: 0}
+    os.kill(server.pid, signal.SIGHUP)  # a reload starts cheaper-initial workers again
+    wait_for(lambda: server.log().count("master ready: 2 workers (cheaper: 1..3)") == 2, 20, "the reload")
+    count(server, 2)
+    wait_for(lambda: running(stats) == [1, 2], 10, "two workers in the stats")
     stop_cleanly(server)

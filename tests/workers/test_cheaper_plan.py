@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 
+from binserve.config import Config
 from binserve.scoreboard import CoreStats, WorkerStats
 from binserve.supervision import (
     BUSYNESS,
@@ -278,3 +279,16 @@ def test_binserve_top_shows_a_cheap_worker_without_a_pid() -> None:
     row = WorkerRow(3, 0, 12, None, 0, "cheap", 0.0, 0, None, 1024, 1, 0, "")
     cells = worker_cells(row)
     assert cells[:2] == ["3", "-"] and "cheap" in cells and cells[7] == "-"
+
+
+def test_the_defaults_are_uwsgi_s() -> None:
+    config = Config()
+    assert (config.cheaper, config.cheaper_algo, config.cheaper_step, config.cheaper_overload) == (
+        0,
+        "spare",
+        1,
+        3,
+    )
+    assert (config.cheaper_busyness_max, config.cheaper_busyness_min) == (50, 25)
+    assert (config.cheaper_busyness_multiplier, config.cheaper_busyness_penalty) == (10, 1)
+    assert config.cheaper_idle == 10
