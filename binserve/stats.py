@@ -240,7 +240,7 @@ def instance_document(
             {
                 "id": wid,
                 "pid": slot.pid,
-                "accepting": int(accepting),
+                "accepting": int(accepting and wid not in cheap),
                 "requests": slot.requests,
                 "delta_requests": slot.delta_requests,
                 "exceptions": slot.exceptions,

@@ -541,7 +541,7 @@ def _busyness(
             wid = _to_cheap(running)
             line = (
                 f"cheaper: busyness below cheaper-busyness-min {settings.busyness_min}% for {idle_windows} "
-                f"windows of {settings.overload:g} s: retiring worker {wid}"
+                f"window(s) of {settings.overload:g} s: retiring worker {wid}"
             )
             actions.append(Cheap(wid, line))
             idle_windows, last_cheap = 0, now

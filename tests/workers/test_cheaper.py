@@ -14,6 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
+
 from binserve.testing import Nginx, Serve, Server, StartNginx, read_stats, wait_for
 
 from support import APPS, AppFile, stop_cleanly
@@ -56,13 +58,24 @@ def slow_load(front: Nginx, clients: int) -> Iterator[list[int]]:
             thread.join(30)
 
 
+ALGOS = {
+    "spare": (("--cheaper-idle", "1"), "cheaper: every worker busy for"),
+    "busyness": (
+        ("--cheaper-algo", "busyness", "--cheaper-busyness-multiplier", "1"),
+        "cheaper-busyness-max 50%: 1 more",
+    ),
+}
+
+
+@pytest.mark.parametrize("algo", ALGOS)
 def test_one_worker_idle_at_least_three_under_load_and_one_again_after(
-    serve: Serve, nginx: StartNginx, app_file: AppFile, tmp_path: Path
+    serve: Serve, nginx: StartNginx, app_file: AppFile, tmp_path: Path, algo: str
 ) -> None:
     stats = tmp_path / "stats.sock"
+    options, grows = ALGOS[algo]
     server = serve(
         "--wsgi-file", str(app_file(SLOW)), "--processes", "4", "--cheaper", "1",
-        "--cheaper-overload", "1", "--cheaper-idle", "1", "--stats", str(stats),
+        "--cheaper-overload", "1", "--stats", str(stats), *options,
     )  # fmt: skip
     front = nginx(server)
     assert "master ready: 1 workers (cheaper: 1..4)" in server.log()
@@ -70,7 +83,7 @@ def test_one_worker_idle_at_least_three_under_load_and_one_again_after(
     assert [(w["id"], w["pid"]) for w in cheap(stats)] == [(2, 0), (3, 0), (4, 0)]
     with slow_load(front, 6) as statuses:
         wait_for(lambda: len(running(stats)) >= 3, 30, "at least 3 workers under 6 slow clients")
-        assert "cheaper: every worker busy for" in server.log()
+        assert grows in server.log()
     assert statuses and set(statuses) == {200}, statuses  # no request lost while workers came and went
     wait_for(lambda: running(stats) == [1], 30, "back to one worker once the load stops")
     wait_for(lambda: len(server.worker_pids()) == 1, 10, "the retired workers to exit")
@@ -142,9 +155,21 @@ def test_ttin_and_ttou_stay_within_cheaper_and_processes_and_show_cheap_seats(
     os.kill(server.pid, signal.SIGTTOU)
     server.wait_log(r"SIGTTOU refused: 1 worker\(s\) run, the fewest cheaper \(1\) allows")
     assert running(stats) == [1]
-    assert {w["id"]: w["pid"] for w in cheap(stats)} == {2: 0, 3: 0}
+    assert {(w["id"], w["pid"], w["accepting"]) for w in cheap(stats)} == {(2, 0, 0), (3, 0, 0)}
     os.kill(server.pid, signal.SIGHUP)  # a reload starts cheaper-initial workers again
     wait_for(lambda: server.log().count("master ready: 2 workers (cheaper: 1..3)") == 2, 20, "the reload")
     count(server, 2)
     wait_for(lambda: running(stats) == [1, 2], 10, "two workers in the stats")
+    stop_cleanly(server)
+
+
+def test_a_worker_added_by_hand_is_retired_again_once_idle(serve: Serve, app_file: AppFile) -> None:
+    server = serve(
+        "--wsgi-file", str(app_file(SLOW)), "--processes", "2", "--cheaper", "1", "--cheaper-idle", "1"
+    )
+    count(server, 1)
+    os.kill(server.pid, signal.SIGTTIN)
+    server.wait_log(r"spawned worker 2")
+    server.wait_log(r"cheaper: 2 workers idle for 1 s \(cheaper-idle\): retiring worker 2")
+    count(server, 1)
     stop_cleanly(server)

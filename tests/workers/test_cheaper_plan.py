@@ -191,7 +191,8 @@ BUSYNESS_CASES: dict[str, tuple[Load, dict[int, WorkerStats], Load, list[Action]
         next_window(spent(1, 1), last_cheap=NOW),
         [
             Cheap(
-                2, "cheaper: busyness below cheaper-busyness-min 25% for 3 windows of 10 s: retiring worker 2"
+                2,
+                "cheaper: busyness below cheaper-busyness-min 25% for 3 window(s) of 10 s: retiring worker 2",
             )
         ],
     ),
