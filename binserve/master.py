@@ -1,8 +1,8 @@
 """The pre-fork master: one loop that waits, plans and acts, supervising the workers.
 
 Wait: on file descriptors, until a signal, a worker's notice, the emperor, a stats client or
-the next deadline. Signal handlers do nothing; ``signal.set_wakeup_fd`` turns each signal into
-a byte on a pipe that the loop reads (gunicorn crashed for years from work done inside a
+the next deadline. Signal handlers only record the signal, and ``signal.set_wakeup_fd`` writes
+a byte on a pipe that wakes the loop (gunicorn crashed for years from work done inside a
 SIGCHLD handler). What each signal means is binserve/signals.py's MASTER table: HUP graceful
 reload (binserve/reload.py), TERM and INT graceful stop with a deadline, QUIT fast stop, TTIN
 and TTOU one worker more or fewer; the others are logged or ignored. The emperor's commands are
@@ -85,9 +85,8 @@ class Master:
         self.exit_code = 0
         self.next_periodic = 0.0  # chain-reload files, lifetimes and memory: checked every second
         self.retiring_pipe: int | None = None  # the previous image's life pipe, until its workers are told
-        self.pending: dict[
-            int, int
-        ] = {}  # signals taken from the wakeup pipe, not yet handled: how many times
+        # Signals taken from the wakeup pipe and not handled yet, each with how many times.
+        self.pending: dict[int, int] = {}
         self.emperor_fd = emperor_fd_from_env()
         self.board = Scoreboard(config.processes, config.threads)
         self.children = Children(config, self.board, self.running, self._serve_as_worker, self.boot_failed)
@@ -478,6 +477,7 @@ class Master:
         self.by_hand("SIGTTOU")
 
     def by_hand(self, signame: str) -> None:
+        """SIGTTIN or SIGTTOU: within cheaper (else 1) .. processes, refused and logged at a bound."""
         if not self.running():
             log(f"{signame}: no change, the master is {self.phase.value}")
             return
