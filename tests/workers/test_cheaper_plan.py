@@ -7,9 +7,11 @@ remembers, and the time; it names the decision. No process, file or clock is inv
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from binserve.config import Config
+from binserve.config import Config, load
 from binserve.scoreboard import CoreStats, WorkerStats
 from binserve.supervision import (
     BUSYNESS,
@@ -27,6 +29,8 @@ from binserve.supervision import (
 )
 from binserve.tools.statsdoc import WorkerRow
 from binserve.tools.top import worker_cells
+
+from support import REPO
 
 NOW = 1_700_000_000.0
 
@@ -293,3 +297,15 @@ def test_the_defaults_are_uwsgi_s() -> None:
     assert (config.cheaper_busyness_max, config.cheaper_busyness_min) == (50, 25)
     assert (config.cheaper_busyness_multiplier, config.cheaper_busyness_penalty) == (10, 1)
     assert config.cheaper_idle == 10
+
+
+def test_the_readme_example_is_a_valid_config(tmp_path: Path) -> None:
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("### Adaptive workers") :]
+    example = section[
+        section.index("```ini\n") + len("```ini\n") : section.index("```\n", section.index("```ini"))
+    ]
+    (tmp_path / "app.ini").write_text(example)
+    config = load(["--ini", str(tmp_path / "app.ini")], {})
+    assert (config.processes, config.cheaper, config.cheaper_initial, config.cheaper_step) == (8, 2, 4, 2)
+    assert (config.cheaper_algo, config.cheaper_overload, config.cheaper_idle) == ("spare", 3, 10)
