@@ -32,7 +32,8 @@ def flood_then_stop(proc: subprocess.Popen[bytes]) -> int | None:
     SIGTERM in the middle of them; the exit code (None: still running 20 s after the SIGTERM).
 
     Under such a flood the process does little but take signals; its loop runs once the flood
-    is over, and must find the SIGTERM then.
+    is over, and must find the SIGTERM then. The kernel's queue of real-time signals is the
+    user's: for that second, another process of the same user may fail to queue one.
     """
     done = threading.Event()
 
