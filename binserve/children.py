@@ -51,7 +51,9 @@ class Children:
         self.become_worker = become_worker
         self.boot_failed = boot_failed  # no worker ever accepted and one failed to boot
         self.table: Table = {}  # every child process, by pid
-        self.seats = {wid: Seat() for wid in range(1, config.processes + 1)}
+        # With cheaper, the seats past the first cheaper-initial (else cheaper) workers start cheap.
+        initial = (config.cheaper_initial or config.cheaper) if config.cheaper else config.processes
+        self.seats = {wid: Seat(cheap=wid > initial) for wid in range(1, config.processes + 1)}
         self.accepted = False  # a worker has accepted: boot failures from then on are not fatal
         self.chain: list[int] = []  # wids still to replace in a chain reload
         self.chain_wait: int | None = None  # the wid being replaced in the chain reload
@@ -232,6 +234,35 @@ class Children:
         if wid == self.chain_wait:  # the respawn is a new process: this step of the chain is done
             self.chain_wait = None
             self.advance_chain()
+
+    def grow(self, count: int) -> None:
+        """Start up to ``count`` workers in cheap seats, lowest worker id first.
+
+        A seat whose cheaped process is still finishing takes the new one in its other place.
+        """
+        for wid, seat in self.seats.items():
+            if count <= 0:
+                break
+            if not seat.cheap:
+                continue
+            finishing = [c for c in self.table.values() if c.wid == wid]
+            if any(c.role is not Role.CHEAPED for c in finishing):
+                continue
+            seat.cheap, count = False, count - 1
+            place = 1 - finishing[0].place if finishing else self.board.current[wid]
+            self.spawn(wid, place)
+
+    def cheap(self, wid: int, line: str) -> None:
+        """Retire worker ``wid``: SIGTERM, it finishes its requests; its seat stays cheap."""
+        child = worker(self.table, wid)
+        if child is None or has(self.table, wid, Role.REPLACEMENT) or wid == self.chain_wait:
+            return  # it is being replaced: the algorithm looks again next time
+        log(line)
+        seat = self.seats[wid]
+        seat.cheap, seat.wanted = True, ""
+        child.role, child.kill_why = Role.CHEAPED, MERCY_PASSED
+        child.kill_by = time.monotonic() + self.config.worker_reload_mercy
+        kill_quietly(child.pid, signal.SIGTERM)
 
     def left(self, child: Child, how: str) -> None:
         """A replaced worker finished its requests and exited: its place is free for the next replacement."""

@@ -19,6 +19,7 @@ from typing import Any
 # ConfigError lives in ini.py, the lowest module that raises it; it is re-exported here.
 from .ini import ConfigError, closest, read, split_placeholder
 from .options import ALIASES, OPTIONS, Option, options_table, resolve
+from .signals import signals_table
 
 __all__ = ["Config", "ConfigError", "load"]
 
@@ -67,6 +68,9 @@ def _parser() -> argparse.ArgumentParser:
         argument_default=argparse.SUPPRESS,
     )
     parser.add_argument("--help-options", action="store_true", help="print every option as a markdown table")
+    parser.add_argument(
+        "--help-signals", action="store_true", help="print what each signal means as a markdown table"
+    )
     for opt in OPTIONS.values():
         flags = [f"--{opt.name}"] + [f"--{a}" for a, target in ALIASES.items() if target == opt.name]
         # argparse %-formats help texts; "%(NAME)" in a help text is meant literally.
@@ -127,12 +131,38 @@ def _one_log(config: Config, origins: Mapping[str, str]) -> None:
         )
 
 
+def _cheaper_bounds(config: Config, origins: Mapping[str, str]) -> None:
+    """cheaper below processes (as uWSGI requires), cheaper-initial between them, busyness min below max."""
+    if not config.cheaper:
+        return
+    if config.cheaper >= config.processes:
+        raise ConfigError(
+            f"{origins['cheaper']}: option 'cheaper' ({config.cheaper}) must be below option 'processes' "
+            f"({config.processes}): cheaper is the fewest workers, processes the most"
+        )
+    initial = config.cheaper_initial
+    if initial and not config.cheaper <= initial <= config.processes:
+        raise ConfigError(
+            f"{origins['cheaper-initial']}: option 'cheaper-initial' ({initial}) must be within option "
+            f"'cheaper' ({config.cheaper}) .. option 'processes' ({config.processes})"
+        )
+    if config.cheaper_busyness_min >= config.cheaper_busyness_max:
+        where = origins.get("cheaper-busyness-min") or origins["cheaper-busyness-max"]
+        raise ConfigError(
+            f"{where}: option 'cheaper-busyness-min' ({config.cheaper_busyness_min}) must be below option "
+            f"'cheaper-busyness-max' ({config.cheaper_busyness_max})"
+        )
+
+
 def load(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Config:
     """Build the Config from command-line ``argv`` (without the program name) and ``environ``."""
     environ = os.environ if environ is None else environ
     args = vars(_parser().parse_args(list(argv)))
     if args.pop("help_options", False):
         print(options_table())
+        raise SystemExit(0)
+    if args.pop("help_signals", False):
+        print(signals_table())
         raise SystemExit(0)
     ini_specs = ([environ[INI_ENV]] if INI_ENV in environ else []) + list(args.pop("ini", []))
     # The environment and the command line, in rising precedence. They are read before the ini
@@ -167,4 +197,5 @@ def load(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Confi
         origins[opt.name] = where
     _one_app(config, origins)
     _one_log(config, origins)
+    _cheaper_bounds(config, origins)
     return config

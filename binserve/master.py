@@ -1,13 +1,13 @@
 """The pre-fork master: one loop that waits, plans and acts, supervising the workers.
 
 Wait: on file descriptors, until a signal, a worker's notice, the emperor, a stats client or
-the next deadline. Signal handlers do nothing; ``signal.set_wakeup_fd`` turns each signal
-into a byte on a pipe that the loop reads (gunicorn crashed for years from work done inside a
+the next deadline. Signal handlers only record the signal, and ``signal.set_wakeup_fd`` writes
+a byte on a pipe that wakes the loop (gunicorn crashed for years from work done inside a
 SIGCHLD handler). What each signal means is binserve/signals.py's MASTER table: HUP graceful
-reload (binserve/reload.py), TERM and INT graceful stop with a deadline, QUIT fast stop; the
-others are logged or ignored. The emperor's commands are the bytes binserve/vassal_link.py
-names. Plan: the policies of binserve/supervision.py read the table of children and the time,
-and return actions. Act: this module carries them out.
+reload (binserve/reload.py), TERM and INT graceful stop with a deadline, QUIT fast stop, TTIN
+and TTOU one worker more or fewer; the others are logged or ignored. The emperor's commands are
+the bytes binserve/vassal_link.py names. Plan: the policies of binserve/supervision.py read the
+table of children and the time, and return actions. Act: this module carries them out.
 
 The table holds one record per child process, and binserve/children.py keeps it true as
 workers are spawned, replaced and reaped. Workers write short notices on one pipe:
@@ -15,6 +15,11 @@ workers are spawned, replaced and reaped. Workers write short notices on one pip
 (max-requests, reload-on-rss, a SIGHUP sent to the worker). The master replaces a worker
 (for those, and for max-worker-lifetime and chain reloads) by spawning the replacement
 beside it; the old one goes on serving and gets SIGTERM only once the new one accepts.
+
+With ``cheaper`` (adaptive workers), some worker ids have no process by choice: their seats
+are cheap. The cheaper algorithm (binserve/supervision.py) reads the scoreboard the workers
+already write, and the master starts workers in cheap seats or retires idle ones (SIGTERM:
+they finish their requests); SIGTTIN and SIGTTOU do the same by hand.
 """
 
 from __future__ import annotations
@@ -88,7 +93,8 @@ class Master:
         self.exit_code = 0
         self.next_periodic = 0.0  # chain-reload files, lifetimes and memory: checked every second
         self.retiring_pipe: int | None = None  # the previous image's life pipe, until its workers are told
-        self.pending = b""  # signal numbers read from the wakeup pipe, not yet handled
+        # Signals taken from the wakeup pipe and not handled yet, each with how many times.
+        self.pending: dict[int, int] = {}
         self.emperor_fd = emperor_fd_from_env()
         # A vassal's emperor is the service systemd watches: the vassal tells only the emperor.
         self.notifier = notifier if notifier is not None and self.emperor_fd is None else Notifier(None)
@@ -113,6 +119,23 @@ class Master:
         self.notify_r = self.notify_w = -1
         self.start_cwd = start_cwd  # where binserve started: the reload re-executes from there
         self.probe_again = False  # a reload was asked for while the probe ran
+        self.cheaper = (
+            supervision.Cheaper(
+                config.cheaper,
+                config.processes,
+                config.cheaper_step,
+                config.cheaper_overload,
+                config.cheaper_idle,
+                config.cheaper_algo,
+                config.cheaper_busyness_max,
+                config.cheaper_busyness_min,
+                config.cheaper_busyness_multiplier,
+                config.cheaper_busyness_penalty,
+            )
+            if config.cheaper
+            else None
+        )
+        self.load = supervision.Load()  # what the cheaper algorithm remembers between two looks
 
     # -- setup -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -147,8 +170,9 @@ class Master:
                 "the code it loaded; set lazy-apps = true for a chain reload to load new code"
             )
         reloaded = self._adopt_previous_image()
-        for wid in self.children.seats:
-            self.children.spawn(wid)
+        for wid, seat in self.children.seats.items():
+            if not seat.cheap:
+                self.children.spawn(wid)
         if self.retiring_pipe is not None:
             os.close(self.retiring_pipe)  # the old workers' life pipe: they finish their request and exit
             self.retiring_pipe = None
@@ -156,7 +180,9 @@ class Master:
             kill_quietly(child.pid, signal.SIGTERM)
         signals.unblock(signals.MASTER)
         names = ", ".join(lst.name for lst in self.listeners)
-        log(f"master ready: {self.config.processes} workers on {names}")
+        count = sum(not seat.cheap for seat in self.children.seats.values())
+        bounds = f" (cheaper: {self.config.cheaper}..{self.config.processes})" if self.cheaper else ""
+        log(f"master ready: {count} workers{bounds} on {names}")
         # As a uWSGI master does: "spawned" on the first boot only, "accepting" every time.
         if not reloaded:
             self._tell_emperor(MSG_SPAWNED)
@@ -232,9 +258,10 @@ class Master:
             if self.stats is not None:
                 self.stats.sock.close()
             self.notifier.close()
-            # Counters are kept only when someone reads them (stats, harakiri, systemd's
+            # Counters are kept only when someone reads them (stats, harakiri, cheaper, systemd's
             # status line): the request path stays lean otherwise.
-            keep = self.stats is not None or self.config.harakiri or self.notifier.active
+            config = self.config
+            keep = self.stats is not None or config.harakiri or config.cheaper or self.notifier.active
             board = self.board if keep else None
             life, notify = self.life_r, self.notify_w
             stack_fd = stacks.fd if stacks is not None else None
@@ -267,7 +294,9 @@ class Master:
         """Wait for a signal or the next deadline, act on it, then on what the policies plan."""
         timeout = 1.0
         now = time.monotonic()
-        if self.phase is Phase.STOPPING:
+        if signals.waiting():  # caught after the loop last emptied the pipe: its byte is gone
+            timeout = 0.0
+        elif self.phase is Phase.STOPPING:
             timeout = max(0.0, min(timeout, self.stop_deadline - now))
         elif self.config.harakiri:
             soonest = supervision.next_harakiri(
@@ -276,12 +305,16 @@ class Master:
             timeout = min(timeout, soonest)
         for key, _ in self.selector.select(timeout):
             key.data()
+        self.pending = _merge(self.pending, signals.take())
         while self.pending:
-            signum, self.pending = self.pending[0], self.pending[1:]
+            signum = next(iter(self.pending))
+            times = self.pending.pop(signum)
             if signals.has_effect(signals.MASTER, signum):
-                getattr(self, f"handle_{signals.name(signum)[3:].lower()}")()
+                handler = getattr(self, f"handle_{signals.name(signum)[3:].lower()}")
+                for _ in range(times if signum in COUNTED else 1):
+                    handler()
             else:
-                log(signals.received(signals.MASTER, signum))
+                log(signals.received(signals.MASTER, signum, times))
         self.reap()
         if self.phase is Phase.RELOADING:
             assert self.wake is not None
@@ -293,7 +326,7 @@ class Master:
 
     def on_wake(self) -> None:
         assert self.wake is not None
-        self.pending += self.wake.read()
+        self.pending = _merge(self.pending, self.wake.take())
 
     def on_stats(self) -> None:
         assert self.stats is not None
@@ -302,7 +335,10 @@ class Master:
     def document(self) -> dict[str, Any]:
         """The stats document of this master and its workers."""
         running = self.running()
-        return instance_document(self.board, self.listeners, self.started, self.cpu, self.recent, running)
+        cheap = {wid for wid, seat in self.children.seats.items() if seat.cheap}
+        return instance_document(
+            self.board, self.listeners, self.started, self.cpu, self.recent, running, cheap
+        )
 
     def supervise(self) -> None:
         """Plan with each policy that applies now; its actions are carried out before the next one plans."""
@@ -331,6 +367,11 @@ class Master:
             if config.evil_reload_on_rss:
                 self.act(supervision.memory(table, self.measure(), config.evil_reload_on_rss))
             self.act(supervision.retries(seats, now))
+        if self.cheaper is not None and running:
+            self.load, actions = supervision.cheaper(
+                self.cheaper, self.load, self.running_workers(), time.time()
+            )
+            self.act(actions)
         self.act(supervision.deadlines(table, self.phase, self.stop_deadline, now))
 
     def status_line(self) -> str:
@@ -395,6 +436,12 @@ class Master:
         """The scoreboard place of every process of this image that may be in a request, by pid."""
         return {c.pid: self.board.read_place(c.wid, c.place) for c in having(self.children.table, *SERVING)}
 
+    def running_workers(self) -> dict[int, WorkerStats]:
+        """The scoreboard place of every running worker, by worker id (a cheap seat has none)."""
+        return {
+            c.wid: self.board.read_place(c.wid, c.place) for c in having(self.children.table, Role.WORKER)
+        }
+
     def measure(self) -> dict[int, int]:
         """The rss of every worker, by pid (none for one that exited meanwhile: it is reaped next)."""
         rss = {}
@@ -450,6 +497,11 @@ class Master:
                     self.children.advance_chain()
                 case supervision.Log(line):
                     log(line)
+                case supervision.Grow(count, line):
+                    log(line)
+                    self.children.grow(count)
+                case supervision.Cheap(wid, line):
+                    self.children.cheap(wid, line)
 
     def log_stacks(self, child: Child) -> None:
         """Where the harakiri'd request of ``child`` was stuck, in one log write (before it is struck)."""
@@ -544,6 +596,24 @@ class Master:
         if self.notifier.active:
             self.notifier.ready(f"reload refused; {self.status_line()}")
 
+    def handle_ttin(self) -> None:
+        """One worker more, up to processes."""
+        self.by_hand("SIGTTIN")
+
+    def handle_ttou(self) -> None:
+        """One worker fewer, down to cheaper (without it, one)."""
+        self.by_hand("SIGTTOU")
+
+    def by_hand(self, signame: str) -> None:
+        """SIGTTIN or SIGTTOU: within cheaper (else 1) .. processes, refused and logged at a bound."""
+        if not self.running():
+            log(f"{signame}: no change, the master is {self.phase.value}")
+            return
+        cheaper = self.config.cheaper
+        floor = f"cheaper ({cheaper})" if cheaper else "binserve (1)"
+        running = self.running_workers()
+        self.act(supervision.by_hand(signame, 1, running, cheaper or 1, self.config.processes, floor))
+
     def handle_term(self) -> None:
         """Graceful stop: workers finish their request and the queued ones, then exit."""
         self.graceful_stop("SIGTERM")
@@ -605,6 +675,8 @@ class Master:
                     self.children.left(child, how)
                 case Child(role=Role.RETIRING):
                     log(f"old worker (pid {pid}) {how}")
+                case Child(role=Role.CHEAPED):
+                    log(f"worker {child.wid} (pid {pid}) cheaped: {how}")
                 case Child(role=Role.REPLACEMENT):
                     self.children.lost_replacement(child, code, how)
                 case Child(role=Role.WORKER):
@@ -622,6 +694,16 @@ class Master:
         # shutdown restores default actions, and most would end it killed instead of exiting 0.
         signals.block(signals.MASTER)
         self.phase = Phase.DONE
+
+
+COUNTED = (signal.SIGTTIN, signal.SIGTTOU)  # each one counts: three SIGTTIN, three workers more
+
+
+def _merge(pending: dict[int, int], taken: dict[int, int]) -> dict[int, int]:
+    """Signals taken from the pipe added to those not handled yet, each with how many times."""
+    for signum, times in taken.items():
+        pending[signum] = pending.get(signum, 0) + times
+    return pending
 
 
 def _mtime(path: str) -> float | None:

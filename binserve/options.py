@@ -98,6 +98,14 @@ def to_stats_format(text: str) -> str:
     return word
 
 
+def to_cheaper_algo(text: str) -> str:
+    """spare or busyness (uWSGI's cheaper algorithms that binserve offers)."""
+    word = text.strip().lower()
+    if word not in ("spare", "busyness"):
+        raise ValueError(f"expected spare or busyness, got {text!r}")
+    return word
+
+
 def to_mode(text: str) -> int:
     """A unix permission mode in octal (``660``); a bare key means 666, as in uWSGI."""
     word = text.strip() or "666"
@@ -237,6 +245,88 @@ _OPTIONS = [
         metavar="BYTES",
     ),
     Option("processes", Number(1, 1024), 1, MASTER, "number of worker processes", metavar="N"),
+    Option(
+        "cheaper",
+        Number(0, 1023),
+        0,
+        MASTER,
+        "adaptive workers: the fewest workers to keep running, below processes, which is the most "
+        "(0: off, every worker runs)",
+        metavar="N",
+    ),
+    Option(
+        "cheaper-initial",
+        Number(0, 1024),
+        0,
+        MASTER,
+        "workers started at first with cheaper, within cheaper..processes (0: cheaper's value)",
+        metavar="N",
+    ),
+    Option(
+        "cheaper-step",
+        Number(1, 1024),
+        1,
+        MASTER,
+        "workers added at once when the cheaper algorithm wants more",
+        metavar="N",
+    ),
+    Option(
+        "cheaper-overload",
+        Number(1, DAY, unit="seconds"),
+        3,
+        MASTER,
+        "spare: seconds every worker must be busy before more are added; busyness: its window",
+        metavar="SECONDS",
+    ),
+    Option(
+        "cheaper-idle",
+        Number(1, DAY, unit="seconds"),
+        10,
+        MASTER,
+        "spare: seconds more than one worker must be idle before one is retired",
+        metavar="SECONDS",
+    ),
+    Option(
+        "cheaper-algo",
+        to_cheaper_algo,
+        "spare",
+        MASTER,
+        "how the count adapts: spare (by busy and idle workers) or busyness (by the share of time "
+        "spent in requests)",
+        metavar="spare|busyness",
+    ),
+    Option(
+        "cheaper-busyness-max",
+        Number(1, 100, unit="percent"),
+        50,
+        MASTER,
+        "busyness: above this share of time in requests over a window, cheaper-step workers more",
+        metavar="PERCENT",
+    ),
+    Option(
+        "cheaper-busyness-min",
+        Number(0, 99, unit="percent"),
+        25,
+        MASTER,
+        "busyness: below this share, a window counts as idle; below cheaper-busyness-max",
+        metavar="PERCENT",
+    ),
+    Option(
+        "cheaper-busyness-multiplier",
+        Number(1, 10**6),
+        10,
+        MASTER,
+        "busyness: idle windows in a row before a worker is retired",
+        metavar="N",
+    ),
+    Option(
+        "cheaper-busyness-penalty",
+        Number(0, 10**6),
+        1,
+        MASTER,
+        "busyness: added to the multiplier when a retired worker is needed again within it",
+        metavar="N",
+    ),
     Option(
         "master",
         to_bool,
@@ -703,8 +793,8 @@ ALIASES = {
 UWSGI_ONLY = frozenset(
     """
     http http-socket https https-socket fastcgi-socket scgi-socket shared-socket http-to
-    reload-on-as lazy cheaper
-    cheaper-algo cheaper-initial cheaper-step idle touch-workers-reload
+    reload-on-as lazy
+    idle touch-workers-reload
     offload-threads static-map static-map2
     route route-if spooler mule mules cron attach-daemon attach-daemon2 smart-attach-daemon
     virtualenv home venv pyhome py-autoreload python-autoreload thunder-lock daemonize daemonize2

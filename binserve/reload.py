@@ -64,7 +64,7 @@ def start_probe(cwd: str, emperor_fd: int | None) -> int:
 
 def reexec(
     wake: signals.WakePipe,
-    pending: bytes,
+    pending: Iterable[int],
     listeners: list[Listener],
     stats: Listener | None,
     life_w: int,
@@ -73,14 +73,13 @@ def reexec(
 ) -> NoReturn:
     """Replace this process with a fresh binserve that inherits the sockets and the ``workers``.
 
-    ``pending``: signal numbers read from ``wake`` and not handled yet. ``workers``: each
+    ``pending``: signals taken from ``wake`` and not handled yet. ``workers``: each
     worker's pid and its SIGKILL deadline (``math.inf`` for none yet).
     """
     signals.block(signals.MASTER)
-    # Signals already turned into bytes would die with the pipe on exec: make them pending
+    # Signals already recorded would die with this image: make them pending in the kernel
     # again (blocked, so they wait for the new image's handlers).
-    pending += wake.read()
-    for signum in set(pending) - {signal.SIGCHLD}:
+    for signum in {*pending, *wake.take()} - {signal.SIGCHLD}:
         signal.raise_signal(signum)
     hand_over(listeners)
     hand_over([stats] if stats else [], STATS_INHERIT_ENV)

@@ -13,7 +13,7 @@ import os
 import socket
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import msgpack
@@ -208,10 +208,13 @@ def instance_document(
     cpu: CpuMeter,
     recent: Recent,
     accepting: bool,
+    cheap: Collection[int] = (),
 ) -> dict[str, Any]:
     """The stats of a master and its workers, in uWSGI's layout plus binserve's fields.
 
     A worker's figures are its cores' added up; its ``cores`` list has one entry per serving thread.
+    A worker id in ``cheap`` has no process by choice (cheaper): as uWSGI shows it, pid 0 and
+    status ``cheap``, its totals kept.
     """
     sockets = socket_entries(listeners)
     queue = max((s["queue"] for s in sockets), default=0)
@@ -220,6 +223,8 @@ def instance_document(
         slot = board.read(wid)
         rss = vsz = 0
         percent = 0.0
+        if wid in cheap:
+            slot.pid, slot.busy = 0, False
         try:
             proc = psutil.Process(slot.pid)
             memory = proc.memory_info()
@@ -235,14 +240,14 @@ def instance_document(
             {
                 "id": wid,
                 "pid": slot.pid,
-                "accepting": int(accepting),
+                "accepting": int(accepting and wid not in cheap),
                 "requests": slot.requests,
                 "delta_requests": slot.delta_requests,
                 "exceptions": slot.exceptions,
                 "harakiri_count": slot.harakiri_count,
                 "signals": 0,
                 "signal_queue": 0,
-                "status": "busy" if slot.busy else "idle",
+                "status": "cheap" if wid in cheap else "busy" if slot.busy else "idle",
                 "rss": rss,
                 "vsz": vsz,
                 "running_time": int(slot.running_time * 1_000_000),

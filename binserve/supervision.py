@@ -8,14 +8,16 @@ is one lookup in the table. What the master wants for a worker id apart from any
 are defined here; binserve/children.py keeps the table true as processes come and go.
 
 The policies (harakiri, max-worker-lifetime, evil-reload-on-rss, the SIGKILL deadlines,
-retries, chain reloads, touch-reload) read the table, the configuration, the time and what
-was measured, and return actions; the master's loop waits, plans, and carries the actions
-out (binserve/master.py). Nothing here reads a clock, a file or a process, so each policy is
-tested from tables of states and times (tests/workers/test_master_plan.py).
+retries, chain reloads, touch-reload, the cheaper algorithms and SIGTTIN/SIGTTOU) read the
+table, the configuration, the time and what was measured, and return actions; the master's loop
+waits, plans, and carries the actions out (binserve/master.py). Nothing here reads a clock, a
+file or a process, so each policy is tested from tables of states and times
+(tests/workers/test_master_plan.py).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import signal
 import time
@@ -51,9 +53,11 @@ class Role(Enum):
     LEAVING = "replaced worker"  # replaced: told to finish its requests and exit
     RETIRING = "old worker"  # a worker of the previous image (before a reload), finishing its requests
     PROBE = "reload probe"  # the new image, loading its config and app before a reload
+    CHEAPED = "cheaped worker"  # retired for want of load (cheaper, SIGTTOU): finishing its requests
 
 
-SERVING = (Role.WORKER, Role.REPLACEMENT, Role.LEAVING)  # this image's workers: they may hold a request
+# This image's workers: they may hold a request.
+SERVING = (Role.WORKER, Role.REPLACEMENT, Role.LEAVING, Role.CHEAPED)
 
 
 @dataclass
@@ -83,6 +87,7 @@ class Seat:
     wanted: str = ""  # why a replacement is to start as soon as it can
     retry_at: float = 0.0  # monotonic: no replacement nor respawn before (a boot or a fork failed)
     respawn_place: int | None = None  # no process serves it (its boot failed): respawn here at retry_at
+    cheap: bool = False  # no process serves it by choice (cheaper, SIGTTOU) until more workers are wanted
 
 
 Table = dict[int, Child]
@@ -206,6 +211,22 @@ class Log:
     line: str
 
 
+@dataclass(frozen=True)
+class Grow:
+    """Start ``count`` more workers in cheap seats, logging ``line``."""
+
+    count: int
+    line: str
+
+
+@dataclass(frozen=True)
+class Cheap:
+    """Retire worker ``wid``: it finishes its requests and exits, its seat stays cheap; log ``line``."""
+
+    wid: int
+    line: str
+
+
 Action = (
     Signal
     | Kill
@@ -219,6 +240,8 @@ Action = (
     | Reload
     | StartChain
     | Log
+    | Grow
+    | Cheap
 )
 
 
@@ -349,7 +372,8 @@ def replaceable(table: Table, seat: Seat, wid: int, now: float) -> bool:
     that last left its other place is still finishing (its counters are there), nor during the
     pause after a failed boot.
     """
-    if worker(table, wid) is None or has(table, wid, Role.REPLACEMENT) or has(table, wid, Role.LEAVING):
+    busy = (Role.REPLACEMENT, Role.LEAVING, Role.CHEAPED)
+    if worker(table, wid) is None or any(has(table, wid, role) for role in busy):
         return False
     return now >= seat.retry_at
 
@@ -399,4 +423,184 @@ def chain_touched(
             actions.append(Log(f"{path} was touched: chain reload, one worker at a time"))
             actions.append(StartChain(sorted(workers)))
         break
+    return actions
+
+
+# -- adaptive workers --------------------------------------------------------------------------
+SPARE, BUSYNESS = "spare", "busyness"
+
+
+@dataclass(frozen=True)
+class Cheaper:
+    """The cheaper settings (uWSGI's names): the bounds and how the algorithm reacts."""
+
+    minimum: int  # cheaper
+    maximum: int  # processes
+    step: int = 1  # cheaper-step
+    overload: float = 3.0  # cheaper-overload: seconds of overload (spare), or busyness's window
+    idle: float = 10.0  # cheaper-idle: seconds with spare workers before one is retired (spare)
+    algo: str = SPARE
+    busyness_max: int = 50  # percent
+    busyness_min: int = 25
+    multiplier: int = 10  # idle windows before a worker is retired (busyness)
+    penalty: int = 1  # added to the multiplier when a worker retired is needed again soon
+
+
+@dataclass(frozen=True)
+class Load:
+    """What the cheaper algorithms remember between two looks at the scoreboard (kept by the master)."""
+
+    overloaded_since: float | None = None  # spare: every worker busy since
+    spare_since: float | None = None  # spare: more than one worker idle since
+    window_start: float | None = None  # busyness: the current window began
+    baseline: tuple[tuple[int, float], ...] = ()  # busyness: (pid, busy seconds) at the window's start
+    idle_windows: int = 0  # busyness: windows in a row below busyness-min
+    multiplier: int = 0  # busyness: the multiplier with its penalties (0: not set yet)
+    last_cheap: float | None = None  # busyness: when a worker was last retired
+
+
+def busy_seconds(stats: WorkerStats, now: float) -> float:
+    """Seconds a worker's cores have spent in requests in all, the ones running now until ``now``."""
+    return stats.running_time + sum(now - core.since for core in stats.cores if core.busy)
+
+
+def _idle(stats: WorkerStats) -> bool:
+    return not any(core.busy for core in stats.cores)
+
+
+def _full(stats: WorkerStats) -> bool:
+    return all(core.busy for core in stats.cores)
+
+
+def _to_cheap(running: Mapping[int, WorkerStats]) -> int:
+    """The worker to retire: the highest id among the idle ones (as uWSGI), else the highest."""
+    idle = [wid for wid, stats in running.items() if _idle(stats)]
+    return max(idle or running)
+
+
+def cheaper(
+    settings: Cheaper, load: Load, running: Mapping[int, WorkerStats], now: float
+) -> tuple[Load, list[Action]]:
+    """The cheaper algorithm's decision: more workers, one fewer, or none; and what it remembers.
+
+    ``running``: the scoreboard reading of every running worker, by worker id (a cheap seat has
+    none). ``now``: epoch, the scoreboard's clock.
+    """
+    if settings.algo == BUSYNESS:
+        return _busyness(settings, load, running, now)
+    return _spare(settings, load, running, now)
+
+
+def _spare(
+    settings: Cheaper, load: Load, running: Mapping[int, WorkerStats], now: float
+) -> tuple[Load, list[Action]]:
+    """spare: every worker busy for cheaper-overload seconds adds cheaper-step workers; more than
+    one idle worker for cheaper-idle seconds retires one (the spare one is kept)."""
+    live = len(running)
+    actions: list[Action] = []
+    overloaded_since = load.overloaded_since
+    if running and all(_full(stats) for stats in running.values()) and live < settings.maximum:
+        overloaded_since = now if overloaded_since is None else overloaded_since
+        if now - overloaded_since >= settings.overload:
+            count = min(settings.step, settings.maximum - live)
+            line = (
+                f"cheaper: every worker busy for {now - overloaded_since:.0f} s "
+                f"(cheaper-overload {settings.overload:g} s): {count} more"
+            )
+            actions.append(Grow(count, line))
+            overloaded_since = None
+    else:
+        overloaded_since = None
+    spare_since = load.spare_since
+    idle = sum(1 for stats in running.values() if _idle(stats))
+    if idle > 1 and live > settings.minimum:
+        spare_since = now if spare_since is None else spare_since
+        if now - spare_since >= settings.idle and not actions:
+            wid = _to_cheap(running)
+            line = (
+                f"cheaper: {idle} workers idle for {settings.idle:g} s (cheaper-idle): retiring worker {wid}"
+            )
+            actions.append(Cheap(wid, line))
+            spare_since = now
+    else:
+        spare_since = None
+    return dataclasses.replace(load, overloaded_since=overloaded_since, spare_since=spare_since), actions
+
+
+def _busyness(
+    settings: Cheaper, load: Load, running: Mapping[int, WorkerStats], now: float
+) -> tuple[Load, list[Action]]:
+    """busyness: the share of time the workers spent in requests over each cheaper-overload window.
+
+    Above busyness-max: cheaper-step more workers. Below busyness-min for ``multiplier``
+    windows in a row: one fewer; a window between the two takes one idle window back. A worker
+    needed again within ``multiplier`` windows of the last retirement adds busyness-penalty to
+    the multiplier, so the count does not swing back and forth.
+    """
+    multiplier = load.multiplier or settings.multiplier
+    baseline = tuple((stats.pid, busy_seconds(stats, now)) for stats in running.values())
+    if load.window_start is None or now - load.window_start < settings.overload:
+        if load.window_start is None:
+            return dataclasses.replace(load, window_start=now, baseline=baseline, multiplier=multiplier), []
+        return load, []
+    before = dict(load.baseline)
+    spent = capacity = 0.0
+    for stats in running.values():
+        if stats.pid in before:  # a worker started during the window has no baseline: next window
+            spent += busy_seconds(stats, now) - before[stats.pid]
+            capacity += (now - load.window_start) * len(stats.cores)
+    busyness = 100.0 * spent / capacity if capacity else 0.0
+    live, idle_windows, last_cheap = len(running), load.idle_windows, load.last_cheap
+    actions: list[Action] = []
+    if busyness > settings.busyness_max and live < settings.maximum:
+        count = min(settings.step, settings.maximum - live)
+        if last_cheap is not None and now - last_cheap < multiplier * settings.overload:
+            multiplier += settings.penalty
+        line = (
+            f"cheaper: busyness {busyness:.0f}% > cheaper-busyness-max {settings.busyness_max}%: {count} more"
+        )
+        actions.append(Grow(count, line))
+        idle_windows = 0
+    elif busyness < settings.busyness_min and live > settings.minimum:
+        idle_windows += 1
+        if idle_windows >= multiplier:
+            wid = _to_cheap(running)
+            line = (
+                f"cheaper: busyness below cheaper-busyness-min {settings.busyness_min}% for {idle_windows} "
+                f"window(s) of {settings.overload:g} s: retiring worker {wid}"
+            )
+            actions.append(Cheap(wid, line))
+            idle_windows, last_cheap = 0, now
+    elif busyness >= settings.busyness_min:
+        idle_windows = max(0, idle_windows - 1)
+    new = Load(
+        window_start=now,
+        baseline=baseline,
+        idle_windows=idle_windows,
+        multiplier=multiplier,
+        last_cheap=last_cheap,
+    )
+    return new, actions
+
+
+def by_hand(
+    signame: str, times: int, running: Mapping[int, WorkerStats], minimum: int, maximum: int, floor: str
+) -> list[Action]:
+    """SIGTTIN or SIGTTOU (``signame``) ``times`` times: that many workers more or fewer, within
+    ``minimum``..``maximum`` (``floor`` names where the minimum comes from); a refusal is logged."""
+    live = len(running)
+    if signame == "SIGTTIN":
+        count = min(times, maximum - live)
+        if count <= 0:
+            return [Log(f"SIGTTIN refused: {live} workers run, the most processes ({maximum}) allows")]
+        return [Grow(count, f"SIGTTIN: {count} worker(s) more, {live + count} of at most {maximum}")]
+    actions: list[Action] = []
+    left = dict(running)
+    for _ in range(times):
+        if len(left) <= minimum:
+            actions.append(Log(f"SIGTTOU refused: {len(left)} worker(s) run, the fewest {floor} allows"))
+            break
+        wid = _to_cheap(left)
+        del left[wid]
+        actions.append(Cheap(wid, f"SIGTTOU: retiring worker {wid}, {len(left)} left"))
     return actions

@@ -190,7 +190,7 @@ class Worker:
 
     def _on_signals(self) -> None:
         assert self.wake is not None
-        for signum in self.wake.read():
+        for signum, times in self.wake.take().items():
             if signum in STOPPING:
                 self.stop_accepting()
             elif signum == signal.SIGHUP:
@@ -204,7 +204,7 @@ class Worker:
             elif signum == signals.STACKS:
                 self._notify(NOTE_STACKS)
             elif not signals.has_effect(signals.WORKER, signum):
-                log(f"worker {self.wid} (pid {self.pid}): {signals.received(signals.WORKER, signum)}")
+                log(f"worker {self.wid} (pid {self.pid}): {signals.received(signals.WORKER, signum, times)}")
 
     def _watch_master(self, wake: signals.WakePipe | None = None) -> None:
         """Watch the master's pipe from a thread of its own: every core may be busy with a request

@@ -155,10 +155,10 @@ class Emperor:
         """Handle the events until the loop has something to do on its own."""
         deadlines = [p.deadline for p in self.probes.values()]
         timeout = wake_timeout(time.monotonic(), self.stopping, self.deadline, self.next_scan, deadlines)
-        for key, _ in self.selector.select(timeout):
+        for key, _ in self.selector.select(0.0 if signals.waiting() else timeout):
             if isinstance(key.data, signals.WakePipe):
-                for signum in key.data.read():
-                    self._on_signal(signum)
+                for signum, times in key.data.take().items():
+                    self._on_signal(signum, times)
             elif key.data is self.stats:
                 self.stats.answer(self._stats_document)
             elif key.data is self.watch:
@@ -168,11 +168,13 @@ class Emperor:
                 self._on_probe(key.data)
             else:
                 self._on_message(key.data)
+        for signum, times in signals.take().items():  # caught after the pipe was last emptied
+            self._on_signal(signum, times)
 
     # -- signals and messages --------------------------------------------------------------
-    def _on_signal(self, signum: int) -> None:
+    def _on_signal(self, signum: int, times: int = 1) -> None:
         if not signals.has_effect(signals.EMPEROR, signum):
-            log(f"emperor: {signals.received(signals.EMPEROR, signum)}")
+            log(f"emperor: {signals.received(signals.EMPEROR, signum, times)}")
         elif signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT) and not self.stopping:
             mercy = self.config.worker_reload_mercy
             log(f"emperor: {signal.Signals(signum).name}, stopping every vassal gracefully ({mercy:g} s)")

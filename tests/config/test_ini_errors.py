@@ -47,10 +47,43 @@ ERRORS = {
         "app.ini:2: unknown option 'project' (never referenced as %(project); is %(projet) a misspelling?)",
     ),
     "a uWSGI option binserve lacks": (
-        {"app.ini": uwsgi("cheaper = 4")},
+        {"app.ini": uwsgi("mules = 4")},
         (),
         {},
-        "app.ini:2: option 'cheaper' is a uWSGI option that binserve does not implement",
+        "app.ini:2: option 'mules' is a uWSGI option that binserve does not implement",
+    ),
+    "cheaper not below processes": (
+        {"app.ini": uwsgi("processes = 4\ncheaper = 4")},
+        (),
+        {},
+        "app.ini:3: option 'cheaper' (4) must be below option 'processes' (4): cheaper is the fewest "
+        "workers, processes the most",
+    ),
+    "cheaper without processes": (
+        {"app.ini": uwsgi("cheaper = 1")},
+        (),
+        {},
+        "app.ini:2: option 'cheaper' (1) must be below option 'processes' (1): cheaper is the fewest "
+        "workers, processes the most",
+    ),
+    "cheaper-initial out of cheaper..processes": (
+        {"app.ini": uwsgi("processes = 4\ncheaper = 2\ncheaper-initial = 1")},
+        (),
+        {},
+        "app.ini:4: option 'cheaper-initial' (1) must be within option 'cheaper' (2) .. option "
+        "'processes' (4)",
+    ),
+    "cheaper-busyness-min not below max": (
+        {"app.ini": uwsgi("processes = 4\ncheaper = 1\ncheaper-busyness-min = 60")},
+        (),
+        {},
+        "app.ini:4: option 'cheaper-busyness-min' (60) must be below option 'cheaper-busyness-max' (50)",
+    ),
+    "an unknown cheaper-algo": (
+        {"app.ini": uwsgi("cheaper-algo = backlog")},
+        (),
+        {},
+        "app.ini:2: option 'cheaper-algo': expected spare or busyness, got 'backlog'",
     ),
     "uWSGI's config logic": (
         {"app.ini": uwsgi("if-env = HOME")},

@@ -231,7 +231,7 @@ def test_unknown_option_without_a_close_match() -> None:
     assert error(["--ini", name]) == "app.ini:2: unknown option 'zzzz'"
 
 
-@pytest.mark.parametrize("option", ["reload-on-as", "cheaper", "spooler", "route", "http"])
+@pytest.mark.parametrize("option", ["reload-on-as", "touch-workers-reload", "spooler", "route", "http"])
 def test_uwsgi_option_binserve_lacks_is_named_as_such(option: str) -> None:
     name = ini(f"[uwsgi]\nmodule = app\n{option} = 30\n")
     assert error(["--ini", name]) == (
@@ -329,14 +329,18 @@ def test_every_option_is_settable_from_ini_and_command_line() -> None:
         "to_network": "10.0.0.5",
         "parse_logger": "file:x",
         "to_log_date": "false",
+        "to_cheaper_algo": "busyness",
     }
     for option in OPTIONS.values():
         if option.name in ("ini", "include", "inherit"):  # they name files: tests/test_ini.py
             continue
         raw = samples.get(getattr(option.convert, "__name__", ""), "2")
-        name = ini(f"[uwsgi]\n{option.name} = {raw}\n", "every.ini")
+        more = ("processes", "4") if option.name == "cheaper" else ()  # cheaper must be below processes
+        lines = f"{option.name} = {raw}\n" + (f"{more[0]} = {more[1]}\n" if more else "")
+        name = ini(f"[uwsgi]\n{lines}", "every.ini")
         from_ini = getattr(load(["--ini", name], {}), option.attr)
-        from_cli = getattr(load([f"--{option.name}", raw], {}), option.attr)
+        cli = [f"--{option.name}", raw] + ([f"--{more[0]}", more[1]] if more else [])
+        from_cli = getattr(load(cli, {}), option.attr)
         assert from_ini == from_cli, option.name
         assert from_cli != option.default or option.convert is to_bool, option.name
 
