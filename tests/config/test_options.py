@@ -327,6 +327,8 @@ def test_every_option_is_settable_from_ini_and_command_line() -> None:
         "to_mode": "644",
         "to_stats_format": "json",
         "to_network": "10.0.0.5",
+        "to_req_encoder": "json",
+        "to_log_format": "%(addr) %(status)",
     }
     for option in OPTIONS.values():
         if option.name in ("ini", "include", "inherit"):  # they name files: tests/test_ini.py
