@@ -56,6 +56,7 @@ class Head:
         "payload",
         "content_length",
         "var_count",
+        "size",
         "_block",
     )
 
@@ -77,12 +78,8 @@ class Head:
         self.payload = payload
         self.content_length = content_length
         self.var_count = var_count
+        self.size = len(block)  # 0 for a packet without vars
         self._block = block
-
-    @property
-    def size(self) -> int:
-        """Bytes of the vars block (the packet's datasize), 0 for a packet without vars."""
-        return len(self._block)
 
     @property
     def vars(self) -> list[tuple[str, str]]:

@@ -20,7 +20,7 @@ from binserve.testing import Serve, Server, StartNginx, exchange, executable, re
 from binserve.testing.client import request_vars
 from binserve.testing.processes import location
 
-from support import REQUEST_LINE, AppFile
+from support import REPO, REQUEST_LINE, AppFile
 
 APP = """
 import time
@@ -39,6 +39,9 @@ def application(environ, start_response):
     elif path == "/pieces":
         start_response(status, [("Content-Type", "text/plain")])
         return iter([b"a", b"bb", b"ccc"])
+    elif path == "/file":
+        start_response(status, [("Content-Type", "text/plain")])
+        return environ["wsgi.file_wrapper"](open(__file__, "rb"))
     start_response(status, [("Content-Type", "text/plain"), ("X-Test", "1")])
     return [body]
 """
@@ -82,7 +85,8 @@ def test_default_line_is_uwsgis_field_by_field(serve: Serve, app_file: AppFile) 
     packet = request_packet("/hello?x=1", "GET", headers, **extra)
     answers = [exchange(server.socket, packet) for _ in range(2)]
     pieces = exchange(server.socket, request_packet("/pieces"))
-    first, second, third = request_lines(server, 3)
+    exchange(server.socket, request_packet("/file"))
+    first, second, third, fourth = request_lines(server, 4)
     head, body = split_answer(answers[0])
     assert answers[0] == answers[1]
     assert first.groupdict() == {
@@ -111,6 +115,22 @@ def test_default_line_is_uwsgis_field_by_field(serve: Serve, app_file: AppFile) 
     assert (second["app_req"], second["req"]) == ("2", "2")
     assert (third["uri"], third["rsize"], third["switches"]) == ("/pieces", "6", "3")
     assert split_answer(pieces)[1] == b"abbccc"
+    assert (fourth["uri"], fourth["rsize"]) == ("/file", str(len(APP)))
+    assert " via sendfile() (HTTP/1.1 200)" in fourth.group()
+
+
+def test_instance_total_comes_from_the_scoreboard(serve: Serve, app_file: AppFile, tmp_path: Path) -> None:
+    server = serve(
+        "--wsgi-file", str(app_file(APP)), "--processes", "2", "--stats", str(tmp_path / "stats.sock")
+    )
+    server.wait_workers(2)
+    for _ in range(8):
+        exchange(server.socket, request_packet("/"))
+    lines = request_lines(server, 8)
+    # One request at a time: the instance's count goes up by one per line, whichever worker served it.
+    assert [int(m["req"]) for m in lines] == list(range(1, 9))
+    per_worker = {m["pid"]: int(m["app_req"]) for m in lines}
+    assert sum(per_worker.values()) == 8
 
 
 def test_same_request_through_nginx_logs_like_uwsgi(
@@ -295,6 +315,29 @@ def test_x_forwarded_for_and_micros(serve: Serve, nginx: StartNginx, app_file: A
     first, second = request_lines(server, 2)
     assert (first["addr"], first["unit"]) == ("203.0.113.9", "micros")
     assert (second["addr"], second["uri"]) == ("127.0.0.1", "/b")
+
+
+def test_a_format_from_ini_keeps_its_variables(serve: Serve, nginx: StartNginx, app_file: AppFile) -> None:
+    readme = (REPO / "README.md").read_text()
+    (setting,) = re.findall(r"^log-format = .*$", readme, re.M)
+    ini = app_file(f"[uwsgi]\nwsgi-file = {app_file(APP)}\n{setting}\n", "app.ini")
+    server = serve("--ini", str(ini))
+    front = nginx(server)
+    assert front.request("GET", "/x?y=1", headers={"User-Agent": "probe/1", "Referer": "http://r/"})[0] == 200
+    (line,) = lines_after(server, "127.0.0.1 - - [", 1)
+    stamp = r"\[\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d [+-]\d{4}\]"
+    expected = rf'127\.0\.0\.1 - - {stamp} "GET /x\?y=1 HTTP/1\.1" 200 \d+ "http://r/" "probe/1" \d+'
+    assert re.fullmatch(expected, line), line
+
+
+def test_readme_lists_every_request_log_variable() -> None:
+    readme = (REPO / "README.md").read_text()
+    start = readme.index("<!-- request-log-variables:start -->\n") + len(
+        "<!-- request-log-variables:start -->\n"
+    )
+    table = readme[start : readme.index("<!-- request-log-variables:end -->")]
+    rows = ["| variable | value |", "| --- | --- |"] + [f"| `%({n})` | {d} |" for n, d in VARIABLES.items()]
+    assert table.strip() == "\n".join(rows)
 
 
 def raw_get(port: int, target: bytes) -> bytes:
