@@ -131,6 +131,12 @@ def test_instance_total_comes_from_the_scoreboard(serve: Serve, app_file: AppFil
     assert [int(m["req"]) for m in lines] == list(range(1, 9))
     per_worker = {m["pid"]: int(m["app_req"]) for m in lines}
     assert sum(per_worker.values()) == 8
+    # Without the scoreboard (no stats, no harakiri) the second number is the worker's own count.
+    alone = serve("--wsgi-file", str(app_file(APP)), "--processes", "2", socket_path=tmp_path / "alone.sock")
+    alone.wait_workers(2)
+    for _ in range(8):
+        exchange(alone.socket, request_packet("/"))
+    assert all(m["app_req"] == m["req"] for m in request_lines(alone, 8))
 
 
 def test_same_request_through_nginx_logs_like_uwsgi(
