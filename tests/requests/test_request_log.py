@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,9 @@ def application(environ, start_response):
         body = b"b" * int(query)
     elif path == "/sleep":
         time.sleep(float(query))
+    elif path == "/hold":  # says it is in the app (a file named by the query), then sleeps
+        open(query, "w").close()
+        time.sleep(1)
     elif path == "/empty":
         body = b""
     elif path == "/pieces":
@@ -307,8 +311,9 @@ def test_notable_requests_are_logged_even_with_logging_disabled(serve: Serve, ap
     loud = ["/status/404", "/status/500", "/sleep?0.4", "/big?1024", "/empty"]
     for path in quiet + loud:
         exchange(server.socket, request_packet(path))
+    # A line is written before its connection closes, and the requests went one after another:
+    # a quiet one logged by mistake would be in the log already.
     lines = request_lines(server, len(loud))
-    time.sleep(0.5)  # a quiet request logged by mistake would show up by now: its line follows its answer
     assert [m["uri"] for m in REQUEST_LINE.finditer(server.log())] == loud
     assert [m["status"] for m in lines] == ["404", "500", "200", "200", "200"]
 
@@ -321,6 +326,19 @@ def test_x_forwarded_for_and_micros(serve: Serve, nginx: StartNginx, app_file: A
     first, second = request_lines(server, 2)
     assert (first["addr"], first["unit"]) == ("203.0.113.9", "micros")
     assert (second["addr"], second["uri"]) == ("127.0.0.1", "/b")
+
+
+def test_each_thread_logs_its_core_id(serve: Serve, app_file: AppFile, tmp_path: Path) -> None:
+    server = serve("--wsgi-file", str(app_file(APP)), "--threads", "2")
+    marker = tmp_path / "holding"
+    with ThreadPoolExecutor(1) as pool:
+        held = pool.submit(exchange, server.socket, request_packet(f"/hold?{marker}"))
+        wait_for(marker.exists, 10, "the first request to be in the app")
+        # One core is in the app: the other one serves this request.
+        assert exchange(server.socket, request_packet("/")).startswith(b"HTTP/1.1 200")
+        assert held.result(10).startswith(b"HTTP/1.1 200")
+    cores = {m["uri"].split("?")[0]: m["core"] for m in request_lines(server, 2)}
+    assert sorted(cores) == ["/", "/hold"] and sorted(cores.values()) == ["0", "1"]
 
 
 def test_a_format_from_ini_keeps_its_variables(serve: Serve, nginx: StartNginx, app_file: AppFile) -> None:
