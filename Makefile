@@ -6,7 +6,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-DEBIAN_TOOLS := nginx tmux wrk iproute2 procps
+# systemd: only its tools (systemd-socket-activate, systemd-analyze); nothing makes it PID 1 here.
+DEBIAN_TOOLS := nginx tmux wrk iproute2 procps systemd
 APT := DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends
 
 .PHONY: test test-fast lint bench demo debian-tools clean-venv
@@ -26,7 +27,7 @@ $(VENV)/.test: $(BIN)/python pyproject.toml
 	@touch $@
 
 debian-tools:
-	@missing=; for tool in nginx tmux wrk ip pgrep; do \
+	@missing=; for tool in nginx tmux wrk ip pgrep systemd-socket-activate systemd-analyze; do \
 		command -v $$tool >/dev/null || test -x /usr/sbin/$$tool || missing="$$missing $$tool"; done; \
 		test -z "$$missing" || { echo "installing from Debian:$$missing"; \
 		apt-get update -qq && $(APT) $(DEBIAN_TOOLS) >/dev/null; }

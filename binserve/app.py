@@ -53,6 +53,20 @@ def load_app(config: Config) -> Callable[..., Any]:
         raise AppLoadError(f"the app's import raised {type(exc).__name__}({exc})") from exc
 
 
+def import_modules(config: Config) -> None:
+    """The ``import`` option's modules, in order; AppLoadError naming the option and the module.
+
+    ``sys.exit()`` at import is a failure too, as for the app; the traceback is chained.
+    """
+    for name in getattr(config, "import"):  # "import" is a keyword: no attribute syntax
+        try:
+            importlib.import_module(name)
+        except signals.Stopped:
+            raise
+        except BaseException as exc:
+            raise AppLoadError(f"option 'import': cannot import {name}: {type(exc).__name__}: {exc}") from exc
+
+
 def _load(config: Config) -> Callable[..., Any]:
     if config.module:
         name, _, attr = config.module.partition(":")

@@ -26,6 +26,7 @@ from .config import Config
 from .log import log
 from .scoreboard import Scoreboard
 from .signals import kill_quietly
+from .stacks import StackFile
 from .supervision import RETRY_AFTER, Child, Role, Seat, Table, has, next_in_chain, replaceable, worker
 from .worker import BOOT_ERROR
 
@@ -40,13 +41,14 @@ class Children:
         config: Config,
         board: Scoreboard,
         running: Callable[[], bool],
-        become_worker: Callable[[int, int], NoReturn],
+        become_worker: Callable[[int, int, StackFile | None], NoReturn],
         boot_failed: Callable[[], None],
     ) -> None:
         self.config = config
         self.board = board
         self.running = running  # whether the master runs (neither stopping nor reloading)
-        self.become_worker = become_worker  # in a forked child: serve as worker ``wid`` in ``place``
+        # In a forked child: serve as worker ``wid`` in ``place``, writing its stacks in the file given.
+        self.become_worker = become_worker
         self.boot_failed = boot_failed  # no worker ever accepted and one failed to boot
         self.table: Table = {}  # every child process, by pid
         self.seats = {wid: Seat() for wid in range(1, config.processes + 1)}
@@ -57,15 +59,18 @@ class Children:
     def spawn(self, wid: int, place: int = 0, replacing: bool = False) -> None:
         """Fork a process for worker ``wid`` into ``place``; a replacement stays one until it accepts."""
         when = time.time()  # before the fork: the child may start a request before the parent runs on
+        stacks = self._stack_file(wid)
         sys.stdout.flush()
         sys.stderr.flush()
         try:
             pid = signals.fork_worker(signals.MASTER)  # the worker unblocks once its handlers are in place
         except OSError as exc:  # the user's process limit, a cgroup's pids.max: try again later
+            if stacks is not None:
+                stacks.close()
             self.cannot_fork(wid, place, replacing, exc)
             return
         if pid == 0:
-            self.become_worker(wid, place)
+            self.become_worker(wid, place, stacks)
         self.board.spawned(wid, pid, place, when)
         now = time.monotonic()
         if replacing:
@@ -80,12 +85,30 @@ class Children:
                 now,
                 now + mercy,
                 "did not accept within worker-reload-mercy",
+                stacks=stacks,
             )
             log(f"spawned worker {wid} (pid {pid}) to replace pid {old.pid}")
         else:
             self.board.promote(wid, place)
-            self.table[pid] = Child(pid, Role.WORKER, wid, place, now)
+            self.table[pid] = Child(pid, Role.WORKER, wid, place, now, stacks=stacks)
             log(f"spawned worker {wid} (pid {pid})")
+
+    def _stack_file(self, wid: int) -> StackFile | None:
+        """The file the worker writes its stacks into on harakiri (none without harakiri)."""
+        if not self.config.harakiri:
+            return None
+        try:
+            return StackFile()
+        except OSError as exc:
+            log(f"worker {wid}: no stack file ({exc.strerror}): a harakiri will not show where it was stuck")
+            return None
+
+    def forget(self, pid: int) -> Child | None:
+        """Take an exited child out of the table, closing what the master kept for it."""
+        child = self.table.pop(pid, None)
+        if child is not None and child.stacks is not None:
+            child.stacks.close()
+        return child
 
     def cannot_fork(self, wid: int, place: int, replacing: bool, exc: OSError) -> None:
         """A worker could not be forked: the one it was to replace serves on, or it is respawned later."""

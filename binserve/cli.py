@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 import traceback
 from collections.abc import Sequence
 
 from . import signals
-from .app import AppLoadError, load_app, prepare_process
+from .activation import take_passed
+from .app import AppLoadError, import_modules, load_app, prepare_process
 from .config import Config, ConfigError, load
 from .emperor import Emperor, print_status
-from .log import log, redirect_to
+from .log import LoggerSpec, SinkError, log, setup
 from .master import Master
+from .notify import Notifier
 from .privileges import PrivilegeError, Privileges, nginx_access_warnings
 from .reload import PROBE_ENV, RETIRING_ENV, abandon_reload
 from .safefile import write_replace
@@ -21,6 +24,7 @@ from .sockets import (
     PeerFilter,
     SocketError,
     absolute,
+    activated_inherited,
     address_key,
     inherited,
     open_all,
@@ -36,10 +40,17 @@ DEFAULT_MERCY = 60.0
 def main(argv: Sequence[str] | None = None) -> int:
     """Load the options and the app, bind the sockets, run the master. Returns the exit code."""
     signals.hold_without_meaning()
+    # Before anything else runs: what systemd hands to the service is not the app's.
+    notifier = Notifier.from_environ()
     config: Config | None = None
+    passed: list[Listener] = []
     try:
+        passed = take_passed()
         config = load(sys.argv[1:] if argv is None else argv)
-        code = _probe(config) if PROBE_ENV in os.environ else _serve(config)
+        code = _probe(config) if PROBE_ENV in os.environ else _serve(config, notifier, passed)
+    except SocketError as exc:
+        log(str(exc))
+        code = USAGE_ERROR
     except ConfigError as exc:
         who = "binserve reload probe" if PROBE_ENV in os.environ else "binserve"
         print(f"{who}: {exc}", file=sys.stderr)
@@ -53,23 +64,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
-def _serve(config: Config) -> int:
-    if config.logto:
-        try:
-            redirect_to(config.logto)
-        except OSError as exc:
-            # After a reload as the uid user, the file root opened may be closed to this user, or
-            # replaced by a link (refused); stdout and stderr, inherited through exec, still point at it.
-            if RETIRING_ENV not in os.environ:
-                print(f"binserve: logto {config.logto}: {exc.strerror}", file=sys.stderr)
-                return USAGE_ERROR
-            log(f"logto {config.logto}: {exc.strerror} as uid {os.getuid()}; logging on as before the reload")
+def _serve(config: Config, notifier: Notifier, passed: list[Listener]) -> int:
+    code = _open_logs(config)
+    if code is not None:
+        return code
     if config.emperor_status:
         return print_status(config.emperor_status)
     if config.emperor:
-        return Emperor(config).run()
-    if not config.socket:
-        log("no socket given: set socket (a unix path or HOST:PORT)")
+        if passed:
+            log("socket activation: the emperor serves no socket itself; give each vassal its socket")
+            return USAGE_ERROR
+        return Emperor(config, notifier).run()
+    if not config.socket and not passed and not activated_inherited():
+        log("no socket given: set socket (a unix path or HOST:PORT), or let systemd pass one")
         return USAGE_ERROR
     start_cwd = os.getcwd()
     # Relative unix socket paths are relative to where binserve started, not to chdir.
@@ -78,7 +85,7 @@ def _serve(config: Config) -> int:
         # Names are resolved and the allow list parsed before anything is bound.
         privileges = Privileges.from_config(config)
         peers = PeerFilter(config.uwsgi_allow_from)
-        listeners = open_all(specs, config.listen, config.chmod_socket, config.socket_timeout, peers)
+        listeners = open_all(specs, config.listen, config.chmod_socket, config.socket_timeout, peers, passed)
     except (PrivilegeError, SocketError) as exc:
         log(str(exc))
         return USAGE_ERROR
@@ -95,6 +102,12 @@ def _serve(config: Config) -> int:
     created = [lst.spec for lst in listeners if lst.is_unix and lst.bound_here and not lst.is_abstract]
     if privileges.socket_owner and any(listener.is_abstract for listener in listeners):
         log("chown-socket ignored for abstract sockets (@name): they have no file to give an owner")
+    modes = config.chmod_socket is not None or privileges.socket_owner
+    if modes and any(listener.activated for listener in listeners):
+        log(
+            "chmod-socket and chown-socket ignored for the sockets systemd passed: set SocketMode=, "
+            "SocketUser= and SocketGroup= in the .socket unit"
+        )
     if config.pidfile and not _write_pidfile(config.pidfile):
         return _give_up(config, opened, USAGE_ERROR, None)  # what is there is not ours to remove
     try:
@@ -126,7 +139,27 @@ def _serve(config: Config) -> int:
     except Exception:
         log("cannot load the app, it raised:\n" + traceback.format_exc().rstrip())
         return _give_up(config, opened, APP_LOAD_ERROR, config.pidfile)
-    return Master(config, app, listeners, start_cwd, stats).run()
+    return Master(config, app, listeners, start_cwd, stats, notifier).run()
+
+
+def _open_logs(config: Config) -> int | None:
+    """Open the log and the request log; a failure stops the start, but not a reloaded image's.
+
+    After a reload as the uid user, a file root opened may be closed to this user, or replaced
+    by a link (refused); stdout and stderr, inherited through exec, still point at the old file.
+    """
+    logger, option = config.logger, "logger"
+    if config.logto:
+        logger, option = LoggerSpec("file", path=config.logto, text=config.logto), "logto"
+    reloaded = RETIRING_ENV in os.environ
+    try:
+        problems = setup(logger, config.req_logger, config.log_date, option, fallback=reloaded)
+    except SinkError as exc:
+        print(f"binserve: {exc}", file=sys.stderr)
+        return USAGE_ERROR
+    for problem in problems:
+        log(f"{problem} as uid {os.getuid()}; logging on as before the reload")
+    return None
 
 
 def _stats_address(config: Config, specs: list[str], start_cwd: str) -> str | None:
@@ -141,18 +174,24 @@ def _stats_address(config: Config, specs: list[str], start_cwd: str) -> str | No
 def _probe(config: Config) -> int:
     """Load what a reloaded image would load, as it would, and exit: binding and writing nothing.
 
-    The app is imported even with lazy-apps, where the new workers would fail on it one by one.
+    The app is imported even with lazy-apps, where the new workers would fail on it one by one,
+    and so are the ``import`` option's modules.
     """
     try:
         Privileges.from_config(config).drop()
         prepare_process(config)
         load_app(config)
+        import_modules(config)
     except (PrivilegeError, AppLoadError) as exc:
         log(f"reload probe: {exc}")
         return USAGE_ERROR if isinstance(exc, PrivilegeError) else APP_LOAD_ERROR
     except Exception:
         log("reload probe: the app raised:\n" + traceback.format_exc().rstrip())
         return APP_LOAD_ERROR
+    finally:
+        # The app's exit handlers belong to the processes that serve it: one that deregisters
+        # the host from service discovery must not run because a reload was checked.
+        atexit._clear()
     return 0
 
 

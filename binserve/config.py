@@ -118,6 +118,15 @@ def _one_app(config: Config, origins: Mapping[str, str]) -> None:
         )
 
 
+def _one_log(config: Config, origins: Mapping[str, str]) -> None:
+    """``logto`` and ``logger`` both say where the log goes: refused, as two apps are."""
+    if config.logto and config.logger:
+        raise ConfigError(
+            f"{origins['logto']}: option 'logto' cannot be used with option 'logger'"
+            f" ({origins['logger']}): give only one (logto FILE is logger = file:FILE)"
+        )
+
+
 def load(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Config:
     """Build the Config from command-line ``argv`` (without the program name) and ``environ``."""
     environ = os.environ if environ is None else environ
@@ -157,4 +166,5 @@ def load(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Confi
         config.set(opt.name, _convert(opt, raw, where, name))
         origins[opt.name] = where
     _one_app(config, origins)
+    _one_log(config, origins)
     return config

@@ -69,6 +69,15 @@ class Host(Protocol):
         """Bookkeeping after request number ``n``."""
 
 
+# A process that leaves (the old generation on a reload, a recycled worker) may have been the
+# one woken for a connection and closed its listeners before accepting it. With EPOLLEXCLUSIVE
+# no other core is woken for that connection until the next one arrives: on a quiet server it
+# would wait for minutes. Such leaving happens just after a new worker starts accepting, so a
+# new core looks for left-behind connections every SWEEP_EVERY seconds for its first SWEEP_FOR.
+SWEEP_EVERY = 0.1
+SWEEP_FOR = 5.0
+
+
 class Core:
     """One thread's serving loop, with its own epoll, scoreboard slot and buffers."""
 
@@ -123,12 +132,15 @@ class Core:
 
     def run(self) -> None:
         """Serve until the worker stops accepting and no parked connection is left."""
+        self._serving_here()
         host, parking = self.host, self.parking
         listening, parked, others = self.listening, self.parked, self.others
         poll, expire = self.poller.poll, parking.expire
-        timeout = expire() if parked else -1.0
+        timeout = min(expire(), SWEEP_EVERY) if parked else SWEEP_EVERY
+        sweep_until = time.monotonic() + SWEEP_FOR
         while True:
-            for fd, _ in poll(timeout):
+            events = poll(timeout)
+            for fd, _ in events:
                 found = listening.get(fd)
                 if found is not None:
                     if host.accepting:  # an event of this batch may have stopped the worker
@@ -139,6 +151,13 @@ class Core:
                     others[fd]()
             # Expire first: dropping the last parked connection may be what lets a stopping core leave.
             timeout = expire() if parked or parking.stalled else -1.0
+            if sweep_until:
+                if not events and host.accepting and not self.paused:
+                    self._sweep()
+                if time.monotonic() >= sweep_until:
+                    sweep_until = 0.0
+                elif timeout < 0 or timeout > SWEEP_EVERY:
+                    timeout = SWEEP_EVERY
             if not host.accepting:
                 if listening:
                     if not self.paused:
@@ -153,6 +172,18 @@ class Core:
                     self._listen(True)
                 elif wait > 0:
                     timeout = wait if timeout < 0 else min(timeout, wait)
+
+    def _sweep(self) -> None:
+        """Accept the connections queued with no wakeup left for them (see SWEEP_FOR)."""
+        for listener in list(self.listening.values()):
+            for _ in range(self.config.listen):
+                if not self.host.accepting or self.paused or not self._accept(listener):
+                    break
+
+    def _serving_here(self) -> None:
+        """Name the calling thread in the slot: on harakiri, the master wants the stack of this one."""
+        if self.slot is not None:
+            self.slot.serving_thread(threading.get_ident(), threading.get_native_id())
 
     def _pause(self, seconds: float, why: str) -> None:
         """Take the listeners out of the epoll for ``seconds`` and until fewer are parked."""
@@ -222,6 +253,7 @@ class Core:
         Only those: later ones go to whoever accepts them. A worker leaving because its
         replacement accepts would otherwise go on serving a steady stream from the backlog.
         """
+        self._serving_here()  # with threads, the worker's main thread drains once the core threads end
         for listener in self.host.listeners:
             for _ in range(self._queued(listener)):
                 if not self._accept(listener):

@@ -29,14 +29,18 @@ from typing import Any, NoReturn
 
 import psutil
 
+from . import log as logs
 from . import signals, supervision
 from .children import MERCY_PASSED, Children
 from .config import Config
+from .core import Core
 from .log import log
+from .notify import Notifier
 from .reload import previous_image, reexec, start_probe
 from .scoreboard import Scoreboard, WorkerStats
 from .signals import kill_quietly
 from .sockets import Listener, remove_files
+from .stacks import WAIT, StackFile, kernel_lines, report
 from .stats import CpuMeter, Recent, StatsServer, instance_document
 from .supervision import SERVING, Child, Phase, Role, having
 from .vassal_link import (
@@ -47,7 +51,10 @@ from .vassal_link import (
     MSG_SPAWNED,
     emperor_fd_from_env,
 )
-from .worker import BOOT_ERROR, NOTE_ACCEPTING, NOTE_RECYCLING, NOTICE, run_worker
+from .worker import BOOT_ERROR, NOTE_ACCEPTING, NOTE_RECYCLING, NOTE_STACKS, NOTICE, run_worker
+
+# Where a worker's stack enters the app: a harakiri shows the stuck request's stack from there.
+APP_CALL = (Core._serve.__code__.co_filename, Core._serve.__name__)
 
 
 def describe_exit(status: int) -> str:
@@ -72,6 +79,7 @@ class Master:
         listeners: list[Listener],
         start_cwd: str,
         stats: Listener | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         self.config = config
         self.app = app
@@ -82,6 +90,9 @@ class Master:
         self.retiring_pipe: int | None = None  # the previous image's life pipe, until its workers are told
         self.pending = b""  # signal numbers read from the wakeup pipe, not yet handled
         self.emperor_fd = emperor_fd_from_env()
+        # A vassal's emperor is the service systemd watches: the vassal tells only the emperor.
+        self.notifier = notifier if notifier is not None and self.emperor_fd is None else Notifier(None)
+        self.notified_ready = False  # READY=1 sent to systemd for this image (once its first worker accepts)
         self.board = Scoreboard(config.processes, config.threads)
         self.children = Children(config, self.board, self.running, self._serve_as_worker, self.boot_failed)
         self.stats = (
@@ -92,6 +103,7 @@ class Master:
         self.cpu = CpuMeter()
         self.touched = {path: _mtime(path) for path in config.touch_reload}
         self.chain_touched = {path: _mtime(path) for path in config.touch_chain_reload}
+        self.log_touched = {path: _mtime(path) for path in config.touch_logreopen}
         self.recent = Recent()
         self.started = time.time()
         self.stop_deadline = 0.0
@@ -203,12 +215,15 @@ class Master:
         self.exit_code = BOOT_ERROR
         self.graceful_stop("boot failure")
 
-    def _serve_as_worker(self, wid: int, place: int) -> NoReturn:
+    def _serve_as_worker(self, wid: int, place: int, stacks: StackFile | None) -> NoReturn:
         """In the forked child: drop the master's descriptors and run the worker."""
         code = 1
         try:
             assert self.wake is not None
             self.wake.close()
+            for child in self.children.table.values():  # the other workers' stack files
+                if child.stacks is not None:
+                    child.stacks.close()
             os.close(self.life_w)
             os.close(self.notify_r)
             if self.retiring_pipe is not None:
@@ -216,13 +231,24 @@ class Master:
             self.selector.close()
             if self.stats is not None:
                 self.stats.sock.close()
-            # Counters are kept only when someone reads them (stats, harakiri): the request
-            # path stays lean otherwise.
-            keep = self.stats is not None or self.config.harakiri
+            self.notifier.close()
+            # Counters are kept only when someone reads them (stats, harakiri, systemd's
+            # status line): the request path stays lean otherwise.
+            keep = self.stats is not None or self.config.harakiri or self.notifier.active
             board = self.board if keep else None
             life, notify = self.life_r, self.notify_w
+            stack_fd = stacks.fd if stacks is not None else None
             code = run_worker(
-                wid, self.app, self.listeners, self.config, life, notify, self.emperor_fd, board, place
+                wid,
+                self.app,
+                self.listeners,
+                self.config,
+                life,
+                notify,
+                self.emperor_fd,
+                board,
+                place,
+                stack_fd,
             )
         except BaseException:  # a forked child must never return into the master's code
             traceback.print_exc()
@@ -261,6 +287,7 @@ class Master:
             assert self.wake is not None
             stats = self.stats.listener if self.stats else None
             children = [(child.pid, child.kill_by) for child in self.children.workers()]
+            self.notifier.hand_over()
             reexec(self.wake, self.pending, self.listeners, stats, self.life_w, children, self.start_cwd)
         self.supervise()
 
@@ -286,8 +313,14 @@ class Master:
             self.act(supervision.harakiri(table, self.readings(), config.harakiri, grace, time.time()))
         if self.touched and running:
             self.act(supervision.touched(self.touched, {path: _mtime(path) for path in self.touched}))
+        if self.log_touched:
+            self.check_log_touched()
         if running and now >= self.next_periodic:
             self.next_periodic = now + 1.0
+            if config.log_maxsize:
+                self.check_log_sizes()
+            if self.notified_ready:
+                self.notifier.status(self.status_line())
             if self.chain_touched:
                 mtimes = {path: _mtime(path) for path in self.chain_touched}
                 chaining = bool(self.children.chain) or self.children.chain_wait is not None
@@ -299,6 +332,64 @@ class Master:
                 self.act(supervision.memory(table, self.measure(), config.evil_reload_on_rss))
             self.act(supervision.retries(seats, now))
         self.act(supervision.deadlines(table, self.phase, self.stop_deadline, now))
+
+    def status_line(self) -> str:
+        """What ``systemctl status`` shows: the workers serving and the requests this image served."""
+        workers = len(having(self.children.table, Role.WORKER))
+        served = sum(self.board.read(wid).requests for wid in self.children.seats)
+        return f"{workers} workers, {served} requests served"
+
+    def check_log_touched(self) -> None:
+        """touch-logreopen: a watched file whose mtime changed reopens the logs, once for all of them."""
+        mtimes = {path: _mtime(path) for path in self.log_touched}
+        touched = [path for path, mtime in mtimes.items() if mtime != self.log_touched[path]]
+        self.log_touched = mtimes
+        if touched:
+            self.reopen_logs(f"{touched[0]} was touched")
+
+    def check_log_sizes(self) -> None:
+        """log-maxsize: a log file past it is renamed, and every process reopens its logs."""
+        rotated = []
+        for sink in logs.files():
+            try:
+                open_file, named = os.fstat(sink.fd), os.stat(sink.path)
+                # Only the file this process writes: one already renamed (by logrotate) is not ours to move.
+                if open_file.st_size <= self.config.log_maxsize or open_file.st_ino != named.st_ino:
+                    continue
+                backup = self.config.log_backupname if sink.fd == 2 else None  # the log's own file
+                rotated.append(f"{sink.path} ({open_file.st_size} bytes) to {logs.rotate(sink, backup)}")
+            except OSError as exc:
+                log(f"log-maxsize: cannot rotate {sink.path}: {exc.strerror}")
+        if rotated:
+            self.reopen_logs(f"log-maxsize {self.config.log_maxsize} bytes: renamed {', '.join(rotated)}")
+
+    def reopen_logs(self, why: str) -> None:
+        """Reopen this process's log files, then every worker's (each reopens its own)."""
+        problems = logs.reopen()
+        for child in self.children.table.values():
+            if child.role is not Role.PROBE:
+                kill_quietly(child.pid, signal.SIGUSR1)
+        for problem in problems:
+            log(f"{why}: cannot reopen {problem}; logging on to the file as it was")
+        done = f"{len(problems)} log file(s) not reopened (above)" if problems else "log files reopened"
+        log(f"{why}: {done}; {self.summary()}")
+
+    def summary(self) -> str:
+        """One line of the stats, for the operator who sent SIGUSR1."""
+        document = self.document()
+        workers = document["workers"]
+        rss = sum(worker["rss"] for worker in workers) / (1 << 20)
+        counted = self.stats is not None or self.config.harakiri
+        if counted:
+            busy = sum(worker["status"] == "busy" for worker in workers)
+            requests = sum(worker["requests"] for worker in workers)
+            activity = f"{busy} busy, {requests} requests served"
+        else:
+            activity = "requests not counted (set stats or harakiri)"
+        return (
+            f"{len(workers)} workers ({activity}), listen queue {document['listen_queue']}, "
+            f"workers' rss {rss:.1f} MB, up {document['uptime']:.0f} s"
+        )
 
     def readings(self) -> dict[int, WorkerStats]:
         """The scoreboard place of every process of this image that may be in a request, by pid."""
@@ -326,11 +417,20 @@ class Master:
                     log(line)
                     kill_quietly(pid, signal.SIGKILL)
                     self.children.table[pid].kill_by, self.children.table[pid].sigkilled = again, True
-                case supervision.Harakiri(pid, wid, place, signum, line, kill_at):
+                case supervision.Harakiri(pid, wid, place, line, thread, tid, strike_at):
                     log(line)
                     self.board.harakiri(wid, place)
+                    child = self.children.table[pid]
+                    child.harakiri_strike = strike_at
+                    if child.stacks is None:
+                        child.stacks_written = True  # nothing to wait for
+                    else:
+                        child.stacks.ask(pid, thread, tid, signals.STACKS)
+                case supervision.HarakiriStrike(pid, signum, kill_at):
+                    child = self.children.table[pid]
+                    self.log_stacks(child)
                     kill_quietly(pid, signum)
-                    self.children.table[pid].harakiri_kill = kill_at
+                    child.harakiri_strike, child.harakiri_kill = None, kill_at
                 case supervision.HarakiriKill(pid, again):
                     kill_quietly(pid, signal.SIGKILL)
                     self.children.table[pid].harakiri_kill = again
@@ -351,6 +451,18 @@ class Master:
                 case supervision.Log(line):
                     log(line)
 
+    def log_stacks(self, child: Child) -> None:
+        """Where the harakiri'd request of ``child`` was stuck, in one log write (before it is struck)."""
+        stacks = child.stacks
+        if stacks is None:
+            return
+        lines = report(stacks.read(), stacks.thread, self.config.harakiri_verbose, app_call=APP_CALL)
+        if not lines:
+            lines = [f"no stacks written within {WAIT:g} s"]
+        if self.config.harakiri_verbose:
+            lines += kernel_lines(child.pid, stacks.tid)
+        log(f"HARAKIRI worker {child.wid} (pid {child.pid}): " + "\n".join(lines))
+
     # -- workers' notices ------------------------------------------------------------------
     def on_notices(self) -> None:
         """Workers' messages: one accepts now, or one is recycling and wants its replacement."""
@@ -361,12 +473,24 @@ class Master:
         for kind, pid in NOTICE.iter_unpack(data[: len(data) // NOTICE.size * NOTICE.size]):
             if kind == NOTE_ACCEPTING:
                 self.children.on_accepting(pid)
+                if self.notifier.active and not self.notified_ready and self.running():
+                    # The first worker of this image accepts: a request sent now is served.
+                    self.notified_ready = True
+                    self.notifier.ready(self.status_line())
             elif kind == NOTE_RECYCLING:
                 self.children.on_recycling(pid)
+            elif kind == NOTE_STACKS:
+                child = self.children.table.get(pid)
+                if child is not None and child.harakiri_strike is not None:  # not a stray signal's
+                    child.stacks_written = True
 
     # -- signals ---------------------------------------------------------------------------
     def handle_chld(self) -> None:
         """Children changed state: reaped in ``reap`` after every step."""
+
+    def handle_usr1(self) -> None:
+        """Reopen the log files (logrotate's postrotate), everywhere, and log a summary of the stats."""
+        self.reopen_logs("SIGUSR1")
 
     def handle_hup(self) -> None:
         """Graceful reload: once a probe of the new image loads, re-execute with the sockets inherited."""
@@ -390,6 +514,7 @@ class Master:
             return
         self.children.table[pid] = Child(pid, Role.PROBE, kill_by=deadline, kill_why=MERCY_PASSED)
         log(f"{why}: graceful reload, checking that the new image loads (probe pid {pid})")
+        self.notifier.reloading(f"reloading ({why}): checking that the new image loads")
 
     def probe(self) -> Child | None:
         """The probe of the new image, while a reload waits for it."""
@@ -416,6 +541,8 @@ class Master:
         """Serve on with the same workers; a vassal tells its emperor the reload is over."""
         log(f"{why}; the workers serve on")
         self._tell_emperor(MSG_ACCEPTING)
+        if self.notifier.active:
+            self.notifier.ready(f"reload refused; {self.status_line()}")
 
     def handle_term(self) -> None:
         """Graceful stop: workers finish their request and the queued ones, then exit."""
@@ -428,6 +555,7 @@ class Master:
     def handle_quit(self) -> None:
         """Fast stop: kill the workers now."""
         log("SIGQUIT: fast stop, killing workers")
+        self.notifier.stopping("fast stop (SIGQUIT)")
         self.cancel_probe()
         for child in self.children.workers():
             kill_quietly(child.pid, signal.SIGKILL)
@@ -440,6 +568,7 @@ class Master:
             return
         mercy = self.config.worker_reload_mercy
         log(f"{why}: graceful stop, workers have {mercy:g} s to finish")
+        self.notifier.stopping(f"stopping ({why})")
         self.cancel_probe()
         self.phase = Phase.STOPPING
         self.stop_deadline = time.monotonic() + mercy
@@ -466,7 +595,7 @@ class Master:
                 break
             how = describe_exit(status)
             code = os.waitstatus_to_exitcode(status)
-            child = self.children.table.pop(pid, None)
+            child = self.children.forget(pid)
             match child:
                 case None:
                     log(f"reaped unknown child (pid {pid}) {how}")

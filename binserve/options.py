@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .log import DEFAULT_DATE, parse_logger, to_log_date
 from .requestlog import to_log_format, to_req_encoder
 
 MASTER, WORKER, EMPEROR = "master", "worker", "emperor"
@@ -347,8 +348,68 @@ _OPTIONS = [
         to_str,
         None,
         MASTER,
-        "append all logging (and the app's stdout/stderr) to this file",
+        "append all logging (and the app's stdout/stderr) to this file (as logger = file:FILE)",
         metavar="FILE",
+    ),
+    Option(
+        "logger",
+        parse_logger,
+        None,
+        MASTER,
+        "where binserve's lines (and the request lines, without req-logger) go: file:PATH (with the "
+        "app's stdout/stderr, as logto), stdio, or syslog[:ID[,FACILITY]] (datagrams to /dev/log)",
+        metavar="SPEC",
+    ),
+    Option(
+        "req-logger",
+        parse_logger,
+        None,
+        MASTER,
+        "where the request lines go, and only there: file:PATH, stdio or syslog[:ID[,FACILITY]]",
+        metavar="SPEC",
+    ),
+    Option(
+        "log-date",
+        to_log_date,
+        DEFAULT_DATE,
+        MASTER,
+        "strftime format of the date starting binserve's own lines (false: no date; request lines and "
+        "the app's output are not changed)",
+        metavar="FORMAT",
+    ),
+    Option(
+        "touch-logreopen",
+        to_str,
+        [],
+        MASTER,
+        "reopen the log files when this file's mtime changes (repeatable), as SIGUSR1 does",
+        repeatable=True,
+        metavar="FILE",
+    ),
+    Option(
+        "log-maxsize",
+        Number(0, 1 << 50, unit="bytes", sizes=True),
+        0,
+        MASTER,
+        "rename a log file larger than this to FILE.<epoch seconds> (or log-backupname) and reopen it "
+        "(0: never); checked every second",
+        metavar="BYTES",
+    ),
+    Option(
+        "log-backupname",
+        to_str,
+        None,
+        MASTER,
+        "the name log-maxsize renames the log file to (replaced at each rotation)",
+        metavar="FILE",
+    ),
+    Option(
+        "log-reopen",
+        to_bool,
+        True,
+        MASTER,
+        "no effect: a reload always reopens the log files (the new image opens them afresh)",
+        flag=True,
     ),
     Option(
         "worker-reload-mercy",
@@ -475,6 +536,15 @@ _OPTIONS = [
         metavar="SECONDS",
     ),
     Option(
+        "harakiri-verbose",
+        to_bool,
+        False,
+        MASTER,
+        "on harakiri, log every thread's stack, not only the stuck request's, and the stuck thread's "
+        "kernel wait channel and system call from /proc (as uWSGI's)",
+        flag=True,
+    ),
+    Option(
         "max-requests",
         Number(0, 10**9),
         0,
@@ -498,6 +568,16 @@ _OPTIONS = [
         "load the app in each worker after fork, not once in the master (for apps that open "
         "connections or threads at import)",
         flag=True,
+    ),
+    Option(
+        "import",
+        to_str,
+        [],
+        WORKER,
+        "import this Python module in each worker after fork, after the app (repeatable); a module "
+        "that fails to import fails the worker's boot, as the app would",
+        repeatable=True,
+        metavar="MODULE",
     ),
     Option(
         "touch-reload",
@@ -668,6 +748,7 @@ ALIASES = {
     "plugin": "plugins",
     "stats-server": "stats",
     "set-ph": "set-placeholder",
+    "logdate": "log-date",
     "logformat": "log-format",
 }
 
@@ -675,14 +756,14 @@ ALIASES = {
 UWSGI_ONLY = frozenset(
     """
     http http-socket https https-socket fastcgi-socket scgi-socket shared-socket http-to
-    harakiri-verbose reload-on-as lazy cheaper
+    reload-on-as lazy cheaper
     cheaper-algo cheaper-initial cheaper-step idle touch-workers-reload
     offload-threads static-map static-map2
     route route-if spooler mule mules cron attach-daemon attach-daemon2 smart-attach-daemon
     virtualenv home venv pyhome py-autoreload python-autoreload thunder-lock daemonize daemonize2
-    memory-report logger req-logger log-maxsize log-reopen add-header
+    memory-report add-header
     del-header manage-script-name mount socket-protocol protocol procname procname-prefix
-    procname-prefix-spaced auto-procname master-fifo hook-pre-app exec-pre-app import shared-import
+    procname-prefix-spaced auto-procname master-fifo hook-pre-app exec-pre-app shared-import
     cache cache2 async ugreen gevent enable-metrics carbon subscribe-to fastrouter
     """.split()
 )

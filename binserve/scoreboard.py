@@ -28,14 +28,17 @@ CACHE_LINE = 64
 #   since (epoch of the current request), current request line, status   <- begin
 #   status, requests, tx, running time (seconds)                          <- end
 #   exceptions                                                            <- only when one happens
+#   thread ident, native thread id                                        <- once, as the core starts
 # A worker's header, before its cores' slots:
 #   pid, respawn_count, harakiri_count, last_spawn, requests at spawn     <- the master, at spawn
 _BEGIN = struct.Struct(f"<d{CURRENT_SIZE}sB")
 _END = struct.Struct("<B7xQQd")
 _EXCEPTIONS = struct.Struct("<Q")
+_THREAD = struct.Struct("<QI")
 _SPAWN = struct.Struct("<iIIdQ")
 _END_AT = _BEGIN.size - 1  # the status byte is shared: the last of begin, the first of end
 _EXCEPTIONS_AT = _END_AT + _END.size
+_THREAD_AT = _EXCEPTIONS_AT + _EXCEPTIONS.size
 
 
 def _lines(size: int) -> int:
@@ -44,7 +47,7 @@ def _lines(size: int) -> int:
 
 
 HEADER_SIZE = _lines(_SPAWN.size)
-SLOT_SIZE = _lines(_EXCEPTIONS_AT + _EXCEPTIONS.size)
+SLOT_SIZE = _lines(_THREAD_AT + _THREAD.size)
 IDLE, BUSY = 0, 1
 PLACES = 2  # per worker id: the process serving and, while it is replaced, its replacement
 
@@ -60,6 +63,8 @@ class CoreStats:
     tx: int
     exceptions: int
     running_time: float
+    thread: int = 0  # the serving thread's ident (threading.get_ident), as faulthandler names it
+    tid: int = 0  # its native id, as /proc/PID/task names it
 
 
 @dataclass
@@ -84,6 +89,8 @@ class WorkerStats:
     tx: int
     running_time: float
     cores: list[CoreStats]
+    thread: int = 0  # the thread serving the request shown (``since``, ``current``)
+    tid: int = 0
 
 
 class Scoreboard:
@@ -161,8 +168,11 @@ class Scoreboard:
             since, current, _ = _BEGIN.unpack_from(self.map, off)
             status, requests, tx, running = _END.unpack_from(self.map, off + _END_AT)
             (exceptions,) = _EXCEPTIONS.unpack_from(self.map, off + _EXCEPTIONS_AT)
+            thread, tid = _THREAD.unpack_from(self.map, off + _THREAD_AT)
             line = current.rstrip(b"\0").decode("latin-1")
-            cores.append(CoreStats(requests, status == BUSY, since, line, tx, exceptions, running))
+            cores.append(
+                CoreStats(requests, status == BUSY, since, line, tx, exceptions, running, thread, tid)
+            )
         return cores
 
     def read_place(self, wid: int, place: int) -> WorkerStats:
@@ -186,6 +196,8 @@ class Scoreboard:
             sum(core.tx for core in cores),
             sum(core.running_time for core in cores),
             cores,
+            shown.thread,
+            shown.tid,
         )
 
     def read(self, wid: int) -> WorkerStats:
@@ -231,6 +243,10 @@ class Slot:
         _, self.requests, self.tx, self.running = _END.unpack_from(self.map, self.end_at)
         (self.exceptions,) = _EXCEPTIONS.unpack_from(self.map, self.off + _EXCEPTIONS_AT)
         _END.pack_into(self.map, self.end_at, IDLE, self.requests, self.tx, self.running)
+
+    def serving_thread(self, ident: int, tid: int) -> None:
+        """The thread that serves this core's requests from now on (harakiri dumps its stack)."""
+        _THREAD.pack_into(self.map, self.off + _THREAD_AT, ident, tid)
 
     def begin(self, since: float, method: str, uri: str) -> None:
         """A request started."""

@@ -1,7 +1,9 @@
 """What every signal means to a master, a worker and an emperor: the one table per role.
 
 A caught signal's handler does nothing; ``signal.set_wakeup_fd`` turns it into a byte the
-role's loop reads, and the loop acts on it there. Every signal an operator may send either
+role's loop reads, and the loop acts on it there. One exception: a worker's ``STACKS`` goes
+first through faulthandler's C handler, which writes the threads' stacks for the master
+(binserve/stacks.py) when no Python code may be able to run. Every signal an operator may send either
 has a meaning, is logged with no other effect, or is one whose default is harmless: none
 ends a process without a log line. Only the fault signals (SEGV, BUS, FPE, ILL, ABRT, TRAP,
 SYS), which the kernel sends for a bug in the process itself, keep their default action;
@@ -53,6 +55,10 @@ def _no_effect() -> dict[int, str]:
 
 _COMMON = {**_no_effect(), signal.SIGWINCH: IGNORED, signal.SIGPIPE: IGNORED}
 
+# The master asks a worker for its threads' stacks on harakiri (binserve/stacks.py): a real-time
+# signal no operator habit sends. faulthandler writes them from C before this table's handler runs.
+STACKS = signal.SIGRTMIN + 1
+
 MASTER: Table = {
     **_COMMON,
     signal.SIGHUP: "graceful reload, once a probe of the new image loads the config and the app",
@@ -60,6 +66,7 @@ MASTER: Table = {
     signal.SIGINT: "graceful stop",
     signal.SIGQUIT: "fast stop: the workers are killed",
     signal.SIGCHLD: "reap the workers that exited",
+    signal.SIGUSR1: "reopen the log files, in every worker too, and log a summary of the stats",
 }
 WORKER: Table = {
     **_COMMON,
@@ -68,6 +75,8 @@ WORKER: Table = {
     signal.SIGINT: "finish the requests in hand and the queued connections, then exit",
     signal.SIGQUIT: "exit at once",
     signal.SIGCHLD: DEFAULT,
+    signal.SIGUSR1: "reopen the log files",
+    STACKS: "write every thread's stack for the master (it sends this on harakiri), then go on",
 }
 EMPEROR: Table = {
     **_COMMON,
@@ -76,6 +85,7 @@ EMPEROR: Table = {
     signal.SIGINT: "stop every vassal gracefully, then exit",
     signal.SIGQUIT: "stop every vassal gracefully, then exit",
     signal.SIGCHLD: "reap the vassals that exited",
+    signal.SIGUSR1: "reopen the log files, log a summary of the vassals, and pass SIGUSR1 to every vassal",
 }
 
 _installed: Table | None = None  # the table this process installed, reset in forked children

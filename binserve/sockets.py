@@ -26,6 +26,8 @@ from .log import log
 from .safefile import kind, open_parent, read_bounded
 
 INHERIT_ENV = "_BINSERVE_LISTEN_FDS"
+# Which of the inherited descriptors systemd passed (socket activation): their files are systemd's.
+ACTIVATED_ENV = "_BINSERVE_ACTIVATED_FDS"
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 LOOPBACK: tuple[Network, ...] = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
 # What a container network, a VPC or a LAN hands out (private IPv4 ranges, carrier-grade NAT, link-local,
@@ -67,6 +69,8 @@ class Listener:
         self.name = spec if self.is_unix else "{}:{}".format(*sock.getsockname()[:2])
         # False for a socket inherited from the previous image on a reload: its file was set up then.
         self.bound_here = bound_here
+        # Passed by systemd (socket activation): its .socket unit owns the file, not vacuum.
+        self.activated = False
         # For TCP sockets: whether a peer address may send requests, and who logs a refusal.
         self.allow: Callable[[str], bool] | None = None
         self.peers: PeerFilter | None = None
@@ -80,8 +84,8 @@ class Listener:
         self.sock.close()
 
     def remove_file(self) -> None:
-        """Unlink a unix socket's file (vacuum); an abstract socket has none."""
-        if self.is_unix and not self.is_abstract:
+        """Unlink a unix socket's file (vacuum); an abstract socket has none, systemd's is its own."""
+        if self.is_unix and not self.is_abstract and not self.activated:
             _unlink(self.spec, "socket")
 
     def filter_with(self, peers: PeerFilter) -> None:
@@ -362,12 +366,14 @@ def set_timeouts(sock: socket.socket, timeout: float) -> None:
 def inherited(env: str = INHERIT_ENV) -> dict[str, Listener]:
     """Listening sockets handed over in ``env`` by the previous master image on a reload, by spec."""
     found = {}
+    activated = os.environ.pop(ACTIVATED_ENV, "").split(",") if env == INHERIT_ENV else []
     for item in filter(None, os.environ.pop(env, "").split(",")):
         spec, _, fd = item.rpartition("=")
         sock = socket.socket(fileno=int(fd))
         os.set_inheritable(sock.fileno(), False)
         sock.setblocking(False)
         found[spec] = Listener(spec, sock, bound_here=False)
+        found[spec].activated = fd in activated
     return found
 
 
@@ -376,32 +382,65 @@ def hand_over(listeners: list[Listener], env: str = INHERIT_ENV) -> None:
     for listener in listeners:
         os.set_inheritable(listener.fileno(), True)
     os.environ[env] = ",".join(f"{lst.spec}={lst.fileno()}" for lst in listeners)
+    if env == INHERIT_ENV:
+        os.environ[ACTIVATED_ENV] = ",".join(str(lst.fileno()) for lst in listeners if lst.activated)
+
+
+def activated_inherited() -> bool:
+    """Whether the previous image on a reload served on sockets systemd passed."""
+    return bool(os.environ.get(ACTIVATED_ENV))
 
 
 def open_all(
-    specs: list[str], backlog: int, chmod: int | None, timeout: float, peers: PeerFilter
+    specs: list[str],
+    backlog: int,
+    chmod: int | None,
+    timeout: float,
+    peers: PeerFilter,
+    passed: Sequence[Listener] = (),
 ) -> list[Listener]:
     """The listeners for ``specs``: inherited ones reused, the rest bound; stale inherited ones closed.
 
-    ``peers`` (uwsgi-allow-from) applies to inherited TCP sockets too: a reload with a changed
-    list must filter by the new one, and the new image says who may connect as a fresh start does.
+    ``passed``: the sockets systemd passed (socket activation). With no ``specs`` binserve
+    serves on all of them (on a reload: all those the previous image got from systemd). With
+    ``specs``, each passed socket is taken by the spec naming its address, and a spec no passed
+    socket has is bound here, as uWSGI does; a passed socket no spec names is an error, since
+    serving on an address the configuration does not name would hide the disagreement.
+
+    ``peers`` (uwsgi-allow-from) applies to inherited and passed TCP sockets too: a reload with a
+    changed list must filter by the new one, and one bound by systemd beyond loopback answers
+    the same peers as one bound here.
     """
     _refuse_twice(specs)
     previous = inherited()
     listeners: list[Listener] = []
+    by_address = {address_key(listener.spec): listener for listener in passed}
+    if not specs:
+        specs = [spec for spec, listener in previous.items() if listener.activated] or [
+            listener.spec for listener in passed
+        ]
     try:
         for spec in specs:
-            listener = previous.pop(spec, None) or bind(spec, backlog, chmod, timeout, peers)
+            listener = previous.pop(spec, None) or by_address.pop(address_key(spec), None)
+            if listener is not None and listener.activated:
+                listener.spec = spec  # as configured: the next image looks it up by that name
+            listener = listener or bind(spec, backlog, chmod, timeout, peers)
             listeners.append(listener)  # before the checks below, so a refusal closes it with the others
             if not listener.bound_here and not listener.is_unix:
                 set_timeouts(listener.sock, timeout)  # the new image's socket-timeout, not the old one's
                 peers.announce(f"socket {spec}", listener.sock.getsockname()[0])
                 listener.filter_with(peers)
+        if by_address:
+            unnamed = ", ".join(listener.spec for listener in by_address.values())
+            raise SocketError(
+                f"socket activation: systemd passed {unnamed}, which no socket option names: add it "
+                "as a socket, or remove it from the .socket unit"
+            )
     except SocketError:
         remove_files(listeners, None, vacuum=True)
         raise
     finally:
-        remove_files(list(previous.values()), None, vacuum=True)
+        remove_files([*previous.values(), *by_address.values()], None, vacuum=True)
     return listeners
 
 

@@ -27,6 +27,7 @@ import psutil
 
 from .log import printable
 from .scoreboard import WorkerStats
+from .stacks import WAIT, StackFile
 from .worker import MB
 
 RETRY_AFTER = 10.0  # seconds before trying again to start a worker whose boot or fork failed
@@ -67,7 +68,11 @@ class Child:
     kill_by: float = math.inf  # monotonic: SIGKILL past this, saying it ``kill_why``
     kill_why: str = ""
     sigkilled: bool = False  # it was killed past kill_by (a probe: the reload is refused for that)
+    # Harakiri: asked for its stacks; strike at this epoch at the latest, or once they are written.
+    harakiri_strike: float | None = None
+    stacks_written: bool = False  # it said so (a worker whose app holds the GIL cannot)
     harakiri_kill: float | None = None  # epoch: harakiri struck, SIGKILL at this time
+    stacks: StackFile | None = field(default=None, repr=False)  # where it writes them
     process: psutil.Process | None = field(default=None, repr=False)  # to measure it (evil-reload-on-rss)
 
 
@@ -119,13 +124,24 @@ class Kill:
 
 @dataclass(frozen=True)
 class Harakiri:
-    """A request ran past harakiri: count it, log ``line``, send ``signum``; SIGKILL at ``kill_at``."""
+    """A request ran past harakiri: count it, log ``line``, ask for the stacks (``thread``'s is the
+    stuck request's, ``tid`` its native id); strike at ``strike_at`` at the latest."""
 
     pid: int
     wid: int
     place: int
-    signum: int
     line: str
+    thread: int
+    tid: int
+    strike_at: float
+
+
+@dataclass(frozen=True)
+class HarakiriStrike:
+    """The stacks are written, or their time is up: log them, send ``signum``; SIGKILL at ``kill_at``."""
+
+    pid: int
+    signum: int
     kill_at: float
 
 
@@ -194,6 +210,7 @@ Action = (
     Signal
     | Kill
     | Harakiri
+    | HarakiriStrike
     | HarakiriKill
     | StopDeadline
     | Replace
@@ -212,15 +229,22 @@ def harakiri(
     """Kill the workers whose request has run longer than ``limit`` seconds (``now``: epoch).
 
     ``readings`` are the serving children's scoreboard places, by pid. The log line names the
-    worker, its pid and the request, so the slow endpoint can be found. With a ``grace``
+    worker, its pid and the request, so the slow endpoint can be found; then the worker is
+    asked for its stacks, and struck once they are written (at most ``stacks.WAIT`` seconds
+    later), so the log shows where the request was stuck. With a ``grace``
     (harakiri-graceful-timeout), SIGTERM first (the worker leaves after the request, if it ends
     in time), then SIGKILL.
     """
     actions: list[Action] = []
+    signum = signal.SIGTERM if grace else signal.SIGKILL
     for child in having(table, *SERVING):
         if child.harakiri_kill is not None:
             if now >= child.harakiri_kill:
                 actions.append(HarakiriKill(child.pid, now + AGAIN))
+            continue
+        if child.harakiri_strike is not None:
+            if child.stacks_written or now >= child.harakiri_strike:
+                actions.append(HarakiriStrike(child.pid, signum, now + grace))
             continue
         slot = readings[child.pid]
         if not _running(slot, child.pid) or now - slot.since <= limit:
@@ -230,8 +254,7 @@ def harakiri(
             f"HARAKIRI worker {child.wid} (pid {child.pid}): {printable(slot.current)} running since {since} "
             f"({now - slot.since:.1f} s > harakiri {limit} s)"
         )
-        signum = signal.SIGTERM if grace else signal.SIGKILL
-        actions.append(Harakiri(child.pid, child.wid, child.place, signum, line, now + grace))
+        actions.append(Harakiri(child.pid, child.wid, child.place, line, slot.thread, slot.tid, now + WAIT))
     return actions
 
 
@@ -241,6 +264,9 @@ def next_harakiri(table: Table, readings: Mapping[int, WorkerStats], limit: floa
     for child in having(table, *SERVING):
         if child.harakiri_kill is not None:  # already struck: next comes its SIGKILL
             soonest = min(soonest, child.harakiri_kill - now)
+            continue
+        if child.harakiri_strike is not None:  # its notice wakes the loop; else strike when time is up
+            soonest = min(soonest, 0.0 if child.stacks_written else child.harakiri_strike - now)
             continue
         slot = readings[child.pid]
         if _running(slot, child.pid):

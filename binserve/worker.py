@@ -14,10 +14,23 @@ and sends the old worker SIGTERM once the new one accepts, so no worker id is ev
 process accepting for it. (The master replaces workers for max-worker-lifetime and chain
 reloads the same way, without asking them.) Over reload-on-rss the worker stops accepting at
 once and leaves without draining.
+
+Every graceful exit (a stop, a reload, a recycling) runs the app's exit hooks
+(binserve/hooks.py) and then Python's ``atexit`` handlers before the process ends, as a normal
+interpreter exit would; a worker killed (SIGKILL past its mercy or on harakiri, SIGQUIT, the
+orphan's watchdog) runs none. A worker ends with ``os._exit``, never with the interpreter's
+own shutdown: that would also finalize what it inherited from the master (a temporary file
+the master made would be removed by the first worker to leave).
+
+On harakiri the master asks the worker for its threads' stacks (binserve/stacks.py): a signal
+loop that never serves requests tells it when they are written. With ``threads`` it is the
+main thread; with one core in the main thread, the thread that watches the master's pipe.
 """
 
 from __future__ import annotations
 
+import atexit
+import faulthandler
 import functools
 import itertools
 import os
@@ -34,11 +47,11 @@ from typing import Any
 
 import psutil
 
-from . import signals
-from .app import load_app
+from . import hooks, signals
+from .app import import_modules, load_app
 from .config import Config
 from .core import Core
-from .log import log
+from .log import log, reopen
 from .scoreboard import Scoreboard, Slot
 from .sockets import Listener
 from .vassal_link import MSG_LOYAL
@@ -49,7 +62,7 @@ BOOT_ERROR = 3  # exit code of a worker that cannot start: the master stops inst
 STOPPING = (signal.SIGTERM, signal.SIGINT)
 # Worker -> master messages on the notify pipe: (kind, pid), one atomic write each.
 NOTICE = struct.Struct("=Bxxxi")
-NOTE_ACCEPTING, NOTE_RECYCLING = 1, 2
+NOTE_ACCEPTING, NOTE_RECYCLING, NOTE_STACKS = 1, 2, 3
 MB = 1 << 20
 
 
@@ -67,6 +80,7 @@ class Worker:
         emperor_fd: int | None = None,
         board: Scoreboard | None = None,
         place: int = 0,
+        stack_fd: int | None = None,
     ) -> None:
         self.wid = wid
         self.place = place  # this process's place in the scoreboard (a replacement takes the other)
@@ -76,12 +90,14 @@ class Worker:
         self.master_fd = master_fd
         self.notify_fd = notify_fd
         self.board = board  # the master's scoreboard: each core writes its own slot
+        self.stack_fd = stack_fd  # where faulthandler writes the stacks the master asks for on harakiri
         # Under an emperor, the first request served makes the vassal "loyal" (uWSGI's term):
         # a vassal that dies after that is respawned without throttling.
         self.emperor_fd = emperor_fd
         if emperor_fd is not None:
             os.set_inheritable(emperor_fd, False)  # the app's own subprocesses must not hold it
         self.pid = os.getpid()
+        self.who = f"worker {wid} (pid {self.pid})"  # how its log lines name it
         self.started = time.monotonic()
         self.counter: Iterator[int] = itertools.count(1)
         # Jitter per worker (max-requests-delta) so the workers do not all recycle together.
@@ -106,15 +122,23 @@ class Worker:
         self.wake = wake = signals.WakePipe(signals.WORKER)
         # "At once": the loop may be held by the app for a whole request; the handler is not.
         signal.signal(signal.SIGQUIT, _quit_at_once)
+        if self.stack_fd is not None:
+            # Chained: once the stacks are written, the signal reaches the wakeup pipe, and the
+            # signal loop tells the master they are.
+            faulthandler.register(signals.STACKS, file=self.stack_fd, all_threads=True, chain=True)
         # The master blocked its signals across fork; the worker's handlers are now in place.
         signals.unblock(signals.WORKER)
+        # Once the signals are this worker's: a process a hook starts must not inherit them
+        # blocked, and a stop sent meanwhile waits in the wakeup pipe for the loop.
+        hooks.run_postfork(self.who)
         self.stop_r, self.stop_w = os.pipe2(os.O_CLOEXEC)
         if self.config.threads == 1:
             core = Core(self, self._slot(0))
             self.cores = cores = [core]
-            core.watch(wake.fileno(), self._on_signals)
             core.watch(self.stop_r, functools.partial(core.unwatch, self.stop_r))
-            self._watch_master()
+            # The signals are read there, not in the core's loop: a request stuck in the app
+            # holds that loop, and the master waits for the answer to its harakiri stacks request.
+            self._watch_master(wake)
             self._notify(NOTE_ACCEPTING)
             core.run()
         else:
@@ -126,7 +150,7 @@ class Worker:
         # What is queued is served before leaving: on a stop nobody else may take it.
         for core in cores:
             if self.config.threads > 1:
-                core.watch(wake.fileno(), self._on_signals)  # SIGQUIT still works while draining
+                core.watch(wake.fileno(), self._on_signals)  # the signals are still read while draining
             core.drain_backlog()
         return RECYCLED if self.recycling else 0
 
@@ -171,18 +195,42 @@ class Worker:
                 self.stop_accepting()
             elif signum == signal.SIGHUP:
                 self.recycle("SIGHUP")
+            elif signum == signal.SIGUSR1:
+                problems = reopen()
+                for problem in problems:
+                    log(f"worker {self.wid}: cannot reopen {problem}; logging on to the file as it was")
+                if not problems:
+                    log(f"worker {self.wid} (pid {self.pid}): log files reopened")
+            elif signum == signals.STACKS:
+                self._notify(NOTE_STACKS)
             elif not signals.has_effect(signals.WORKER, signum):
                 log(f"worker {self.wid} (pid {self.pid}): {signals.received(signals.WORKER, signum)}")
 
-    def _watch_master(self) -> None:
+    def _watch_master(self, wake: signals.WakePipe | None = None) -> None:
         """Watch the master's pipe from a thread of its own: every core may be busy with a request
-        when the master dies. Started once the cores exist, which its wakeup takes out of accepting."""
-        threading.Thread(target=self._await_master_gone, name="master pipe", daemon=True).start()
+        when the master dies. Started once the cores exist, which its wakeup takes out of accepting.
 
-    def _await_master_gone(self) -> None:
-        while os.read(self.master_fd, 64):  # blocks until EOF: the master never writes on it
-            pass
-        self._on_master_gone()
+        With one core in the main thread, that thread reads the ``wake`` pipe too (one thread
+        more would count against a user's process limit).
+        """
+        threading.Thread(
+            target=self._await_master_gone, args=(wake,), name="master pipe", daemon=True
+        ).start()
+
+    def _await_master_gone(self, wake: signals.WakePipe | None) -> None:
+        poller = select.poll()
+        poller.register(self.master_fd, select.POLLIN)
+        if wake is not None:
+            poller.register(wake.fileno(), select.POLLIN)
+        while True:
+            for fd, _ in poller.poll():
+                if fd != self.master_fd:
+                    self._on_signals()
+                elif not os.read(self.master_fd, 64):  # EOF: the master never writes on it
+                    poller.unregister(self.master_fd)
+                    self._on_master_gone()
+                    if wake is None:
+                        return
 
     def _on_master_gone(self) -> None:
         """Close the listeners at once and leave within a bound, the requests in hand finished if they can.
@@ -297,23 +345,49 @@ def run_worker(
     emperor_fd: int | None = None,
     board: Scoreboard | None = None,
     place: int = 0,
+    stack_fd: int | None = None,
 ) -> int:
     """Entry point in a freshly forked worker; never returns to the master's code.
 
-    ``app`` is None with lazy-apps: the worker loads it itself.
+    ``app`` is None with lazy-apps: the worker loads it itself. The modules of the ``import``
+    option come next (a worker that cannot import them fails to boot), then, once the worker's
+    signal handlers are in place, the postfork hooks.
     """
     try:
         if app is None:
             app = _import_watched(config, wid, master_fd)
-        worker = Worker(wid, app, listeners, config, master_fd, notify_fd, emperor_fd, board, place)
+        import_modules(config)
+        worker = Worker(wid, app, listeners, config, master_fd, notify_fd, emperor_fd, board, place, stack_fd)
     except Exception:
         log(f"worker {wid} failed to boot:\n" + traceback.format_exc().rstrip())
         return BOOT_ERROR
     try:
         return worker.run()
     finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
+        _leave(worker.who)
+
+
+def _leave(who: str) -> None:
+    """A graceful exit: the app's exit hooks, then Python's atexit handlers, their errors logged."""
+    hooks.run_atexit(who)
+    previous = sys.unraisablehook
+    # An atexit handler that raises is reported through the unraisable hook: in one log write,
+    # not as several writes that other processes' lines could split.
+    sys.unraisablehook = functools.partial(_unraisable, who)
+    try:
+        atexit._run_exitfuncs()
+    finally:
+        sys.unraisablehook = previous
+    sys.stdout.flush()
+    sys.stderr.flush()
+
+
+def _unraisable(who: str, unraisable: Any) -> None:
+    trace = "".join(
+        traceback.format_exception(unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback)
+    )
+    message = unraisable.err_msg or "Exception ignored in"
+    log(f"{who}: {message}: {unraisable.object!r}:\n{trace.rstrip()}")
 
 
 def _import_watched(config: Config, wid: int, master_fd: int) -> Callable[..., Any]:

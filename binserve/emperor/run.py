@@ -20,7 +20,8 @@ from typing import Any
 
 from .. import safefile, signals
 from ..config import Config
-from ..log import log
+from ..log import log, reopen
+from ..notify import Notifier
 from ..signals import kill_quietly
 from ..sockets import SocketError
 from ..stats import StatsServer, bind_stats
@@ -57,8 +58,11 @@ USAGE_ERROR = 2  # as the command's: the emperor's own configuration cannot work
 class Emperor:
     """The reconcile loop and the processes it carries the plan out on."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, notifier: Notifier | None = None) -> None:
         self.config = config
+        self.notifier = notifier or Notifier(None)
+        self.scanned = False  # the first scan has spawned the vassals there were
+        self.notified_ready = False
         self.patterns = [os.path.abspath(p) for p in config.emperor]
         first_dir = next((p for p in self.patterns if os.path.isdir(p)), os.getcwd())
         self.state_path: str | None = config.emperor_state or default_state_path(
@@ -125,8 +129,27 @@ class Emperor:
             self.next_scan = now + self.config.emperor_freq
             desired = self._scan()
             self._act(plan(desired, self.vassals, now), desired)
+            self.scanned = True
+        self._notify()
         if self.dirty:
             self._write_state()
+
+    def _notify(self) -> None:
+        """systemd: READY=1 once the vassals of the first scan have started (or failed to), then
+        the vassals' states in STATUS= now and then."""
+        if not self.notifier.active:
+            return
+        counts: dict[str, int] = {}
+        for vassal in self.vassals.values():
+            counts[vassal.state.value] = counts.get(vassal.state.value, 0) + 1
+        status = f"{len(self.vassals)} vassals" + "".join(
+            f", {number} {state}" for state, number in sorted(counts.items())
+        )
+        if self.notified_ready or not self.scanned or self.stopping:
+            self.notifier.status(status)
+        elif State.STARTING not in counts:
+            self.notified_ready = True
+            self.notifier.ready(status)
 
     def _wait(self) -> None:
         """Handle the events until the loop has something to do on its own."""
@@ -154,17 +177,36 @@ class Emperor:
             mercy = self.config.worker_reload_mercy
             log(f"emperor: {signal.Signals(signum).name}, stopping every vassal gracefully ({mercy:g} s)")
             self.stopping = True
+            self.notifier.stopping(f"stopping every vassal ({signal.Signals(signum).name})")
             self.deadline = time.monotonic() + mercy
             for vassal in self.vassals.values():
                 if vassal.pid is not None:
                     self._command(vassal, CMD_GRACEFUL_STOP, signal.SIGTERM)
                     vassal.state = State.STOPPING
             self.dirty = True
+        elif signum == signal.SIGUSR1:
+            self._reopen_logs()
         elif signum == signal.SIGHUP and not self.stopping:
             log("emperor: SIGHUP, reloading every vassal")
             for vassal in self.vassals.values():
                 if vassal.state in (State.STARTING, State.RUNNING):
                     self._reload(vassal)
+
+    def _reopen_logs(self) -> None:
+        """SIGUSR1: reopen the emperor's logs, then every vassal's (one signal rotates a whole host)."""
+        for problem in reopen():
+            log(f"emperor: SIGUSR1: cannot reopen {problem}; logging on to the file as it was")
+        running = [vassal.pid for vassal in self.vassals.values() if vassal.pid is not None]
+        for pid in running:
+            kill_quietly(pid, signal.SIGUSR1)
+        states = ", ".join(
+            f"{os.path.basename(v.path)} {v.state.value}" + (f" (pid {v.pid})" if v.pid else "")
+            for v in sorted(self.vassals.values(), key=lambda v: v.path)
+        )
+        log(
+            f"emperor: SIGUSR1: log files reopened, SIGUSR1 passed to {len(running)} vassals; "
+            f"{len(self.vassals)} vassals: {states or 'none'}"
+        )
 
     def _on_message(self, vassal: Vassal) -> None:
         assert vassal.pipe is not None

@@ -327,6 +327,8 @@ def test_every_option_is_settable_from_ini_and_command_line() -> None:
         "to_mode": "644",
         "to_stats_format": "json",
         "to_network": "10.0.0.5",
+        "parse_logger": "file:x",
+        "to_log_date": "false",
         "to_req_encoder": "json",
         "to_log_format": "%(addr) %(status)",
     }

@@ -27,7 +27,8 @@ from support import APPS, REPO, AppFile, logged
 CONF_DIR = REPO / "nginx_conf"
 TEMPLATES = sorted(CONF_DIR.glob("*.conf.template"))
 INCLUDED = {"uwsgi_params"}  # loaded by nginx through the templates' include, checked below
-UNITS = {"binserve-emperor.service"}  # systemd units: checked by test_emperor_unit
+# systemd units: checked by test_emperor_unit, and binserve.service/.socket by tests/deploy/test_systemd.py
+UNITS = {"binserve-emperor.service", "binserve.service", "binserve.socket"}
 DOCS = {"README.md"}
 PACKAGE = {"__init__.py", "__pycache__"}  # what makes the folder installable as binserve.nginx_conf
 PLACEHOLDER = re.compile(r"\$\{(\w+)\}")
@@ -212,12 +213,12 @@ def test_two_apps_site_routes_each_prefix_to_its_own_socket(
 
 
 def test_emperor_unit_runs_the_emperor_and_stops_it_with_sigterm() -> None:
-    """The systemd unit: a plain service whose ExecStart is a valid binserve emperor command line."""
+    """The systemd unit: a notify service whose ExecStart is a valid binserve emperor command line."""
     unit = configparser.ConfigParser(interpolation=None, strict=False)
     unit.optionxform = str  # type: ignore[assignment,method-assign]
     unit.read(CONF_DIR / "binserve-emperor.service")
     service = unit["Service"]
-    assert service["Type"] == "simple" and service["KillSignal"] == "SIGTERM"
+    assert service["Type"] == "notify" and service["KillSignal"] == "SIGTERM"
     argv = shlex.split(service["ExecStart"])
     assert argv[0].endswith("/binserve") and "--emperor" in argv
     config = load(argv[1:], {})

@@ -15,11 +15,13 @@ import pytest
 
 from binserve.reload import parse_retiring, retiring_spec
 from binserve.scoreboard import WorkerStats
+from binserve.stacks import WAIT
 from binserve.supervision import (
     Action,
     Child,
     Harakiri,
     HarakiriKill,
+    HarakiriStrike,
     Kill,
     Log,
     Phase,
@@ -59,14 +61,18 @@ def reading(
     pid: int, busy: bool = True, since: float = EPOCH - 3, last_spawn: float = EPOCH - 60
 ) -> WorkerStats:
     """A scoreboard place whose process ``pid`` is in a request that began at ``since``."""
-    return WorkerStats(pid, 1, 0, last_spawn, busy, since, "GET /slow", 1, 1, 0, 0, 0.0, [])
+    return WorkerStats(pid, 1, 0, last_spawn, busy, since, "GET /slow", 1, 1, 0, 0, 0.0, [], THREAD, pid + 7)
 
 
-def strike(pid: int, wid: int, place: int, signum: int, grace: float, since: float = EPOCH - 3) -> Harakiri:
+THREAD = 0x7F0000001000  # the ident of the thread serving the request
+
+
+def ask(pid: int, wid: int, place: int, since: float = EPOCH - 3) -> Harakiri:
+    """Harakiri names the request and asks for the stacks, giving the worker WAIT seconds."""
     started = time.strftime("%H:%M:%S", time.localtime(since))
     took = f"{EPOCH - since:.1f} s > harakiri 2 s"
     line = f"HARAKIRI worker {wid} (pid {pid}): GET /slow running since {started} ({took})"
-    return Harakiri(pid, wid, place, signum, line, EPOCH + grace)
+    return Harakiri(pid, wid, place, line, THREAD, pid + 7, EPOCH + WAIT)
 
 
 W1 = Child(101, Role.WORKER, 1, 0, born=NOW - 50)
@@ -81,20 +87,51 @@ def struck(child: Child, at: float) -> Child:
     return Child(child.pid, child.role, child.wid, child.place, child.born, harakiri_kill=at)
 
 
+def asked(child: Child, until: float, written: bool = False) -> Child:
+    """Asked for its stacks, to be struck at ``until`` at the latest; ``written``: it said they are."""
+    return Child(
+        child.pid,
+        child.role,
+        child.wid,
+        child.place,
+        child.born,
+        harakiri_strike=until,
+        stacks_written=written,
+    )
+
+
 HARAKIRI_CASES = {
     "idle": (table(W1), {101: reading(101, busy=False)}, 0.0, []),
     "busy, not yet at the limit": (table(W1), {101: reading(101, since=EPOCH - 1.5)}, 0.0, []),
-    "past the limit: SIGKILL": (
+    "past the limit: named, and asked for its stacks": (
         table(W1),
         {101: reading(101)},
         0.0,
-        [strike(101, 1, 0, signal.SIGKILL, 0.0)],
+        [ask(101, 1, 0)],
     ),
-    "past the limit with a grace: SIGTERM first": (
-        table(W1),
+    "asked, the stacks not written yet: it waits": (
+        table(asked(W1, EPOCH + 0.5)),
+        {101: reading(101)},
+        0.0,
+        [],
+    ),
+    "asked, the stacks written: SIGKILL": (
+        table(asked(W1, EPOCH + 0.5, written=True)),
+        {101: reading(101)},
+        0.0,
+        [HarakiriStrike(101, signal.SIGKILL, EPOCH)],
+    ),
+    "asked, not written in time (C code holding the GIL): SIGKILL all the same": (
+        table(asked(W1, EPOCH)),
+        {101: reading(101)},
+        0.0,
+        [HarakiriStrike(101, signal.SIGKILL, EPOCH)],
+    ),
+    "the stacks written, with a grace: SIGTERM first, SIGKILL after the grace": (
+        table(asked(W1, EPOCH + 0.5, written=True)),
         {101: reading(101)},
         4.0,
-        [strike(101, 1, 0, signal.SIGTERM, 4.0)],
+        [HarakiriStrike(101, signal.SIGTERM, EPOCH + 4.0)],
     ),
     "a request of its dead predecessor in the slot": (table(W1), {101: reading(99)}, 0.0, []),
     "a request begun before it was spawned": (table(W1), {101: reading(101, last_spawn=EPOCH - 1)}, 0.0, []),
@@ -102,7 +139,7 @@ HARAKIRI_CASES = {
         table(R1, L2),
         {201: reading(201), 202: reading(202)},
         0.0,
-        [strike(201, 1, 1, signal.SIGKILL, 0.0), strike(202, 2, 0, signal.SIGKILL, 0.0)],
+        [ask(201, 1, 1), ask(202, 2, 0)],
     ),
     "struck, its SIGKILL not due yet": (table(struck(W1, EPOCH + 1)), {101: reading(101)}, 4.0, []),
     "struck, its SIGKILL due": (
@@ -132,6 +169,12 @@ NEXT_HARAKIRI_CASES = {
     ),
     "past the limit already: at once": (table(W1), {101: reading(101)}, 0.01),
     "struck: at its SIGKILL time": (table(struck(W1, EPOCH + 0.3)), {101: reading(101)}, 0.3),
+    "asked for its stacks: when its time to write them is up": (
+        table(asked(W1, EPOCH + 0.4)),
+        {101: reading(101)},
+        0.4,
+    ),
+    "its stacks written: at once": (table(asked(W1, EPOCH + 0.4, written=True)), {101: reading(101)}, 0.01),
 }
 
 
