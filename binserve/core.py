@@ -31,12 +31,13 @@ from typing import IO, Any, Protocol
 from .body import EMPTY_INPUT, Input
 from .config import Config
 from .connection import RECV_CHUNK, BodyReadTimeout, ClientDisconnected, Connection, WriteTimeout, timeval
-from .environ import build_environ, make_base_environ, request_line, request_text
+from .environ import build_environ, make_base_environ, request_line
 from .listenq import listen_queue
-from .log import log, printable, write_request
+from .log import log, printable
 from .parking import Parked, Parking
 from .protocol import CLOSED, NEED_DATA, PONG, Decoder, Head, ProtocolError, RemoteProtocolError, decode_head
 from .protocol.modifiers import PING, VARS_MODIFIERS, describe
+from .requestlog import Settings, build
 from .response import Exchange, error_response
 from .scoreboard import Slot
 from .sockets import Listener
@@ -80,7 +81,7 @@ SWEEP_FOR = 5.0
 class Core:
     """One thread's serving loop, with its own epoll, scoreboard slot and buffers."""
 
-    def __init__(self, host: Host, slot: Slot | None) -> None:
+    def __init__(self, host: Host, slot: Slot | None, core: int = 0) -> None:
         config = host.config
         self.host = host
         self.wid = host.wid
@@ -90,6 +91,13 @@ class Core:
         self.slot = slot
         self.counter = host.counter
         self.log_requests = not config.disable_logging
+        # uWSGI's log-4xx, log-5xx, log-slow, log-big, log-zero: logged even with disable-logging.
+        self.log_4xx, self.log_5xx = config.log_4xx, config.log_5xx
+        self.log_slow, self.log_big, self.log_zero = config.log_slow / 1000, config.log_big, config.log_zero
+        self.log_notable = self.log_4xx or self.log_5xx or self.log_slow or self.log_big or self.log_zero
+        self.log_line = build(
+            Settings(config), self.pid, self.wid, core, slot.instance_requests if slot is not None else None
+        )
         self.timeout = timeval(config.socket_timeout)
         self.buffer_size = config.buffer_size
         self.max_body = config.limit_post or None
@@ -381,7 +389,8 @@ class Core:
         True when the response was cut off and the connection aborted: nothing more to drain.
         """
         slot = self.slot
-        start = since = time.time() if self.log_requests or slot is not None else 0.0
+        timed = self.log_requests or self.log_notable or slot is not None
+        start = since = time.time() if timed else 0.0
         if decoder is None:
             wsgi_input: Any = EMPTY_INPUT
         elif self.post_buffering:
@@ -434,17 +443,11 @@ class Core:
             if wsgi_input is not EMPTY_INPUT and self.post_buffering:
                 wsgi_input.close()
         n = next(self.counter)
+        end = time.time() if timed else 0.0
         if slot is not None:
-            slot.end(time.time() - start, conn.sent, failed)
-        if self.log_requests:
-            ms = (time.time() - start) * 1000
-            what = f"{environ.get('REMOTE_ADDR', '-')} {request_text(environ)}"
-            if not what.isprintable():  # the common case pays this one test
-                what = printable(what)
-            write_request(
-                f"[pid: {self.pid}|worker: {self.wid}|req: {n}] {what} "
-                f"=> {exchange.code} {conn.sent} bytes in {ms:.2f} ms\n"
-            )
+            slot.end(end - start, conn.sent, failed)
+        if self.log_requests or (self.log_notable and self._notable(exchange, conn.sent, end - start)):
+            self.log_line(environ, head, exchange, conn.sent, start, end, n)
         if self.host.after_each:
             self.host.after_request(n)
         if cut_short:
@@ -458,6 +461,18 @@ class Core:
                 return True
             raise RemoteProtocolError(cut_short)
         return aborted
+
+    def _notable(self, exchange: Exchange, sent: int, seconds: float) -> bool:
+        """Whether a request is logged with request logging off (uWSGI's rules, uWSGI's order)."""
+        code = exchange.code
+        body = max(sent - exchange.head_size, 0)
+        return bool(
+            (self.log_zero and not body)
+            or (self.log_slow and seconds >= self.log_slow)
+            or (self.log_4xx and 400 <= code <= 499)
+            or (self.log_5xx and 500 <= code <= 599)
+            or (self.log_big and body >= self.log_big)
+        )
 
     def _buffer_body(self, conn: Connection, decoder: Decoder, length: int) -> IO[bytes]:
         """post-buffering: the whole body, read before the app runs; in a temporary file when large."""

@@ -11,9 +11,9 @@ import sys
 from typing import Any
 
 from .body import EmptyInput, Input
-from .log import printable
 from .protocol import Head
 from .protocol.modifiers import WSGI_MANAGE_PATH_INFO
+from .requestlog import clean
 from .response import FileWrapper
 
 
@@ -96,11 +96,6 @@ def build_environ(head: Head, base: dict[str, Any], wsgi_input: Input | EmptyInp
 
 
 def request_line(environ: dict[str, Any]) -> str:
-    """``METHOD URI`` of a request, for log lines (control characters escaped)."""
-    return printable(request_text(environ))
-
-
-def request_text(environ: dict[str, Any]) -> str:
-    """``METHOD URI`` as sent: the access line escapes it together with the rest of the line, once."""
+    """``METHOD URI`` of a request, for log lines (UTF-8 read back, control characters escaped)."""
     uri = environ.get("REQUEST_URI") or environ.get("PATH_INFO", "")
-    return f"{environ.get('REQUEST_METHOD', '-')} {uri}"
+    return clean(f"{environ.get('REQUEST_METHOD', '-')} {uri}")

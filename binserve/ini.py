@@ -62,6 +62,7 @@ from importlib import metadata
 
 from . import safefile
 from .options import ALIASES, OPTIONS, UWSGI_ONLY, WHOLE, Option, resolve
+from .requestlog import VARIABLES
 
 SECTIONS = ("binserve", "uwsgi")
 LOADERS = frozenset({"include", "ini", "inherit"})
@@ -562,7 +563,21 @@ class _Loader:
         tokens = inner.split()
         if not tokens:
             raise ConfigError(f"{line.where}: empty reference %()")
+        if len(tokens) == 1 and self._request_log_variable(inner, line):
+            return f"%({inner})"
         return self._value(tokens[0], line) if len(tokens) == 1 else self._math(inner, tokens, line)
+
+    def _request_log_variable(self, name: str, line: Line) -> bool:
+        """Whether ``%(name)`` in ``line`` is left for log-format, whose variables share the syntax.
+
+        In a log-format value, a request-log variable stays one, and so does a name the file
+        does not define: log-format then names it as an unknown variable.
+        """
+        if ALIASES.get(line.key, line.key) != "log-format":
+            return False
+        if name in VARIABLES or name.startswith("var."):
+            return True
+        return _option(name) is None and name not in self.placeholders and name not in self.outer_placeholders
 
     def _file_value(self, inner: str, line: Line) -> str:
         """What ``@(inner)`` stands for: the file's text, stripped."""

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .log import DEFAULT_DATE, parse_logger, to_log_date
+from .requestlog import to_log_format, to_req_encoder
 
 MASTER, WORKER, EMPEROR = "master", "worker", "emperor"
 
@@ -381,6 +382,57 @@ _OPTIONS = [
         metavar="NAME",
     ),
     Option("disable-logging", to_bool, False, WORKER, "do not log each request", flag=True),
+    Option(
+        "log-format",
+        to_log_format,
+        None,
+        WORKER,
+        "request line format with uWSGI's %(name) variables (see Request log); default: uWSGI's line",
+        metavar="FORMAT",
+    ),
+    Option(
+        "log-req-encoder",
+        to_req_encoder,
+        None,
+        WORKER,
+        "json: each request line is one JSON object (keys: the log-format's variables, or a default set)",
+        metavar="ENCODER",
+    ),
+    Option("log-4xx", to_bool, False, WORKER, "log 4xx responses, even with disable-logging", flag=True),
+    Option("log-5xx", to_bool, False, WORKER, "log 5xx responses, even with disable-logging", flag=True),
+    Option(
+        "log-slow",
+        Number(0, 100 * DAY * 1000, unit="milliseconds"),
+        0,
+        WORKER,
+        "log requests that took at least this long, even with disable-logging (0: off)",
+        metavar="MSECS",
+    ),
+    Option(
+        "log-big",
+        Number(0, 1 << 40, unit="bytes", sizes=True),
+        0,
+        WORKER,
+        "log requests whose response body is at least this big, even with disable-logging (0: off)",
+        metavar="BYTES",
+    ),
+    Option("log-zero", to_bool, False, WORKER, "log empty responses, even with disable-logging", flag=True),
+    Option(
+        "log-x-forwarded-for",
+        to_bool,
+        False,
+        WORKER,
+        "log the X-Forwarded-For header as the client's address (when the request has one)",
+        flag=True,
+    ),
+    Option(
+        "log-micros",
+        to_bool,
+        False,
+        WORKER,
+        "the default request line gives the response time in microseconds",
+        flag=True,
+    ),
     Option(
         "logto",
         to_str,
@@ -787,6 +839,7 @@ ALIASES = {
     "stats-server": "stats",
     "set-ph": "set-placeholder",
     "logdate": "log-date",
+    "logformat": "log-format",
 }
 
 # uWSGI options that binserve does not implement (yet): named in the error instead of "unknown".
@@ -798,7 +851,7 @@ UWSGI_ONLY = frozenset(
     offload-threads static-map static-map2
     route route-if spooler mule mules cron attach-daemon attach-daemon2 smart-attach-daemon
     virtualenv home venv pyhome py-autoreload python-autoreload thunder-lock daemonize daemonize2
-    memory-report log-format log-x-forwarded-for add-header
+    memory-report add-header
     del-header manage-script-name mount socket-protocol protocol procname procname-prefix
     procname-prefix-spaced auto-procname master-fifo hook-pre-app exec-pre-app shared-import
     cache cache2 async ugreen gevent enable-metrics carbon subscribe-to fastrouter

@@ -149,6 +149,10 @@ class Exchange:
         "head_sent",
         "head_only",
         "code",
+        "head_size",
+        "header_count",
+        "pieces",
+        "sent_file",
     )
 
     def __init__(self, conn: Connection, environ: dict[str, Any]) -> None:
@@ -160,6 +164,12 @@ class Exchange:
         self.head_sent = False
         self.head_only = environ.get("REQUEST_METHOD") == "HEAD"
         self.code = 0
+        # For the request log, as uWSGI counts them: the bytes of the status line and headers,
+        # the headers sent, and the pieces the body came in (uWSGI's "switches").
+        self.head_size = 0
+        self.header_count = 0
+        self.pieces = 0
+        self.sent_file = False
 
     def start_response(
         self, status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
@@ -200,11 +210,16 @@ class Exchange:
 
     def server_error(self) -> bytes:
         """A complete 500 response, for an app that failed before sending its headers."""
-        return (self.protocol() + _ERROR_HEAD).encode("latin-1") + _ERROR_BODY
+        return self._canned(_ERROR_HEAD, _ERROR_BODY)
 
     def request_timeout(self) -> bytes:
         """A complete 408 response, for a request whose body stopped arriving before any answer."""
-        return (self.protocol() + _TIMEOUT_HEAD).encode("latin-1") + _TIMEOUT_BODY
+        return self._canned(_TIMEOUT_HEAD, _TIMEOUT_BODY)
+
+    def _canned(self, head: str, body: bytes) -> bytes:
+        data = (self.protocol() + head).encode("latin-1")
+        self.head_size, self.header_count, self.pieces = len(data), 2, 1
+        return data + body
 
     def render_head(self, length: int | None) -> bytes:
         """The status line and headers, adding Content-Length when it is known and the app gave none."""
@@ -213,10 +228,15 @@ class Exchange:
         for name, value in self.headers:
             lines += (name, ": ", value, "\r\n")
         # 204 and 304 carry no body and, by RFC 9110, no Content-Length of ours either.
+        count = len(self.headers)
         if length is not None and not self.has_length and self.code != 204 and self.code != 304:
             lines += ("Content-Length: ", str(length), "\r\n")
+            count += 1
         lines.append("\r\n")
-        return "".join(lines).encode("latin-1")
+        head = "".join(lines).encode("latin-1")
+        self.head_size = len(head)
+        self.header_count = count
+        return head
 
     def write(self, data: bytes) -> None:
         """The legacy write() callable: sends the headers first, then ``data`` at once."""
@@ -224,6 +244,7 @@ class Exchange:
             raise AssertionError("write() called before start_response()")
         if type(data) is not bytes:
             raise TypeError(f"write() takes bytes, not {type(data).__name__}")
+        self.pieces += 1
         if not self.head_sent:
             self.head_sent = True
             self.conn.send([self.render_head(None)] if self.head_only else [self.render_head(None), data])
@@ -241,6 +262,7 @@ class Exchange:
                 total += len(chunk)
             if self.status is None:
                 raise AssertionError("the app returned a body without calling start_response()")
+            self.pieces += len(result)  # type: ignore[arg-type]
             if self.head_only:
                 if not self.head_sent:
                     self.head_sent = True
@@ -276,6 +298,8 @@ class Exchange:
 
     def _sendfile(self, fd: int) -> None:
         self._check_started()
+        self.pieces += 1
+        self.sent_file = True
         offset = os.lseek(fd, 0, os.SEEK_CUR)
         size = os.fstat(fd).st_size
         length = max(size - offset, 0)

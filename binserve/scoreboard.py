@@ -105,6 +105,16 @@ class Scoreboard:
         self.map = mmap.mmap(-1, self.stride * workers * PLACES, flags=mmap.MAP_SHARED)
         # Which place is each worker's current one: the master's own bookkeeping, not shared.
         self.current = dict.fromkeys(range(1, workers + 1), 0)
+        # Every slot's request counter, read by one unpack (pad bytes skip the rest): the
+        # instance's total, which each request line carries, as uWSGI's does.
+        at = 0
+        layout = ["<"]
+        for place in range(workers * PLACES):
+            for core in range(cores):
+                counter = place * self.stride + HEADER_SIZE + core * SLOT_SIZE + _END_AT + 8
+                layout.append(f"{counter - at}xQ")
+                at = counter + 8
+        self._counters = struct.Struct("".join(layout))
 
     def header(self, wid: int, place: int = 0) -> int:
         """Where place ``place`` of worker ``wid`` has its header."""
@@ -142,6 +152,10 @@ class Scoreboard:
         off = self.header(wid, self.current[wid] if place is None else place)
         pid, respawns, harakiris, last_spawn, base = _SPAWN.unpack_from(self.map, off)
         _SPAWN.pack_into(self.map, off, pid, respawns, harakiris + 1, last_spawn, base)
+
+    def instance_requests(self) -> int:
+        """Requests served by every worker since the master started (past processes included)."""
+        return sum(self._counters.unpack_from(self.map))
 
     def read_cores(self, wid: int, place: int | None = None) -> list[CoreStats]:
         """The cores of worker ``wid``'s current place (or of ``place``), by core id."""
@@ -217,10 +231,11 @@ class Slot:
     memoryview stores were measured too: slower than one pack_into of several fields.)
     """
 
-    __slots__ = ("map", "off", "end_at", "requests", "tx", "running", "exceptions")
+    __slots__ = ("map", "off", "end_at", "requests", "tx", "running", "exceptions", "instance_requests")
 
     def __init__(self, board: Scoreboard, wid: int, core: int = 0, place: int = 0) -> None:
         self.map = board.map
+        self.instance_requests = board.instance_requests
         self.off = board.offset(wid, core, place)
         self.end_at = self.off + _END_AT
         # Totals carry over a respawn, as uWSGI's do; a predecessor that died mid-request

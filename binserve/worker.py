@@ -161,7 +161,7 @@ class Worker:
         """``threads`` cores in threads; this thread handles signals until they are all done."""
         cores = self.cores
         for n in range(self.config.threads):
-            core = Core(self, self._slot(n))
+            core = Core(self, self._slot(n), n)
             # The stop pipe stays readable once closed: each core stops watching it after the wakeup.
             core.watch(self.stop_r, functools.partial(core.unwatch, self.stop_r))
             cores.append(core)

@@ -43,10 +43,22 @@ class Head:
 
     ``fields`` holds the vars as a dict, the last value winning; the receiver owns it and may
     turn it into the environ in place. ``vars`` gives every var in wire order, duplicates
-    kept; it is worked out from the block when asked for, off the hot path.
+    kept; it is worked out from the block when asked for, off the hot path. ``var_count``
+    (vars on the wire, repeats included) and ``size`` (bytes of the vars block) are what
+    uWSGI's request line reports, counted while decoding at no extra cost.
     """
 
-    __slots__ = ("modifier1", "modifier2", "fields", "duplicates", "payload", "content_length", "_block")
+    __slots__ = (
+        "modifier1",
+        "modifier2",
+        "fields",
+        "duplicates",
+        "payload",
+        "content_length",
+        "var_count",
+        "size",
+        "_block",
+    )
 
     def __init__(
         self,
@@ -57,6 +69,7 @@ class Head:
         content_length: int,
         block: bytes = b"",
         duplicates: bool = False,
+        var_count: int = 0,
     ) -> None:
         self.modifier1 = modifier1
         self.modifier2 = modifier2
@@ -64,6 +77,8 @@ class Head:
         self.duplicates = duplicates
         self.payload = payload
         self.content_length = content_length
+        self.var_count = var_count
+        self.size = len(block)  # 0 for a packet without vars
         self._block = block
 
     @property
@@ -160,8 +175,8 @@ def _walk(block: bytes) -> list[tuple[str, str]]:
     return pairs
 
 
-def _parse(block: bytes, max_vars: int) -> tuple[dict[str, str], bool, int]:
-    """The vars as a dict (the last value winning), whether any key repeats, and the content length.
+def _parse(block: bytes, max_vars: int) -> tuple[dict[str, str], bool, int, int]:
+    """The vars as a dict (the last value winning), whether any key repeats, the content length, the count.
 
     The hot path. Keys and values are decoded as latin-1 in one go: latin-1 maps byte i to
     code point i, so the offsets read from the size fields index the decoded string
@@ -192,19 +207,19 @@ def _parse(block: bytes, max_vars: int) -> tuple[dict[str, str], bool, int]:
     duplicates = len(fields) != count
     length = fields.get("CONTENT_LENGTH")
     if length is None:
-        return fields, duplicates, 0
+        return fields, duplicates, 0, count
     if duplicates:
         lengths = sorted({value for key, value in _walk(block) if key == "CONTENT_LENGTH"})
         if len(lengths) > 1:
             raise RemoteProtocolError(
                 f"conflicting CONTENT_LENGTH vars {lengths[0][:40]!r} and {lengths[1][:40]!r}"
             )
-    return fields, duplicates, parse_content_length(length)
+    return fields, duplicates, parse_content_length(length), count
 
 
 def parse_vars(block: bytes, max_vars: int = 1024) -> tuple[list[tuple[str, str]], int]:
     """Decode a vars block into ``[(key, value), ...]`` (latin-1, wire order) and its content length."""
-    _, _, length = _parse(block, max_vars)
+    _, _, length, _ = _parse(block, max_vars)
     return _walk(block), length
 
 
@@ -214,10 +229,10 @@ def _make_head(buf: bytes | bytearray, need: int, max_vars: int, max_body: int |
     block = bytes(buf[HEADER_SIZE:need])
     if modifier1 not in VARS_MODIFIERS:
         return Head(modifier1, buf[3], {}, block, 0)
-    fields, duplicates, length = _parse(block, max_vars)
+    fields, duplicates, length, count = _parse(block, max_vars)
     if max_body is not None and length > max_body:
         raise RemoteProtocolError(f"Invalid (too big) CONTENT_LENGTH: {length} (max {max_body})", 413)
-    return Head(modifier1, buf[3], fields, b"", length, block, duplicates)
+    return Head(modifier1, buf[3], fields, b"", length, block, duplicates, count)
 
 
 def _block_size(buf: bytes | bytearray, max_vars_size: int) -> int:

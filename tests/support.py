@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
 import signal
 import stat
 import subprocess
@@ -24,6 +25,27 @@ from binserve.testing import Nginx, Serve, Server, exchange, parse_response, req
 
 REPO = Path(__file__).resolve().parent.parent
 APPS = REPO / "tests" / "apps"  # the WSGI apps the tests serve
+
+# uWSGI's default request line, field by field as core/logging.c writes it:
+# [pid: %d|app: %d|req: %d/%llu] %s (%s) {%d vars in %llu bytes} [%.24s] %s %s => generated %llu
+# bytes in %llu %s%s(%s %d) %d headers in %llu bytes (%d switches on core %d)
+REQUEST_LINE = re.compile(
+    r"^\[pid: (?P<pid>\d+)\|app: (?P<app>-?\d+)\|req: (?P<app_req>-?\d+)/(?P<req>\d+)\] "
+    r"(?P<addr>\S*) \((?P<user>[^)]*)\) \{(?P<vars>\d+) vars in (?P<pktsize>\d+) bytes\} "
+    r"\[(?P<ctime>\w{3} \w{3} [ \d]\d \d\d:\d\d:\d\d \d{4})\] (?P<method>\S*) (?P<uri>.*?) "
+    r"=> generated (?P<rsize>\d+) bytes in (?P<time>\d+) (?P<unit>msecs|micros)"
+    r"(?: | via sendfile\(\) )\((?P<proto>\S*) (?P<status>\d+)\) "
+    r"(?P<headers>\d+) headers in (?P<hsize>\d+) bytes \((?P<switches>\d+) switches on core (?P<core>\d+)\)$",
+    re.M,
+)
+
+
+def logged(log: str, method: str, uri: str, status: int) -> bool:
+    """Whether ``log`` holds a default request line for ``method uri`` answered ``status``."""
+    return any(
+        (m["method"], m["uri"], m["status"]) == (method, uri, str(status)) for m in REQUEST_LINE.finditer(log)
+    )
+
 
 AppFile = Callable[..., Path]  # the app_file fixture
 BehindNginx = Callable[..., tuple[Server, Nginx]]  # the behind_nginx fixture

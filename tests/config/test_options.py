@@ -330,6 +330,8 @@ def test_every_option_is_settable_from_ini_and_command_line() -> None:
         "parse_logger": "file:x",
         "to_log_date": "false",
         "to_cheaper_algo": "busyness",
+        "to_req_encoder": "json",
+        "to_log_format": "%(addr) %(status)",
     }
     for option in OPTIONS.values():
         if option.name in ("ini", "include", "inherit"):  # they name files: tests/test_ini.py

@@ -22,7 +22,7 @@ import pytest
 from binserve.config import load
 from binserve.testing import Nginx, Serve, Server, free_port, nginx_conf, nginx_executable, wait_for
 
-from support import APPS, REPO, AppFile
+from support import APPS, REPO, AppFile, logged
 
 CONF_DIR = REPO / "nginx_conf"
 TEMPLATES = sorted(CONF_DIR.glob("*.conf.template"))
@@ -170,9 +170,9 @@ def test_site_serves_static_files_from_nginx_and_the_rest_from_binserve(
     status, _, body = front.request("POST", "/echo", body=payload)
     assert status == 200 and body == payload, (status, len(body))
 
-    wait_for(lambda: "POST /echo => 200" in server.log(), 5, "binserve to log the POST")
+    wait_for(lambda: logged(server.log(), "POST", "/echo", 200), 5, "binserve to log the POST")
     log = server.log()
-    assert "GET / => 200" in log
+    assert logged(log, "GET", "/", 200)
     assert "/static/" not in log, f"static requests reached binserve:\n{log}"
 
 

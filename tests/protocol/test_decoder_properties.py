@@ -93,6 +93,8 @@ def check_decodes_to(events: list[object], pairs: Pairs, modifier1: int, modifie
     assert isinstance(head, Head)
     assert (head.modifier1, head.modifier2) == (modifier1, modifier2)
     assert head.vars == latin1(pairs)
+    assert head.var_count == len(pairs)
+    assert head.size == len(spec.VarsBlock.build({"vars": [{"key": k, "value": v} for k, v in pairs]}))
     assert isinstance(events[-1], End)
 
 
@@ -219,6 +221,7 @@ def check_any_bytes(stream: bytes, chunks: Iterable[bytes] | None = None) -> Non
     if events is not None:
         event("both accept")
         assert events[0].vars == got
+        assert (events[0].var_count, events[0].size) == (len(want), header.datasize)
         assert body_of(events) == stream[4 + header.datasize : 4 + header.datasize + length]
     else:
         event("EOF in body")

@@ -31,7 +31,7 @@ from binserve.testing import (
     wait_for,
 )
 
-from support import APPS, AppFile, BehindNginx, get, serve_limited
+from support import APPS, REQUEST_LINE, AppFile, BehindNginx, get, serve_limited
 
 VERSION_APP = (APPS / "replacement_version.py").read_text()
 PID_APP = (APPS / "pid_app.py").read_text()
@@ -135,7 +135,8 @@ def test_master_reload_lets_a_thread_finish_its_request(behind_nginx: BehindNgin
     )
     log = server.log()
     assert "SIGHUP: graceful reload" in log, log
-    assert re.search(rf"\[pid: {old}\|worker: 1\|req: \d+\] \S+ GET /slow => 200 ", log), log
+    lines = [(m["pid"], m["uri"], m["status"]) for m in REQUEST_LINE.finditer(log)]
+    assert (str(old), "/slow", "200") in lines, log
     for cut in ("closed the connection", "past worker-reload-mercy", "SIGKILL", "a core thread failed"):
         assert cut not in log, f"{cut!r} in the log:\n{log}"
     assert "prematurely closed" not in front.error_log(), front.error_log()
@@ -179,7 +180,7 @@ def test_a_body_cut_short_is_counted_and_never_reaches_harakiri(
     assert "HARAKIRI" not in log, log
     assert server.worker_pids() == {pid}
     assert re.search(r"bad uwsgi packet from unix:\S+ \(peer pid \d+\): .*; connection closed", log), log
-    assert re.search(rf"\[pid: {pid}\|worker: 1\|req: 1\] .* POST /upload => 400 ", log), log
+    assert re.search(rf"^\[pid: {pid}\|app: 0\|req: 1/1\] .* POST /upload => .*\(\S+ 400\)", log, re.M), log
 
 
 # -- 4. exact counts across replacements -------------------------------------------------------------
@@ -200,6 +201,8 @@ def test_request_counts_stay_exact_across_replacements(
         "0",
         "--stats",
         str(stats),
+        "--log-format",
+        "[pid: %(pid)|wid: %(wid)] %(uri)",  # the default line does not name the worker id
     )
     wait_stats_up(stats)
     front = nginx(server)
@@ -239,7 +242,7 @@ def test_request_counts_stay_exact_across_replacements(
     assert sum(worker["requests"] for worker in doc["workers"]) == total, doc
     assert {worker["pid"] for worker in doc["workers"]} == server.worker_pids(), doc
     # Per worker id too: its figure is every process's requests under that id, as the log has them.
-    logged = Counter(int(wid) for wid in re.findall(r"^\[pid: \d+\|worker: (\d+)\|", server.log(), re.M))
+    logged = Counter(int(wid) for wid in re.findall(r"^\[pid: \d+\|wid: (\d+)\]", server.log(), re.M))
     assert {worker["id"]: worker["requests"] for worker in doc["workers"]} == dict(logged), (doc, logged)
     assert len(re.findall(r"accepts: retiring pid \d+", server.log())) >= 4, server.log()
 
