@@ -172,7 +172,7 @@ def caught(table: Table) -> list[int]:
 
 def has_effect(table: Table, signum: int) -> bool:
     """Whether the loop acts on ``signum`` beyond logging it."""
-    return table.get(signum, NO_EFFECT) != NO_EFFECT
+    return table.get(signum, NO_EFFECT) not in (NO_EFFECT, IGNORED, DEFAULT)
 
 
 def received(table: Table, signum: int, times: int = 1) -> str:
@@ -287,6 +287,9 @@ class WakePipe:
         self.by_bytes: dict[int, int] = {}
         self.by_records: dict[int, int] = {}
         self.handed: dict[int, int] = {}
+        # Only these have a byte that stands for a signal: ignored ones wake nobody on purpose,
+        # and a plain wakeup is a zero byte.
+        self.recording = frozenset(s for s, meaning in table.items() if meaning not in (IGNORED, DEFAULT))
         install(table, self.write_end)
 
     def fileno(self) -> int:
@@ -310,12 +313,13 @@ class WakePipe:
         except BlockingIOError:
             data = b""
         recorded = take()
-        for signum in data:
+        came = [signum for signum in data if signum in self.recording]
+        for signum in came:
             self.by_bytes[signum] = self.by_bytes.get(signum, 0) + 1
         for signum, times in recorded.items():
             self.by_records[signum] = self.by_records.get(signum, 0) + times
         taken = {}
-        for signum in {**recorded, **dict.fromkeys(data)}:
+        for signum in {**recorded, **dict.fromkeys(came)}:
             seen = max(self.by_bytes.get(signum, 0), self.by_records.get(signum, 0))
             new = seen - self.handed.get(signum, 0)
             if new > 0:

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from binserve import signals
+from binserve.master import Master
 from binserve.testing import EmperorProcess, Serve, run_binserve, wait_for
 
 from support import APPS, REPO, AppFile, write_vassal
@@ -125,3 +126,15 @@ def test_the_signal_table_has_one_row_per_meaning_and_every_signal_once() -> Non
 def test_binserve_help_signals_prints_the_table() -> None:
     result = run_binserve("--help-signals")
     assert result.returncode == 0 and result.stdout.strip() == signals.signals_table()
+
+
+def test_every_signal_the_master_acts_on_has_its_handler() -> None:
+    # The loop looks the handler up by name: a meaning without one would end the master.
+    acted_on = [signum for signum in signals.MASTER if signals.has_effect(signals.MASTER, signum)]
+    assert signal.SIGHUP in acted_on and signal.SIGALRM not in acted_on
+    missing = [
+        signals.name(signum)
+        for signum in acted_on
+        if not callable(getattr(Master, f"handle_{signals.name(signum)[3:].lower()}", None))
+    ]
+    assert not missing
