@@ -278,7 +278,18 @@ def write_line(line: str) -> None:
 
 def write_request(line: str) -> None:
     """Write one request line to the request log (req-logger, else the log)."""
-    _requests.write(line)
+    sink = _requests
+    if sink.datagrams:
+        sink.write(line)
+        return
+    # Once per request: the usual case, one whole write, without the calls of Sink.write.
+    data = line.encode("utf-8", "backslashreplace")
+    try:
+        written = os.write(sink.fd, data)
+    except OSError:
+        written = 0
+    if written != len(data):
+        _write_all(sink.fd, data[written:])
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -309,13 +309,14 @@ def _default(settings: Settings, pid: int, core: int, instance_requests: Callabl
         proto = get("SERVER_PROTOCOL", "")
         # Only these come from the peer: testing them alone is a third of testing the line.
         peer = f"{addr}{user}{method}{uri}{proto}"
-        hsize = ex.head_size
+        head_sent = ex.head
+        hsize = len(head_sent)
         body = sent - hsize
         if body < 0:  # the head itself was cut off
             body = 0
         stamp = ctime.text if int(start) == ctime.second else ctime(start)
         total = instance_requests() if instance_requests is not None else n
-        key = (ex.code, ex.header_count, hsize, ex.pieces, ex.sent_file, proto)
+        key = (ex.code, head_sent, ex.pieces, ex.sent_file, proto)
         if key == memo[0]:
             response = memo[1]
         else:

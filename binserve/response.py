@@ -149,8 +149,7 @@ class Exchange:
         "head_sent",
         "head_only",
         "code",
-        "head_size",
-        "header_count",
+        "head",
         "pieces",
         "sent_file",
     )
@@ -164,10 +163,10 @@ class Exchange:
         self.head_sent = False
         self.head_only = environ.get("REQUEST_METHOD") == "HEAD"
         self.code = 0
-        # For the request log, as uWSGI counts them: the bytes of the status line and headers,
-        # the headers sent, and the pieces the body came in (uWSGI's "switches").
-        self.head_size = 0
-        self.header_count = 0
+        # For the request log, as uWSGI counts them: the status line and headers sent (their size
+        # and count are worked out from them only when a line is written), and the pieces the
+        # body came in (uWSGI's "switches").
+        self.head = b""
         self.pieces = 0
         self.sent_file = False
 
@@ -217,9 +216,19 @@ class Exchange:
         return self._canned(_TIMEOUT_HEAD, _TIMEOUT_BODY)
 
     def _canned(self, head: str, body: bytes) -> bytes:
-        data = (self.protocol() + head).encode("latin-1")
-        self.head_size, self.header_count, self.pieces = len(data), 2, 1
-        return data + body
+        self.head = (self.protocol() + head).encode("latin-1")
+        self.pieces = 1
+        return self.head + body
+
+    @property
+    def head_size(self) -> int:
+        """Bytes of the status line and headers sent."""
+        return len(self.head)
+
+    @property
+    def header_count(self) -> int:
+        """Headers sent: the head's lines but the status line and the blank one that ends it."""
+        return max(self.head.count(b"\r\n") - 2, 0)
 
     def render_head(self, length: int | None) -> bytes:
         """The status line and headers, adding Content-Length when it is known and the app gave none."""
@@ -228,14 +237,10 @@ class Exchange:
         for name, value in self.headers:
             lines += (name, ": ", value, "\r\n")
         # 204 and 304 carry no body and, by RFC 9110, no Content-Length of ours either.
-        count = len(self.headers)
         if length is not None and not self.has_length and self.code != 204 and self.code != 304:
             lines += ("Content-Length: ", str(length), "\r\n")
-            count += 1
         lines.append("\r\n")
-        head = "".join(lines).encode("latin-1")
-        self.head_size = len(head)
-        self.header_count = count
+        self.head = head = "".join(lines).encode("latin-1")
         return head
 
     def write(self, data: bytes) -> None:
