@@ -287,6 +287,9 @@ class WakePipe:
         self.by_bytes: dict[int, int] = {}
         self.by_records: dict[int, int] = {}
         self.handed: dict[int, int] = {}
+        # The signals whose handler records them: a byte of another (a dropped SIGALRM, the
+        # start's pipe waking the loop with 0) only wakes it.
+        self.counted = frozenset(signum for signum in caught(table) if signum not in _DROPPED)
         install(table, self.write_end)
 
     def fileno(self) -> int:
@@ -311,7 +314,8 @@ class WakePipe:
             data = b""
         recorded = take()
         for signum in data:
-            self.by_bytes[signum] = self.by_bytes.get(signum, 0) + 1
+            if signum in self.counted:
+                self.by_bytes[signum] = self.by_bytes.get(signum, 0) + 1
         for signum, times in recorded.items():
             self.by_records[signum] = self.by_records.get(signum, 0) + times
         taken = {}
