@@ -305,7 +305,9 @@ class Master:
             timeout = min(timeout, soonest)
         for key, _ in self.selector.select(timeout):
             key.data()
-        self.pending = _merge(self.pending, signals.take())
+        # Signals caught after the pipe was last read: through the pipe's own count, which also
+        # counts their bytes when they come (a record taken apart from it would count them twice).
+        self.on_wake()
         while self.pending:
             signum = next(iter(self.pending))
             times = self.pending.pop(signum)
