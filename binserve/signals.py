@@ -379,7 +379,11 @@ def kill_quietly(pid: int, signum: int) -> None:
 
 def record(signum: int, frame: object) -> None:
     """The handler of every caught signal: note it for the loop (the wakeup fd wakes the loop)."""
-    _recorded[signum] = _recorded.get(signum, 0) + 1
+    # One read of the global: a one-core worker's take() swaps it from another thread, and a
+    # count read from the old dict must not land in the new one (the signal would count twice;
+    # landing in the old one, it is counted by its byte).
+    recorded = _recorded
+    recorded[signum] = recorded.get(signum, 0) + 1
 
 
 def _drop(signum: int, frame: object) -> None:
