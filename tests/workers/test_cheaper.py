@@ -127,6 +127,8 @@ def test_ttin_and_ttou_add_and_retire_workers_within_1_and_processes(serve: Serv
                 break
             for answer in wave:
                 answer.result(15)
+        else:
+            pytest.fail("worker 3 took none of 10 waves of slow requests: nothing shows it finishing one")
         os.kill(server.pid, signal.SIGTTOU)
         assert {answer.result(15).status for answer in answers} == {200}
     server.wait_log(r"SIGTTOU: retiring worker 3, 2 left")
