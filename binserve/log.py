@@ -271,11 +271,6 @@ def _escape(char: str) -> str:
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
-def write_line(line: str) -> None:
-    """Write an already formatted line to the log in one call (bytes that do not encode are escaped)."""
-    _log.write(line)
-
-
 def write_request(line: str) -> None:
     """Write one request line to the request log (req-logger, else the log)."""
     sink = _requests

@@ -258,11 +258,7 @@ class Master:
             if self.stats is not None:
                 self.stats.sock.close()
             self.notifier.close()
-            # Counters are kept only when someone reads them (stats, harakiri, cheaper, systemd's
-            # status line): the request path stays lean otherwise.
-            config = self.config
-            keep = self.stats is not None or config.harakiri or config.cheaper or self.notifier.active
-            board = self.board if keep else None
+            board = self.board if self.counting else None
             life, notify = self.life_r, self.notify_w
             stack_fd = stacks.fd if stacks is not None else None
             code = run_worker(
@@ -305,7 +301,9 @@ class Master:
             timeout = min(timeout, soonest)
         for key, _ in self.selector.select(timeout):
             key.data()
-        self.pending = _merge(self.pending, signals.take())
+        # Signals caught after the pipe was last read: through the pipe's own count, which also
+        # counts their bytes when they come (a record taken apart from it would count them twice).
+        self.on_wake()
         while self.pending:
             signum = next(iter(self.pending))
             times = self.pending.pop(signum)
@@ -415,18 +413,24 @@ class Master:
         done = f"{len(problems)} log file(s) not reopened (above)" if problems else "log files reopened"
         log(f"{why}: {done}; {self.summary()}")
 
+    @property
+    def counting(self) -> bool:
+        """Whether workers keep their counters: only when something reads them (stats, harakiri,
+        cheaper, systemd's status line), so that the request path stays lean otherwise."""
+        config = self.config
+        return self.stats is not None or bool(config.harakiri or config.cheaper) or self.notifier.active
+
     def summary(self) -> str:
         """One line of the stats, for the operator who sent SIGUSR1."""
         document = self.document()
-        workers = document["workers"]
+        workers = [worker for worker in document["workers"] if worker["status"] != "cheap"]
         rss = sum(worker["rss"] for worker in workers) / (1 << 20)
-        counted = self.stats is not None or self.config.harakiri
-        if counted:
+        if self.counting:
             busy = sum(worker["status"] == "busy" for worker in workers)
             requests = sum(worker["requests"] for worker in workers)
             activity = f"{busy} busy, {requests} requests served"
         else:
-            activity = "requests not counted (set stats or harakiri)"
+            activity = "requests not counted (set stats, harakiri or cheaper)"
         return (
             f"{len(workers)} workers ({activity}), listen queue {document['listen_queue']}, "
             f"workers' rss {rss:.1f} MB, up {document['uptime']:.0f} s"

@@ -286,7 +286,7 @@ def _compile(
 
 
 def _default(settings: Settings, pid: int, core: int, instance_requests: Callable[[], int] | None) -> Line:
-    """uWSGI's default request line (core/logging.c), every field filled as uWSGI fills it."""
+    """uWSGI's default request line, every field filled as uWSGI fills it."""
     ctime = _Clock(time.ctime)
     forwarded = settings.forwarded
     # The app id is 0: a worker serves one app. There are no async switches; "switches" counts

@@ -287,9 +287,9 @@ class WakePipe:
         self.by_bytes: dict[int, int] = {}
         self.by_records: dict[int, int] = {}
         self.handed: dict[int, int] = {}
-        # Only these have a byte that stands for a signal: ignored ones wake nobody on purpose,
-        # and a plain wakeup is a zero byte.
-        self.recording = frozenset(s for s, meaning in table.items() if meaning not in (IGNORED, DEFAULT))
+        # The signals whose handler records them: a byte of another (a dropped SIGALRM, the
+        # start's pipe waking the loop with 0) only wakes it.
+        self.counted = frozenset(signum for signum in caught(table) if signum not in _DROPPED)
         install(table, self.write_end)
 
     def fileno(self) -> int:
@@ -313,13 +313,13 @@ class WakePipe:
         except BlockingIOError:
             data = b""
         recorded = take()
-        came = [signum for signum in data if signum in self.recording]
-        for signum in came:
-            self.by_bytes[signum] = self.by_bytes.get(signum, 0) + 1
+        for signum in data:
+            if signum in self.counted:
+                self.by_bytes[signum] = self.by_bytes.get(signum, 0) + 1
         for signum, times in recorded.items():
             self.by_records[signum] = self.by_records.get(signum, 0) + times
         taken = {}
-        for signum in {**recorded, **dict.fromkeys(came)}:
+        for signum in {**recorded, **dict.fromkeys(s for s in data if s in self.counted)}:
             seen = max(self.by_bytes.get(signum, 0), self.by_records.get(signum, 0))
             new = seen - self.handed.get(signum, 0)
             if new > 0:
@@ -379,7 +379,11 @@ def kill_quietly(pid: int, signum: int) -> None:
 
 def record(signum: int, frame: object) -> None:
     """The handler of every caught signal: note it for the loop (the wakeup fd wakes the loop)."""
-    _recorded[signum] = _recorded.get(signum, 0) + 1
+    # One read of the global: a one-core worker's take() swaps it from another thread, and a
+    # count read from the old dict must not land in the new one (the signal would count twice;
+    # landing in the old one, it is counted by its byte).
+    recorded = _recorded
+    recorded[signum] = recorded.get(signum, 0) + 1
 
 
 def _drop(signum: int, frame: object) -> None:

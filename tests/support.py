@@ -26,7 +26,7 @@ from binserve.testing import Nginx, Serve, Server, exchange, parse_response, req
 REPO = Path(__file__).resolve().parent.parent
 APPS = REPO / "tests" / "apps"  # the WSGI apps the tests serve
 
-# uWSGI's default request line, field by field as core/logging.c writes it:
+# uWSGI's default request line, field by field as uWSGI writes it:
 # [pid: %d|app: %d|req: %d/%llu] %s (%s) {%d vars in %llu bytes} [%.24s] %s %s => generated %llu
 # bytes in %llu %s%s(%s %d) %d headers in %llu bytes (%d switches on core %d)
 REQUEST_LINE = re.compile(

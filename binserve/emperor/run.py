@@ -77,6 +77,7 @@ class Emperor:
         self.dirty = True
         self.stats: StatsServer | None = None
         self.watch: DirectoryWatch | None = None
+        self.wake: signals.WakePipe | None = None
         self.probes: dict[int, Probe] = {}  # by pipe
         self.digests: dict[str, tuple[FileKey, str]] = {}  # what the scans read, by path
         self.unreaped: set[int] = set()  # probes that answered or were killed, not waited for yet
@@ -93,7 +94,7 @@ class Emperor:
                 listener, self.config.stats_format, self.config.stats_http, self.config.uwsgi_allow_from
             )
             self.selector.register(self.stats.sock, selectors.EVENT_READ, self.stats)
-        wake = signals.WakePipe(signals.EMPEROR)
+        self.wake = wake = signals.WakePipe(signals.EMPEROR)
         signals.unblock(signals.EMPEROR)  # those that arrived during the start are logged now
         self.selector.register(wake, selectors.EVENT_READ, wake)
         self.watch = DirectoryWatch(self.patterns)
@@ -168,8 +169,11 @@ class Emperor:
                 self._on_probe(key.data)
             else:
                 self._on_message(key.data)
-        for signum, times in signals.take().items():  # caught after the pipe was last emptied
-            self._on_signal(signum, times)
+        # Caught after the pipe was last read: through the pipe's own count, which also counts
+        # their bytes when they come (a record taken apart from it would count them twice).
+        if self.wake is not None:
+            for signum, times in self.wake.take().items():
+                self._on_signal(signum, times)
 
     # -- signals and messages --------------------------------------------------------------
     def _on_signal(self, signum: int, times: int = 1) -> None:

@@ -127,6 +127,8 @@ def test_ttin_and_ttou_add_and_retire_workers_within_1_and_processes(serve: Serv
                 break
             for answer in wave:
                 answer.result(15)
+        else:
+            pytest.fail("worker 3 took none of 10 waves of slow requests: nothing shows it finishing one")
         os.kill(server.pid, signal.SIGTTOU)
         assert {answer.result(15).status for answer in answers} == {200}
     server.wait_log(r"SIGTTOU: retiring worker 3, 2 left")
@@ -190,4 +192,7 @@ def test_a_worker_added_by_hand_is_retired_again_once_idle(serve: Serve, app_fil
     server.wait_log(r"spawned worker 2")
     server.wait_log(r"cheaper: 2 workers idle for 1 s \(cheaper-idle\): retiring worker 2")
     count(server, 1)
+    # cheaper reads the workers' counters: SIGUSR1's summary has them, without stats or harakiri.
+    os.kill(server.pid, signal.SIGUSR1)
+    server.wait_log(r"SIGUSR1: log files reopened; 1 workers \(0 busy, 0 requests served\)")
     stop_cleanly(server)
