@@ -185,6 +185,17 @@ def test_req_logger_takes_the_request_lines_and_only_them(
     assert server.log() == ""
 
 
+def test_req_logger_stdio_is_stderr_which_a_log_file_replaces(
+    serve: Serve, nginx: StartNginx, tmp_path: Path
+) -> None:
+    # As in uWSGI: logto makes the log file the process's stderr, so stdio then means that file.
+    main = tmp_path / "main.log"
+    server = serve("--wsgi-file", APP, "--logto", str(main), "--req-logger", "stdio")
+    send(nginx(server), range(3))
+    wait_for(lambda: len(request_ids(read(main))) == 3, 10, "the request lines in the log file")
+    assert "master ready" in read(main) and server.log() == ""
+
+
 @pytest.mark.parametrize("backup", [None, "app.log.old"])
 def test_log_maxsize_renames_the_file_and_loses_nothing(
     serve: Serve, nginx: StartNginx, tmp_path: Path, backup: str | None
