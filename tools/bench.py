@@ -53,11 +53,17 @@ from binserve.tools.bench_procs import (
 POST_SIZE = 65536
 WRK = "/usr/bin/wrk"  # Debian's
 # binserve-stats: binserve with a stats server, so its counters are kept on every request.
-SERVERS = ("binserve", "binserve-stats", "uwsgi", "gunicorn")
+# binserve-log / binserve-logformat / uwsgi-log (run when named): the request log on, written
+# to a file: uWSGI's default line, a log-format, and uWSGI itself writing its default line.
+DEFAULT_SERVERS = ("binserve", "binserve-stats", "uwsgi", "gunicorn")
+SERVERS = (*DEFAULT_SERVERS, "binserve-log", "binserve-logformat", "uwsgi-log")
 REFERENCES = ("uwsgi", "gunicorn")  # the servers binserve's figures are divided by
 LABELS = {
     "binserve": "binserve",
     "binserve-stats": "binserve+stats",
+    "binserve-log": "binserve+log",
+    "binserve-logformat": "binserve+log-format",
+    "uwsgi-log": "uWSGI+log",
     "uwsgi": "uWSGI",
     "gunicorn": "gunicorn",
 }
@@ -396,6 +402,7 @@ TARGETS = {
 }
 # Keeping per-worker stats must not slow the request path measurably.
 STATS_TARGETS = {"hello": 1.05}
+LOG_FORMAT_TARGETS = {"hello": 1.10}  # a log-format line against the default one
 
 
 Verdict = tuple[str, float | None, bool]
@@ -417,6 +424,13 @@ def verdicts(rows: dict[tuple[str, str], Row], workloads: Sequence[str]) -> list
             continue
         value = with_stats.cpu_us_per_req / without.cpu_us_per_req
         out.append((f"{workload}: CPU/req with stats <= {limit}x without", value, value <= limit))
+    for workload, limit in LOG_FORMAT_TARGETS.items():
+        formatted, default = rows.get(("binserve-logformat", workload)), rows.get(("binserve-log", workload))
+        if formatted is None or default is None or workload not in workloads:
+            continue
+        value = formatted.cpu_us_per_req / default.cpu_us_per_req
+        goal = f"{workload}: CPU/req with a log-format <= {limit}x the default line"
+        out.append((goal, value, value <= limit))
     return out
 
 
@@ -548,8 +562,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--servers",
         type=_csv(SERVERS),
-        default=list(SERVERS),
-        help="comma-separated, in run order [binserve,uwsgi,gunicorn]",
+        default=list(DEFAULT_SERVERS),
+        help=(
+            "comma-separated, in run order [binserve,binserve-stats,uwsgi,gunicorn]; also "
+            "binserve-log, binserve-logformat, uwsgi-log (the request log on, to a file)"
+        ),
     )
     parser.add_argument(
         "--workloads",

@@ -259,13 +259,25 @@ def start_nginx(workdir: Path, port: int, sock_path: Path) -> Managed:
 # servers
 
 
+# An Apache "combined"-like access line, the kind of log-format users write.
+LOG_FORMAT = (
+    '%(addr) - %(user) [%(ltime)] "%(method) %(uri) %(proto)" %(status) %(size) "%(referer)" '
+    '"%(uagent)" %(msecs)'
+)
+
+
 def server_command(
     name: str, sock_path: Path, extra_binserve: Sequence[str]
 ) -> tuple[list[str], signal.Signals]:
     """The argv serving bench_app on ``sock_path`` (2 workers, no request log) and its stop signal."""
     app_file = str(Path(bench_app.__file__).resolve())
-    if name in ("binserve", "binserve-stats"):
+    if name.startswith("binserve"):
         stats = ["--stats", str(sock_path.with_suffix(".stats"))] if name == "binserve-stats" else []
+        if name in ("binserve-log", "binserve-logformat"):
+            # The request log on, into a file as in production (the later option wins).
+            stats = ["--disable-logging=false", "--logto", str(sock_path.with_suffix(".log"))]
+            if name == "binserve-logformat":
+                stats += ["--log-format", LOG_FORMAT]
         argv = [
             _console_script("binserve"),
             "--socket",
@@ -280,7 +292,8 @@ def server_command(
             *extra_binserve,
         ]
         return argv, signal.SIGTERM
-    if name == "uwsgi":
+    if name in ("uwsgi", "uwsgi-log"):
+        log = ["--disable-logging"] if name == "uwsgi" else ["--logto", str(sock_path.with_suffix(".log"))]
         argv = [
             _console_script("uwsgi"),
             "--socket",
@@ -290,7 +303,7 @@ def server_command(
             "--processes",
             str(WORKERS),
             "--master",
-            "--disable-logging",
+            *log,
             "--buffer-size",
             "65535",
             "--need-app",
