@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -268,6 +269,40 @@ def test_a_syslog_logger_sends_datagrams_to_dev_log(nginx: StartNginx, tmp_path:
         assert os.path.lexists("/dev/log") == host_has_dev_log
     finally:
         server.stop()
+        receiver.close()
+
+
+def test_a_syslog_reader_that_stops_reading_holds_up_nothing(nginx: StartNginx, tmp_path: Path) -> None:
+    """A stuck syslog daemon (its queue full before binserve starts): a line waits 1 s for it at
+    most, later lines are dropped without waiting, and they flow again once it reads."""
+    sock, app_sock = tmp_path / "log.sock", tmp_path / "app.sock"
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(str(sock))
+    filler = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
+    with pytest.raises(BlockingIOError):
+        for _ in range(100_000):
+            filler.sendto(b"filler", str(sock))
+    command = [sys.executable, "-m", "binserve", "--socket", str(app_sock), "--wsgi-file", APP]
+    command += ["--processes", "2", "--logger", "syslog:myapp"]
+    wrap = ["unshare", "--mount", "--propagation", "private", "sh", "-c", SYSLOG_NAMESPACE, "sh"]
+    server = Process([*wrap, str(tmp_path / "stage"), str(sock), *command], tmp_path / "server.log")
+    try:
+        wait_for(lambda: ping(str(app_sock)), 15, "a worker answering")
+        front = nginx(location(app_sock))
+        started = time.monotonic()
+        send(front, range(10))
+        assert time.monotonic() - started < 8  # 10 request lines, none waiting its second
+        receiver.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            while True:
+                receiver.recv(1 << 17)
+        receiver.settimeout(15)
+        send(front, range(10, 11))
+        assert "req=10" in datagrams(receiver, "req=10")[-1]
+        assert server.stop() == 0
+    finally:
+        server.stop()
+        filler.close()
         receiver.close()
 
 
