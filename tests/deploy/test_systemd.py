@@ -378,6 +378,32 @@ def test_a_passed_descriptor_binserve_cannot_serve_is_a_startup_error(
 
 
 @pytest.mark.process
+@pytest.mark.parametrize(
+    ("variables", "complaint"),
+    [
+        (
+            "LISTEN_FDS=\u00b2 LISTEN_PID=$$",
+            "socket activation: LISTEN_FDS='\u00b2' is not a number of sockets",
+        ),
+        ("LISTEN_FDS=1 LISTEN_PID=\u00b2", "no socket given"),  # not this process's: ignored
+        ("LISTEN_FDS=0 LISTEN_PID=$$ LISTEN_FDNAMES=", "no socket given"),
+        (
+            "LISTEN_FDS=1 LISTEN_PID=$$ LISTEN_FDNAMES='a\nb'",
+            r"descriptor 3 (a\x0ab) is a device, not a socket",
+        ),
+    ],
+)
+def test_odd_activation_variables_are_a_clear_startup_error(
+    tmp_path: Path, variables: str, complaint: str
+) -> None:
+    """Written by hand or by a launcher with bugs: one line that says what is wrong, no traceback."""
+    shell = f'export {variables}; exec "$@" 3</dev/null'
+    argv = ["sh", "-c", shell, "sh", sys.executable, "-m", "binserve", "--wsgi-file", str(APP)]
+    said = failure(Process(argv, tmp_path / "launched.log", cwd=tmp_path))
+    assert complaint in said and "Traceback" not in said, said
+
+
+@pytest.mark.process
 def test_sockets_passed_to_another_pid_are_not_taken(tmp_path: Path) -> None:
     said = failure(launch(tmp_path, [f"app={tmp_path / 'a.sock'}"], "--wsgi-file", str(APP), pid="1"))
     assert "no socket given" in said, said
