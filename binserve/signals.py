@@ -287,6 +287,9 @@ class WakePipe:
         self.by_bytes: dict[int, int] = {}
         self.by_records: dict[int, int] = {}
         self.handed: dict[int, int] = {}
+        # The wakeup fd writes a byte for every signal with a Python handler, dropped ones
+        # (SIGALRM) too, and _pass_on writes a 0: only a byte of a recording handler's signal counts.
+        self.recording = frozenset(caught(table)) - _DROPPED
         install(table, self.write_end)
 
     def fileno(self) -> int:
@@ -310,12 +313,13 @@ class WakePipe:
         except BlockingIOError:
             data = b""
         recorded = take()
-        for signum in data:
+        signums = [signum for signum in data if signum in self.recording]
+        for signum in signums:
             self.by_bytes[signum] = self.by_bytes.get(signum, 0) + 1
         for signum, times in recorded.items():
             self.by_records[signum] = self.by_records.get(signum, 0) + times
         taken = {}
-        for signum in {**recorded, **dict.fromkeys(data)}:
+        for signum in {**recorded, **dict.fromkeys(signums)}:
             seen = max(self.by_bytes.get(signum, 0), self.by_records.get(signum, 0))
             new = seen - self.handed.get(signum, 0)
             if new > 0:
