@@ -391,12 +391,19 @@ class Master:
     def check_log_sizes(self) -> None:
         """log-maxsize: a log file past it is renamed, and every process reopens its logs."""
         rotated = []
+        moved: set[tuple[int, int]] = set()  # req-logger may name the logger's file: renamed once
         for sink in logs.files():
             try:
-                open_file, named = os.fstat(sink.fd), os.stat(sink.path)
-                # Only the file this process writes: one already renamed (by logrotate) is not ours to move.
-                if open_file.st_size <= self.config.log_maxsize or open_file.st_ino != named.st_ino:
+                open_file = os.fstat(sink.fd)
+                if (
+                    open_file.st_size <= self.config.log_maxsize
+                    or (open_file.st_dev, open_file.st_ino) in moved
+                ):
                     continue
+                # Only the file this process writes: one already renamed (by logrotate) is not ours to move.
+                if open_file.st_ino != os.stat(sink.path).st_ino:
+                    continue
+                moved.add((open_file.st_dev, open_file.st_ino))
                 backup = self.config.log_backupname if sink.fd == 2 else None  # the log's own file
                 rotated.append(f"{sink.path} ({open_file.st_size} bytes) to {logs.rotate(sink, backup)}")
             except OSError as exc:

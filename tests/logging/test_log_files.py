@@ -186,6 +186,21 @@ def test_req_logger_takes_the_request_lines_and_only_them(
     assert server.log() == ""
 
 
+def test_log_maxsize_renames_a_file_both_loggers_name_once(
+    serve: Serve, nginx: StartNginx, tmp_path: Path
+) -> None:
+    log = tmp_path / "app.log"
+    same = ["--logger", f"file:{log}", "--req-logger", f"file:{log}", "--log-maxsize", "2k"]
+    server = serve("--wsgi-file", APP, *same)
+    front = nginx(server)
+    send(front, range(30))
+    wait_for(lambda: "log-maxsize 2048 bytes: renamed" in read(log), 15, "a rotation")
+    send(front, range(30, 31))
+    wait_for(lambda: 30 in request_ids(read(log)), 10, "a request line after the rotation")
+    every = "".join(read(path) for path in tmp_path.glob("app.log*"))
+    assert "cannot rotate" not in every, every
+
+
 @pytest.mark.parametrize("backup", [None, "app.log.old"])
 def test_log_maxsize_renames_the_file_and_loses_nothing(
     serve: Serve, nginx: StartNginx, tmp_path: Path, backup: str | None
