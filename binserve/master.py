@@ -41,7 +41,7 @@ from .config import Config
 from .core import Core
 from .log import log
 from .notify import Notifier
-from .reload import previous_image, reexec, start_probe
+from .reload import PROBE_LOADED, previous_image, reexec, start_probe
 from .scoreboard import Scoreboard, WorkerStats
 from .signals import kill_quietly
 from .sockets import Listener, remove_files
@@ -583,7 +583,7 @@ class Master:
         """The probe is done: re-execute, or refuse the reload and serve on with the same workers."""
         if not self.running():
             return
-        if code == 0 and not probe.sigkilled:
+        if code == PROBE_LOADED and not probe.sigkilled:
             log("the new image loads: re-executing")
             self.phase = Phase.RELOADING  # once every exited child is reaped
             return
@@ -594,6 +594,8 @@ class Master:
         mercy = self.config.worker_reload_mercy
         late = f"it did not load within worker-reload-mercy ({mercy:g} s)"
         reason = late if probe.sigkilled else f"probe {how}"
+        if code == 0:  # nothing above says why: the probe never reached its own exit
+            reason += " before it had loaded the app: something it imports ended the process"
         self.refuse_reload(f"reload refused: the new image cannot start ({reason}, see above)")
 
     def refuse_reload(self, why: str) -> None:
