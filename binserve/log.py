@@ -157,9 +157,10 @@ class Sink:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, wait)
         try:
             sock.connect(SYSLOG_PATH)
-        except OSError:
+        except OSError as exc:
             sock.close()
-            raise
+            # Named here: the option's value (syslog:ID) does not say where it connects.
+            raise OSError(exc.errno, f"cannot connect to {SYSLOG_PATH}: {exc.strerror}") from None
         return sock.detach()
 
     def reopen(self) -> str | None:

@@ -287,6 +287,21 @@ def test_a_syslog_logger_sends_datagrams_to_dev_log(nginx: StartNginx, tmp_path:
         receiver.close()
 
 
+@pytest.mark.process
+def test_a_syslog_logger_without_dev_log_names_it(tmp_path: Path) -> None:
+    """No syslog daemon (/dev/log a dangling link here): the start fails saying where it connects."""
+    command = [sys.executable, "-m", "binserve", "--socket", str(tmp_path / "app.sock"), "--wsgi-file", APP]
+    wrap = ["unshare", "--mount", "--propagation", "private", "sh", "-c", SYSLOG_NAMESPACE, "sh"]
+    stage, missing = str(tmp_path / "stage"), str(tmp_path / "no-daemon.sock")
+    server = Process([*wrap, stage, missing, *command, "--logger", "syslog:myapp"], tmp_path / "server.log")
+    try:
+        assert server.proc.wait(20) == 2
+        expected = "binserve: logger syslog:myapp: cannot connect to /dev/log: No such file or directory\n"
+        assert server.log() == expected, server.log()
+    finally:
+        server.stop()
+
+
 def test_a_syslog_reader_that_stops_reading_holds_up_nothing(nginx: StartNginx, tmp_path: Path) -> None:
     """A stuck syslog daemon (its queue full before binserve starts): a line waits 1 s for it at
     most, later lines are dropped without waiting, and they flow again once it reads."""
