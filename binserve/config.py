@@ -133,7 +133,8 @@ def _one_log(config: Config, origins: Mapping[str, str]) -> None:
 
 def _touch_not_a_log(config: Config, origins: Mapping[str, str]) -> None:
     """A touch-* file must not be a log file binserve writes: every line it writes changes the
-    file's mtime, so each reload or reopen would set off the next, for ever."""
+    file's mtime, so each reload or reopen would set off the next, for ever. Nor log-backupname
+    the log's own file."""
     logs = {}
     if config.logto:
         logs[os.path.realpath(config.logto)] = "logto"
@@ -143,6 +144,14 @@ def _touch_not_a_log(config: Config, origins: Mapping[str, str]) -> None:
             logs.setdefault(os.path.realpath(spec.path), name)
     if not logs:
         return
+    backup = config.log_backupname
+    owner = logs.get(os.path.realpath(backup)) if backup else None
+    if owner in ("logto", "logger"):
+        raise ConfigError(
+            f"{origins['log-backupname']}: option 'log-backupname' ({backup}) is the file option "
+            f"'{owner}' writes ({origins[owner]}): log-maxsize would rename it to itself and "
+            "it would grow for ever; name another file"
+        )
     for name in ("touch-reload", "touch-chain-reload", "touch-logreopen"):
         for path in getattr(config, name.replace("-", "_")):
             log_option = logs.get(os.path.realpath(path))

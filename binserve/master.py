@@ -110,6 +110,7 @@ class Master:
         self.touched = {path: _mtime(path) for path in config.touch_reload}
         self.chain_touched = {path: _mtime(path) for path in config.touch_chain_reload}
         self.log_touched = {path: _mtime(path) for path in config.touch_logreopen}
+        self.rotate_failed: set[str] = set()  # log-maxsize: the files whose rename failed (said once)
         self.recent = Recent()
         self.started = time.time()
         self.stop_deadline = 0.0
@@ -406,8 +407,14 @@ class Master:
                 moved.add((open_file.st_dev, open_file.st_ino))
                 backup = self.config.log_backupname if sink.fd == 2 else None  # the log's own file
                 rotated.append(f"{sink.path} ({open_file.st_size} bytes) to {logs.rotate(sink, backup)}")
+                self.rotate_failed.discard(sink.path)
             except OSError as exc:
-                log(f"log-maxsize: cannot rotate {sink.path}: {exc.strerror}")
+                # Checked every second: a lasting cause (log-backupname on another file system)
+                # is said once, not once a second into the very file that cannot be rotated.
+                if sink.path not in self.rotate_failed:
+                    self.rotate_failed.add(sink.path)
+                    why = f"{exc.strerror} (not logged again until it can)"
+                    log(f"log-maxsize: cannot rotate {sink.path}: {why}")
         if rotated:
             self.reopen_logs(f"log-maxsize {self.config.log_maxsize} bytes: renamed {', '.join(rotated)}")
 

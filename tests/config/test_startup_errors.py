@@ -100,3 +100,14 @@ def test_a_touch_file_that_is_a_log_file_is_refused(
     assert server.proc.wait(timeout=15) == 2
     expected = f"option '{touch}' (app.log) is the file option '{log}' writes (--{log}): each line logged"
     assert expected in server.log(), server.log()
+
+
+def test_a_log_backupname_that_is_the_log_file_is_refused(
+    serve: Serve, process_app: Path, tmp_path: Path
+) -> None:
+    """log-maxsize would rename the file to itself every second and it would never shrink."""
+    log = ["--logto", str(tmp_path / "app.log"), "--log-maxsize", "1k", "--log-backupname", "app.log"]
+    server = serve("--wsgi-file", str(process_app), *log, ready=False)
+    assert server.proc.wait(timeout=15) == 2
+    expected = "option 'log-backupname' (app.log) is the file option 'logto' writes (--logto): log-maxsize"
+    assert expected in server.log(), server.log()

@@ -201,6 +201,24 @@ def test_log_maxsize_renames_a_file_both_loggers_name_once(
     assert "cannot rotate" not in every, every
 
 
+def test_a_rotation_that_fails_is_logged_once_until_it_succeeds(
+    serve: Serve, nginx: StartNginx, tmp_path: Path
+) -> None:
+    """log-maxsize is checked every second: a lasting failure must not add a line every second."""
+    log, backup = tmp_path / "app.log", tmp_path / "later" / "app.log.old"
+    rotation = ["--logto", str(log), "--log-maxsize", "1k", "--log-backupname", str(backup)]
+    server = serve("--wsgi-file", APP, *rotation)
+    front = nginx(server)
+    send(front, range(10))
+    failure = f"log-maxsize: cannot rotate {log}: No such file or directory (not logged again until it can)"
+    wait_for(lambda: failure in read(log), 15, "the failed rotation")
+    time.sleep(2.5)  # two more checks at least, each finding the file still too big
+    assert read(log).count("cannot rotate") == 1, read(log)
+    backup.parent.mkdir()
+    wait_for(lambda: backup.exists(), 15, "the rotation once it can be done")
+    assert read(backup).count("cannot rotate") == 1
+
+
 @pytest.mark.parametrize("backup", [None, "app.log.old"])
 def test_log_maxsize_renames_the_file_and_loses_nothing(
     serve: Serve, nginx: StartNginx, tmp_path: Path, backup: str | None
