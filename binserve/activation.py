@@ -17,6 +17,7 @@ import os
 import socket
 import stat
 
+from .log import printable
 from .safefile import kind
 from .sockets import Listener, SocketError
 
@@ -33,14 +34,14 @@ def take_passed() -> list[Listener]:
     names = os.environ.pop("LISTEN_FDNAMES", None)
     if pid is None or count is None:
         return []
-    if not pid.isdigit() or int(pid) != os.getpid():
+    if not _decimal(pid) or int(pid) != os.getpid():
         return []  # inherited from a parent that was activated: the sockets were its own
-    if not count.isdigit() or not 0 <= int(count) <= MAX_PASSED:
+    if not _decimal(count) or not 0 <= int(count) <= MAX_PASSED:
         raise SocketError(
             f"socket activation: LISTEN_FDS={count!r} is not a number of sockets (0..{MAX_PASSED})"
         )
     fds = range(LISTEN_FDS_START, LISTEN_FDS_START + int(count))
-    labels = names.split(":") if names is not None else [""] * len(fds)
+    labels = names.split(":") if names else [""] * len(fds)  # empty: unnamed, not one empty name
     if len(labels) != len(fds):
         raise SocketError(
             f"socket activation: LISTEN_FDNAMES names {len(labels)} sockets, LISTEN_FDS passes {len(fds)}"
@@ -56,8 +57,13 @@ def take_passed() -> list[Listener]:
     return listeners
 
 
+def _decimal(text: str) -> bool:
+    """ASCII digits only: str.isdigit also takes '²', which int() refuses."""
+    return text.isascii() and text.isdigit()
+
+
 def _listener(fd: int, label: str) -> Listener:
-    what = f"socket activation: descriptor {fd}" + (f" ({label})" if label else "")
+    what = f"socket activation: descriptor {fd}" + (f" ({printable(label)})" if label else "")
     try:
         mode = os.fstat(fd).st_mode
     except OSError as exc:

@@ -27,7 +27,18 @@ from .log import log
 from .scoreboard import Scoreboard
 from .signals import kill_quietly
 from .stacks import StackFile
-from .supervision import RETRY_AFTER, Child, Role, Seat, Table, has, next_in_chain, replaceable, worker
+from .supervision import (
+    QUICK_DEATH,
+    RETRY_AFTER,
+    Child,
+    Role,
+    Seat,
+    Table,
+    has,
+    next_in_chain,
+    replaceable,
+    worker,
+)
 from .worker import BOOT_ERROR
 
 MERCY_PASSED = "still running past worker-reload-mercy"
@@ -144,6 +155,8 @@ class Children:
         """A replacement accepts: it becomes the worker, and the old process may leave."""
         self.accepted = True
         new = self.table.get(pid)
+        if new is not None:
+            new.accepting = True
         if new is None or new.role is not Role.REPLACEMENT:
             return
         wid = new.wid
@@ -226,6 +239,14 @@ class Children:
             # lazy-apps with broken code on disk: the other workers go on; no respawn storm.
             log(f"worker {wid} (pid {pid}) failed to boot (see above); next try in {RETRY_AFTER:g} s")
             seat.retry_at, seat.respawn_place = time.monotonic() + RETRY_AFTER, child.place
+            if wid == self.chain_wait:
+                self.abort_chain("a respawned worker did not start")
+            return
+        # SIGKILL comes from outside (an operator, a test, the OOM killer): respawned at once.
+        quick = not child.accepting and time.monotonic() - child.born < QUICK_DEATH
+        if quick and code != -signal.SIGKILL:
+            log(f"worker {wid} (pid {pid}) died as it started: {how}; next try in {QUICK_DEATH:g} s")
+            seat.retry_at, seat.respawn_place = time.monotonic() + QUICK_DEATH, child.place
             if wid == self.chain_wait:
                 self.abort_chain("a respawned worker did not start")
             return

@@ -17,7 +17,7 @@ from .log import LoggerSpec, SinkError, log, setup
 from .master import Master
 from .notify import Notifier
 from .privileges import PrivilegeError, Privileges, nginx_access_warnings
-from .reload import PROBE_ENV, RETIRING_ENV, abandon_reload
+from .reload import PROBE_ENV, PROBE_LOADED, RETIRING_ENV, abandon_reload
 from .safefile import write_replace
 from .sockets import (
     Listener,
@@ -192,7 +192,7 @@ def _probe(config: Config) -> int:
         # The app's exit handlers belong to the processes that serve it: one that deregisters
         # the host from service discovery must not run because a reload was checked.
         atexit._clear()
-    return 0
+    return PROBE_LOADED
 
 
 def _write_pidfile(path: str) -> bool:

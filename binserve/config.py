@@ -131,6 +131,37 @@ def _one_log(config: Config, origins: Mapping[str, str]) -> None:
         )
 
 
+def _touch_not_a_log(config: Config, origins: Mapping[str, str]) -> None:
+    """A touch-* file must not be a log file binserve writes: every line it writes changes the
+    file's mtime, so each reload or reopen would set off the next, for ever. Nor log-backupname
+    the log's own file."""
+    logs = {}
+    if config.logto:
+        logs[os.path.realpath(config.logto)] = "logto"
+    for name in ("logger", "req-logger"):
+        spec = getattr(config, name.replace("-", "_"))
+        if spec is not None and spec.kind == "file":
+            logs.setdefault(os.path.realpath(spec.path), name)
+    if not logs:
+        return
+    backup = config.log_backupname
+    owner = logs.get(os.path.realpath(backup)) if backup else None
+    if owner in ("logto", "logger"):
+        raise ConfigError(
+            f"{origins['log-backupname']}: option 'log-backupname' ({backup}) is the file option "
+            f"'{owner}' writes ({origins[owner]}): log-maxsize would rename it to itself and "
+            "it would grow for ever; name another file"
+        )
+    for name in ("touch-reload", "touch-chain-reload", "touch-logreopen"):
+        for path in getattr(config, name.replace("-", "_")):
+            log_option = logs.get(os.path.realpath(path))
+            if log_option is not None:
+                raise ConfigError(
+                    f"{origins[name]}: option '{name}' ({path}) is the file option '{log_option}' writes "
+                    f"({origins[log_option]}): each line logged would touch it; name a file of its own"
+                )
+
+
 def _cheaper_bounds(config: Config, origins: Mapping[str, str]) -> None:
     """cheaper below processes (as uWSGI requires), cheaper-initial between them, busyness min below max."""
     if not config.cheaper:
@@ -197,5 +228,6 @@ def load(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Confi
         origins[opt.name] = where
     _one_app(config, origins)
     _one_log(config, origins)
+    _touch_not_a_log(config, origins)
     _cheaper_bounds(config, origins)
     return config

@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import io
 import os
+import select
 import socket
+import struct
 import sys
 import threading
 import time
@@ -51,6 +53,9 @@ FACILITIES = {
 _INFO = 6  # syslog severity of every line: the line itself says what happened
 _MAX_DATAGRAM = 60 * 1024  # below the smallest default datagram limit of /dev/log's readers
 _MAX_PENDING = 1 << 20  # a thread printing this much without a newline gets it written as is
+# How long a line waits for a syslog reader whose queue is full. Past it the reader is stalled
+# (a hung daemon, a full disk behind it): lines are dropped, without waiting, until it reads again.
+_SYSLOG_WAIT = 1.0
 
 
 @dataclass(frozen=True)
@@ -110,6 +115,7 @@ class Sink:
         self.fd = fd
         self.datagrams = spec.kind == "syslog"  # read for every line: one attribute, not two
         self.head = f"<{spec.facility * 8 + _INFO}>".encode()  # syslog: before the date and the tag
+        self.stalled = False  # syslog: the last line found the reader's queue full for _SYSLOG_WAIT
 
     @property
     def path(self) -> str:
@@ -127,8 +133,15 @@ class Sink:
         stamp = time.strftime("%b %e %H:%M:%S").encode()  # as syslog(3) dates it
         tag = f" {self.spec.tag}[{os.getpid()}]: ".encode()
         datagram = self.head + stamp + tag + data.rstrip(b"\n")
+        if self.stalled and not _writable(self.fd):
+            return
         try:
             os.write(self.fd, datagram[:_MAX_DATAGRAM])
+            self.stalled = False
+        except BlockingIOError:
+            # The socket's send timeout: the reader took nothing for _SYSLOG_WAIT. Waiting on would
+            # hold a request (or the master) for as long as the daemon stays stuck.
+            self.stalled = True
         except OSError:
             # Nobody reads /dev/log (the syslog daemon restarts): the line is lost, as with
             # libc's syslog(); a reopen connects again.
@@ -139,11 +152,15 @@ class Sink:
         if self.spec.kind == "file":
             return open_append(self.spec.path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        seconds = int(_SYSLOG_WAIT)
+        wait = struct.pack("ll", seconds, int((_SYSLOG_WAIT - seconds) * 1_000_000))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, wait)
         try:
             sock.connect(SYSLOG_PATH)
-        except OSError:
+        except OSError as exc:
             sock.close()
-            raise
+            # Named here: the option's value (syslog:ID) does not say where it connects.
+            raise OSError(exc.errno, f"cannot connect to {SYSLOG_PATH}: {exc.strerror}") from None
         return sock.detach()
 
     def reopen(self) -> str | None:
@@ -285,6 +302,13 @@ def write_request(line: str) -> None:
         written = 0
     if written != len(data):
         _write_all(sink.fd, data[written:])
+
+
+def _writable(fd: int) -> bool:
+    """Whether a datagram can be queued now (a connected unix socket: the reader's queue has room)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return bool(poller.poll(0))
 
 
 def _write_all(fd: int, data: bytes) -> None:

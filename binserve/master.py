@@ -41,7 +41,7 @@ from .config import Config
 from .core import Core
 from .log import log
 from .notify import Notifier
-from .reload import previous_image, reexec, start_probe
+from .reload import PROBE_LOADED, previous_image, reexec, start_probe
 from .scoreboard import Scoreboard, WorkerStats
 from .signals import kill_quietly
 from .sockets import Listener, remove_files
@@ -110,6 +110,7 @@ class Master:
         self.touched = {path: _mtime(path) for path in config.touch_reload}
         self.chain_touched = {path: _mtime(path) for path in config.touch_chain_reload}
         self.log_touched = {path: _mtime(path) for path in config.touch_logreopen}
+        self.rotate_failed: set[str] = set()  # log-maxsize: the files whose rename failed (said once)
         self.recent = Recent()
         self.started = time.time()
         self.stop_deadline = 0.0
@@ -389,16 +390,29 @@ class Master:
     def check_log_sizes(self) -> None:
         """log-maxsize: a log file past it is renamed, and every process reopens its logs."""
         rotated = []
+        moved: set[tuple[int, int]] = set()  # req-logger may name the logger's file: renamed once
         for sink in logs.files():
             try:
-                open_file, named = os.fstat(sink.fd), os.stat(sink.path)
-                # Only the file this process writes: one already renamed (by logrotate) is not ours to move.
-                if open_file.st_size <= self.config.log_maxsize or open_file.st_ino != named.st_ino:
+                open_file = os.fstat(sink.fd)
+                if (
+                    open_file.st_size <= self.config.log_maxsize
+                    or (open_file.st_dev, open_file.st_ino) in moved
+                ):
                     continue
+                # Only the file this process writes: one already renamed (by logrotate) is not ours to move.
+                if open_file.st_ino != os.stat(sink.path).st_ino:
+                    continue
+                moved.add((open_file.st_dev, open_file.st_ino))
                 backup = self.config.log_backupname if sink.fd == 2 else None  # the log's own file
                 rotated.append(f"{sink.path} ({open_file.st_size} bytes) to {logs.rotate(sink, backup)}")
+                self.rotate_failed.discard(sink.path)
             except OSError as exc:
-                log(f"log-maxsize: cannot rotate {sink.path}: {exc.strerror}")
+                # Checked every second: a lasting cause (log-backupname on another file system)
+                # is said once, not once a second into the very file that cannot be rotated.
+                if sink.path not in self.rotate_failed:
+                    self.rotate_failed.add(sink.path)
+                    why = f"{exc.strerror} (not logged again until it can)"
+                    log(f"log-maxsize: cannot rotate {sink.path}: {why}")
         if rotated:
             self.reopen_logs(f"log-maxsize {self.config.log_maxsize} bytes: renamed {', '.join(rotated)}")
 
@@ -580,7 +594,7 @@ class Master:
         """The probe is done: re-execute, or refuse the reload and serve on with the same workers."""
         if not self.running():
             return
-        if code == 0 and not probe.sigkilled:
+        if code == PROBE_LOADED and not probe.sigkilled:
             log("the new image loads: re-executing")
             self.phase = Phase.RELOADING  # once every exited child is reaped
             return
@@ -591,6 +605,8 @@ class Master:
         mercy = self.config.worker_reload_mercy
         late = f"it did not load within worker-reload-mercy ({mercy:g} s)"
         reason = late if probe.sigkilled else f"probe {how}"
+        if code == 0:  # nothing above says why: the probe never reached its own exit
+            reason += " before it had loaded the app: something it imports ended the process"
         self.refuse_reload(f"reload refused: the new image cannot start ({reason}, see above)")
 
     def refuse_reload(self, why: str) -> None:

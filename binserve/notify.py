@@ -8,6 +8,9 @@ variable back just before it re-executes itself on a reload, so the new image no
 
 A vassal never notifies: its emperor is the service. A send that fails (systemd gone, a
 full queue) is logged once and otherwise ignored: notifying is advice, never a reason to stop.
+Nor a reason to wait: a datagram to a socket whose queue is full would block until its reader
+takes one, so a reader that never does (a hung manager, a wrong path someone else binds) would
+hang the master; the socket does not block, and such a message is dropped.
 """
 
 from __future__ import annotations
@@ -50,12 +53,15 @@ class Notifier:
         target = "\0" + self.address[1:] if self.address.startswith("@") else self.address
         try:
             if self.sock is None:
-                self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                kind = socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK
+                self.sock = socket.socket(socket.AF_UNIX, kind)
             self.sock.sendto(message, target)
         except OSError as exc:
             if not self.failed:
                 self.failed = True
                 reason = exc.strerror or str(exc)
+                if isinstance(exc, BlockingIOError):
+                    reason = "its queue is full (nothing reads it)"
                 log(f"cannot notify systemd on {self.address}: {reason} (serving on; not logged again)")
 
     def ready(self, status: str) -> None:

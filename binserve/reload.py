@@ -30,6 +30,9 @@ from .vassal_link import EMPEROR_FD_ENV
 
 RETIRING_ENV = "_BINSERVE_RETIRING"
 PROBE_ENV = "_BINSERVE_PROBE"  # the command line loads the config and the app, then exits
+# The probe's exit code for "it loads". Not 0: an app calling os._exit(0) as it is imported ends
+# the probe with 0 too, and the image re-executed on that word would end the same way, silently.
+PROBE_LOADED = 10
 
 
 def start_probe(cwd: str, emperor_fd: int | None) -> int:

@@ -33,6 +33,10 @@ from .stacks import WAIT, StackFile
 from .worker import MB
 
 RETRY_AFTER = 10.0  # seconds before trying again to start a worker whose boot or fork failed
+# A worker that ended within this many seconds of its fork without accepting (an app or an import
+# exiting or crashing as it loads) is respawned this long after, not at once: a fork-and-die loop
+# would fork hundreds of times a second and fill the log as fast.
+QUICK_DEATH = 1.0
 AGAIN = 5.0  # seconds between two SIGKILLs of a process that outlives the first (stuck in the kernel)
 
 
@@ -75,6 +79,7 @@ class Child:
     # Harakiri: asked for its stacks; strike at this epoch at the latest, or once they are written.
     harakiri_strike: float | None = None
     stacks_written: bool = False  # it said so (a worker whose app holds the GIL cannot)
+    accepting: bool = False  # it said it accepts
     harakiri_kill: float | None = None  # epoch: harakiri struck, SIGKILL at this time
     stacks: StackFile | None = field(default=None, repr=False)  # where it writes them
     process: psutil.Process | None = field(default=None, repr=False)  # to measure it (evil-reload-on-rss)

@@ -83,3 +83,31 @@ def test_second_socket_unbindable_exits_2_and_leaves_no_socket_file(
     assert str(bad) in server.log()
     assert not bad.exists()
     assert not server.socket.exists(), f"the first socket {server.socket} was left behind"
+
+
+@pytest.mark.parametrize(
+    ("touch", "log"),
+    [("touch-reload", "logto"), ("touch-logreopen", "req-logger")],
+    ids=["touch-reload", "touch-logreopen"],
+)
+def test_a_touch_file_that_is_a_log_file_is_refused(
+    serve: Serve, process_app: Path, tmp_path: Path, touch: str, log: str
+) -> None:
+    """Each line logged would touch it: a reload (or a reopen) every second, for ever."""
+    path = tmp_path / "app.log"
+    value = f"file:{path}" if log == "req-logger" else str(path)
+    server = serve("--wsgi-file", str(process_app), f"--{log}", value, f"--{touch}", "app.log", ready=False)
+    assert server.proc.wait(timeout=15) == 2
+    expected = f"option '{touch}' (app.log) is the file option '{log}' writes (--{log}): each line logged"
+    assert expected in server.log(), server.log()
+
+
+def test_a_log_backupname_that_is_the_log_file_is_refused(
+    serve: Serve, process_app: Path, tmp_path: Path
+) -> None:
+    """log-maxsize would rename the file to itself every second and it would never shrink."""
+    log = ["--logto", str(tmp_path / "app.log"), "--log-maxsize", "1k", "--log-backupname", "app.log"]
+    server = serve("--wsgi-file", str(process_app), *log, ready=False)
+    assert server.proc.wait(timeout=15) == 2
+    expected = "option 'log-backupname' (app.log) is the file option 'logto' writes (--logto): log-maxsize"
+    assert expected in server.log(), server.log()

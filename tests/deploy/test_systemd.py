@@ -207,6 +207,29 @@ def test_a_failed_notification_is_logged_once_and_serving_goes_on(serve: Serve, 
 
 
 @pytest.mark.process
+def test_a_notify_socket_nobody_reads_does_not_hang_the_master(serve: Serve, tmp_path: Path) -> None:
+    """Its queue full before binserve starts: READY=1 cannot be queued, and waiting would be forever."""
+    path = tmp_path / "deaf.sock"
+    deaf = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    deaf.bind(str(path))
+    filler = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
+    try:
+        with pytest.raises(BlockingIOError):
+            for _ in range(100_000):
+                filler.sendto(b"STATUS=filler", str(path))
+        server = serve("--wsgi-file", str(APP), env={"NOTIFY_SOCKET": str(path)})
+        server.wait_log(f"cannot notify systemd on {path}: its queue is full")
+        assert uwsgi_request(server.socket, "/").status == 200
+        server.proc.send_signal(signal.SIGHUP)  # RELOADING=1 and READY=1 again are dropped too
+        server.wait_log(r"master ready(?s:.*)master ready")
+        assert uwsgi_request(server.socket, "/").status == 200
+        assert server.stop() == 0
+    finally:
+        filler.close()
+        deaf.close()
+
+
+@pytest.mark.process
 def test_emperor_is_the_service_and_its_vassals_do_not_notify(
     emperor: StartEmperor, systemd: Systemd, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -352,6 +375,32 @@ def test_a_passed_descriptor_binserve_cannot_serve_is_a_startup_error(
 ) -> None:
     said = failure(launch(tmp_path, [f"bad={address}"], "--wsgi-file", str(APP)))
     assert complaint in said, said
+
+
+@pytest.mark.process
+@pytest.mark.parametrize(
+    ("variables", "complaint"),
+    [
+        (
+            "LISTEN_FDS=\u00b2 LISTEN_PID=$$",
+            "socket activation: LISTEN_FDS='\u00b2' is not a number of sockets",
+        ),
+        ("LISTEN_FDS=1 LISTEN_PID=\u00b2", "no socket given"),  # not this process's: ignored
+        ("LISTEN_FDS=0 LISTEN_PID=$$ LISTEN_FDNAMES=", "no socket given"),
+        (
+            "LISTEN_FDS=1 LISTEN_PID=$$ LISTEN_FDNAMES='a\nb'",
+            r"descriptor 3 (a\x0ab) is a device, not a socket",
+        ),
+    ],
+)
+def test_odd_activation_variables_are_a_clear_startup_error(
+    tmp_path: Path, variables: str, complaint: str
+) -> None:
+    """Written by hand or by a launcher with bugs: one line that says what is wrong, no traceback."""
+    shell = f'export {variables}; exec "$@" 3</dev/null'
+    argv = ["sh", "-c", shell, "sh", sys.executable, "-m", "binserve", "--wsgi-file", str(APP)]
+    said = failure(Process(argv, tmp_path / "launched.log", cwd=tmp_path))
+    assert complaint in said and "Traceback" not in said, said
 
 
 @pytest.mark.process

@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -196,6 +197,39 @@ def test_req_logger_stdio_is_stderr_which_a_log_file_replaces(
     assert "master ready" in read(main) and server.log() == ""
 
 
+def test_log_maxsize_renames_a_file_both_loggers_name_once(
+    serve: Serve, nginx: StartNginx, tmp_path: Path
+) -> None:
+    log = tmp_path / "app.log"
+    same = ["--logger", f"file:{log}", "--req-logger", f"file:{log}", "--log-maxsize", "2k"]
+    server = serve("--wsgi-file", APP, *same)
+    front = nginx(server)
+    send(front, range(30))
+    wait_for(lambda: "log-maxsize 2048 bytes: renamed" in read(log), 15, "a rotation")
+    send(front, range(30, 31))
+    wait_for(lambda: 30 in request_ids(read(log)), 10, "a request line after the rotation")
+    every = "".join(read(path) for path in tmp_path.glob("app.log*"))
+    assert "cannot rotate" not in every, every
+
+
+def test_a_rotation_that_fails_is_logged_once_until_it_succeeds(
+    serve: Serve, nginx: StartNginx, tmp_path: Path
+) -> None:
+    """log-maxsize is checked every second: a lasting failure must not add a line every second."""
+    log, backup = tmp_path / "app.log", tmp_path / "later" / "app.log.old"
+    rotation = ["--logto", str(log), "--log-maxsize", "1k", "--log-backupname", str(backup)]
+    server = serve("--wsgi-file", APP, *rotation)
+    front = nginx(server)
+    send(front, range(10))
+    failure = f"log-maxsize: cannot rotate {log}: No such file or directory (not logged again until it can)"
+    wait_for(lambda: failure in read(log), 15, "the failed rotation")
+    time.sleep(2.5)  # two more checks at least, each finding the file still too big
+    assert read(log).count("cannot rotate") == 1, read(log)
+    backup.parent.mkdir()
+    wait_for(lambda: backup.exists(), 15, "the rotation once it can be done")
+    assert read(backup).count("cannot rotate") == 1
+
+
 @pytest.mark.parametrize("backup", [None, "app.log.old"])
 def test_log_maxsize_renames_the_file_and_loses_nothing(
     serve: Serve, nginx: StartNginx, tmp_path: Path, backup: str | None
@@ -279,6 +313,55 @@ def test_a_syslog_logger_sends_datagrams_to_dev_log(nginx: StartNginx, tmp_path:
         assert os.path.lexists("/dev/log") == host_has_dev_log
     finally:
         server.stop()
+        receiver.close()
+
+
+@pytest.mark.process
+def test_a_syslog_logger_without_dev_log_names_it(tmp_path: Path) -> None:
+    """No syslog daemon (/dev/log a dangling link here): the start fails saying where it connects."""
+    command = [sys.executable, "-m", "binserve", "--socket", str(tmp_path / "app.sock"), "--wsgi-file", APP]
+    wrap = ["unshare", "--mount", "--propagation", "private", "sh", "-c", SYSLOG_NAMESPACE, "sh"]
+    stage, missing = str(tmp_path / "stage"), str(tmp_path / "no-daemon.sock")
+    server = Process([*wrap, stage, missing, *command, "--logger", "syslog:myapp"], tmp_path / "server.log")
+    try:
+        assert server.proc.wait(20) == 2
+        expected = "binserve: logger syslog:myapp: cannot connect to /dev/log: No such file or directory\n"
+        assert server.log() == expected, server.log()
+    finally:
+        server.stop()
+
+
+def test_a_syslog_reader_that_stops_reading_holds_up_nothing(nginx: StartNginx, tmp_path: Path) -> None:
+    """A stuck syslog daemon (its queue full before binserve starts): a line waits 1 s for it at
+    most, later lines are dropped without waiting, and they flow again once it reads."""
+    sock, app_sock = tmp_path / "log.sock", tmp_path / "app.sock"
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(str(sock))
+    filler = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
+    with pytest.raises(BlockingIOError):
+        for _ in range(100_000):
+            filler.sendto(b"filler", str(sock))
+    command = [sys.executable, "-m", "binserve", "--socket", str(app_sock), "--wsgi-file", APP]
+    command += ["--processes", "2", "--logger", "syslog:myapp"]
+    wrap = ["unshare", "--mount", "--propagation", "private", "sh", "-c", SYSLOG_NAMESPACE, "sh"]
+    server = Process([*wrap, str(tmp_path / "stage"), str(sock), *command], tmp_path / "server.log")
+    try:
+        wait_for(lambda: ping(str(app_sock)), 15, "a worker answering")
+        front = nginx(location(app_sock))
+        started = time.monotonic()
+        send(front, range(10))
+        assert time.monotonic() - started < 8  # 10 request lines, none waiting its second
+        receiver.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            while True:
+                receiver.recv(1 << 17)
+        receiver.settimeout(15)
+        send(front, range(10, 11))
+        assert "req=10" in datagrams(receiver, "req=10")[-1]
+        assert server.stop() == 0
+    finally:
+        server.stop()
+        filler.close()
         receiver.close()
 
 

@@ -247,6 +247,22 @@ def test_an_app_that_exits_zero_at_import_fails_the_probe(
     assert get(server.socket)[0] == 200
 
 
+def test_an_app_that_ends_the_process_with_code_0_at_import_fails_the_probe(
+    serve: Serve, app_file: AppFile, tmp_path: Path
+) -> None:
+    """os._exit(0) cannot be caught as sys.exit(0) is: the probe's "it loads" is not exit code 0."""
+    app = app_file(EXITING_APP)
+    server = serve("--wsgi-file", str(app))
+    workers = server.wait_workers(1)
+    app.write_text("import os\n\nos._exit(0)\n")
+    os.kill(server.pid, signal.SIGHUP)
+    wait_for(lambda: "reload refused" in server.log() or server.proc.poll() is not None, 15, "the probe")
+    assert server.proc.poll() is None, server.log()
+    assert "probe exited with code 0 before it had loaded the app" in server.log(), server.log()
+    assert server.worker_pids() == workers
+    assert get(server.socket)[0] == 200
+
+
 def test_a_probe_stopped_by_sigterm_refuses_the_reload(
     serve: Serve, app_file: AppFile, tmp_path: Path
 ) -> None:

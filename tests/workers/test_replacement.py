@@ -25,6 +25,7 @@ from binserve.testing import (
     StartNginx,
     answers_in_background,
     exchange,
+    ping,
     read_stats,
     request_packet,
     touch_ahead,
@@ -329,3 +330,29 @@ def test_a_replacement_that_cannot_be_forked_leaves_the_worker_serving(
     assert "cannot fork worker 1: Resource temporarily unavailable; next try in 10 s" in server.log()
     assert server.worker_pids() == workers
     assert get(server.socket)[0] == 200
+
+
+def test_a_worker_exiting_as_it_starts_is_respawned_after_a_pause(
+    serve: Serve, process_app: Path, tmp_path: Path
+) -> None:
+    """An ``import`` module ending the process (os._exit, as a misused library may): each respawn
+    waits a second instead of forking again at once, hundreds of times a second."""
+    flag = tmp_path / "exit-on-import"
+    flag.write_text("")
+    (tmp_path / "exiting_module.py").write_text(
+        f"import os\n\nif os.path.exists({str(flag)!r}):\n    os._exit(0)\n"
+    )
+    server = serve(
+        "--wsgi-file", str(process_app), "--pythonpath", str(tmp_path), "--import", "exiting_module",
+        ready=False,
+    )  # fmt: skip
+    deaths = r"worker 1 \(pid \d+\) died as it started: exited with code 0; next try in 1 s"
+    server.wait_log(deaths)
+    first = time.monotonic()
+    wait_for(lambda: len(re.findall(deaths, server.log())) >= 3, 15, "three deaths")
+    assert time.monotonic() - first > 1.0  # two pauses of 1 s between the three
+    assert server.log().count("spawned worker 1 ") <= 4, server.log()
+    flag.unlink()  # the next respawn imports the module and serves
+    wait_for(lambda: ping(server.socket), 15, "a worker answering")
+    assert get(server.socket, "/")[0] == 200
+    assert server.stop() == 0

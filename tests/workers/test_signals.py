@@ -156,6 +156,17 @@ def stop_under_a_flood(proc: subprocess.Popen[bytes], log: Callable[[], str], li
         flooding.join(5)
 
 
+def test_sigalrm_is_dropped_by_the_master_not_handled(serve: Serve, app_file: AppFile) -> None:
+    """Its handler drops it, but the wakeup fd still writes its byte: that byte is no signal to act on."""
+    server = serve("--wsgi-file", str(app_file(APP)))
+    for _ in range(20):
+        os.kill(server.pid, signal.SIGALRM)
+    os.kill(server.pid, signal.SIGRTMIN)  # delivered after them, handled in the same loop step
+    server.wait_log("SIGRTMIN received: no effect")
+    stop_cleanly(server)
+    assert "Traceback" not in server.log() and "SIGALRM" not in server.log(), server.log()
+
+
 def test_a_signal_without_a_meaning_during_the_stop_leaves_the_master_s_exit_code_0(
     serve: Serve, app_file: AppFile
 ) -> None:
