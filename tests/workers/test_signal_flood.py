@@ -15,16 +15,15 @@ import re
 import signal
 import subprocess
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from binserve import signals
 from binserve.master import Master
-from binserve.testing import EmperorProcess, Serve, run_binserve, wait_for
+from binserve.testing import EmperorProcess, Serve, run_binserve
 
-from support import APPS, REPO, AppFile, write_vassal
+from support import APPS, REPO, AppFile
 
 APP = (APPS / "pid_app.py").read_text()
 
@@ -81,24 +80,11 @@ def test_a_master_flooded_with_signals_still_stops_on_sigterm(serve: Serve, app_
     assert "SIGWINCH" not in log
 
 
-@pytest.fixture
-def emperor_of_one(tmp_path: Path, app_file: AppFile) -> Iterator[EmperorProcess]:
-    vassals = tmp_path / "vassals"
-    vassals.mkdir()
-    sock = tmp_path / "one.sock"
-    write_vassal(vassals, "one", sock, app_file(APP), processes=1)
-    emperor = EmperorProcess(tmp_path, vassals, (), [])
-    try:
-        emperor.wait_serving("one", sock)
-        yield emperor
-    finally:
-        emperor.stop()
-        wait_for(emperor.all_gone, 10, "every vassal to be gone")
-
-
 @pytest.mark.process
-def test_an_emperor_flooded_with_signals_still_stops_on_sigterm(emperor_of_one: EmperorProcess) -> None:
-    emperor = emperor_of_one
+def test_an_emperor_flooded_with_signals_still_stops_on_sigterm(
+    one_vassal: tuple[EmperorProcess, Path],
+) -> None:
+    emperor, _ = one_vassal
     assert flood_then_stop(emperor.proc) == 0, emperor.log()[-3000:]
     assert "emperor: SIGRTMIN received: no effect" in emperor.log()
     assert "emperor stopped: every vassal has exited" in emperor.log()

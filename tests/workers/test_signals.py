@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -33,7 +33,7 @@ from binserve.testing import (
     wait_for,
 )
 
-from support import APPS, AppFile, get, stop_cleanly, write_vassal
+from support import APPS, AppFile, get, stop_cleanly
 
 SLOW = (APPS / "attack_runtime_slow.py").read_text()
 
@@ -212,22 +212,6 @@ def test_a_worker_logs_signals_without_a_meaning_and_serves_on(serve: Serve, app
     send_each(worker, server.log, line, serves)
     assert server.worker_pids() == {worker}
     stop_cleanly(server)
-
-
-@pytest.fixture
-def one_vassal(tmp_path: Path, app_file: AppFile) -> Iterator[tuple[EmperorProcess, Path]]:
-    """An emperor serving one vassal, and that vassal's socket; torn down with every vassal gone."""
-    vassals = tmp_path / "vassals"
-    vassals.mkdir()
-    sock = tmp_path / "one.sock"
-    write_vassal(vassals, "one", sock, app_file(APP), processes=1)
-    emperor = EmperorProcess(tmp_path, vassals, (), [])
-    try:
-        emperor.wait_serving("one", sock)
-        yield emperor, sock
-    finally:
-        emperor.stop()
-        wait_for(emperor.all_gone, 10, "every vassal to be gone")
 
 
 @pytest.mark.process
