@@ -16,6 +16,7 @@ from types import TracebackType
 from typing import Any
 
 from .connection import Connection, WriteTimeout
+from .log import log
 
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
 
@@ -102,7 +103,9 @@ def error_response(status: int, reason: str) -> bytes:
 # Apps send the same few statuses and headers again and again: each distinct one is checked
 # once, then found in these (bounded) caches.
 _STATUS_OK: dict[str, int] = {}
-_HEADER_OK: dict[tuple[str, str], bool] = {}
+_HEADER_OK: dict[tuple[str, str], bool | int] = {}
+DROP = 2  # a header binserve leaves out (hop-by-hop): neither True nor False
+_HOP_WARNED: set[str] = set()
 _CACHE_LIMIT = 4096
 
 
@@ -116,8 +119,8 @@ def _check_status(status: Any) -> int:
     return code
 
 
-def _check_header(item: Any) -> bool:
-    """Validate one (name, value) header; returns whether it is Content-Length."""
+def _check_header(item: Any) -> bool | int:
+    """Validate one (name, value) header; returns whether it is Content-Length, or DROP."""
     if type(item) is not tuple or len(item) != 2:
         raise HeaderError(f"response header {item!r} is not a (name, value) tuple")
     name, value = item
@@ -130,7 +133,14 @@ def _check_header(item: Any) -> bool:
         )
     lower = name.lower()
     if lower in _HOP_BY_HOP:
-        raise HeaderError(f"hop-by-hop header {name!r} is not allowed from a WSGI app (PEP 3333)")
+        # PEP 3333 forbids them; nginx would strip them and uWSGI passes them on: dropped, said once.
+        if lower not in _HOP_WARNED:
+            _HOP_WARNED.add(lower)
+            log(
+                f"the app set the hop-by-hop header {name!r}, which a WSGI app may not (the connection "
+                "to nginx is binserve's): dropped, here and in every later response"
+            )
+        return DROP
     is_length = lower == "content-length"
     if len(_HEADER_OK) < _CACHE_LIMIT:
         _HEADER_OK[item] = is_length
@@ -187,7 +197,7 @@ class Exchange:
             code = _check_status(status)
         if type(headers) is not list:
             raise HeaderError(f"response headers must be a list, not {type(headers).__name__}")
-        has_length = False
+        has_length = dropped = False
         for item in headers:
             try:
                 is_length = _HEADER_OK.get(item)
@@ -195,8 +205,14 @@ class Exchange:
                 is_length = None
             if is_length is None:
                 is_length = _check_header(item)
-            if is_length:
+            if is_length == DROP:
+                dropped = True
+            elif is_length:
                 has_length = True
+        if dropped:
+            headers = [item for item in headers if item[0].lower() not in _HOP_BY_HOP]
+        if len(status) == 3:  # no reason phrase: the status line still needs its space (RFC 9112)
+            status += " "
         self.status = status
         self.headers = headers
         self.has_length = has_length
@@ -295,7 +311,8 @@ class Exchange:
         self._check_started()
         if not self.head_sent:
             self.head_sent = True
-            self.conn.send([self.render_head(0)])
+            # A HEAD answered with an empty iterator says nothing of the GET's length: none is sent.
+            self.conn.send([self.render_head(None if self.head_only else 0)])
 
     def _check_started(self) -> None:
         if self.status is None:
