@@ -127,6 +127,12 @@ def _check_header(item: Any) -> bool | int:
     if type(name) is not str or not _TOKEN(name):
         raise HeaderError(f"invalid response header name {name!r}")
     if type(value) is not str or _BAD_VALUE(value):
+        if type(value) is str and not any(char < " " and char != "\t" or char == "\x7f" for char in value):
+            raise HeaderError(
+                f"invalid value for response header {name!r}: {value!r} has characters beyond "
+                "latin-1, which a header cannot carry (PEP 3333): encode them, as RFC 8187 or "
+                "percent-encoding do"
+            )
         raise HeaderError(
             f"invalid value for response header {name!r}: {value!r} "
             "(CR, LF and other control characters are not allowed)"

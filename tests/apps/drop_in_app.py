@@ -17,5 +17,8 @@ def application(environ, start_response):
             [("Content-Type", "text/plain"), ("Connection", "close"), ("Keep-Alive", "timeout=5")],
         )
         return [b"hop"]
+    if path == "/emoji":
+        start_response("200 OK", [("Content-Type", "text/plain"), ("X-Mood", "happy \U0001f600")])
+        return [b"never sent"]
     start_response("404 Not Found", [("Content-Type", "text/plain")])
     return [b"not found"]

@@ -43,3 +43,11 @@ def test_hop_by_hop_headers_from_the_app_are_dropped_with_one_warning(
     log = server.log()
     assert log.count("hop-by-hop header 'Connection'") == 1, log
     assert log.count("hop-by-hop header 'Keep-Alive'") == 1, log
+
+
+def test_a_header_value_beyond_latin_1_is_named_as_such(serve: Serve, app_file: AppFile) -> None:
+    server = serve("--wsgi-file", str(app_file(APP)))
+    assert server.request("/emoji").status == 500
+    log = server.log()
+    assert "has characters beyond latin-1, which a header cannot carry" in log, log
+    assert "control characters" not in log
