@@ -313,13 +313,13 @@ class WakePipe:
         except BlockingIOError:
             data = b""
         recorded = take()
-        for signum in data:
-            if signum in self.counted:
-                self.by_bytes[signum] = self.by_bytes.get(signum, 0) + 1
+        came = [signum for signum in data if signum in self.counted]
+        for signum in came:
+            self.by_bytes[signum] = self.by_bytes.get(signum, 0) + 1
         for signum, times in recorded.items():
             self.by_records[signum] = self.by_records.get(signum, 0) + times
         taken = {}
-        for signum in {**recorded, **dict.fromkeys(s for s in data if s in self.counted)}:
+        for signum in {**recorded, **dict.fromkeys(came)}:
             seen = max(self.by_bytes.get(signum, 0), self.by_records.get(signum, 0))
             new = seen - self.handed.get(signum, 0)
             if new > 0:
