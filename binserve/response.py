@@ -146,11 +146,12 @@ def _check_header(item: Any) -> bool | int:
                 f"the app set the hop-by-hop header {name!r}, which a WSGI app may not (the connection "
                 "to nginx is binserve's): dropped, here and in every later response"
             )
-        return DROP
-    is_length = lower == "content-length"
+        verdict: bool | int = DROP
+    else:
+        verdict = lower == "content-length"
     if len(_HEADER_OK) < _CACHE_LIMIT:
-        _HEADER_OK[item] = is_length
-    return is_length
+        _HEADER_OK[item] = verdict
+    return verdict
 
 
 class Exchange:
